@@ -86,19 +86,20 @@ public sealed class QueueMockDriver
         }
     }
 
-    /// <summary>Writes descriptors <paramref name="first"/>, first+1, ... linked by NEXT (the last without
-    /// NEXT unless its flags already carry it), and returns the head. Flags other than NEXT are kept.</summary>
+    /// <summary>Writes descriptors <paramref name="first"/>, first+1, ... (wrapping at the queue size) linked by
+    /// NEXT (the last without NEXT unless its flags already carry it), and returns the head. Other flags are kept.</summary>
     public ushort WriteChain(ushort first, ReadOnlySpan<VirtqDesc> descs)
     {
+        int mask = Size - 1;
         for (int i = 0; i < descs.Length; i++)
         {
             var d = descs[i];
             if (i < descs.Length - 1)
             {
                 d.Flags |= VirtqDesc.FlagNext;
-                d.Next = (ushort)(first + i + 1);
+                d.Next = (ushort)((first + i + 1) & mask);
             }
-            WriteDesc((ushort)(first + i), d);
+            WriteDesc((ushort)((first + i) & mask), d);
         }
         return first;
     }
