@@ -106,7 +106,7 @@ public sealed unsafe class DeviceQueue
         {
             throw new ArgumentException("ring address is null");
         }
-        Unpin();
+        Unconfigure();
         SetRings(memory, desc, avail, used, eventIdx, indirect);
     }
 
@@ -122,7 +122,7 @@ public sealed unsafe class DeviceQueue
     private bool TryConfigureCore(GuestMemory memory, ulong descAddr, ulong availAddr, ulong usedAddr, bool eventIdx, bool indirect, bool user)
     {
         ArgumentNullException.ThrowIfNull(memory);
-        Reset();
+        Unconfigure();
         using var view = memory.Acquire();
         Span<nint> hosts = stackalloc nint[3];
         ReadOnlySpan<ulong> addrs = [descAddr, availAddr, usedAddr];
@@ -169,16 +169,24 @@ public sealed unsafe class DeviceQueue
     /// unconfigured until the next Configure. Chains still held by callers stay valid until released.</summary>
     public void Reset()
     {
-        _memory = null;
-        _desc = null;
-        _avail = null;
-        _used = null;
+        Unconfigure();
         _nextAvail = 0;
         _notificationsEnabled = true;
         lock (_usedLock)
         {
             _nextUsed = 0;
             _signalledValid = false;
+        }
+    }
+
+    private void Unconfigure()
+    {
+        lock (_usedLock)
+        {
+            _memory = null;
+            _desc = null;
+            _avail = null;
+            _used = null;
         }
         Unpin();
     }
@@ -351,8 +359,10 @@ public sealed unsafe class DeviceQueue
         }
     }
 
-    /// <summary>Publishes a used element: the entry is written before used.idx (release). Any thread.</summary>
-    public void PushUsed(ushort head, uint writtenBytes)
+    /// <summary>Publishes a used element: the entry is written before used.idx (release). Any thread.
+    /// False (nothing written) when the queue is not configured, e.g. a completion that arrives after
+    /// <see cref="Reset"/>. A head outside the queue is a caller bug and throws.</summary>
+    public bool PushUsed(ushort head, uint writtenBytes)
     {
         if (head >= Size)
         {
@@ -362,7 +372,7 @@ public sealed unsafe class DeviceQueue
         {
             if (_used == null)
             {
-                throw new InvalidOperationException("the queue is not configured");
+                return false;
             }
             // SAFETY: see the ring accessors.
             var elem = UsedRing(_nextUsed & _mask);
@@ -370,6 +380,7 @@ public sealed unsafe class DeviceQueue
             _nextUsed++;
             Volatile.Write(ref *UsedIdx, _nextUsed);
         }
+        return true;
     }
 
     /// <summary>After pushes: true when the driver wants an interrupt (used-buffer notification) now.
