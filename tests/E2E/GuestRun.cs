@@ -10,7 +10,9 @@ namespace Vhostfsd.E2E;
 /// <param name="Daemon">The daemon serving the share.</param>
 /// <param name="RequestQueues">num-request-queues of the QEMU device.</param>
 /// <param name="Xattr">Start the daemon with xattr support and test xattrs in the guest.</param>
-public sealed record GuestRunOptions(string Name, DaemonKind Daemon, int RequestQueues, bool Xattr);
+/// <param name="SocketActivation">Start the daemon the way a systemd socket unit does: the
+/// listening socket comes in as fd 3 (systemd-socket-activate, --fd 3).</param>
+public sealed record GuestRunOptions(string Name, DaemonKind Daemon, int RequestQueues, bool Xattr, bool SocketActivation = false);
 
 /// <summary>A finished boot of the guest: scripts/e2e/run.sh's outputs, parsed.</summary>
 public sealed class GuestRun
@@ -65,6 +67,10 @@ public sealed class GuestRun
         if (options.Xattr)
         {
             psi.ArgumentList.Add("--xattr");
+        }
+        if (options.SocketActivation)
+        {
+            psi.ArgumentList.Add("--socket-activation");
         }
         psi.Environment["CONFIG"] = RepositoryLayout.Configuration;
         var extra = DaemonLog.ExtraArguments(options.Daemon);

@@ -39,6 +39,10 @@ public sealed class GuestSuiteTests(ITestOutputHelper output)
     public void Vhostfsd_WithXattr_PassesTheSuiteAndXattrs() =>
         RunAndCheck(new GuestRunOptions("vhostfsd-1q-xattr", DaemonKind.Vhostfsd, RequestQueues: 1, Xattr: true));
 
+    [Fact]
+    public void Vhostfsd_SocketActivatedWithFd3_PassesTheSuite() =>
+        RunAndCheck(new GuestRunOptions("vhostfsd-1q-fd3", DaemonKind.Vhostfsd, RequestQueues: 1, Xattr: false, SocketActivation: true));
+
     private void RunAndCheck(GuestRunOptions options)
     {
         var run = GuestRun.Execute(options, output);
