@@ -30,6 +30,7 @@ public sealed class GuestRun
     public required string ScriptOutput { get; init; }
     public required GuestConsole Console { get; init; }
     public required string DaemonLogText { get; init; }
+    public required string QemuLogText { get; init; }
     public required IReadOnlyDictionary<string, string> Result { get; init; }
 
     /// <summary>Prepares a fresh share, boots the guest against the daemon and waits for it.</summary>
@@ -107,6 +108,7 @@ public sealed class GuestRun
                 ScriptOutput = text.ToString(),
                 Console = GuestConsole.Parse(ReadIfExists(Path.Combine(outDir, "serial.log"))),
                 DaemonLogText = ReadIfExists(Path.Combine(outDir, "daemon.log")),
+                QemuLogText = ReadIfExists(Path.Combine(outDir, "qemu.log")),
                 Result = ParseResult(ReadIfExists(Path.Combine(outDir, "result"))),
             };
             output.WriteLine($"{options.Name}: run.sh exited {run.ScriptStatus} after {started.Elapsed.TotalSeconds:F1} s; " +
@@ -127,7 +129,7 @@ public sealed class GuestRun
         sb.AppendLine("--- result").AppendLine(ReadIfExists(Path.Combine(OutDirectory, "result")).TrimEnd());
         sb.AppendLine("--- guest console (serial.log)").AppendLine(string.Join('\n', Console.Lines).TrimEnd());
         sb.AppendLine("--- daemon log").AppendLine(Tail(DaemonLogText, 200));
-        sb.AppendLine("--- qemu.log").AppendLine(ReadIfExists(Path.Combine(OutDirectory, "qemu.log")).TrimEnd());
+        sb.AppendLine("--- qemu.log").AppendLine(QemuLogText.TrimEnd());
         return sb.ToString();
     }
 

@@ -85,7 +85,11 @@ public sealed class GuestSuiteTests(ITestOutputHelper output)
         }
         if (!console.Booted)
         {
+            // Nothing ran in the guest: say why QEMU or the daemon stopped, not which steps are absent.
             problems.Add("the guest never reached /init (no E2E-BOOT on the console)");
+            problems.Add($"QEMU exited with status {run.ResultValue("qemu_rc")}: {LastLines(run.QemuLogText, 3)}");
+            problems.Add($"the daemon ended ({run.ResultValue("daemon_exit")}, status {run.ResultValue("daemon_rc")}): {LastLines(run.DaemonLogText, 5)}");
+            return problems;
         }
         foreach (var failure in console.Failures)
         {
