@@ -116,4 +116,7 @@ public static unsafe partial class Libc
 
     [LibraryImport(Lib, EntryPoint = "openat", SetLastError = true)]
     public static partial int OpenAt(int dirFd, byte* path, int flags, uint mode);
+
+    [LibraryImport(Lib, EntryPoint = "unlinkat", SetLastError = true)]
+    public static partial int UnlinkAt(int dirFd, byte* path, int flags);
 }

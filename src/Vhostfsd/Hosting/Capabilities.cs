@@ -6,10 +6,10 @@ namespace Vhostfsd.Hosting;
 /// <summary>The capabilities the daemon keeps once it is set up, and the calls that drop the
 /// rest. Linux keeps capability sets per thread: <see cref="DropOnCurrentThread"/> changes the
 /// calling thread and every thread it creates afterwards (the device's queue and pool threads
-/// are created from the main thread after the drop). The namespace sandbox also narrows the
-/// bounding set before the sandboxed process is spawned, so every thread of that process,
-/// including the runtime's own, starts with no more than <see cref="SandboxSetupExtra"/> on
-/// top of the kept set.</summary>
+/// are created from the main thread after the drop), but not the runtime's own threads that
+/// already exist. The namespace sandbox avoids that: it narrows the bounding set before the
+/// sandboxed process is spawned, so every thread of that process starts with the kept set and
+/// nothing more.</summary>
 internal static class Capabilities
 {
     public const int Chown = 0;
@@ -41,10 +41,6 @@ internal static class Capabilities
 
     /// <summary>What virtiofsd keeps: enough to act for any guest user on files.</summary>
     private static readonly int[] Default = [Chown, DacOverride, Fowner, Fsetid, Setgid, Setuid, Mknod, Setfcap];
-
-    /// <summary>Kept in the namespace-sandboxed process only until its set-up is done:
-    /// SYS_ADMIN for mount/pivot_root, SETPCAP to drop from the bounding set afterwards.</summary>
-    public static readonly int[] SandboxSetupExtra = [SysAdmin, Setpcap];
 
     public static string Name(int cap) => cap >= 0 && cap < Names.Length ? Names[cap] : "cap_" + cap;
 

@@ -105,13 +105,9 @@ internal static unsafe class DaemonHost
                     {
                         throw new StartupException("--sandbox=namespace needs root (CAP_SYS_ADMIN); run as root or use --sandbox=none");
                     }
-                    ulong bounding = Capabilities.KeptMask(options.InodeFileHandles, options.ModCaps);
-                    foreach (int extra in Capabilities.SandboxSetupExtra)
-                    {
-                        bounding |= 1UL << extra;
-                    }
+                    ulong keep = Capabilities.KeptMask(options.InodeFileHandles, options.ModCaps);
                     log.Information("Listening on {Socket}", Describe(listener));
-                    int code = NamespaceSpawner.SpawnAndWait(listener.Socket.Fd, bounding, lastCap, log);
+                    int code = NamespaceSpawner.SpawnAndWait(listener.Socket.Fd, sharedDir, keep, lastCap, log);
                     log.Information("Exiting with code {Code}", code);
                     return code;
                 }
@@ -147,7 +143,7 @@ internal static unsafe class DaemonHost
         int lastCap = Capabilities.KernelLastCap();
         using DaemonListener listener = DaemonListener.Adopt(marker.ListenFd);
         log.Debug("Loaded {Count} assemblies before the sandbox", Preload.BeforeSandbox());
-        SandboxResult result = Sandbox.EnterNamespaceAsChild(sharedDir);
+        SandboxResult result = Sandbox.JoinNamespaceSandbox(marker);
         return Serve(options, sharedDir, result, listener, ResourceLimits.CurrentNofile(), lastCap, log, logListening: false);
     }
 
@@ -205,7 +201,14 @@ internal static unsafe class DaemonHost
         }
 
         UCred peer = connection.PeerCredentials();
-        log.Information("Front-end connected (pid {Pid}, uid {Uid}, gid {Gid})", peer.Pid, peer.Uid, peer.Gid);
+        if (peer.Pid != 0)
+        {
+            log.Information("Front-end connected (pid {Pid}, uid {Uid}, gid {Gid})", peer.Pid, peer.Uid, peer.Gid);
+        }
+        else
+        {
+            log.Information("Front-end connected (uid {Uid}, gid {Gid}; its pid is outside the sandbox's pid namespace)", peer.Uid, peer.Gid);
+        }
 
         // Shut down a duplicate of the connection on a signal: shutdown(2) acts on the socket
         // itself, and the duplicate stays open (its number cannot be reused) until Serve returned,

@@ -19,12 +19,17 @@ internal sealed unsafe class DaemonListener : IDisposable
 
     private readonly SafeFd? _pidFile;
 
-    private DaemonListener(UnixSocket socket, string? socketPath, string? pidFilePath, SafeFd? pidFile)
+    /// <summary>The directory holding the socket and lock file, opened before any sandbox so the
+    /// files can be removed at exit even from inside a chroot.</summary>
+    private readonly SafeFd? _directory;
+
+    private DaemonListener(UnixSocket socket, string? socketPath, string? pidFilePath, SafeFd? pidFile, SafeFd? directory)
     {
         Socket = socket;
         SocketPath = socketPath;
         PidFilePath = pidFilePath;
         _pidFile = pidFile;
+        _directory = directory;
     }
 
     public UnixSocket Socket { get; }
@@ -95,7 +100,19 @@ internal sealed unsafe class DaemonListener : IDisposable
                     }
                 }
             }
-            return new DaemonListener(socket, path, pidPath, pidFile);
+            int directoryFd;
+            fixed (byte* d = Encoding.UTF8.GetBytes(directory + "\0"))
+            {
+                directoryFd = Libc.Open(d, Libc.O_PATH | Libc.O_DIRECTORY | Libc.O_CLOEXEC, 0);
+            }
+            if (directoryFd < 0)
+            {
+                var errno = Libc.LastErrno;
+                socket.Dispose();
+                File.Delete(path);
+                throw new StartupException($"cannot open the socket's directory {directory}: {PosixException.Describe(errno)}");
+            }
+            return new DaemonListener(socket, path, pidPath, pidFile, new SafeFd(directoryFd));
         }
         catch
         {
@@ -130,7 +147,7 @@ internal sealed unsafe class DaemonListener : IDisposable
             throw new StartupException($"--fd={fd}: the socket is not listening (call listen() before passing it)");
         }
         Libc.Fcntl(fd, Libc.F_SETFD, Libc.FD_CLOEXEC);
-        return new DaemonListener(new UnixSocket(new SafeFd(fd)), null, null, null);
+        return new DaemonListener(new UnixSocket(new SafeFd(fd)), null, null, null, null);
     }
 
     /// <summary>systemd socket activation (sd_listen_fds): when LISTEN_PID is this process and
@@ -301,17 +318,25 @@ internal sealed unsafe class DaemonListener : IDisposable
         }
     }
 
-    /// <summary>Removes the socket file and the lock file this process created. The lock file
-    /// goes first, while the lock is still held, so a new daemon never sees a locked file vanish.</summary>
+    /// <summary>Removes the socket file and the lock file this process created (through the
+    /// directory fd, so this works after chroot too). The lock file goes first, while the lock
+    /// is still held, so a new daemon never sees a locked file vanish.</summary>
     public void RemoveFiles()
     {
-        if (PidFilePath != null)
+        if (_directory == null)
         {
-            RemoveQuietly(PidFilePath);
+            return;
         }
-        if (SocketPath != null)
+        foreach (string? path in new[] { PidFilePath, SocketPath })
         {
-            RemoveQuietly(SocketPath);
+            if (path != null)
+            {
+                fixed (byte* name = Encoding.UTF8.GetBytes(Path.GetFileName(path) + "\0"))
+                {
+                    // Best effort at exit: a file someone else already removed is fine.
+                    Libc.UnlinkAt(_directory.Fd, name, 0);
+                }
+            }
         }
     }
 
@@ -319,5 +344,6 @@ internal sealed unsafe class DaemonListener : IDisposable
     {
         Socket.Dispose();
         _pidFile?.Dispose();
+        _directory?.Dispose();
     }
 }

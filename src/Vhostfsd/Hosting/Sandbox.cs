@@ -41,41 +41,67 @@ internal static unsafe class Sandbox
         return new SandboxResult("/", procSelfFd, mountInfo);
     }
 
-    /// <summary>--sandbox=namespace, in the process spawned into fresh mount, pid and network
-    /// namespaces (it is pid 1 there, and every thread it has shares them): make all mounts
-    /// slaves so nothing propagates back to the host, mount a /proc for the new pid namespace
-    /// and keep only its self/fd directory, bind the share onto itself, pivot_root into it
-    /// and detach the old root.</summary>
-    public static SandboxResult EnterNamespaceAsChild(string sharedDir)
+    /// <summary>--sandbox=namespace, the spawned process's side (see <see cref="NamespaceSpawner"/>):
+    /// it runs inside the new namespaces from its first instruction but holds no capability that
+    /// could change mounts, so the spawning thread of the parent does the mount work while this
+    /// process follows a short pipe handshake: open /proc/self/mountinfo, say "ready", wait until
+    /// the parent has bound our /proc/PID/fd over /proc, open that, say so, wait until the parent
+    /// has pivoted the shared mount namespace into the share, then chdir("/").</summary>
+    public static SandboxResult JoinNamespaceSandbox(NamespaceSpawner.ChildMarker marker)
     {
-        Mount(null, "/", null, Libc.MS_SLAVE | Libc.MS_REC, "make / a recursive slave");
-        Mount("proc", "/proc", "proc", Libc.MS_NODEV | Libc.MS_NOEXEC | Libc.MS_NOSUID | Libc.MS_RELATIME, "mount a fresh /proc");
         SafeFd mountInfo = Open("/proc/self/mountinfo", Libc.O_RDONLY | Libc.O_CLOEXEC, "/proc/self/mountinfo");
-        // Only our own fd directory stays reachable: bind it over /proc.
-        Mount("/proc/self/fd", "/proc", null, Libc.MS_BIND, "bind /proc/self/fd over /proc");
-        SafeFd procSelfFd = Open("/proc", Libc.O_PATH | Libc.O_DIRECTORY | Libc.O_CLOEXEC, "/proc (bound /proc/self/fd)");
-
-        if (sharedDir == "/")
-        {
-            return new SandboxResult("/", procSelfFd, mountInfo);
-        }
-        // pivot_root needs the new root to be a mount point.
-        Mount(sharedDir, sharedDir, null, Libc.MS_BIND | Libc.MS_REC, "bind " + sharedDir + " onto itself");
-        using SafeFd oldRoot = Open("/", Libc.O_RDONLY | Libc.O_DIRECTORY | Libc.O_CLOEXEC, "/");
-        fixed (byte* dir = Z(sharedDir))
-        fixed (byte* dot = Z("."))
+        using var toParent = new SafeFd(marker.ToParentFd);
+        using var fromParent = new SafeFd(marker.FromParentFd);
+        NamespaceSpawner.Send(toParent.Fd, NamespaceSpawner.ChildReady);
+        NamespaceSpawner.Expect(fromParent.Fd, NamespaceSpawner.ParentBoundProc);
+        SafeFd procSelfFd = Open("/proc", Libc.O_PATH | Libc.O_DIRECTORY | Libc.O_CLOEXEC, "/proc (our fd directory, bound by the parent)");
+        NamespaceSpawner.Send(toParent.Fd, NamespaceSpawner.ChildOpenedProc);
+        NamespaceSpawner.Expect(fromParent.Fd, NamespaceSpawner.ParentPivoted);
         fixed (byte* root = Z("/"))
         {
-            Check(Libc.Chdir(dir), "chdir " + sharedDir);
-            // pivot_root(".", "."): the old root ends up stacked on the new one, to be detached below.
-            Check(Libc.PivotRoot(dot, dot), "pivot_root into " + sharedDir);
-            Check(Libc.Fchdir(oldRoot.Fd), "fchdir to the old root");
-            Check(Libc.Mount(null, dot, null, Libc.MS_SLAVE | Libc.MS_REC, null), "make the old root a slave");
-            Check(Libc.Umount2(dot, Libc.MNT_DETACH), "detach the old root");
+            // The working directory was left in the old, now detached, root.
             Check(Libc.Chdir(root), "chdir / in the new root");
         }
         return new SandboxResult("/", procSelfFd, mountInfo);
     }
+
+    /// <summary>The parent's mount work for --sandbox=namespace, run by the spawning thread inside
+    /// the new mount namespace (which the child shares): bind the child's /proc/PID/fd over /proc
+    /// so that only its own fds stay reachable, then bind the share onto itself, pivot_root into
+    /// it and detach the old root. pivot_root moves the root of every process in the namespace
+    /// whose root was the old one: the child's, and this thread's. The spawned process is told
+    /// at each step (<paramref name="toChild"/>) and answers on <paramref name="fromChild"/>.</summary>
+    public static void BuildNamespaceSandbox(string sharedDir, int childPid, int toChild, int fromChild)
+    {
+        NamespaceSpawner.Expect(fromChild, NamespaceSpawner.ChildReady);
+        Mount($"/proc/{childPid}/fd", "/proc", null, Libc.MS_BIND, "bind the sandboxed process's /proc/PID/fd over /proc");
+        NamespaceSpawner.Send(toChild, NamespaceSpawner.ParentBoundProc);
+        NamespaceSpawner.Expect(fromChild, NamespaceSpawner.ChildOpenedProc);
+        if (sharedDir != "/")
+        {
+            // pivot_root needs the new root to be a mount point.
+            Mount(sharedDir, sharedDir, null, Libc.MS_BIND | Libc.MS_REC, "bind " + sharedDir + " onto itself");
+            using SafeFd oldRoot = Open("/", Libc.O_RDONLY | Libc.O_DIRECTORY | Libc.O_CLOEXEC, "/");
+            fixed (byte* dir = Z(sharedDir))
+            fixed (byte* dot = Z("."))
+            fixed (byte* root = Z("/"))
+            {
+                Check(Libc.Chdir(dir), "chdir " + sharedDir);
+                // pivot_root(".", "."): the old root ends up stacked on the new one, detached below.
+                Check(Libc.PivotRoot(dot, dot), "pivot_root into " + sharedDir);
+                Check(Libc.Fchdir(oldRoot.Fd), "fchdir to the old root");
+                Check(Libc.Mount(null, dot, null, Libc.MS_SLAVE | Libc.MS_REC, null), "make the old root a slave");
+                Check(Libc.Umount2(dot, Libc.MNT_DETACH), "detach the old root");
+                Check(Libc.Chdir(root), "chdir / in the new root");
+            }
+        }
+        NamespaceSpawner.Send(toChild, NamespaceSpawner.ParentPivoted);
+    }
+
+    /// <summary>Makes every mount of the calling thread's (new) mount namespace a slave, so no
+    /// mount made in it propagates back to the host.</summary>
+    public static void MakeMountsPrivateToNamespace() =>
+        Mount(null, "/", null, Libc.MS_SLAVE | Libc.MS_REC, "make / a recursive slave");
 
     internal static byte[] Z(string text) => Encoding.UTF8.GetBytes(text + "\0");
 

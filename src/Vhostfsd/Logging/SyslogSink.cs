@@ -20,6 +20,9 @@ internal sealed unsafe class SyslogSink : ILogEventSink, IDisposable
     /// most far more).</summary>
     private const int MaxDatagram = 8192;
 
+    private static readonly Serilog.Formatting.Display.MessageTemplateTextFormatter MessageFormatter =
+        new("{Message:lj}", CultureInfo.InvariantCulture);
+
     private readonly SafeFd _socket;
     private readonly string _tag;
     private readonly int _pid;
@@ -72,7 +75,10 @@ internal sealed unsafe class SyslogSink : ILogEventSink, IDisposable
         string stamp = local.ToString("MMM", CultureInfo.InvariantCulture) + " "
             + local.Day.ToString(CultureInfo.InvariantCulture).PadLeft(2) + " "
             + local.ToString("HH:mm:ss", CultureInfo.InvariantCulture);
-        string message = logEvent.RenderMessage(CultureInfo.InvariantCulture).Replace('\n', ' ');
+        var rendered = new StringWriter(CultureInfo.InvariantCulture);
+        // Strings unquoted, as on stderr.
+        MessageFormatter.Format(logEvent, rendered);
+        string message = rendered.ToString().Replace('\n', ' ');
         return $"<{priority}>{stamp} {tag}[{pid}]: {message}";
     }
 
