@@ -33,5 +33,31 @@ public static class FsDaemon
     public static PassthroughOptions CreatePassthroughOptions(DaemonSettings settings) => new()
     {
         SharedDir = settings.SharedRoot,
+        ProcSelfFdDir = settings.ProcSelfFd is { IsInvalid: false } proc ? proc.Fd : null,
+        Cache = settings.Cache switch
+        {
+            CacheMode.Never => CachePolicy.Never,
+            CacheMode.Metadata => CachePolicy.Metadata,
+            CacheMode.Always => CachePolicy.Always,
+            _ => CachePolicy.Auto,
+        },
+        Xattr = settings.Xattr,
+        PosixAcl = settings.PosixAcl,
+        SecurityLabel = settings.SecurityLabel,
+        XattrMap = settings.XattrMap,
+        Writeback = settings.Writeback,
+        KillprivV2 = settings.KillprivV2,
+        AnnounceSubmounts = settings.AnnounceSubmounts,
+        InodeFileHandles = settings.InodeFileHandles switch
+        {
+            InodeFileHandlesMode.Never => InodeFileHandles.Never,
+            InodeFileHandlesMode.Mandatory => InodeFileHandles.Mandatory,
+            _ => InodeFileHandles.Prefer,
+        },
+        AllowDirectIo = settings.AllowDirectIo,
+        AllowMmap = settings.AllowMmap,
+        Readdirplus = settings.Readdirplus,
+        PreserveNoatime = settings.PreserveNoatime,
+        ReadOnly = settings.ReadOnly,
     };
 }
