@@ -71,14 +71,18 @@ public class DirectoryTests
         Assert.Contains(rest, e => e.Name.Length == 200);
     }
 
-    [Fact]
-    public void ResumptionOverTenThousandEntriesWhileTheDirectoryChanges()
+    /// <summary>10,000 entries on tmpfs (offset cookies from its offset map) and 1,500 on the disk
+    /// file system of /tmp (ext4 hash cookies here; file creation there is slow on a loaded machine).</summary>
+    [Theory]
+    [InlineData("/dev/shm", 10_000)]
+    [InlineData("/tmp", 1_500)]
+    public void ResumptionOverManyEntriesWhileTheDirectoryChanges(string baseDirectory, int count)
     {
-        using var f = new ShareFixture();
+        using var f = new ShareFixture(baseDirectory: baseDirectory);
         string dir = f.HostPath("big");
         Directory.CreateDirectory(dir);
         var originals = new HashSet<string>();
-        for (int i = 0; i < 10_000; i++)
+        for (int i = 0; i < count; i++)
         {
             string name = "orig-" + i.ToString("D5");
             File.Create(Path.Combine(dir, name)).Dispose();
@@ -120,7 +124,7 @@ public class DirectoryTests
             Assert.Equal(originals.Count, seenOriginals.Distinct().Count());
             Assert.True(originals.SetEquals(seenOriginals));
             Assert.Equal(seen.Count, seen.Distinct().Count());
-            Assert.True(calls > 50);
+            Assert.True(calls > count / 200);
             f.Client.Release(d.NodeId, fh, directory: true).Ok();
         }
         // READDIRPLUS lookups were all forgotten: only root and "big" remain.

@@ -10,9 +10,9 @@ namespace Vhostfsd.FusePassthrough.Tests;
 /// must never reach), a FuseServer on the share and a client that has done INIT.</summary>
 public sealed class ShareFixture : IDisposable
 {
-    public ShareFixture(PassthroughOptions? options = null, FuseInitFlags? initFlags = null, Func<string, PassthroughOptions>? makeOptions = null, bool init = true)
+    public ShareFixture(PassthroughOptions? options = null, FuseInitFlags? initFlags = null, Func<string, PassthroughOptions>? makeOptions = null, bool init = true, string? baseDirectory = null)
     {
-        Base = Path.Combine(Path.GetTempPath(), "vhostfsd-fuse-" + Guid.NewGuid().ToString("N"));
+        Base = Path.Combine(baseDirectory ?? Path.GetTempPath(), "vhostfsd-fuse-" + Guid.NewGuid().ToString("N"));
         Share = Path.Combine(Base, "share");
         Outside = Path.Combine(Base, "outside");
         Directory.CreateDirectory(Share);
