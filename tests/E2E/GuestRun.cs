@@ -10,13 +10,19 @@ namespace Vhostfsd.E2E;
 /// <param name="Daemon">The daemon serving the share.</param>
 /// <param name="RequestQueues">num-request-queues of the QEMU device.</param>
 /// <param name="Xattr">Start the daemon with xattr support and test xattrs in the guest.</param>
-public sealed record GuestRunOptions(string Name, DaemonKind Daemon, int RequestQueues, bool Xattr);
+/// <param name="SocketActivation">Start the daemon the way a systemd socket unit does: the
+/// listening socket comes in as fd 3 (systemd-socket-activate, --fd 3).</param>
+public sealed record GuestRunOptions(string Name, DaemonKind Daemon, int RequestQueues, bool Xattr, bool SocketActivation = false);
 
 /// <summary>A finished boot of the guest: scripts/e2e/run.sh's outputs, parsed.</summary>
 public sealed class GuestRun
 {
     /// <summary>How long QEMU may run (run.sh kills it after that).</summary>
     public const int GuestTimeoutSeconds = 300;
+
+    /// <summary>How long the guest console may stay silent before run.sh gives up on it.
+    /// The slowest step (1,000 files) takes 3-6 s, booting 10-30 s, on a loaded machine.</summary>
+    public const int StallSeconds = 90;
 
     /// <summary>How long the whole script may take: the first run also downloads the kernel.</summary>
     private static readonly TimeSpan ScriptTimeout = TimeSpan.FromSeconds(GuestTimeoutSeconds + 240);
@@ -28,6 +34,7 @@ public sealed class GuestRun
     public required string ScriptOutput { get; init; }
     public required GuestConsole Console { get; init; }
     public required string DaemonLogText { get; init; }
+    public required string QemuLogText { get; init; }
     public required IReadOnlyDictionary<string, string> Result { get; init; }
 
     /// <summary>Prepares a fresh share, boots the guest against the daemon and waits for it.</summary>
@@ -62,9 +69,15 @@ public sealed class GuestRun
         psi.ArgumentList.Add(options.RequestQueues.ToString(CultureInfo.InvariantCulture));
         psi.ArgumentList.Add("--timeout");
         psi.ArgumentList.Add(GuestTimeoutSeconds.ToString(CultureInfo.InvariantCulture));
+        psi.ArgumentList.Add("--stall");
+        psi.ArgumentList.Add(StallSeconds.ToString(CultureInfo.InvariantCulture));
         if (options.Xattr)
         {
             psi.ArgumentList.Add("--xattr");
+        }
+        if (options.SocketActivation)
+        {
+            psi.ArgumentList.Add("--socket-activation");
         }
         psi.Environment["CONFIG"] = RepositoryLayout.Configuration;
         var extra = DaemonLog.ExtraArguments(options.Daemon);
@@ -101,6 +114,7 @@ public sealed class GuestRun
                 ScriptOutput = text.ToString(),
                 Console = GuestConsole.Parse(ReadIfExists(Path.Combine(outDir, "serial.log"))),
                 DaemonLogText = ReadIfExists(Path.Combine(outDir, "daemon.log")),
+                QemuLogText = ReadIfExists(Path.Combine(outDir, "qemu.log")),
                 Result = ParseResult(ReadIfExists(Path.Combine(outDir, "result"))),
             };
             output.WriteLine($"{options.Name}: run.sh exited {run.ScriptStatus} after {started.Elapsed.TotalSeconds:F1} s; " +
@@ -121,7 +135,7 @@ public sealed class GuestRun
         sb.AppendLine("--- result").AppendLine(ReadIfExists(Path.Combine(OutDirectory, "result")).TrimEnd());
         sb.AppendLine("--- guest console (serial.log)").AppendLine(string.Join('\n', Console.Lines).TrimEnd());
         sb.AppendLine("--- daemon log").AppendLine(Tail(DaemonLogText, 200));
-        sb.AppendLine("--- qemu.log").AppendLine(ReadIfExists(Path.Combine(OutDirectory, "qemu.log")).TrimEnd());
+        sb.AppendLine("--- qemu.log").AppendLine(QemuLogText.TrimEnd());
         return sb.ToString();
     }
 

@@ -39,6 +39,10 @@ public sealed class GuestSuiteTests(ITestOutputHelper output)
     public void Vhostfsd_WithXattr_PassesTheSuiteAndXattrs() =>
         RunAndCheck(new GuestRunOptions("vhostfsd-1q-xattr", DaemonKind.Vhostfsd, RequestQueues: 1, Xattr: true));
 
+    [Fact]
+    public void Vhostfsd_SocketActivatedWithFd3_PassesTheSuite() =>
+        RunAndCheck(new GuestRunOptions("vhostfsd-1q-fd3", DaemonKind.Vhostfsd, RequestQueues: 1, Xattr: false, SocketActivation: true));
+
     private void RunAndCheck(GuestRunOptions options)
     {
         var run = GuestRun.Execute(options, output);
@@ -77,11 +81,23 @@ public sealed class GuestSuiteTests(ITestOutputHelper output)
         }
         if (result.GetValueOrDefault("timed_out") == "1")
         {
-            problems.Add($"the guest did not power off within {GuestRun.GuestTimeoutSeconds} s");
+            problems.Add($"the guest did not power off within {GuestRun.GuestTimeoutSeconds} s; last step reported: {LastStep(console)}");
+        }
+        if (result.GetValueOrDefault("stalled") == "1")
+        {
+            problems.Add($"the guest console was silent for {GuestRun.StallSeconds} s (a request never answered?); last step reported: {LastStep(console)}");
+        }
+        if (result.GetValueOrDefault("daemon_died_first") == "1")
+        {
+            problems.Add($"the daemon exited (status {run.ResultValue("daemon_rc")}) while the guest was running; last step reported: {LastStep(console)}");
         }
         if (!console.Booted)
         {
+            // Nothing ran in the guest: say why QEMU or the daemon stopped, not which steps are absent.
             problems.Add("the guest never reached /init (no E2E-BOOT on the console)");
+            problems.Add($"QEMU exited with status {run.ResultValue("qemu_rc")}: {LastLines(run.QemuLogText, 3)}");
+            problems.Add($"the daemon ended ({run.ResultValue("daemon_exit")}, status {run.ResultValue("daemon_rc")}): {LastLines(run.DaemonLogText, 5)}");
+            return problems;
         }
         foreach (var failure in console.Failures)
         {
@@ -141,6 +157,24 @@ public sealed class GuestSuiteTests(ITestOutputHelper output)
             problems.AddRange(HostShare.CheckAfterSuite(run.ShareDirectory, console, run.Options.Xattr));
         }
         return problems;
+    }
+
+    private static string LastStep(GuestConsole console)
+    {
+        for (var i = console.Lines.Count - 1; i >= 0; i--)
+        {
+            var line = console.Lines[i];
+            var at = line.IndexOf("E2E-STEP ", StringComparison.Ordinal);
+            if (at < 0)
+            {
+                at = line.IndexOf("E2E-FAIL ", StringComparison.Ordinal);
+            }
+            if (at >= 0)
+            {
+                return line[at..];
+            }
+        }
+        return console.Booted ? "none (booted)" : "none (not booted)";
     }
 
     private static string LastLines(string text, int n)
