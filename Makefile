@@ -6,7 +6,7 @@ SLN := vhostfsd.sln
 OUT := out
 PREFIX ?= /usr/local
 
-.PHONY: all deps restore build test test-unit run demo bench install clean
+.PHONY: all deps restore build test test-unit run demo bench install clean e2e
 
 all: build
 
@@ -30,6 +30,21 @@ test-unit: build
 # Run the daemon: make run ARGS="--socket-path /tmp/vfs.sock --shared-dir /srv/share"
 run: build
 	$(DOTNET) src/Vhostfsd/bin/$(CONFIG)/net10.0/vhostfsd.dll $(ARGS)
+
+# The real-guest suite alone (tests/E2E, docs/e2e.md): boots QEMU against the reference
+# virtiofsd and vhostfsd. The guest kernel is downloaded once into .e2e-cache/.
+e2e: deps build
+	$(DOTNET) test tests/E2E/E2E.csproj -c $(CONFIG) --no-build --logger "console;verbosity=normal"
+
+# The README's first command: serve a demo directory to a throwaway guest and show both
+# sides. DAEMON=reference runs /usr/lib/qemu/virtiofsd instead of vhostfsd.
+DAEMON ?= vhostfsd
+demo: deps
+	@if [ "$(DAEMON)" != reference ]; then \
+	  echo "== building vhostfsd ($(CONFIG))"; mkdir -p .e2e-cache; \
+	  $(MAKE) --no-print-directory build > .e2e-cache/demo-build.log 2>&1 || \
+	  { tail -n 30 .e2e-cache/demo-build.log; exit 1; }; fi
+	@CONFIG=$(CONFIG) scripts/e2e/demo.sh $(DAEMON)
 
 clean:
 	$(DOTNET) clean $(SLN) -c $(CONFIG) >/dev/null

@@ -106,7 +106,7 @@ public sealed unsafe class DeviceQueue
         {
             throw new ArgumentException("ring address is null");
         }
-        Unpin();
+        Unconfigure();
         SetRings(memory, desc, avail, used, eventIdx, indirect);
     }
 
@@ -122,7 +122,7 @@ public sealed unsafe class DeviceQueue
     private bool TryConfigureCore(GuestMemory memory, ulong descAddr, ulong availAddr, ulong usedAddr, bool eventIdx, bool indirect, bool user)
     {
         ArgumentNullException.ThrowIfNull(memory);
-        Reset();
+        Unconfigure();
         using var view = memory.Acquire();
         Span<nint> hosts = stackalloc nint[3];
         ReadOnlySpan<ulong> addrs = [descAddr, availAddr, usedAddr];
@@ -169,16 +169,24 @@ public sealed unsafe class DeviceQueue
     /// unconfigured until the next Configure. Chains still held by callers stay valid until released.</summary>
     public void Reset()
     {
-        _memory = null;
-        _desc = null;
-        _avail = null;
-        _used = null;
+        Unconfigure();
         _nextAvail = 0;
         _notificationsEnabled = true;
         lock (_usedLock)
         {
             _nextUsed = 0;
             _signalledValid = false;
+        }
+    }
+
+    private void Unconfigure()
+    {
+        lock (_usedLock)
+        {
+            _memory = null;
+            _desc = null;
+            _avail = null;
+            _used = null;
         }
         Unpin();
     }

@@ -1,0 +1,63 @@
+using System.Text.RegularExpressions;
+
+namespace Vhostfsd.E2E;
+
+/// <summary>The daemons under test.</summary>
+public enum DaemonKind
+{
+    /// <summary>/usr/lib/qemu/virtiofsd, the C daemon of QEMU 7.2 (or $VIRTIOFSD).</summary>
+    Reference,
+
+    /// <summary>src/Vhostfsd's vhostfsd.dll run with dotnet (or $VHOSTFSD).</summary>
+    Vhostfsd,
+}
+
+/// <summary>Which lines of a daemon's output count as errors (docs/e2e.md explains the rules).</summary>
+public static partial class DaemonLog
+{
+    /// <summary>Extra arguments the harness passes so that the log can be judged.</summary>
+    public static string ExtraArguments(DaemonKind kind) => kind switch
+    {
+        // The C daemon prints no level with its messages; at log_level=err it prints
+        // nothing but errors.
+        DaemonKind.Reference => "-o log_level=err",
+        _ => "",
+    };
+
+    /// <summary>The lines of <paramref name="log"/> that report an error.</summary>
+    public static List<string> ErrorLines(DaemonKind kind, string log)
+    {
+        var errors = new List<string>();
+        foreach (var raw in log.Split('\n'))
+        {
+            var line = raw.TrimEnd('\r');
+            if (line.Length == 0)
+            {
+                continue;
+            }
+            var isError = kind switch
+            {
+                // Everything printed at log_level=err, except the line virtio_loop prints at
+                // every ordinary disconnect (POLLIN|POLLHUP on the vhost-user socket).
+                DaemonKind.Reference => !ReferenceDisconnect().IsMatch(line),
+                // A Serilog event at level Error or Fatal in the console or file template
+                // ("[12:00:00 ERR] ...", "2026-01-01 12:00:00.000 +00:00 [ERR] ..."), in
+                // compact JSON ("@l":"Error"), or a .NET crash ("Unhandled exception.").
+                _ => VhostfsdErrorLevel().IsMatch(line) || line.StartsWith("Unhandled exception", StringComparison.Ordinal),
+            };
+            if (isError)
+            {
+                errors.Add(line);
+            }
+        }
+        return errors;
+    }
+
+    [GeneratedRegex(@"^virtio_loop: Unexpected poll revents 11$")]
+    private static partial Regex ReferenceDisconnect();
+
+    // The level is the last word of the line's first [...] group: Serilog's console
+    // template "[HH:mm:ss ERR] msg" and its file template "date time zone [ERR] msg".
+    [GeneratedRegex(@"^[^\[]*\[(?:[^\]]*\s)?(ERR|FTL|ERROR|FATAL|Error|Fatal)\]|""(@l|Level)""\s*:\s*""(Error|Fatal)""")]
+    private static partial Regex VhostfsdErrorLevel();
+}
