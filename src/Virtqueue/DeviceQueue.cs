@@ -359,8 +359,10 @@ public sealed unsafe class DeviceQueue
         }
     }
 
-    /// <summary>Publishes a used element: the entry is written before used.idx (release). Any thread.</summary>
-    public void PushUsed(ushort head, uint writtenBytes)
+    /// <summary>Publishes a used element: the entry is written before used.idx (release). Any thread.
+    /// False (nothing written) when the queue is not configured, e.g. a completion that arrives after
+    /// <see cref="Reset"/>. A head outside the queue is a caller bug and throws.</summary>
+    public bool PushUsed(ushort head, uint writtenBytes)
     {
         if (head >= Size)
         {
@@ -370,7 +372,7 @@ public sealed unsafe class DeviceQueue
         {
             if (_used == null)
             {
-                throw new InvalidOperationException("the queue is not configured");
+                return false;
             }
             // SAFETY: see the ring accessors.
             var elem = UsedRing(_nextUsed & _mask);
@@ -378,6 +380,7 @@ public sealed unsafe class DeviceQueue
             _nextUsed++;
             Volatile.Write(ref *UsedIdx, _nextUsed);
         }
+        return true;
     }
 
     /// <summary>After pushes: true when the driver wants an interrupt (used-buffer notification) now.

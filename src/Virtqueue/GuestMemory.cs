@@ -140,6 +140,12 @@ public sealed class GuestMemory : IDisposable
                 return new GuestMemoryView(snapshot);
             }
             // A writer retired this snapshot between our read and our increment: the next read sees its successor.
+            // (Writers publish the successor before releasing, so a retired snapshot that is still current
+            // means a view was disposed twice; fail instead of spinning.)
+            if (ReferenceEquals(Volatile.Read(ref _current), snapshot))
+            {
+                throw new InvalidOperationException("guest memory snapshot released while current: a GuestMemoryView was disposed twice");
+            }
         }
     }
 

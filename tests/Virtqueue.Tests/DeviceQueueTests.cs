@@ -216,7 +216,7 @@ public unsafe class DeviceQueueTests : IDisposable
         _driver.UsedIdx = 0xFFFE;
         var queue = _driver.CreateDeviceQueue(eventIdx: false, indirect: false);
         Assert.Equal(0xFFFE, queue.NextUsed);
-        queue.PushUsed(3, 100);
+        Assert.True(queue.PushUsed(3, 100));
         queue.PushUsed(7, 0);
         queue.PushUsed(1, uint.MaxValue);
         Assert.Equal(1, _driver.UsedIdx);
@@ -231,6 +231,10 @@ public unsafe class DeviceQueueTests : IDisposable
         Assert.Equal(3u, _mem.ReadObj<uint>(_driver.UsedGpa + 4 + 8 * 6));
         Assert.Equal(1u, _mem.ReadObj<uint>(_driver.UsedGpa + 4 + 8 * 0));
         Assert.Throws<ArgumentOutOfRangeException>(() => queue.PushUsed(QueueSize, 0));
+        // A completion after the queue was reset is dropped, not written.
+        queue.Reset();
+        Assert.False(queue.PushUsed(2, 1));
+        Assert.Equal(1, _driver.UsedIdx);
     }
 
     [Fact]

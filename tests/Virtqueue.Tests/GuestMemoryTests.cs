@@ -239,6 +239,18 @@ public unsafe class GuestMemoryTests
     }
 
     [Fact]
+    public void AViewDisposedTwiceIsReportedInsteadOfHangingAcquire()
+    {
+        var mem = QueueTestMemory.Create((0, Page));
+        var view = mem.Memory.Acquire();
+        view.Dispose();
+        view.Dispose();
+        Assert.Throws<InvalidOperationException>(() => mem.Memory.Acquire());
+        Assert.Throws<InvalidOperationException>(() => mem.Memory.Dispose());
+        mem.Fd.Dispose();
+    }
+
+    [Fact]
     public void MapHonoursAnOffsetThatIsNotPageAligned()
     {
         using var fd = MemFd.Create("offset", 4 * Page);
