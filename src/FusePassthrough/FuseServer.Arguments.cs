@@ -1,0 +1,358 @@
+using System.Buffers.Binary;
+using Vhostfsd.FusePassthrough.Passthrough;
+using Vhostfsd.FusePassthrough.Protocol;
+using Vhostfsd.FusePassthrough.Server;
+using Vhostfsd.Posix;
+
+namespace Vhostfsd.FusePassthrough;
+
+// Decoding of the variable part of requests (names, extensions) and the per-request credentials.
+public sealed unsafe partial class FuseServer
+{
+    /// <summary>Room for the names and extensions of one request: two names of NAME_MAX, a symlink
+    /// target of PATH_MAX, a security context and a supplementary group list.</summary>
+    private const int ArgumentScratchSize = 16384;
+
+    /// <summary>Most supplementary groups accepted from the CREATE_SUPP_GROUP extension (the kernel sends one).</summary>
+    private const int MaxExtensionGroups = 64;
+
+    [ThreadStatic]
+    private static byte[]? t_arguments;
+
+    private static byte[] ArgumentScratch => t_arguments ??= GC.AllocateArray<byte>(ArgumentScratchSize, pinned: true);
+
+    /// <summary>The NUL-terminated names of a request (each span includes its NUL).</summary>
+    private ref struct NameArgs
+    {
+        public ReadOnlySpan<byte> First;
+        public ReadOnlySpan<byte> Second;
+        /// <summary>Bytes after the names: old-style (7.36/7.37) security contexts, else empty.</summary>
+        public ReadOnlySpan<byte> Trailing;
+        /// <summary>Extension bytes (fuse_ext_header records) at the end of the request.</summary>
+        public ReadOnlySpan<byte> Extensions;
+    }
+
+    /// <summary>Extensions of a creating request.</summary>
+    private ref struct RequestExtensions
+    {
+        public int GroupCount;
+        public ReadOnlySpan<byte> Groups;
+        public ReadOnlySpan<byte> SecctxName;
+        public ReadOnlySpan<byte> SecctxValue;
+        public readonly bool HasSecctx => SecctxValue.Length > 0;
+    }
+
+    /// <summary>Reads the rest of the request (after the fixed arguments): <paramref name="count"/>
+    /// NUL-terminated names followed by any extensions, into <paramref name="buffer"/>. Returns 0 or -errno.</summary>
+    private int ReadNames(scoped in FuseInHeader h, scoped ref RequestReader r, Span<byte> buffer, int count, bool validate, out NameArgs names)
+    {
+        names = default;
+        int extensionBytes = h.TotalExtLen * 8;
+        int total = r.Remaining;
+        if (extensionBytes > total || total > buffer.Length)
+        {
+            Interlocked.Increment(ref Stats._malformed);
+            return total > buffer.Length ? -(int)Errno.ENAMETOOLONG : -(int)Errno.EINVAL;
+        }
+        Span<byte> all = buffer[..total];
+        r.TryCopy(all);
+        ReadOnlySpan<byte> args = all[..(total - extensionBytes)];
+        names.Extensions = all[(total - extensionBytes)..];
+        for (int i = 0; i < count; i++)
+        {
+            int nul = args.IndexOf((byte)0);
+            if (nul < 0)
+            {
+                Interlocked.Increment(ref Stats._malformed);
+                return -(int)Errno.EINVAL;
+            }
+            if (i == 0)
+            {
+                names.First = args[..(nul + 1)];
+            }
+            else
+            {
+                names.Second = args[..(nul + 1)];
+            }
+            args = args[(nul + 1)..];
+        }
+        if (args.Length > 0)
+        {
+            if ((_negotiated & FuseInitFlags.SecurityCtx) != 0 && extensionBytes == 0)
+            {
+                names.Trailing = args;
+            }
+            else
+            {
+                Interlocked.Increment(ref Stats._malformed);
+                return -(int)Errno.EINVAL;
+            }
+        }
+        if (validate)
+        {
+            int rc = ValidateName(names.First);
+            if (rc == 0 && count > 1)
+            {
+                rc = ValidateName(names.Second);
+            }
+            return rc;
+        }
+        return 0;
+    }
+
+    /// <summary>A single path component from the guest: not empty, at most NAME_MAX bytes, no '/',
+    /// and not "." or ".." (only LOOKUP gives those a meaning). <paramref name="nameZ"/> includes the NUL.</summary>
+    private static int ValidateName(ReadOnlySpan<byte> nameZ)
+    {
+        ReadOnlySpan<byte> name = nameZ[..^1];
+        if (name.Length == 0)
+        {
+            return -(int)Errno.ENOENT;
+        }
+        if (name.Length > NameMax)
+        {
+            return -(int)Errno.ENAMETOOLONG;
+        }
+        if (name.IndexOf((byte)'/') >= 0)
+        {
+            return -(int)Errno.EINVAL;
+        }
+        if (IsDot(name) || IsDotDot(name))
+        {
+            return -(int)Errno.EINVAL;
+        }
+        return 0;
+    }
+
+    private static bool IsDot(ReadOnlySpan<byte> name) => name.Length == 1 && name[0] == (byte)'.';
+
+    private static bool IsDotDot(ReadOnlySpan<byte> name) => name.Length == 2 && name[0] == (byte)'.' && name[1] == (byte)'.';
+
+    /// <summary>Parses the extensions of a creating request (fuse_ext_header records, or the
+    /// old-style trailing security context). Returns 0 or -EINVAL.</summary>
+    private int ParseExtensions(scoped in NameArgs names, out RequestExtensions ext)
+    {
+        ext = default;
+        ReadOnlySpan<byte> area = names.Extensions.Length > 0 ? names.Extensions : names.Trailing;
+        while (area.Length > 0)
+        {
+            if (area.Length < FuseExtHeader.Size)
+            {
+                return Malformed();
+            }
+            uint size = BinaryPrimitives.ReadUInt32LittleEndian(area);
+            uint type = BinaryPrimitives.ReadUInt32LittleEndian(area[4..]);
+            if (size < FuseExtHeader.Size || size > (uint)area.Length)
+            {
+                return Malformed();
+            }
+            ReadOnlySpan<byte> body = area[FuseExtHeader.Size..(int)size];
+            if (type <= (uint)FuseExtType.MaxNrSecctx)
+            {
+                if (type > 0 && (_negotiated & FuseInitFlags.SecurityCtx) != 0)
+                {
+                    // fuse_secctx, then the NUL-terminated context name, then the label.
+                    if (body.Length < FuseSecctx.Size)
+                    {
+                        return Malformed();
+                    }
+                    uint labelSize = BinaryPrimitives.ReadUInt32LittleEndian(body);
+                    ReadOnlySpan<byte> rest = body[FuseSecctx.Size..];
+                    int nul = rest.IndexOf((byte)0);
+                    if (nul <= 0 || nul > NameMax || labelSize == 0 || labelSize > (uint)(rest.Length - nul - 1))
+                    {
+                        return Malformed();
+                    }
+                    ext.SecctxName = rest[..(nul + 1)];
+                    ext.SecctxValue = rest.Slice(nul + 1, (int)labelSize);
+                }
+            }
+            else if (type == (uint)FuseExtType.Groups)
+            {
+                if (body.Length < FuseSuppGroups.Size)
+                {
+                    return Malformed();
+                }
+                uint count = BinaryPrimitives.ReadUInt32LittleEndian(body);
+                if (count > MaxExtensionGroups || FuseSuppGroups.Size + count * 4 > (uint)body.Length)
+                {
+                    return Malformed();
+                }
+                ext.GroupCount = (int)count;
+                ext.Groups = body.Slice(FuseSuppGroups.Size, (int)count * 4);
+            }
+            // Unknown extension types are only sent when negotiated; skip them.
+            area = area[(int)size..];
+        }
+        return 0;
+    }
+
+    private int Malformed()
+    {
+        Interlocked.Increment(ref Stats._malformed);
+        return -(int)Errno.EINVAL;
+    }
+
+    /// <summary>What <see cref="EnterCredentials"/> changed, for <see cref="LeaveCredentials"/>.</summary>
+    private struct CredentialState
+    {
+        public bool Uid;
+        public bool Gid;
+        public bool Groups;
+    }
+
+    /// <summary>Switches the calling thread's file-system credentials to the requester's (setfsuid,
+    /// setfsgid and, with the CREATE_SUPP_GROUP extension, the thread's supplementary groups) so that
+    /// the host creates files owned by them and checks their permissions. Only when the daemon runs
+    /// as root; otherwise files are created as the daemon user. Returns 0 or -errno.</summary>
+    private int EnterCredentials(in FuseInHeader h, scoped in RequestExtensions ext, out CredentialState state)
+    {
+        state = default;
+        if (!_privileged)
+        {
+            return 0;
+        }
+        if (h.Uid == FuseConstants.InvalidUidGid || h.Gid == FuseConstants.InvalidUidGid)
+        {
+            return -(int)Errno.EINVAL;
+        }
+        if (ext.GroupCount > 0)
+        {
+            uint* groups = stackalloc uint[ext.GroupCount];
+            for (int i = 0; i < ext.GroupCount; i++)
+            {
+                groups[i] = BinaryPrimitives.ReadUInt32LittleEndian(ext.Groups[(i * 4)..]);
+            }
+            if (Libc.SetGroupsThread(ext.GroupCount, groups) < 0)
+            {
+                return Libc.NegErrno;
+            }
+            state.Groups = true;
+        }
+        if (h.Gid != 0)
+        {
+            Libc.SetFsGid(h.Gid);
+            state.Gid = true;
+        }
+        if (h.Uid != 0)
+        {
+            Libc.SetFsUid(h.Uid);
+            state.Uid = true;
+        }
+        return 0;
+    }
+
+    private void LeaveCredentials(in CredentialState state)
+    {
+        // Back to root first: it restores the file-system capabilities needed for the rest.
+        if (state.Uid)
+        {
+            Libc.SetFsUid(0);
+        }
+        if (state.Gid)
+        {
+            Libc.SetFsGid(0);
+        }
+        if (state.Groups)
+        {
+            fixed (uint* groups = _daemonGroups)
+            {
+                Libc.SetGroupsThread(_daemonGroups.Length, groups);
+            }
+        }
+    }
+
+    /// <summary>The mode to create with: with DONT_MASK negotiated the guest left the umask to us, and
+    /// (as the host kernel would) it applies only when the parent has no default ACL.</summary>
+    private uint EffectiveMode(int parentFd, uint mode, uint umask)
+    {
+        if ((_negotiated & FuseInitFlags.DontMask) == 0)
+        {
+            return mode;
+        }
+        byte* fdName = stackalloc byte[16];
+        FormatFd(parentFd, new Span<byte>(fdName, 16));
+        int dir = Libc.OpenAt(_procSelfFd, fdName, Libc.O_RDONLY | Libc.O_DIRECTORY | Libc.O_CLOEXEC, 0);
+        if (dir >= 0)
+        {
+            ReadOnlySpan<byte> acl = "system.posix_acl_default\0"u8;
+            nint size;
+            fixed (byte* name = acl)
+            {
+                size = Libc.Fgetxattr(dir, name, null, 0);
+            }
+            Libc.Close(dir);
+            if (size >= 0)
+            {
+                return mode;
+            }
+        }
+        return mode & ~umask;
+    }
+
+    /// <summary>Writes "/proc/self/fd/N\0" into <paramref name="buffer"/> (for path-only calls).</summary>
+    private static void FormatProcPath(int fd, Span<byte> buffer)
+    {
+        ReadOnlySpan<byte> prefix = "/proc/self/fd/"u8;
+        prefix.CopyTo(buffer);
+        FormatFd(fd, buffer[prefix.Length..]);
+    }
+
+    /// <summary>An fd usable with *at() calls for <paramref name="node"/>: its O_PATH fd, or a
+    /// temporary one opened from its file handle (returned in <paramref name="temporary"/>, to be
+    /// closed with <see cref="CloseTemporary"/>). Returns the fd or -errno.</summary>
+    private int PathFd(Node node, ref int temporary)
+    {
+        if (node.Fd >= 0)
+        {
+            return node.Fd;
+        }
+        byte[]? handle = node.FileHandle;
+        if (handle is null)
+        {
+            return -(int)Errno.EBADF;
+        }
+        fixed (byte* p = handle)
+        {
+            int fd = Libc.OpenByHandleAt(node.MountFd, (FileHandleHeader*)p, Libc.O_PATH | Libc.O_CLOEXEC);
+            if (fd < 0)
+            {
+                return Libc.NegErrno;
+            }
+            temporary = fd;
+            return fd;
+        }
+    }
+
+    private static void CloseTemporary(int temporary)
+    {
+        if (temporary >= 0)
+        {
+            Libc.Close(temporary);
+        }
+    }
+
+    /// <summary>Opens <paramref name="node"/> again with real access <paramref name="flags"/>: through
+    /// /proc/self/fd for an O_PATH fd, or open_by_handle_at for a file handle. Returns fd or -errno.</summary>
+    private int Reopen(Node node, int flags)
+    {
+        flags = (flags | Libc.O_CLOEXEC) & ~(Libc.O_CREAT | Libc.O_EXCL | Libc.O_NOCTTY);
+        if (node.Fd < 0)
+        {
+            byte[]? handle = node.FileHandle;
+            if (handle is null)
+            {
+                return -(int)Errno.EBADF;
+            }
+            fixed (byte* p = handle)
+            {
+                int hfd = Libc.OpenByHandleAt(node.MountFd, (FileHandleHeader*)p, flags);
+                return hfd < 0 ? Libc.NegErrno : hfd;
+            }
+        }
+        byte* name = stackalloc byte[16];
+        FormatFd(node.Fd, new Span<byte>(name, 16));
+        int fd = Libc.OpenAt(_procSelfFd, name, flags, 0);
+        return fd < 0 ? Libc.NegErrno : fd;
+    }
+}

@@ -1,0 +1,1089 @@
+using Vhostfsd.FusePassthrough.Passthrough;
+using Vhostfsd.FusePassthrough.Protocol;
+using Vhostfsd.FusePassthrough.Server;
+using Vhostfsd.Posix;
+
+namespace Vhostfsd.FusePassthrough;
+
+// Name-space operations: lookup, attributes, creation and removal of entries.
+public sealed unsafe partial class FuseServer
+{
+    private const int EBADF = -(int)Errno.EBADF;
+    private const int EIO = -(int)Errno.EIO;
+    private const int EINVAL = -(int)Errno.EINVAL;
+
+    /// <summary>Most directory levels walked up to prove that a ".." lookup stays inside the share.</summary>
+    private const int MaxDotDotDepth = 4096;
+
+    private bool AnnounceSubmounts => _options.AnnounceSubmounts && (_negotiated & FuseInitFlags.Submounts) != 0;
+
+    private uint AttrFlagsFor(Node parent, in Statx st)
+    {
+        if (!AnnounceSubmounts || (st.Mode & Libc.S_IFMT) != Libc.S_IFDIR)
+        {
+            return 0;
+        }
+        InodeKey key = KeyOf(in st);
+        return key.MntId != parent.Key.MntId || key.Dev != parent.Key.Dev ? (uint)FuseAttrFlags.Submount : 0;
+    }
+
+    /// <summary>Opens one name below <paramref name="parentFd"/> as O_PATH without following a final
+    /// symlink; with openat2, RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS|RESOLVE_NO_MAGICLINKS refuses any
+    /// escape even if a name with '/' or ".." slipped through. Returns fd or -errno.</summary>
+    private int OpenPathBelow(int parentFd, byte* name, int extraFlags = 0)
+    {
+        int flags = Libc.O_PATH | Libc.O_NOFOLLOW | Libc.O_CLOEXEC | extraFlags;
+        int fd;
+        if (_useOpenat2)
+        {
+            var how = new OpenHow
+            {
+                Flags = (ulong)flags,
+                Resolve = Libc.RESOLVE_BENEATH | Libc.RESOLVE_NO_SYMLINKS | Libc.RESOLVE_NO_MAGICLINKS,
+            };
+            fd = Libc.OpenAt2(parentFd, name, &how);
+        }
+        else
+        {
+            fd = Libc.OpenAt(parentFd, name, flags, 0);
+        }
+        return fd < 0 ? Libc.NegErrno : fd;
+    }
+
+    /// <summary>Looks <paramref name="name"/> up below <paramref name="parent"/>, adds one guest lookup
+    /// to its node and fills <paramref name="entry"/>. Returns 0 or -errno.</summary>
+    private int LookupChild(Node parent, int parentFd, byte* name, out FuseEntryOut entry)
+    {
+        entry = default;
+        Statx st;
+        if (Libc.StatxAt(parentFd, name, Libc.AT_SYMLINK_NOFOLLOW | Libc.AT_NO_AUTOMOUNT, StatxMask, &st) < 0)
+        {
+            return Libc.NegErrno;
+        }
+        if (_nodes.TryLookupExisting(KeyOf(in st), out Node existing))
+        {
+            entry = ToEntry(existing.Id, in st, AttrFlagsFor(parent, in st));
+            _nodes.Release(existing);
+            return 0;
+        }
+        if (!_budget.TryTake())
+        {
+            return -(int)Errno.ENFILE;
+        }
+        int fd = OpenPathBelow(parentFd, name);
+        if (fd < 0)
+        {
+            _budget.Return();
+            return fd;
+        }
+        return InsertFromFd(parent, fd, out entry);
+    }
+
+    /// <summary>Makes a node of the O_PATH <paramref name="fd"/> (taken from the budget; consumed here),
+    /// counting one guest lookup. Returns 0 or -errno.</summary>
+    private int InsertFromFd(Node parent, int fd, out FuseEntryOut entry)
+    {
+        entry = default;
+        Statx st;
+        byte empty = 0;
+        if (Libc.StatxAt(fd, &empty, Libc.AT_EMPTY_PATH | Libc.AT_SYMLINK_NOFOLLOW, StatxMask, &st) < 0)
+        {
+            int err = Libc.NegErrno;
+            Libc.Close(fd);
+            _budget.Return();
+            return err;
+        }
+        byte[]? handle = null;
+        int mountFd = -1;
+        if (_fileHandles)
+        {
+            int rc = MakeFileHandle(fd, in st, out handle, out mountFd);
+            if (rc < 0)
+            {
+                Libc.Close(fd);
+                _budget.Return();
+                return rc;
+            }
+            if (handle is not null)
+            {
+                Libc.Close(fd);
+                _budget.Return();
+                fd = -1;
+            }
+        }
+        Node node = _nodes.Insert(KeyOf(in st), st.Mode & Libc.S_IFMT, fd, handle, mountFd);
+        entry = ToEntry(node.Id, in st, AttrFlagsFor(parent, in st));
+        _nodes.Release(node);
+        return 0;
+    }
+
+    /// <summary>A file handle for <paramref name="fd"/> (null when the file system has none and the
+    /// mode is prefer). Returns 0 or -errno.</summary>
+    private int MakeFileHandle(int fd, in Statx st, out byte[]? handle, out int mountFd)
+    {
+        handle = null;
+        mountFd = -1;
+        byte* buffer = stackalloc byte[FileHandleHeader.Size + MaxHandleBytes];
+        var fh = (FileHandleHeader*)buffer;
+        fh->HandleBytes = MaxHandleBytes;
+        int mountId;
+        byte empty = 0;
+        if (Libc.NameToHandleAt(fd, &empty, fh, &mountId, Libc.AT_EMPTY_PATH) < 0)
+        {
+            return _options.InodeFileHandles == InodeFileHandles.Mandatory ? -(int)Errno.EOPNOTSUPP : 0;
+        }
+        ulong mount = KeyOf(in st).MntId;
+        lock (_mountLock)
+        {
+            if (!_mountFds.TryGetValue(mount, out mountFd))
+            {
+                mountFd = Libc.Dup(fd);
+                if (mountFd < 0)
+                {
+                    return Libc.NegErrno;
+                }
+                _mountFds[mount] = mountFd;
+            }
+        }
+        handle = new ReadOnlySpan<byte>(buffer, FileHandleHeader.Size + (int)fh->HandleBytes).ToArray();
+        return 0;
+    }
+
+    private int DoLookup(in FuseInHeader h, ref RequestReader r, ref ReplyWriter w)
+    {
+        if (w.Available < FuseEntryOut.Size)
+        {
+            return EIO;
+        }
+        byte[] buffer = ArgumentScratch;
+        int rc = ReadNames(in h, ref r, buffer, 1, validate: false, out NameArgs names);
+        if (rc < 0)
+        {
+            return rc;
+        }
+        ReadOnlySpan<byte> name = names.First[..^1];
+        if (name.Length == 0)
+        {
+            return -(int)Errno.ENOENT;
+        }
+        if (name.Length > NameMax)
+        {
+            return -(int)Errno.ENAMETOOLONG;
+        }
+        if (name.IndexOf((byte)'/') >= 0)
+        {
+            return EINVAL;
+        }
+        Node? parent = _nodes.Acquire(h.NodeId);
+        if (parent is null)
+        {
+            return EBADF;
+        }
+        int temporary = -1;
+        try
+        {
+            int parentFd = PathFd(parent, ref temporary);
+            if (parentFd < 0)
+            {
+                return parentFd;
+            }
+            FuseEntryOut entry;
+            if (IsDot(name) || (IsDotDot(name) && parent.IsRoot))
+            {
+                // "." is the directory itself; ".." of the share root is the root (never its host parent).
+                rc = LookupSelf(parent, parentFd, out entry);
+            }
+            else if (IsDotDot(name))
+            {
+                rc = LookupDotDot(parent, parentFd, out entry);
+            }
+            else
+            {
+                fixed (byte* p = names.First)
+                {
+                    rc = LookupChild(parent, parentFd, p, out entry);
+                }
+            }
+            if (rc < 0)
+            {
+                return rc;
+            }
+            w.TryWrite(in entry);
+            return 0;
+        }
+        finally
+        {
+            CloseTemporary(temporary);
+            _nodes.Release(parent);
+        }
+    }
+
+    private int LookupSelf(Node node, int fd, out FuseEntryOut entry)
+    {
+        entry = default;
+        Statx st;
+        byte empty = 0;
+        if (Libc.StatxAt(fd, &empty, Libc.AT_EMPTY_PATH | Libc.AT_SYMLINK_NOFOLLOW, StatxMask, &st) < 0)
+        {
+            return Libc.NegErrno;
+        }
+        if (!_nodes.TryLookupExisting(node.Key, out Node same))
+        {
+            return -(int)Errno.ESTALE;
+        }
+        entry = ToEntry(same.Id, in st, 0);
+        _nodes.Release(same);
+        return 0;
+    }
+
+    /// <summary>".." below the root: the host parent, but only after walking up to prove that it is
+    /// inside the share (a directory moved out of the share on the host must not lead the guest out).</summary>
+    private int LookupDotDot(Node node, int fd, out FuseEntryOut entry)
+    {
+        entry = default;
+        byte* dotdot = stackalloc byte[3];
+        dotdot[0] = (byte)'.';
+        dotdot[1] = (byte)'.';
+        dotdot[2] = 0;
+        byte empty = 0;
+        if (!_budget.TryTake())
+        {
+            return -(int)Errno.ENFILE;
+        }
+        int parentFd = Libc.OpenAt(fd, dotdot, Libc.O_PATH | Libc.O_DIRECTORY | Libc.O_CLOEXEC, 0);
+        if (parentFd < 0)
+        {
+            _budget.Return();
+            return Libc.NegErrno;
+        }
+        InodeKey rootKey = _nodes.Root.Key;
+        int current = Libc.Dup(parentFd);
+        bool inside = false;
+        for (int depth = 0; current >= 0 && depth < MaxDotDotDepth; depth++)
+        {
+            Statx st;
+            if (Libc.StatxAt(current, &empty, Libc.AT_EMPTY_PATH, StatxMask, &st) < 0)
+            {
+                break;
+            }
+            InodeKey key = KeyOf(in st);
+            if (key == rootKey)
+            {
+                inside = true;
+                break;
+            }
+            int up = Libc.OpenAt(current, dotdot, Libc.O_PATH | Libc.O_DIRECTORY | Libc.O_CLOEXEC, 0);
+            Libc.Close(current);
+            current = up;
+            if (up < 0)
+            {
+                break;
+            }
+            Statx upSt;
+            if (Libc.StatxAt(up, &empty, Libc.AT_EMPTY_PATH, StatxMask, &upSt) < 0 || KeyOf(in upSt) == key)
+            {
+                // Reached the host's root without meeting the share root.
+                break;
+            }
+        }
+        if (current >= 0)
+        {
+            Libc.Close(current);
+        }
+        if (!inside)
+        {
+            Libc.Close(parentFd);
+            _budget.Return();
+            return -(int)Errno.EACCES;
+        }
+        return InsertFromFd(node, parentFd, out entry);
+    }
+
+    private int DoGetattr(in FuseInHeader h, ref RequestReader r, ref ReplyWriter w)
+    {
+        if (!r.TryRead(out FuseGetattrIn _))
+        {
+            return Malformed();
+        }
+        if (w.Available < FuseAttrOut.Size)
+        {
+            return EIO;
+        }
+        Node? node = _nodes.Acquire(h.NodeId);
+        if (node is null)
+        {
+            return EBADF;
+        }
+        int temporary = -1;
+        try
+        {
+            int fd = PathFd(node, ref temporary);
+            if (fd < 0)
+            {
+                return fd;
+            }
+            Statx st;
+            byte empty = 0;
+            if (Libc.StatxAt(fd, &empty, Libc.AT_EMPTY_PATH | Libc.AT_SYMLINK_NOFOLLOW, StatxMask, &st) < 0)
+            {
+                return Libc.NegErrno;
+            }
+            FuseAttrOut reply = ToAttrOut(in st);
+            w.TryWrite(in reply);
+            return 0;
+        }
+        finally
+        {
+            CloseTemporary(temporary);
+            _nodes.Release(node);
+        }
+    }
+
+    private int DoSetattr(in FuseInHeader h, ref RequestReader r, ref ReplyWriter w)
+    {
+        if (!r.TryRead(out FuseSetattrIn a))
+        {
+            return Malformed();
+        }
+        if (w.Available < FuseAttrOut.Size)
+        {
+            return EIO;
+        }
+        var valid = (FuseSetattrValid)a.Valid;
+        Node? node = _nodes.Acquire(h.NodeId);
+        if (node is null)
+        {
+            return EBADF;
+        }
+        Handle? handle = null;
+        int temporary = -1;
+        try
+        {
+            if ((valid & FuseSetattrValid.Fh) != 0)
+            {
+                handle = _handles.Acquire(a.Fh, h.NodeId);
+                if (handle is null)
+                {
+                    return EBADF;
+                }
+            }
+            int pathFd = PathFd(node, ref temporary);
+            if (pathFd < 0)
+            {
+                return pathFd;
+            }
+            int rc = ApplySetattr(node, pathFd, handle, in a, valid);
+            if (rc < 0)
+            {
+                return rc;
+            }
+            Statx st;
+            byte empty = 0;
+            if (Libc.StatxAt(pathFd, &empty, Libc.AT_EMPTY_PATH | Libc.AT_SYMLINK_NOFOLLOW, StatxMask, &st) < 0)
+            {
+                return Libc.NegErrno;
+            }
+            FuseAttrOut reply = ToAttrOut(in st);
+            w.TryWrite(in reply);
+            return 0;
+        }
+        finally
+        {
+            if (handle is not null)
+            {
+                _handles.Release(handle);
+            }
+            CloseTemporary(temporary);
+            _nodes.Release(node);
+        }
+    }
+
+    private int ApplySetattr(Node node, int pathFd, Handle? handle, in FuseSetattrIn a, FuseSetattrValid valid)
+    {
+        byte* fdName = stackalloc byte[16];
+        FormatFd(pathFd, new Span<byte>(fdName, 16));
+        byte empty = 0;
+        bool killSuidgid = (valid & FuseSetattrValid.KillSuidgid) != 0 && (_negotiated & FuseInitFlags.HandleKillprivV2) != 0;
+
+        if ((valid & FuseSetattrValid.Mode) != 0)
+        {
+            int rc = handle is not null && handle.Fd >= 0 && !handle.IsDirectory
+                ? Libc.Fchmod(handle.Fd, a.Mode & 0xFFF)
+                : node.IsSymlink
+                    ? -1
+                    : Libc.FchmodAt(_procSelfFd, fdName, a.Mode & 0xFFF, 0);
+            if (rc < 0)
+            {
+                return node.IsSymlink ? -(int)Errno.EOPNOTSUPP : Libc.NegErrno;
+            }
+        }
+        if ((valid & (FuseSetattrValid.Uid | FuseSetattrValid.Gid)) != 0)
+        {
+            uint uid = (valid & FuseSetattrValid.Uid) != 0 ? a.Uid : uint.MaxValue;
+            uint gid = (valid & FuseSetattrValid.Gid) != 0 ? a.Gid : uint.MaxValue;
+            if (Libc.FchownAt(pathFd, &empty, uid, gid, Libc.AT_EMPTY_PATH | Libc.AT_SYMLINK_NOFOLLOW) < 0)
+            {
+                return Libc.NegErrno;
+            }
+            if (killSuidgid && !node.IsDirectory)
+            {
+                ClearSuidSgid(pathFd, fdName);
+            }
+        }
+        if ((valid & FuseSetattrValid.Size) != 0)
+        {
+            if (a.FileSize > long.MaxValue)
+            {
+                return EINVAL;
+            }
+            if (node.IsDirectory)
+            {
+                return -(int)Errno.EISDIR;
+            }
+            if (!node.IsRegular)
+            {
+                return EINVAL;
+            }
+            int rc;
+            if (handle is not null && handle.Fd >= 0 && (handle.OpenFlags & Libc.O_ACCMODE) != Libc.O_RDONLY)
+            {
+                rc = Libc.FTruncate(handle.Fd, (long)a.FileSize);
+                rc = rc < 0 ? Libc.NegErrno : 0;
+            }
+            else
+            {
+                int fd = Reopen(node, Libc.O_WRONLY | Libc.O_NONBLOCK);
+                if (fd < 0)
+                {
+                    return fd;
+                }
+                rc = Libc.FTruncate(fd, (long)a.FileSize) < 0 ? Libc.NegErrno : 0;
+                Libc.Close(fd);
+            }
+            if (rc < 0)
+            {
+                return rc;
+            }
+            if (killSuidgid)
+            {
+                ClearSuidSgid(pathFd, fdName);
+            }
+        }
+        if ((valid & (FuseSetattrValid.Atime | FuseSetattrValid.Mtime | FuseSetattrValid.AtimeNow | FuseSetattrValid.MtimeNow)) != 0)
+        {
+            Timespec* times = stackalloc Timespec[2];
+            times[0] = TimeArg(valid, FuseSetattrValid.Atime, FuseSetattrValid.AtimeNow, a.Atime, a.AtimeNsec);
+            times[1] = TimeArg(valid, FuseSetattrValid.Mtime, FuseSetattrValid.MtimeNow, a.Mtime, a.MtimeNsec);
+            int rc = Libc.UtimensAt(pathFd, &empty, times, Libc.AT_EMPTY_PATH | Libc.AT_SYMLINK_NOFOLLOW);
+            if (rc < 0 && Libc.LastErrno == Errno.EINVAL && !node.IsSymlink)
+            {
+                // Kernels without AT_EMPTY_PATH for utimensat: go through the magic link.
+                rc = Libc.UtimensAt(_procSelfFd, fdName, times, 0);
+            }
+            if (rc < 0)
+            {
+                return Libc.NegErrno;
+            }
+        }
+        return 0;
+    }
+
+    private static Timespec TimeArg(FuseSetattrValid valid, FuseSetattrValid set, FuseSetattrValid now, ulong seconds, uint nanoseconds)
+    {
+        if ((valid & now) != 0)
+        {
+            return new Timespec { Sec = 0, Nsec = Libc.UTIME_NOW };
+        }
+        if ((valid & set) != 0)
+        {
+            return new Timespec { Sec = (long)seconds, Nsec = Math.Min(nanoseconds, 999_999_999u) };
+        }
+        return new Timespec { Sec = 0, Nsec = Libc.UTIME_OMIT };
+    }
+
+    /// <summary>Clears S_ISUID, and S_ISGID when group-executable, as the kernel does when an
+    /// unprivileged writer changes a file (HANDLE_KILLPRIV_V2 makes this the daemon's job).</summary>
+    private void ClearSuidSgid(int pathFd, byte* fdName)
+    {
+        Statx st;
+        byte empty = 0;
+        if (Libc.StatxAt(pathFd, &empty, Libc.AT_EMPTY_PATH | Libc.AT_SYMLINK_NOFOLLOW, Libc.STATX_MODE | Libc.STATX_TYPE, &st) < 0)
+        {
+            return;
+        }
+        uint mode = st.Mode;
+        uint clear = Libc.S_ISUID;
+        if ((mode & Libc.S_IXGRP) != 0)
+        {
+            clear |= Libc.S_ISGID;
+        }
+        if ((mode & clear) != 0 && (mode & Libc.S_IFMT) == Libc.S_IFREG)
+        {
+            Libc.FchmodAt(_procSelfFd, fdName, mode & 0xFFF & ~clear, 0);
+        }
+    }
+
+    private int DoReadlink(in FuseInHeader h, ref RequestReader r, ref ReplyWriter w)
+    {
+        Node? node = _nodes.Acquire(h.NodeId);
+        if (node is null)
+        {
+            return EBADF;
+        }
+        int temporary = -1;
+        try
+        {
+            if (!node.IsSymlink)
+            {
+                return EINVAL;
+            }
+            int fd = PathFd(node, ref temporary);
+            if (fd < 0)
+            {
+                return fd;
+            }
+            byte* target = stackalloc byte[PathMax];
+            byte empty = 0;
+            nint n = Libc.ReadlinkAt(fd, &empty, target, PathMax);
+            if (n < 0)
+            {
+                return Libc.NegErrno;
+            }
+            if (!w.TryWrite(new ReadOnlySpan<byte>(target, (int)n)))
+            {
+                return EIO;
+            }
+            return 0;
+        }
+        finally
+        {
+            CloseTemporary(temporary);
+            _nodes.Release(node);
+        }
+    }
+
+    private int DoSymlink(in FuseInHeader h, ref RequestReader r, ref ReplyWriter w)
+    {
+        if (w.Available < FuseEntryOut.Size)
+        {
+            return EIO;
+        }
+        byte[] scratch = ArgumentScratch;
+        int rc = ReadNames(in h, ref r, scratch, 2, validate: false, out NameArgs names);
+        if (rc < 0 || (rc = ValidateName(names.First)) < 0)
+        {
+            return rc;
+        }
+        if (names.Second.Length <= 1)
+        {
+            return -(int)Errno.ENOENT;
+        }
+        if (names.Second.Length > PathMax)
+        {
+            return -(int)Errno.ENAMETOOLONG;
+        }
+        if ((rc = ParseExtensions(in names, out RequestExtensions ext)) < 0)
+        {
+            return rc;
+        }
+        fixed (byte* name = names.First)
+        fixed (byte* target = names.Second)
+        {
+            return CreateEntry(in h, in ext, name, ref w, CreateKind.Symlink, 0, 0, 0, target);
+        }
+    }
+
+    private int DoMknod(in FuseInHeader h, ref RequestReader r, ref ReplyWriter w)
+    {
+        if (!r.TryRead(out FuseMknodIn m))
+        {
+            return Malformed();
+        }
+        if (w.Available < FuseEntryOut.Size)
+        {
+            return EIO;
+        }
+        byte[] scratch = ArgumentScratch;
+        int rc = ReadNames(in h, ref r, scratch, 1, validate: true, out NameArgs names);
+        if (rc < 0 || (rc = ParseExtensions(in names, out RequestExtensions ext)) < 0)
+        {
+            return rc;
+        }
+        uint type = m.Mode & Libc.S_IFMT;
+        if (type is not (Libc.S_IFREG or Libc.S_IFIFO or Libc.S_IFSOCK or Libc.S_IFCHR or Libc.S_IFBLK) && type != 0)
+        {
+            return EINVAL;
+        }
+        ulong dev = DecodeDev(m.Rdev);
+        fixed (byte* name = names.First)
+        {
+            return CreateEntry(in h, in ext, name, ref w, CreateKind.Mknod, m.Mode, m.Umask, dev, null);
+        }
+    }
+
+    private int DoMkdir(in FuseInHeader h, ref RequestReader r, ref ReplyWriter w)
+    {
+        if (!r.TryRead(out FuseMkdirIn m))
+        {
+            return Malformed();
+        }
+        if (w.Available < FuseEntryOut.Size)
+        {
+            return EIO;
+        }
+        byte[] scratch = ArgumentScratch;
+        int rc = ReadNames(in h, ref r, scratch, 1, validate: true, out NameArgs names);
+        if (rc < 0 || (rc = ParseExtensions(in names, out RequestExtensions ext)) < 0)
+        {
+            return rc;
+        }
+        fixed (byte* name = names.First)
+        {
+            return CreateEntry(in h, in ext, name, ref w, CreateKind.Mkdir, m.Mode, m.Umask, 0, null);
+        }
+    }
+
+    private enum CreateKind
+    {
+        Symlink,
+        Mknod,
+        Mkdir,
+    }
+
+    /// <summary>Runs a creating call as the requester in the parent directory, applies a security
+    /// label if one came with the request, and replies the new entry.</summary>
+    private int CreateEntry(in FuseInHeader h, scoped in RequestExtensions ext, byte* name, ref ReplyWriter w, CreateKind kind, uint mode, uint umask, ulong dev, byte* target)
+    {
+        Node? parent = _nodes.Acquire(h.NodeId);
+        if (parent is null)
+        {
+            return EBADF;
+        }
+        int temporary = -1;
+        try
+        {
+            if (!parent.IsDirectory)
+            {
+                return -(int)Errno.ENOTDIR;
+            }
+            int parentFd = PathFd(parent, ref temporary);
+            if (parentFd < 0)
+            {
+                return parentFd;
+            }
+            uint effectiveMode = kind == CreateKind.Symlink ? 0 : EffectiveMode(parentFd, mode & 0xFFF, umask);
+            int rc = EnterCredentials(in h, in ext, out CredentialState saved);
+            if (rc < 0)
+            {
+                return rc;
+            }
+            try
+            {
+                int result = kind switch
+                {
+                    CreateKind.Symlink => Libc.SymlinkAt(target, parentFd, name),
+                    CreateKind.Mknod => Libc.MknodAt(parentFd, name, (mode & Libc.S_IFMT) | effectiveMode, dev),
+                    _ => Libc.MkdirAt(parentFd, name, effectiveMode),
+                };
+                rc = result < 0 ? Libc.NegErrno : 0;
+            }
+            finally
+            {
+                LeaveCredentials(in saved);
+            }
+            if (rc < 0)
+            {
+                return rc;
+            }
+            if (ext.HasSecctx && (rc = ApplySecurityLabel(parentFd, name, in ext)) < 0)
+            {
+                return rc;
+            }
+            rc = LookupChild(parent, parentFd, name, out FuseEntryOut entry);
+            if (rc < 0)
+            {
+                return rc;
+            }
+            w.TryWrite(in entry);
+            return 0;
+        }
+        finally
+        {
+            CloseTemporary(temporary);
+            _nodes.Release(parent);
+        }
+    }
+
+    /// <summary>Sets the guest's security label on a just-created entry (through the magic link of
+    /// its parent, so it works for every file type); on failure the entry is removed again.</summary>
+    private int ApplySecurityLabel(int parentFd, byte* name, in RequestExtensions ext)
+    {
+        int nameLength = new ReadOnlySpan<byte>(name, (int)NameMax + 1).IndexOf((byte)0);
+        Span<byte> path = stackalloc byte[32 + (int)NameMax + 2];
+        FormatProcPath(parentFd, path);
+        int at = path.IndexOf((byte)0);
+        path[at++] = (byte)'/';
+        new ReadOnlySpan<byte>(name, nameLength + 1).CopyTo(path[at..]);
+        int rc;
+        fixed (byte* p = path)
+        fixed (byte* xname = ext.SecctxName)
+        fixed (byte* value = ext.SecctxValue)
+        {
+            rc = Libc.Lsetxattr(p, xname, value, (nuint)ext.SecctxValue.Length, 0) < 0 ? Libc.NegErrno : 0;
+        }
+        if (rc < 0)
+        {
+            Statx st;
+            if (Libc.StatxAt(parentFd, name, Libc.AT_SYMLINK_NOFOLLOW, Libc.STATX_TYPE, &st) == 0)
+            {
+                Libc.UnlinkAt(parentFd, name, (st.Mode & Libc.S_IFMT) == Libc.S_IFDIR ? Libc.AT_REMOVEDIR : 0);
+            }
+        }
+        return rc;
+    }
+
+    private int DoUnlink(in FuseInHeader h, ref RequestReader r, bool directory)
+    {
+        byte[] buffer = ArgumentScratch;
+        int rc = ReadNames(in h, ref r, buffer, 1, validate: true, out NameArgs names);
+        if (rc < 0)
+        {
+            return rc;
+        }
+        Node? parent = _nodes.Acquire(h.NodeId);
+        if (parent is null)
+        {
+            return EBADF;
+        }
+        int temporary = -1;
+        try
+        {
+            int parentFd = PathFd(parent, ref temporary);
+            if (parentFd < 0)
+            {
+                return parentFd;
+            }
+            fixed (byte* name = names.First)
+            {
+                return Libc.UnlinkAt(parentFd, name, directory ? Libc.AT_REMOVEDIR : 0) < 0 ? Libc.NegErrno : 0;
+            }
+        }
+        finally
+        {
+            CloseTemporary(temporary);
+            _nodes.Release(parent);
+        }
+    }
+
+    private int DoRename(in FuseInHeader h, ref RequestReader r, bool extended)
+    {
+        ulong newDirId;
+        uint flags = 0;
+        if (extended)
+        {
+            if (!r.TryRead(out FuseRename2In a))
+            {
+                return Malformed();
+            }
+            newDirId = a.NewDir;
+            flags = a.Flags;
+        }
+        else
+        {
+            if (!r.TryRead(out FuseRenameIn a))
+            {
+                return Malformed();
+            }
+            newDirId = a.NewDir;
+        }
+        if ((flags & ~(Libc.RENAME_NOREPLACE | Libc.RENAME_EXCHANGE | Libc.RENAME_WHITEOUT)) != 0)
+        {
+            return EINVAL;
+        }
+        byte[] buffer = ArgumentScratch;
+        int rc = ReadNames(in h, ref r, buffer, 2, validate: true, out NameArgs names);
+        if (rc < 0)
+        {
+            return rc;
+        }
+        Node? oldParent = _nodes.Acquire(h.NodeId);
+        if (oldParent is null)
+        {
+            return EBADF;
+        }
+        Node? newParent = _nodes.Acquire(newDirId);
+        int oldTemporary = -1;
+        int newTemporary = -1;
+        try
+        {
+            if (newParent is null)
+            {
+                return EBADF;
+            }
+            int oldFd = PathFd(oldParent, ref oldTemporary);
+            if (oldFd < 0)
+            {
+                return oldFd;
+            }
+            int newFd = PathFd(newParent, ref newTemporary);
+            if (newFd < 0)
+            {
+                return newFd;
+            }
+            fixed (byte* oldName = names.First)
+            fixed (byte* newName = names.Second)
+            {
+                return Libc.RenameAt2(oldFd, oldName, newFd, newName, flags) < 0 ? Libc.NegErrno : 0;
+            }
+        }
+        finally
+        {
+            CloseTemporary(oldTemporary);
+            CloseTemporary(newTemporary);
+            if (newParent is not null)
+            {
+                _nodes.Release(newParent);
+            }
+            _nodes.Release(oldParent);
+        }
+    }
+
+    private int DoLink(in FuseInHeader h, ref RequestReader r, ref ReplyWriter w)
+    {
+        if (!r.TryRead(out FuseLinkIn a))
+        {
+            return Malformed();
+        }
+        if (w.Available < FuseEntryOut.Size)
+        {
+            return EIO;
+        }
+        byte[] buffer = ArgumentScratch;
+        int rc = ReadNames(in h, ref r, buffer, 1, validate: true, out NameArgs names);
+        if (rc < 0)
+        {
+            return rc;
+        }
+        Node? target = _nodes.Acquire(a.OldNodeId);
+        if (target is null)
+        {
+            return EBADF;
+        }
+        Node? parent = _nodes.Acquire(h.NodeId);
+        int targetTemporary = -1;
+        int parentTemporary = -1;
+        try
+        {
+            if (parent is null)
+            {
+                return EBADF;
+            }
+            if (target.IsDirectory)
+            {
+                return -(int)Errno.EPERM;
+            }
+            int targetFd = PathFd(target, ref targetTemporary);
+            if (targetFd < 0)
+            {
+                return targetFd;
+            }
+            int parentFd = PathFd(parent, ref parentTemporary);
+            if (parentFd < 0)
+            {
+                return parentFd;
+            }
+            fixed (byte* name = names.First)
+            {
+                byte empty = 0;
+                if (Libc.LinkAt(targetFd, &empty, parentFd, name, Libc.AT_EMPTY_PATH) < 0)
+                {
+                    Errno first = Libc.LastErrno;
+                    if (first is not (Errno.ENOENT or Errno.EPERM or Errno.EINVAL))
+                    {
+                        return -(int)first;
+                    }
+                    // Without CAP_DAC_READ_SEARCH, AT_EMPTY_PATH is refused: follow the magic link instead.
+                    byte* fdName = stackalloc byte[16];
+                    FormatFd(targetFd, new Span<byte>(fdName, 16));
+                    if (Libc.LinkAt(_procSelfFd, fdName, parentFd, name, Libc.AT_SYMLINK_FOLLOW) < 0)
+                    {
+                        return Libc.NegErrno;
+                    }
+                }
+                rc = LookupChild(parent, parentFd, name, out FuseEntryOut entry);
+                if (rc < 0)
+                {
+                    return rc;
+                }
+                w.TryWrite(in entry);
+                return 0;
+            }
+        }
+        finally
+        {
+            CloseTemporary(targetTemporary);
+            CloseTemporary(parentTemporary);
+            if (parent is not null)
+            {
+                _nodes.Release(parent);
+            }
+            _nodes.Release(target);
+        }
+    }
+
+    private int DoStatfs(in FuseInHeader h, ref ReplyWriter w)
+    {
+        if (w.Available < FuseStatfsOut.Size)
+        {
+            return EIO;
+        }
+        Node? node = _nodes.Acquire(h.NodeId);
+        if (node is null)
+        {
+            return EBADF;
+        }
+        int temporary = -1;
+        try
+        {
+            int fd = PathFd(node, ref temporary);
+            if (fd < 0)
+            {
+                return fd;
+            }
+            StatFs s;
+            if (Libc.Fstatfs(fd, &s) < 0)
+            {
+                return Libc.NegErrno;
+            }
+            var reply = new FuseStatfsOut
+            {
+                St = new FuseKStatfs
+                {
+                    Blocks = s.Blocks,
+                    Bfree = s.BlocksFree,
+                    Bavail = s.BlocksAvailable,
+                    Files = s.Files,
+                    Ffree = s.FilesFree,
+                    Bsize = (uint)s.BlockSize,
+                    NameLen = (uint)s.NameLength,
+                    Frsize = (uint)(s.FragmentSize != 0 ? s.FragmentSize : s.BlockSize),
+                },
+            };
+            w.TryWrite(in reply);
+            return 0;
+        }
+        finally
+        {
+            CloseTemporary(temporary);
+            _nodes.Release(node);
+        }
+    }
+
+    private int DoStatx(in FuseInHeader h, ref RequestReader r, ref ReplyWriter w)
+    {
+        if (!r.TryRead(out FuseStatxIn a))
+        {
+            return Malformed();
+        }
+        if (w.Available < FuseStatxOut.Size)
+        {
+            return EIO;
+        }
+        Node? node = _nodes.Acquire(h.NodeId);
+        if (node is null)
+        {
+            return EBADF;
+        }
+        int temporary = -1;
+        try
+        {
+            int fd = PathFd(node, ref temporary);
+            if (fd < 0)
+            {
+                return fd;
+            }
+            Statx st;
+            byte empty = 0;
+            int flags = Libc.AT_EMPTY_PATH | Libc.AT_SYMLINK_NOFOLLOW | ((int)a.SxFlags & Libc.AT_STATX_SYNC_TYPE);
+            if (Libc.StatxAt(fd, &empty, flags, a.SxMask | Libc.STATX_BASIC_STATS, &st) < 0)
+            {
+                return Libc.NegErrno;
+            }
+            var reply = new FuseStatxOut { AttrValid = _attrValidSec, AttrValidNsec = _attrValidNsec };
+            // fuse_statx is the statx layout up to dev_minor; the rest is spare.
+            new ReadOnlySpan<byte>(&st, 144).CopyTo(new Span<byte>(&reply.Stat, 144));
+            w.TryWrite(in reply);
+            return 0;
+        }
+        finally
+        {
+            CloseTemporary(temporary);
+            _nodes.Release(node);
+        }
+    }
+
+    /// <summary>ACCESS from the mode bits and the requester's uid/gid (as the Rust virtiofsd): root
+    /// may read and write anything and execute what has any x bit.</summary>
+    private int DoAccess(in FuseInHeader h, ref RequestReader r)
+    {
+        if (!r.TryRead(out FuseAccessIn a))
+        {
+            return Malformed();
+        }
+        Node? node = _nodes.Acquire(h.NodeId);
+        if (node is null)
+        {
+            return EBADF;
+        }
+        int temporary = -1;
+        try
+        {
+            int fd = PathFd(node, ref temporary);
+            if (fd < 0)
+            {
+                return fd;
+            }
+            Statx st;
+            byte empty = 0;
+            if (Libc.StatxAt(fd, &empty, Libc.AT_EMPTY_PATH | Libc.AT_SYMLINK_NOFOLLOW, StatxMask, &st) < 0)
+            {
+                return Libc.NegErrno;
+            }
+            return CheckAccess(st.Mode, st.Uid, st.Gid, h.Uid, h.Gid, (int)a.Mask) ? 0 : -(int)Errno.EACCES;
+        }
+        finally
+        {
+            CloseTemporary(temporary);
+            _nodes.Release(node);
+        }
+    }
+
+    internal static bool CheckAccess(uint mode, uint fileUid, uint fileGid, uint uid, uint gid, int mask)
+    {
+        mask &= Libc.R_OK | Libc.W_OK | Libc.X_OK;
+        if (mask == Libc.F_OK)
+        {
+            return true;
+        }
+        bool root = uid == 0;
+        bool Allowed(uint ownerBit, uint groupBit, uint otherBit) =>
+            (fileUid == uid && (mode & ownerBit) != 0) || (fileGid == gid && (mode & groupBit) != 0) || (mode & otherBit) != 0;
+        if ((mask & Libc.R_OK) != 0 && !root && !Allowed(0x100, 0x20, 0x4))
+        {
+            return false;
+        }
+        if ((mask & Libc.W_OK) != 0 && !root && !Allowed(0x80, 0x10, 0x2))
+        {
+            return false;
+        }
+        if ((mask & Libc.X_OK) != 0)
+        {
+            bool anyX = (mode & 0x49) != 0;
+            if (root ? !anyX : !Allowed(0x40, 0x8, 0x1))
+            {
+                return false;
+            }
+        }
+        return true;
+    }
+}

@@ -1,0 +1,157 @@
+using System.Runtime.CompilerServices;
+using Vhostfsd.Posix;
+
+namespace Vhostfsd.FusePassthrough.Server;
+
+/// <summary>Writes a FUSE reply into scattered writable segments. Never writes past their total:
+/// every write checks the space left first and reports failure instead.</summary>
+internal unsafe ref struct ReplyWriter
+{
+    private readonly ReadOnlySpan<IoVec> _segments;
+    private readonly int _capacity;
+    private int _position;
+    private int _segment;
+    private nuint _offset;
+
+    public ReplyWriter(ReadOnlySpan<IoVec> segments, int capacity)
+    {
+        _segments = segments;
+        _capacity = capacity;
+        _position = 0;
+        _segment = 0;
+        _offset = 0;
+    }
+
+    /// <summary>Total writable bytes.</summary>
+    public readonly int Capacity => _capacity;
+
+    /// <summary>Current write position (bytes from the start of the reply).</summary>
+    public readonly int Position => _position;
+
+    /// <summary>Bytes left after the current position.</summary>
+    public readonly int Available => _capacity - _position;
+
+    /// <summary>Moves the write position to <paramref name="position"/> (0..Capacity).</summary>
+    public void Seek(int position)
+    {
+        if (position < 0 || position > _capacity)
+        {
+            throw new ArgumentOutOfRangeException(nameof(position));
+        }
+        _position = 0;
+        _segment = 0;
+        _offset = 0;
+        Advance(position);
+    }
+
+    /// <summary>Moves forward <paramref name="count"/> bytes (data already placed by preadv2 or Describe users).</summary>
+    public void Advance(int count)
+    {
+        if (count < 0 || count > Available)
+        {
+            throw new ArgumentOutOfRangeException(nameof(count));
+        }
+        int left = count;
+        while (left > 0)
+        {
+            IoVec seg = _segments[_segment];
+            nuint available = seg.Length - _offset;
+            if (available == 0)
+            {
+                _segment++;
+                _offset = 0;
+                continue;
+            }
+            int n = (int)Math.Min((nuint)left, available);
+            _offset += (nuint)n;
+            left -= n;
+        }
+        _position += count;
+    }
+
+    public bool TryWrite<T>(in T value) where T : unmanaged
+    {
+        // SAFETY: value is a readonly reference to sizeof(T) bytes; we only read them.
+        return TryWrite(new ReadOnlySpan<byte>(Unsafe.AsPointer(ref Unsafe.AsRef(in value)), sizeof(T)));
+    }
+
+    /// <summary>Writes all of <paramref name="source"/> or nothing.</summary>
+    public bool TryWrite(scoped ReadOnlySpan<byte> source)
+    {
+        if (source.Length > Available)
+        {
+            return false;
+        }
+        int done = 0;
+        while (done < source.Length)
+        {
+            IoVec seg = _segments[_segment];
+            nuint available = seg.Length - _offset;
+            if (available == 0)
+            {
+                _segment++;
+                _offset = 0;
+                continue;
+            }
+            int n = (int)Math.Min((nuint)(source.Length - done), available);
+            // SAFETY: [Base + _offset, + n) lies inside this writable segment (n <= Length - _offset).
+            source.Slice(done, n).CopyTo(new Span<byte>((byte*)seg.Base + _offset, n));
+            _offset += (nuint)n;
+            done += n;
+        }
+        _position += source.Length;
+        return true;
+    }
+
+    /// <summary>Writes <paramref name="count"/> zero bytes (record padding) or nothing.</summary>
+    public bool TryWriteZeros(int count)
+    {
+        Span<byte> zeros = stackalloc byte[8];
+        zeros.Clear();
+        if (count > Available)
+        {
+            return false;
+        }
+        while (count > 0)
+        {
+            int n = Math.Min(count, 8);
+            TryWrite(zeros[..n]);
+            count -= n;
+        }
+        return true;
+    }
+
+    /// <summary>Describes the next <paramref name="count"/> writable bytes as iovecs (for preadv2)
+    /// without advancing. Returns the iovec count, or -1 when they do not fit.</summary>
+    public readonly int Describe(int count, Span<IoVec> destination)
+    {
+        if (count > Available)
+        {
+            return -1;
+        }
+        int filled = 0;
+        int segment = _segment;
+        nuint offset = _offset;
+        int left = count;
+        while (left > 0)
+        {
+            IoVec seg = _segments[segment];
+            nuint available = seg.Length - offset;
+            if (available == 0)
+            {
+                segment++;
+                offset = 0;
+                continue;
+            }
+            if (filled == destination.Length)
+            {
+                return -1;
+            }
+            int n = (int)Math.Min((nuint)left, available);
+            destination[filled++] = new IoVec((byte*)seg.Base + offset, (nuint)n);
+            offset += (nuint)n;
+            left -= n;
+        }
+        return filled;
+    }
+}

@@ -1,0 +1,142 @@
+using System.Runtime.CompilerServices;
+using Vhostfsd.Posix;
+
+namespace Vhostfsd.FusePassthrough.Server;
+
+/// <summary>Reads a FUSE request that lies in scattered readable segments (which may split anywhere,
+/// even inside a header). Everything is copied out into private memory before it is looked at,
+/// because the segments may be guest memory that the guest can change under us; only WRITE payloads
+/// are handed on in place (as iovecs for pwritev2).</summary>
+internal unsafe ref struct RequestReader
+{
+    private readonly ReadOnlySpan<IoVec> _segments;
+    private int _segment;
+    private nuint _offset;
+    private int _remaining;
+
+    /// <param name="segments">The readable segments; callers guarantee each describes valid memory.</param>
+    /// <param name="length">Request bytes to expose (at most the segments' total).</param>
+    public RequestReader(ReadOnlySpan<IoVec> segments, int length)
+    {
+        _segments = segments;
+        _segment = 0;
+        _offset = 0;
+        _remaining = length;
+    }
+
+    /// <summary>Bytes of the request not consumed yet.</summary>
+    public readonly int Remaining => _remaining;
+
+    /// <summary>Sum of the segment lengths, saturated at int.MaxValue.</summary>
+    public static int TotalLength(ReadOnlySpan<IoVec> segments)
+    {
+        ulong total = 0;
+        foreach (ref readonly IoVec s in segments)
+        {
+            total += s.Length;
+            if (total > int.MaxValue)
+            {
+                return int.MaxValue;
+            }
+        }
+        return (int)total;
+    }
+
+    /// <summary>Copies the next sizeof(T) bytes into <paramref name="value"/>; false (nothing consumed) when too few remain.</summary>
+    public bool TryRead<T>(out T value) where T : unmanaged
+    {
+        value = default;
+        // SAFETY: value is a local of exactly sizeof(T) bytes.
+        return TryCopy(new Span<byte>(Unsafe.AsPointer(ref value), sizeof(T)));
+    }
+
+    /// <summary>Copies the next <paramref name="destination"/>.Length bytes; false (nothing consumed) when too few remain.</summary>
+    public bool TryCopy(scoped Span<byte> destination)
+    {
+        if (destination.Length > _remaining)
+        {
+            return false;
+        }
+        int done = 0;
+        while (done < destination.Length)
+        {
+            IoVec seg = _segments[_segment];
+            nuint available = seg.Length - _offset;
+            if (available == 0)
+            {
+                _segment++;
+                _offset = 0;
+                continue;
+            }
+            int n = (int)Math.Min((nuint)(destination.Length - done), available);
+            // SAFETY: [Base + _offset, + n) lies inside this segment (n <= Length - _offset), and the
+            // caller of HandleRequest guarantees the segment is readable memory.
+            new ReadOnlySpan<byte>((byte*)seg.Base + _offset, n).CopyTo(destination[done..]);
+            _offset += (nuint)n;
+            done += n;
+        }
+        _remaining -= destination.Length;
+        return true;
+    }
+
+    /// <summary>Skips <paramref name="count"/> bytes; false when fewer remain.</summary>
+    public bool Skip(int count)
+    {
+        if (count < 0 || count > _remaining)
+        {
+            return false;
+        }
+        int left = count;
+        while (left > 0)
+        {
+            IoVec seg = _segments[_segment];
+            nuint available = seg.Length - _offset;
+            if (available == 0)
+            {
+                _segment++;
+                _offset = 0;
+                continue;
+            }
+            int n = (int)Math.Min((nuint)left, available);
+            _offset += (nuint)n;
+            left -= n;
+        }
+        _remaining -= count;
+        return true;
+    }
+
+    /// <summary>Describes the next <paramref name="count"/> bytes as iovecs pointing into the
+    /// segments (for pwritev2) without consuming them. Returns how many iovecs were filled, or -1
+    /// when <paramref name="destination"/> is too small or fewer bytes remain.</summary>
+    public readonly int Describe(int count, Span<IoVec> destination)
+    {
+        if (count > _remaining)
+        {
+            return -1;
+        }
+        int filled = 0;
+        int segment = _segment;
+        nuint offset = _offset;
+        int left = count;
+        while (left > 0)
+        {
+            IoVec seg = _segments[segment];
+            nuint available = seg.Length - offset;
+            if (available == 0)
+            {
+                segment++;
+                offset = 0;
+                continue;
+            }
+            if (filled == destination.Length)
+            {
+                return -1;
+            }
+            int n = (int)Math.Min((nuint)left, available);
+            destination[filled++] = new IoVec((byte*)seg.Base + offset, (nuint)n);
+            offset += (nuint)n;
+            left -= n;
+        }
+        return filled;
+    }
+}

@@ -1,0 +1,79 @@
+using System.Runtime.InteropServices;
+using System.Text;
+using Vhostfsd.FusePassthrough.Protocol;
+using Vhostfsd.Posix;
+using Vhostfsd.Testing;
+
+namespace Vhostfsd.FusePassthrough.Tests;
+
+/// <summary>A temporary host tree: <c>share/</c> (exported) and <c>outside/</c> (a sibling the guest
+/// must never reach), a FuseServer on the share and a client that has done INIT.</summary>
+public sealed class ShareFixture : IDisposable
+{
+    public ShareFixture(PassthroughOptions? options = null, FuseInitFlags? initFlags = null, Func<string, PassthroughOptions>? makeOptions = null)
+    {
+        Base = Path.Combine(Path.GetTempPath(), "vhostfsd-fuse-" + Guid.NewGuid().ToString("N"));
+        Share = Path.Combine(Base, "share");
+        Outside = Path.Combine(Base, "outside");
+        Directory.CreateDirectory(Share);
+        Directory.CreateDirectory(Outside);
+        File.WriteAllText(Path.Combine(Outside, "secret"), "outside the share");
+        var opts = makeOptions?.Invoke(Share) ?? options ?? new PassthroughOptions { SharedDir = Share };
+        Server = new FuseServer(opts, Log.Add);
+        Client = new FuseTestClient(Server.HandleRequest);
+        Init = initFlags is null ? Client.Init() : Client.Init(initFlags.Value);
+    }
+
+    public string Base { get; }
+    public string Share { get; }
+    public string Outside { get; }
+    public FuseServer Server { get; }
+    public FuseTestClient Client { get; }
+    public FuseInitOut Init { get; }
+    public List<string> Log { get; } = new();
+
+    public string HostPath(string relative) => Path.Combine(Share, relative);
+
+    /// <summary>Snapshot of everything under outside/: path → content (files) or "dir".</summary>
+    public Dictionary<string, string> OutsideSnapshot()
+    {
+        var map = new Dictionary<string, string>();
+        foreach (string path in Directory.EnumerateFileSystemEntries(Outside, "*", SearchOption.AllDirectories))
+        {
+            map[path] = Directory.Exists(path) ? "dir" : File.ReadAllText(path);
+        }
+        return map;
+    }
+
+    public void Dispose()
+    {
+        Server.Dispose();
+        try
+        {
+            Directory.Delete(Base, recursive: true);
+        }
+        catch (IOException)
+        {
+        }
+        catch (UnauthorizedAccessException)
+        {
+        }
+    }
+
+    public static unsafe Statx HostStat(string path)
+    {
+        Statx st;
+        byte[] p = Encoding.UTF8.GetBytes(path + "\0");
+        fixed (byte* pp = p)
+        {
+            if (Libc.StatxAt(Libc.AT_FDCWD, pp, Libc.AT_SYMLINK_NOFOLLOW, Libc.STATX_BASIC_STATS | Libc.STATX_MNT_ID, &st) < 0)
+            {
+                throw new PosixException("statx " + path, Libc.LastErrno);
+            }
+        }
+        return st;
+    }
+
+    /// <summary>Open descriptors of this process.</summary>
+    public static int OpenFdCount() => Directory.GetFiles("/proc/self/fd").Length;
+}
