@@ -5,13 +5,16 @@
 #
 # usage: run.sh --daemon reference|vhostfsd|custom --share DIR --out DIR
 #               [--script suite|demo] [--queues N] [--xattr] [--tag TAG]
-#               [--timeout SECONDS] [--show]
+#               [--timeout SECONDS] [--socket-activation] [--show]
 #
 #   --daemon reference  /usr/lib/qemu/virtiofsd (C, QEMU 7.2), or $VIRTIOFSD
 #   --daemon vhostfsd   dotnet src/Vhostfsd/bin/$CONFIG/net10.0/vhostfsd.dll, or $VHOSTFSD
 #   --daemon custom     $E2E_DAEMON_CMD, a command line in which @SOCKET@, @SHARED@, @TAG@
 #                       and @QUEUES@ are replaced (e.g. another virtiofsd build)
 #   --xattr             the daemon serves xattrs and the guest suite tests them
+#   --socket-activation start the daemon as a systemd socket unit would: the socket is
+#                       created by systemd-socket-activate, which starts the daemon with
+#                       the listening socket as fd 3 (--fd 3 / --fd=3) on first connect
 #   --show              copy the guest console to stdout while it runs (make demo)
 #   Extra daemon arguments: $E2E_DAEMON_ARGS (split on spaces).
 #
@@ -24,7 +27,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 
-daemon="" share="" out="" script=suite queues=1 xattr=0 tag=e2e timeout=300 show=0
+daemon="" share="" out="" script=suite queues=1 xattr=0 tag=e2e timeout=300 show=0 activation=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --daemon)  daemon="$2"; shift 2 ;;
@@ -36,6 +39,7 @@ while [ $# -gt 0 ]; do
     --tag)     tag="$2"; shift 2 ;;
     --timeout) timeout="$2"; shift 2 ;;
     --show)    show=1; shift ;;
+    --socket-activation) activation=1; shift ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -62,7 +66,8 @@ case "$daemon" in
   reference)
     read -r -a cmd <<< "${VIRTIOFSD:-/usr/lib/qemu/virtiofsd}"
     # The C daemon takes -o options; it has no --tag and a single request queue.
-    cmd+=("--socket-path=$sock" -o "source=$share" -o cache=auto)
+    if [ "$activation" = 1 ]; then cmd+=(--fd=3); else cmd+=("--socket-path=$sock"); fi
+    cmd+=(-o "source=$share" -o cache=auto)
     [ "$xattr" = 1 ] && cmd+=(-o xattr)
     ;;
   vhostfsd)
@@ -75,7 +80,8 @@ case "$daemon" in
     fi
     # No --tag: a daemon offering VHOST_USER_PROTOCOL_F_CONFIG makes QEMU 7.1-8.0 crash
     # (see docs/e2e.md); QEMU's own tag= property names the file system.
-    cmd+=(--socket-path "$sock" --shared-dir "$share" --cache auto)
+    if [ "$activation" = 1 ]; then cmd+=(--fd 3); else cmd+=(--socket-path "$sock"); fi
+    cmd+=(--shared-dir "$share" --cache auto)
     [ "$xattr" = 1 ] && cmd+=(--xattr)
     ;;
   custom)
@@ -89,6 +95,11 @@ case "$daemon" in
   *) die "--daemon must be reference, vhostfsd or custom" ;;
 esac
 cmd+=("${extra[@]}")
+if [ "$activation" = 1 ]; then
+  command -v systemd-socket-activate >/dev/null || die "--socket-activation needs systemd-socket-activate (package systemd)"
+  # It execs the daemon in place (same pid) once the first client connects.
+  cmd=(systemd-socket-activate -l "$sock" "${cmd[@]}")
+fi
 
 device="vhost-user-fs-pci,chardev=vfs,tag=$tag"
 [ "$queues" -gt 1 ] && device+=",num-request-queues=$queues"

@@ -31,7 +31,7 @@ public static partial class DaemonLog
         foreach (var raw in log.Split('\n'))
         {
             var line = raw.TrimEnd('\r');
-            if (line.Length == 0)
+            if (line.Length == 0 || SocketActivator().IsMatch(line))
             {
                 continue;
             }
@@ -52,6 +52,10 @@ public static partial class DaemonLog
         }
         return errors;
     }
+
+    // What systemd-socket-activate itself prints before it execs the daemon.
+    [GeneratedRegex(@"^(Listening on .* as \d+\.|Communication attempt on fd \d+\.|Execing .*)$")]
+    private static partial Regex SocketActivator();
 
     [GeneratedRegex(@"^virtio_loop: Unexpected poll revents 11$")]
     private static partial Regex ReferenceDisconnect();

@@ -10,7 +10,9 @@ namespace Vhostfsd.E2E;
 /// <param name="Daemon">The daemon serving the share.</param>
 /// <param name="RequestQueues">num-request-queues of the QEMU device.</param>
 /// <param name="Xattr">Start the daemon with xattr support and test xattrs in the guest.</param>
-public sealed record GuestRunOptions(string Name, DaemonKind Daemon, int RequestQueues, bool Xattr);
+/// <param name="SocketActivation">Start the daemon the way a systemd socket unit does: the
+/// listening socket comes in as fd 3 (systemd-socket-activate, --fd 3).</param>
+public sealed record GuestRunOptions(string Name, DaemonKind Daemon, int RequestQueues, bool Xattr, bool SocketActivation = false);
 
 /// <summary>A finished boot of the guest: scripts/e2e/run.sh's outputs, parsed.</summary>
 public sealed class GuestRun
@@ -28,6 +30,7 @@ public sealed class GuestRun
     public required string ScriptOutput { get; init; }
     public required GuestConsole Console { get; init; }
     public required string DaemonLogText { get; init; }
+    public required string QemuLogText { get; init; }
     public required IReadOnlyDictionary<string, string> Result { get; init; }
 
     /// <summary>Prepares a fresh share, boots the guest against the daemon and waits for it.</summary>
@@ -66,6 +69,10 @@ public sealed class GuestRun
         {
             psi.ArgumentList.Add("--xattr");
         }
+        if (options.SocketActivation)
+        {
+            psi.ArgumentList.Add("--socket-activation");
+        }
         psi.Environment["CONFIG"] = RepositoryLayout.Configuration;
         var extra = DaemonLog.ExtraArguments(options.Daemon);
         var userExtra = Environment.GetEnvironmentVariable("E2E_DAEMON_ARGS");
@@ -101,6 +108,7 @@ public sealed class GuestRun
                 ScriptOutput = text.ToString(),
                 Console = GuestConsole.Parse(ReadIfExists(Path.Combine(outDir, "serial.log"))),
                 DaemonLogText = ReadIfExists(Path.Combine(outDir, "daemon.log")),
+                QemuLogText = ReadIfExists(Path.Combine(outDir, "qemu.log")),
                 Result = ParseResult(ReadIfExists(Path.Combine(outDir, "result"))),
             };
             output.WriteLine($"{options.Name}: run.sh exited {run.ScriptStatus} after {started.Elapsed.TotalSeconds:F1} s; " +
@@ -121,7 +129,7 @@ public sealed class GuestRun
         sb.AppendLine("--- result").AppendLine(ReadIfExists(Path.Combine(OutDirectory, "result")).TrimEnd());
         sb.AppendLine("--- guest console (serial.log)").AppendLine(string.Join('\n', Console.Lines).TrimEnd());
         sb.AppendLine("--- daemon log").AppendLine(Tail(DaemonLogText, 200));
-        sb.AppendLine("--- qemu.log").AppendLine(ReadIfExists(Path.Combine(OutDirectory, "qemu.log")).TrimEnd());
+        sb.AppendLine("--- qemu.log").AppendLine(QemuLogText.TrimEnd());
         return sb.ToString();
     }
 

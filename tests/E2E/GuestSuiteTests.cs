@@ -39,6 +39,10 @@ public sealed class GuestSuiteTests(ITestOutputHelper output)
     public void Vhostfsd_WithXattr_PassesTheSuiteAndXattrs() =>
         RunAndCheck(new GuestRunOptions("vhostfsd-1q-xattr", DaemonKind.Vhostfsd, RequestQueues: 1, Xattr: true));
 
+    [Fact]
+    public void Vhostfsd_SocketActivatedWithFd3_PassesTheSuite() =>
+        RunAndCheck(new GuestRunOptions("vhostfsd-1q-fd3", DaemonKind.Vhostfsd, RequestQueues: 1, Xattr: false, SocketActivation: true));
+
     private void RunAndCheck(GuestRunOptions options)
     {
         var run = GuestRun.Execute(options, output);
@@ -81,7 +85,11 @@ public sealed class GuestSuiteTests(ITestOutputHelper output)
         }
         if (!console.Booted)
         {
+            // Nothing ran in the guest: say why QEMU or the daemon stopped, not which steps are absent.
             problems.Add("the guest never reached /init (no E2E-BOOT on the console)");
+            problems.Add($"QEMU exited with status {run.ResultValue("qemu_rc")}: {LastLines(run.QemuLogText, 3)}");
+            problems.Add($"the daemon ended ({run.ResultValue("daemon_exit")}, status {run.ResultValue("daemon_rc")}): {LastLines(run.DaemonLogText, 5)}");
+            return problems;
         }
         foreach (var failure in console.Failures)
         {

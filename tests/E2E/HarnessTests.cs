@@ -69,7 +69,10 @@ public sealed class HarnessTests
     {
         var errors = DaemonLog.ErrorLines(DaemonKind.Reference,
             "virtio_loop: Unexpected poll revents 11\n" +
-            "fv_queue_thread: Invalid request\n");
+            "fv_queue_thread: Invalid request\n" +
+            "Listening on /tmp/x/vfs.sock as 3.\n" +
+            "Communication attempt on fd 3.\n" +
+            "Execing /usr/lib/qemu/virtiofsd (/usr/lib/qemu/virtiofsd --fd=3)\n");
         Assert.Equal(["fv_queue_thread: Invalid request"], errors);
         Assert.Empty(DaemonLog.ErrorLines(DaemonKind.Reference, "virtio_loop: Unexpected poll revents 11\n\n"));
     }
@@ -77,6 +80,7 @@ public sealed class HarnessTests
     [Theory]
     [InlineData("[12:00:01 ERR] queue 1: descriptor loop", true)]
     [InlineData("[2026-01-01 12:00:01.123 +00:00 FTL] cannot map memory", true)]
+    [InlineData("[2026-01-01T12:00:01.123+00:00 ERR] queue 1 broken", true)]
     [InlineData("2026-01-01 12:00:01.123 +00:00 [ERR] cannot map memory", true)]
     [InlineData("[Error] cannot map memory", true)]
     [InlineData("{\"@t\":\"2026-01-01\",\"@l\":\"Error\",\"@mt\":\"x\"}", true)]
