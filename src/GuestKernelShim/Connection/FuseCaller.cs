@@ -14,6 +14,19 @@ public readonly struct FuseCaller
         Umask = umask & 0x1FF;
     }
 
+    private FuseCaller(uint uid, uint gid, uint pid, bool exactPid)
+    {
+        Uid = uid;
+        Gid = gid;
+        Pid = pid;
+        Groups = null;
+        Umask = 0x12;
+    }
+
+    /// <summary>No credentials (uid, gid and pid 0): what the kernel sends for requests with nocreds
+    /// (RELEASE, DESTROY, FORGET, INTERRUPT).</summary>
+    public static FuseCaller Kernel => new(0, 0, 0, exactPid: true);
+
     public uint Uid { get; }
     public uint Gid { get; }
     public uint Pid { get; }

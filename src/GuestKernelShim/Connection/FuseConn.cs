@@ -241,7 +241,7 @@ public sealed class FuseConn : IDisposable
         };
         int initInSize = _options.Minor < 36 ? FuseConstants.CompatInitInSize : FuseInitIn.Size;
         Span<byte> replyBuffer = stackalloc byte[FuseInitOut.Size];
-        var reply = SendCore(FuseOpcode.Init, 0, FuseCaller.Root, new FuseArgs(MemoryMarshal.AsBytes(new ReadOnlySpan<FuseInitIn>(in initIn))[..initInSize]),
+        var reply = SendCore(FuseOpcode.Init, 0, FuseCaller.Kernel, new FuseArgs(MemoryMarshal.AsBytes(new ReadOnlySpan<FuseInitIn>(in initIn))[..initInSize]),
             replyBuffer, FuseReplyShape.Variable, cancellation, bypassInit: true);
         string? problem = null;
         FuseInitOut initOut = default;
@@ -716,7 +716,7 @@ public sealed class FuseConn : IDisposable
             request.Opcode = FuseOpcode.Forget;
             request.NodeId = forgets[0].NodeId;
             var arg = new FuseForgetIn { Nlookup = forgets[0].Nlookup };
-            rc = Dispatch(request, FuseCaller.Root, new FuseArgs(MemoryMarshal.AsBytes(new ReadOnlySpan<FuseForgetIn>(in arg))));
+            rc = Dispatch(request, FuseCaller.Kernel, new FuseArgs(MemoryMarshal.AsBytes(new ReadOnlySpan<FuseForgetIn>(in arg))));
             if (rc == 0)
             {
                 Interlocked.Increment(ref _forgetsSent);
@@ -729,7 +729,7 @@ public sealed class FuseConn : IDisposable
             MemoryMarshal.Write(buffer, in head);
             MemoryMarshal.AsBytes(forgets).CopyTo(buffer.AsSpan(FuseBatchForgetIn.Size));
             int length = FuseBatchForgetIn.Size + forgets.Length * FuseForgetOne.Size;
-            rc = Dispatch(request, FuseCaller.Root, new FuseArgs(buffer.AsSpan(0, length)));
+            rc = Dispatch(request, FuseCaller.Kernel, new FuseArgs(buffer.AsSpan(0, length)));
             if (rc == 0)
             {
                 Interlocked.Increment(ref _batchForgetsSent);
@@ -916,7 +916,7 @@ public sealed class FuseConn : IDisposable
         {
             Quiesce(_options.DrainTimeout);
             Span<byte> none = default;
-            SendCore(FuseOpcode.Destroy, 0, FuseCaller.Root, default, none, FuseReplyShape.Fixed, CancellationToken.None, bypassInit: false);
+            SendCore(FuseOpcode.Destroy, 0, FuseCaller.Kernel, default, none, FuseReplyShape.Fixed, CancellationToken.None, bypassInit: false);
         }
         Abort(Errno.ENOTCONN, _options.DrainTimeout);
     }
