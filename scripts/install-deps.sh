@@ -19,6 +19,7 @@ check attr /usr/bin/getfattr
 check acl /usr/bin/getfacl
 check fio /usr/bin/fio
 check stress-ng /usr/bin/stress-ng
+check systemd /usr/bin/systemd-socket-activate   # the e2e socket-activation (--fd 3) run
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

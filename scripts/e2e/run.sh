@@ -5,7 +5,7 @@
 #
 # usage: run.sh --daemon reference|vhostfsd|custom --share DIR --out DIR
 #               [--script suite|demo] [--queues N] [--xattr] [--tag TAG]
-#               [--timeout SECONDS] [--socket-activation] [--show]
+#               [--timeout SECONDS] [--stall SECONDS] [--socket-activation] [--show]
 #
 #   --daemon reference  /usr/lib/qemu/virtiofsd (C, QEMU 7.2), or $VIRTIOFSD
 #   --daemon vhostfsd   dotnet src/Vhostfsd/bin/$CONFIG/net10.0/vhostfsd.dll, or $VHOSTFSD
@@ -15,19 +15,23 @@
 #   --socket-activation start the daemon as a systemd socket unit would: the socket is
 #                       created by systemd-socket-activate, which starts the daemon with
 #                       the listening socket as fd 3 (--fd 3 / --fd=3) on first connect
+#   --timeout SECONDS   kill QEMU when the guest has not powered off by then (300)
+#   --stall SECONDS     kill QEMU when the console printed nothing for that long (90): a
+#                       request the daemon never answers hangs the guest for good
 #   --show              copy the guest console to stdout while it runs (make demo)
 #   Extra daemon arguments: $E2E_DAEMON_ARGS (split on spaces).
 #
 # Writes into --out: serial.log (guest console), daemon.log (daemon stdout+stderr),
 # qemu.log (QEMU's own messages), command (what ran), result (key=value: qemu_rc,
-# daemon_rc, daemon_exit=self|term|kill|early, timed_out, seconds to boot and to finish).
+# daemon_rc, daemon_exit=self|term|kill|early, timed_out, stalled, daemon_died_first,
+# seconds to boot and to finish).
 # Exit status: 0 when the guest printed "E2E-DONE rc=0" and QEMU exited by itself.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 
-daemon="" share="" out="" script=suite queues=1 xattr=0 tag=e2e timeout=300 show=0 activation=0
+daemon="" share="" out="" script=suite queues=1 xattr=0 tag=e2e timeout=300 stall=90 show=0 activation=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --daemon)  daemon="$2"; shift 2 ;;
@@ -38,6 +42,7 @@ while [ $# -gt 0 ]; do
     --xattr)   xattr=1; shift ;;
     --tag)     tag="$2"; shift 2 ;;
     --timeout) timeout="$2"; shift 2 ;;
+    --stall)   stall="$2"; shift 2 ;;
     --show)    show=1; shift ;;
     --socket-activation) activation=1; shift ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
@@ -47,6 +52,7 @@ die() { echo "run.sh: error: $*" >&2; exit 2; }
 [ -n "$daemon" ] && [ -n "$share" ] && [ -n "$out" ] || die "--daemon, --share and --out are required"
 [ -d "$share" ] || die "shared directory $share does not exist"
 [[ "$queues" =~ ^[1-9][0-9]*$ ]] || die "--queues takes a positive number"
+[[ "$timeout" =~ ^[1-9][0-9]*$ ]] && [[ "$stall" =~ ^[1-9][0-9]*$ ]] || die "--timeout and --stall take seconds"
 [[ "$tag" =~ ^[A-Za-z0-9_.-]{1,36}$ ]] || die "--tag: 1-36 characters of [A-Za-z0-9_.-]"
 share="$(cd "$share" && pwd)"
 mkdir -p "$out"
@@ -116,9 +122,9 @@ qcmd=("$qemu" -accel tcg -m 1G -smp 1 -nographic -nodefaults -no-user-config -no
 : > "$out/serial.log"; : > "$out/daemon.log"; : > "$out/qemu.log"
 
 daemon_pid="" qemu_pid="" tail_pid=""
-daemon_rc="" daemon_exit="" qemu_rc="" timed_out=0 boot_s="" done_s=""
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+daemon_rc="" daemon_exit="" qemu_rc="" timed_out=0 stalled=0 daemon_died_first=0 boot_s="" done_s=""
+now_ms() { local t="${EPOCHREALTIME/./}"; echo $((t / 1000)); }
+elapsed() { local d=$(( $(now_ms) - $1 )); printf '%d.%d' $((d / 1000)) $((d % 1000 / 100)); }
 alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
 stop_group() { # pid: SIGTERM to its process group, SIGKILL after 5 s
   local pid="$1" i
@@ -142,6 +148,8 @@ finish() {
     echo "daemon_rc=$daemon_rc"
     echo "daemon_exit=$daemon_exit"
     echo "timed_out=$timed_out"
+    echo "stalled=$stalled"
+    echo "daemon_died_first=$daemon_died_first"
     echo "boot_seconds=$boot_s"
     echo "done_seconds=$done_s"
   } > "$out/result"
@@ -152,7 +160,6 @@ trap finish EXIT
 trap 'exit 130' INT TERM
 
 # --- the daemon ---------------------------------------------------------------------------
-t0="$(now)"
 setsid "${cmd[@]}" > "$out/daemon.log" 2>&1 < /dev/null &
 daemon_pid=$!
 for i in $(seq 300); do
@@ -168,7 +175,7 @@ done
 [ -S "$sock" ] || { echo "run.sh: no socket $sock after 30 s" >&2; exit 1; }
 
 # --- the guest ----------------------------------------------------------------------------
-t1="$(now)"
+t1="$(now_ms)"
 setsid "${qcmd[@]}" > "$out/serial.log" 2> "$out/qemu.log" < /dev/null &
 qemu_pid=$!
 if [ "$show" = 1 ]; then
@@ -176,13 +183,31 @@ if [ "$show" = 1 ]; then
   tail -n +1 -f "$out/serial.log" > >(sed -u -e 's/\x1b\[[0-9;?]*[A-Za-z]//g' -e 's/\x1bc//g') &
   tail_pid=$!
 fi
+last_size=0 last_change="$t1" daemon_gone=""
 while alive "$qemu_pid"; do
-  if [ -z "$boot_s" ] && grep -q 'E2E-BOOT' "$out/serial.log"; then boot_s="$(elapsed "$t1")"; fi
-  if [ -z "$done_s" ] && grep -q 'E2E-DONE' "$out/serial.log"; then done_s="$(elapsed "$t1")"; fi
-  if [ "$(awk -v a="$t1" -v b="$(now)" -v t="$timeout" 'BEGIN { print (b - a > t) }')" = 1 ]; then
-    timed_out=1
-    echo "run.sh: the guest did not finish within $timeout s; killing QEMU" >&2
-    stop_group "$qemu_pid"
+  t="$(now_ms)"
+  size="$(stat -c %s "$out/serial.log")"
+  if [ "$size" != "$last_size" ]; then
+    last_size="$size" last_change="$t"
+    if [ -z "$boot_s" ] && grep -q 'E2E-BOOT' "$out/serial.log"; then boot_s="$(elapsed "$t1")"; fi
+    if [ -z "$done_s" ] && grep -q 'E2E-DONE' "$out/serial.log"; then done_s="$(elapsed "$t1")"; fi
+  fi
+  why=""
+  if [ $((t - t1)) -gt $((timeout * 1000)) ]; then
+    timed_out=1 why="the guest did not finish within $timeout s"
+  elif [ $((t - last_change)) -gt $((stall * 1000)) ]; then
+    stalled=1 why="the guest console was silent for $stall s"
+  elif ! alive "$daemon_pid"; then
+    # The guest cannot get past a request the dead daemon never answers; a few seconds
+    # let a guest that was already powering off finish by itself.
+    daemon_gone="${daemon_gone:-$t}"
+    if [ $((t - daemon_gone)) -gt 5000 ]; then
+      daemon_died_first=1 why="the daemon exited while the guest was running"
+    fi
+  fi
+  if [ -n "$why" ]; then
+    echo "run.sh: $why; killing QEMU" >&2
+    stop_group "$qemu_pid" || true
     break
   fi
   sleep 0.2
@@ -204,4 +229,4 @@ fi
 daemon_rc=0; wait "$daemon_pid" || daemon_rc=$?
 daemon_pid=""
 
-[ "$timed_out" = 0 ] && grep -q 'E2E-DONE rc=0' "$out/serial.log"
+[ "$timed_out$stalled$daemon_died_first" = 000 ] && grep -q 'E2E-DONE rc=0' "$out/serial.log"

@@ -58,6 +58,26 @@ public sealed class VhostUserChannel : IDisposable
         }
     }
 
+    /// <summary>Receives any message with only the general checks (version, reserved bits, size
+    /// limit): the back-end request channel, or tools. False when the peer closed between messages.</summary>
+    public bool ReceiveMessage(VhostUserMessage message)
+    {
+        if (!ReceiveHeader(message))
+        {
+            return false;
+        }
+        try
+        {
+            ReceivePayload(message);
+            return true;
+        }
+        catch
+        {
+            message.CloseFds();
+            throw;
+        }
+    }
+
     /// <summary>Receives the reply to <paramref name="request"/> (front-end side). Checks the
     /// reply flag, the request number and the general size limit.</summary>
     public void ReceiveReply(VhostUserMessage message, uint request)

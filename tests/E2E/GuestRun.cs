@@ -20,6 +20,10 @@ public sealed class GuestRun
     /// <summary>How long QEMU may run (run.sh kills it after that).</summary>
     public const int GuestTimeoutSeconds = 300;
 
+    /// <summary>How long the guest console may stay silent before run.sh gives up on it.
+    /// The slowest step (1,000 files) takes 3-6 s, booting 10-30 s, on a loaded machine.</summary>
+    public const int StallSeconds = 90;
+
     /// <summary>How long the whole script may take: the first run also downloads the kernel.</summary>
     private static readonly TimeSpan ScriptTimeout = TimeSpan.FromSeconds(GuestTimeoutSeconds + 240);
 
@@ -65,6 +69,8 @@ public sealed class GuestRun
         psi.ArgumentList.Add(options.RequestQueues.ToString(CultureInfo.InvariantCulture));
         psi.ArgumentList.Add("--timeout");
         psi.ArgumentList.Add(GuestTimeoutSeconds.ToString(CultureInfo.InvariantCulture));
+        psi.ArgumentList.Add("--stall");
+        psi.ArgumentList.Add(StallSeconds.ToString(CultureInfo.InvariantCulture));
         if (options.Xattr)
         {
             psi.ArgumentList.Add("--xattr");

@@ -81,7 +81,15 @@ public sealed class GuestSuiteTests(ITestOutputHelper output)
         }
         if (result.GetValueOrDefault("timed_out") == "1")
         {
-            problems.Add($"the guest did not power off within {GuestRun.GuestTimeoutSeconds} s");
+            problems.Add($"the guest did not power off within {GuestRun.GuestTimeoutSeconds} s; last step reported: {LastStep(console)}");
+        }
+        if (result.GetValueOrDefault("stalled") == "1")
+        {
+            problems.Add($"the guest console was silent for {GuestRun.StallSeconds} s (a request never answered?); last step reported: {LastStep(console)}");
+        }
+        if (result.GetValueOrDefault("daemon_died_first") == "1")
+        {
+            problems.Add($"the daemon exited (status {run.ResultValue("daemon_rc")}) while the guest was running; last step reported: {LastStep(console)}");
         }
         if (!console.Booted)
         {
@@ -149,6 +157,24 @@ public sealed class GuestSuiteTests(ITestOutputHelper output)
             problems.AddRange(HostShare.CheckAfterSuite(run.ShareDirectory, console, run.Options.Xattr));
         }
         return problems;
+    }
+
+    private static string LastStep(GuestConsole console)
+    {
+        for (var i = console.Lines.Count - 1; i >= 0; i--)
+        {
+            var line = console.Lines[i];
+            var at = line.IndexOf("E2E-STEP ", StringComparison.Ordinal);
+            if (at < 0)
+            {
+                at = line.IndexOf("E2E-FAIL ", StringComparison.Ordinal);
+            }
+            if (at >= 0)
+            {
+                return line[at..];
+            }
+        }
+        return console.Booted ? "none (booted)" : "none (not booted)";
     }
 
     private static string LastLines(string text, int n)

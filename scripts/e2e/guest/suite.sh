@@ -13,6 +13,10 @@ failed=0
 
 fail() { echo "$*"; return 1; }
 
+# Long steps say they are alive, so the host's silence watchdog (run.sh --stall) only
+# fires on a real hang.
+progress() { echo "E2E-PROGRESS $*" > /dev/console; }
+
 # expect_eq WHAT ACTUAL EXPECTED
 expect_eq() {
   [ "$2" = "$3" ] || fail "$1: got '$2', expected '$3'"
@@ -131,10 +135,12 @@ do_truncate() {
 
 do_bigfile() {
   dd if=/dev/urandom of="$M/big.bin" bs=1M count=16 2>/dev/null || return 1
+  progress "bigfile written"
   sync
   sum1="$(md5sum "$M/big.bin" | cut -d' ' -f1)" || return 1
   expect_eq "size of big.bin" "$(stat -c '%s' "$M/big.bin")" "16777216" || return 1
   # Read it again from the daemon, not from the guest page cache.
+  progress "bigfile summed"
   echo 3 > /proc/sys/vm/drop_caches
   sum2="$(md5sum "$M/big.bin" | cut -d' ' -f1)" || return 1
   expect_eq "md5 after dropping caches" "$sum2" "$sum1" || return 1
@@ -147,11 +153,14 @@ do_many_files() {
   while [ $i -lt 1000 ]; do
     : > "$M/many/file-$i" || fail "create of file-$i failed" || return 1
     i=$((i + 1))
+    [ $((i % 250)) -eq 0 ] && progress "many-files created $i"
   done
   expect_eq "entries listed" "$(ls "$M/many" | wc -l)" "1000" || return 1
   expect_eq "file-999 listed" "$(ls "$M/many" | grep -c '^file-999$')" "1" || return 1
+  progress "many-files listed"
   echo 3 > /proc/sys/vm/drop_caches
   expect_eq "entries listed after dropping caches" "$(ls -l "$M/many" | grep -c '^-')" "1000" || return 1
+  progress "many-files listed again"
   (cd "$M/many" && rm file-*) || return 1
   expect_eq "entries after delete" "$(ls -A "$M/many" | wc -l)" "0" || return 1
   rmdir "$M/many"

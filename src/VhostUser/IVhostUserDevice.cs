@@ -1,0 +1,50 @@
+using Vhostfsd.Virtqueue;
+
+namespace Vhostfsd.VhostUser;
+
+/// <summary>The device behind a vhost-user back-end (the daemon's virtio-fs device implements it).
+/// The back-end owns the protocol, the guest memory, the rings and their worker threads; the
+/// device only answers what kind of device it is and handles the chains.</summary>
+public interface IVhostUserDevice
+{
+    /// <summary>Virtqueues the device has (GET_QUEUE_NUM); virtio-fs: 1 hiprio + N request queues.</summary>
+    int QueueCount { get; }
+
+    /// <summary>Largest ring size accepted by SET_VRING_NUM (a power of 2, at most 32768).</summary>
+    ushort MaxQueueSize { get; }
+
+    /// <summary>Device-type feature bits offered in addition to the transport bits the back-end
+    /// implements itself (VERSION_1, EVENT_IDX, INDIRECT_DESC, NOTIFY_ON_EMPTY, PROTOCOL_FEATURES).</summary>
+    ulong DeviceFeatures { get; }
+
+    /// <summary>Whether VHOST_USER_PROTOCOL_F_CONFIG is offered (the Rust virtiofsd offers it only with --tag).</summary>
+    bool OffersConfig { get; }
+
+    /// <summary>Reads config space [offset, offset + destination.Length); false when out of range.</summary>
+    bool ReadConfig(uint offset, Span<byte> destination);
+
+    /// <summary>Writes config space; false when refused (virtio-fs config is read-only).
+    /// <paramref name="flags"/> is the SET_CONFIG flags word (0 = driver write, 1 = live migration).</summary>
+    bool WriteConfig(uint offset, ReadOnlySpan<byte> source, uint flags);
+
+    /// <summary>The handler for a ring's chains; asked each time the ring starts processing.</summary>
+    IVringHandler GetVringHandler(int queueIndex);
+
+    /// <summary>RESET_DEVICE, or the end of the session: every ring is stopped and has no chain in
+    /// flight when this is called. The device drops its session state.</summary>
+    void Reset();
+}
+
+/// <summary>Handles the chains a ring's worker pops. Called on the ring's worker thread, one chain at a time.</summary>
+/// <remarks>
+/// Either complete the chain before returning (<see cref="Vring.Complete"/> on the worker thread: the
+/// call is batched with the rest of the drain), or keep it and complete it later from any thread (a
+/// blocking request handed to a pool): the worker then pops the next chain into another
+/// <see cref="DescriptorChain"/> from the ring's pool, so the queue does not stall. A kept chain must
+/// be completed exactly once; its segments stay mapped until then. Never throw for guest data: a
+/// handler that throws breaks the ring.
+/// </remarks>
+public interface IVringHandler
+{
+    void HandleChain(Vring vring, DescriptorChain chain);
+}

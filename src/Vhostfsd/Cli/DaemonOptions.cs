@@ -1,0 +1,45 @@
+namespace Vhostfsd.Cli;
+
+/// <summary>The command line after both dialects were merged and every value was checked,
+/// before anything touched the host.</summary>
+internal sealed class DaemonOptions
+{
+    public string? SharedDir { get; set; }
+    public string? Tag { get; set; }
+    public string? SocketPath { get; set; }
+    public string? SocketGroup { get; set; }
+    public int? Fd { get; set; }
+    public int ThreadPoolSize { get; set; }
+    public bool Xattr { get; set; }
+    public bool PosixAcl { get; set; }
+    public string? XattrMap { get; set; }
+    public SandboxMode Sandbox { get; set; } = SandboxMode.Namespace;
+    public bool ReadOnly { get; set; }
+    public SeccompMode Seccomp { get; set; } = SeccompMode.None;
+    public bool AnnounceSubmounts { get; set; } = true;
+    public InodeFileHandlesMode InodeFileHandles { get; set; } = InodeFileHandlesMode.Prefer;
+    public CacheMode Cache { get; set; } = CacheMode.Auto;
+    public bool AllowMmap { get; set; }
+    public bool NoReaddirplus { get; set; }
+    public bool Writeback { get; set; }
+    public bool AllowDirectIo { get; set; }
+    public bool PrintCapabilities { get; set; }
+    public string? ModCaps { get; set; }
+    public DaemonLogLevel LogLevel { get; set; } = DaemonLogLevel.Info;
+    public bool Syslog { get; set; }
+
+    /// <summary>null: raise to min(1,000,000, fs.nr_open) when lower; 0: leave unchanged.</summary>
+    public ulong? RlimitNofile { get; set; }
+    public bool KillprivV2 { get; set; }
+    public bool SecurityLabel { get; set; }
+    public bool PreserveNoatime { get; set; }
+
+    /// <summary>Deprecation notes to log once logging is up (the reference daemon warns the same way).</summary>
+    public List<string> Warnings { get; } = new();
+
+    /// <summary>xattr ops are served when any option that needs them is on.</summary>
+    public bool EffectiveXattr => Xattr || PosixAcl || SecurityLabel || XattrMap != null;
+
+    /// <summary>READDIRPLUS is never offered with --cache=never.</summary>
+    public bool EffectiveReaddirplus => !NoReaddirplus && Cache != CacheMode.Never;
+}

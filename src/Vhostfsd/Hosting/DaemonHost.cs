@@ -1,0 +1,347 @@
+using System.Runtime.InteropServices;
+using Serilog;
+using Serilog.Core;
+using Vhostfsd.Cli;
+using Vhostfsd.Device;
+using Vhostfsd.Logging;
+using Vhostfsd.Posix;
+
+namespace Vhostfsd.Hosting;
+
+/// <summary>The daemon's life: command line, logging, socket, resource limit, sandbox,
+/// capabilities, one connection served by <see cref="FsDaemon.Serve"/>, clean exit.</summary>
+internal static unsafe class DaemonHost
+{
+    /// <summary>What --print-capabilities prints: QEMU's vhost-user back-end JSON. Only features
+    /// that hold are listed: the Rust-style separate options are accepted; migration is not
+    /// offered, so no "migrate-precopy".</summary>
+    public const string CapabilitiesJson = "{\n  \"type\": \"fs\",\n  \"features\": [\n    \"separate-options\"\n  ]\n}\n";
+
+    public static int Run(string[] args)
+    {
+        ParsedCommandLine parsed = CommandLine.Parse(args, Console.Out);
+        if (parsed.Outcome == CommandLineOutcome.Printed)
+        {
+            return ExitCodes.Success;
+        }
+        DaemonOptions options = parsed.Options;
+        if (options.PrintCapabilities)
+        {
+            Console.Out.Write(CapabilitiesJson);
+            Console.Out.Flush();
+            return ExitCodes.Success;
+        }
+
+        NamespaceSpawner.ChildMarker? child = NamespaceSpawner.TakeChildMarker();
+        var notes = new List<string>();
+        DaemonLogLevel level = LogSetup.EffectiveLevel(options.LogLevel, out string? levelNote);
+        using Logger log = LogSetup.Create(level, options.Syslog, HostPid(), Console.Error, notes);
+        try
+        {
+            if (child == null)
+            {
+                // The spawned copy parses the same line; warn once.
+                foreach (string warning in options.Warnings)
+                {
+                    log.Warning("{Warning}", warning);
+                }
+                if (levelNote != null)
+                {
+                    log.Debug("{Note}", levelNote);
+                }
+            }
+            foreach (string note in notes)
+            {
+                log.Warning("{Note}", note);
+            }
+            return child == null ? RunMain(options, log) : RunSandboxChild(options, child, log);
+        }
+        catch (Exception e) when (e is UsageException or StartupException)
+        {
+            // Logged as well as printed by Program when logging goes elsewhere (syslog).
+            if (options.Syslog)
+            {
+                log.Error("{Message}", e.Message);
+            }
+            throw;
+        }
+    }
+
+    private static int RunMain(DaemonOptions options, ILogger log)
+    {
+        string sharedDir = CheckSharedDir(options.SharedDir!);
+        using var signals = InstallShutdownSignals();
+        int lastCap = Capabilities.KernelLastCap();
+
+        DaemonListener listener;
+        if (options.Fd is int fd)
+        {
+            listener = DaemonListener.Adopt(fd);
+            // The fd may also come through systemd's variables; they are ours only once.
+            DaemonListener.SocketActivationFd();
+        }
+        else if (options.SocketPath != null)
+        {
+            listener = DaemonListener.Create(options.SocketPath, options.SocketGroup, log);
+        }
+        else if (DaemonListener.SocketActivationFd() is int activated)
+        {
+            log.Information("Using the socket passed by systemd (fd {Fd})", activated);
+            listener = DaemonListener.Adopt(activated);
+        }
+        else
+        {
+            throw new UsageException("missing --socket-path PATH or --fd N (the vhost-user socket)");
+        }
+
+        try
+        {
+            ulong fdLimit = ResourceLimits.SetUpNofile(options.RlimitNofile, log);
+            switch (options.Sandbox)
+            {
+                case SandboxMode.Namespace:
+                {
+                    if (Libc.GetEuid() != 0)
+                    {
+                        throw new StartupException("--sandbox=namespace needs root (CAP_SYS_ADMIN); run as root or use --sandbox=none");
+                    }
+                    ulong keep = Capabilities.KeptMask(options.InodeFileHandles, options.ModCaps);
+                    log.Information("Listening on {Socket}", Describe(listener));
+                    int code = NamespaceSpawner.SpawnAndWait(listener.Socket.Fd, sharedDir, keep, lastCap, log);
+                    log.Information("Exiting with code {Code}", code);
+                    return code;
+                }
+                case SandboxMode.Chroot:
+                {
+                    log.Debug("Loaded {Count} assemblies before the sandbox", Preload.BeforeSandbox());
+                    SandboxResult result = Sandbox.EnterChroot(sharedDir);
+                    return Serve(options, sharedDir, result, listener, fdLimit, lastCap, log);
+                }
+                default:
+                {
+                    SandboxResult result = Sandbox.EnterNone(sharedDir);
+                    return Serve(options, sharedDir, result, listener, fdLimit, lastCap, log);
+                }
+            }
+        }
+        finally
+        {
+            listener.RemoveFiles();
+            listener.Dispose();
+        }
+    }
+
+    /// <summary>The process spawned by <see cref="NamespaceSpawner"/>: pid 1 of new namespaces,
+    /// holding the listening socket the parent created.</summary>
+    private static int RunSandboxChild(DaemonOptions options, NamespaceSpawner.ChildMarker marker, ILogger log)
+    {
+        // SIGTERM when the parent's spawning thread (and so the parent) goes away.
+        Libc.Prctl(Libc.PR_SET_PDEATHSIG, Libc.SIGTERM, 0, 0, 0);
+        using var signals = InstallShutdownSignals();
+        NamespaceSpawner.VerifyInsideNewNamespaces(marker);
+        string sharedDir = CheckSharedDir(options.SharedDir!);
+        int lastCap = Capabilities.KernelLastCap();
+        using DaemonListener listener = DaemonListener.Adopt(marker.ListenFd);
+        log.Debug("Loaded {Count} assemblies before the sandbox", Preload.BeforeSandbox());
+        SandboxResult result = Sandbox.JoinNamespaceSandbox(marker);
+        return Serve(options, sharedDir, result, listener, ResourceLimits.CurrentNofile(), lastCap, log, logListening: false);
+    }
+
+    private static int Serve(DaemonOptions options, string sharedDir, SandboxResult sandbox, DaemonListener listener,
+        ulong fdLimit, int lastCap, ILogger log, bool logListening = true)
+    {
+        if (Libc.GetEuid() == 0)
+        {
+            ulong keep = Capabilities.KeptMask(options.InodeFileHandles, options.ModCaps);
+            Capabilities.DropOnCurrentThread(keep, lastCap);
+            log.Debug("Capabilities kept: {Caps}", Capabilities.Describe(keep));
+        }
+
+        var settings = new DaemonSettings
+        {
+            SharedRoot = sandbox.SharedRoot,
+            SharedDirOnHost = sharedDir,
+            Tag = options.Tag,
+            ThreadPoolSize = options.ThreadPoolSize,
+            Cache = options.Cache,
+            Xattr = options.EffectiveXattr,
+            PosixAcl = options.PosixAcl,
+            XattrMap = options.XattrMap,
+            SecurityLabel = options.SecurityLabel,
+            AnnounceSubmounts = options.AnnounceSubmounts,
+            InodeFileHandles = options.InodeFileHandles,
+            Writeback = options.Writeback,
+            AllowDirectIo = options.AllowDirectIo,
+            AllowMmap = options.AllowMmap,
+            KillprivV2 = options.KillprivV2,
+            Readdirplus = options.EffectiveReaddirplus,
+            PreserveNoatime = options.PreserveNoatime,
+            ReadOnly = options.ReadOnly,
+            Sandbox = options.Sandbox,
+            ProcSelfFd = sandbox.ProcSelfFd,
+            MountInfoFd = sandbox.MountInfoFd,
+            FdLimit = fdLimit,
+        };
+        TestProbe.RunIfRequested(settings, lastCap, log);
+
+        if (logListening)
+        {
+            log.Information("Listening on {Socket}", Describe(listener));
+        }
+        log.Information("Sharing {Dir} (sandbox {Sandbox}, cache {Cache}); waiting for the vhost-user front-end",
+            sharedDir, options.Sandbox.ToString().ToLowerInvariant(), options.Cache.ToString().ToLowerInvariant());
+
+        UnixSocket? connection = AcceptOne(listener.Socket, log);
+        // One front-end per process: nobody else may queue on the socket.
+        listener.Socket.Dispose();
+        if (connection == null)
+        {
+            log.Information("Shutting down on {Reason} before a front-end connected", ShutdownSignal.Reason ?? "request");
+            return ExitCodes.Success;
+        }
+
+        UCred peer = connection.PeerCredentials();
+        if (peer.Pid != 0)
+        {
+            log.Information("Front-end connected (pid {Pid}, uid {Uid}, gid {Gid})", peer.Pid, peer.Uid, peer.Gid);
+        }
+        else
+        {
+            log.Information("Front-end connected (uid {Uid}, gid {Gid}; its pid is outside the sandbox's pid namespace)", peer.Uid, peer.Gid);
+        }
+
+        // Shut down a duplicate of the connection on a signal: shutdown(2) acts on the socket
+        // itself, and the duplicate stays open (its number cannot be reused) until Serve returned,
+        // whatever Serve does with its own descriptor.
+        int wakeFd = Libc.Dup(connection.Fd);
+        using var wake = new UnixSocket(new SafeFd(wakeFd < 0 ? -1 : wakeFd));
+        using (wakeFd >= 0 ? ShutdownSignal.ShutDownOnRequest(wake) : null)
+        {
+            int code;
+            try
+            {
+                code = FsDaemon.Serve(settings, connection, log);
+            }
+            finally
+            {
+                settings.ProcSelfFd?.Dispose();
+                settings.MountInfoFd?.Dispose();
+            }
+            if (ShutdownSignal.IsRequested)
+            {
+                log.Information("Front-end session ended on {Reason}; exiting", ShutdownSignal.Reason);
+                return ExitCodes.Success;
+            }
+            log.Information("Front-end disconnected; exiting with code {Code}", code);
+            return code;
+        }
+    }
+
+    /// <summary>Waits for one connection, or for a shutdown request (then null).</summary>
+    private static UnixSocket? AcceptOne(UnixSocket listener, ILogger log)
+    {
+        PollFd* fds = stackalloc PollFd[2];
+        while (true)
+        {
+            fds[0] = new PollFd { Fd = listener.Fd, Events = Libc.POLLIN };
+            fds[1] = new PollFd { Fd = ShutdownSignal.WakeFd, Events = Libc.POLLIN };
+            if (ShutdownSignal.IsRequested)
+            {
+                return null;
+            }
+            int n = Libc.Poll(fds, 2, -1);
+            if (n < 0)
+            {
+                if (Libc.LastErrno == Errno.EINTR)
+                {
+                    continue;
+                }
+                throw new StartupException("waiting for a connection: " + PosixException.Describe(Libc.LastErrno));
+            }
+            if (fds[1].REvents != 0 || ShutdownSignal.IsRequested)
+            {
+                return null;
+            }
+            if ((fds[0].REvents & Libc.POLLIN) != 0)
+            {
+                int fd = Libc.Accept4(listener.Fd, null, null, Libc.SOCK_CLOEXEC);
+                if (fd >= 0)
+                {
+                    return new UnixSocket(new SafeFd(fd));
+                }
+                var errno = Libc.LastErrno;
+                if (errno is Errno.EINTR or Errno.EAGAIN or Errno.ECONNABORTED)
+                {
+                    continue;
+                }
+                throw new StartupException("accept: " + PosixException.Describe(errno));
+            }
+            if ((fds[0].REvents & (Libc.POLLERR | Libc.POLLHUP | Libc.POLLNVAL)) != 0)
+            {
+                throw new StartupException("the listening socket failed while waiting for a connection");
+            }
+        }
+    }
+
+    private static string CheckSharedDir(string sharedDir)
+    {
+        string full = Path.GetFullPath(sharedDir);
+        if (Directory.Exists(full))
+        {
+            return full;
+        }
+        if (File.Exists(full))
+        {
+            throw new StartupException($"shared directory {sharedDir} is not a directory");
+        }
+        throw new StartupException($"shared directory {sharedDir} does not exist");
+    }
+
+    private static string Describe(DaemonListener listener) =>
+        listener.SocketPath ?? $"fd {listener.Socket.Fd}";
+
+    /// <summary>SIGTERM, SIGINT and SIGHUP request a clean shutdown instead of killing the process.</summary>
+    private static IDisposable InstallShutdownSignals()
+    {
+        var registrations = new List<PosixSignalRegistration>();
+        foreach (var (signal, name) in new[] { (PosixSignal.SIGTERM, "SIGTERM"), (PosixSignal.SIGINT, "SIGINT"), (PosixSignal.SIGHUP, "SIGHUP") })
+        {
+            registrations.Add(PosixSignalRegistration.Create(signal, context =>
+            {
+                context.Cancel = true;
+                ShutdownSignal.Request(name);
+            }));
+        }
+        return new Registrations(registrations);
+    }
+
+    private sealed class Registrations(List<PosixSignalRegistration> items) : IDisposable
+    {
+        public void Dispose()
+        {
+            foreach (var item in items)
+            {
+                item.Dispose();
+            }
+        }
+    }
+
+    /// <summary>This process's pid in the host's pid namespace (inside the sandbox getpid() is 1),
+    /// read while the host /proc is still mounted.</summary>
+    private static int HostPid()
+    {
+        try
+        {
+            string? target = new DirectoryInfo("/proc/self").LinkTarget;
+            if (int.TryParse(target, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int pid))
+            {
+                return pid;
+            }
+        }
+        catch (IOException)
+        {
+            // Fall through to getpid().
+        }
+        return Environment.ProcessId;
+    }
+}

@@ -1,0 +1,414 @@
+using System.Collections;
+using System.Globalization;
+using System.Runtime.InteropServices;
+using System.Text;
+using Serilog;
+using Vhostfsd.Cli;
+using Vhostfsd.Posix;
+
+namespace Vhostfsd.Hosting;
+
+/// <summary>The parent half of --sandbox=namespace.
+///
+/// A .NET process is multithreaded from its first instruction, and unshare(2) of mount, pid and
+/// network namespaces changes only the calling thread (the pid namespace only for its future
+/// children), while capability sets are per thread too. So one dedicated thread of the parent:
+/// narrows its capability bounding set to the set the daemon keeps, unshares the namespaces,
+/// makes the new mount tree a slave of the host's, and posix_spawn()s a fresh copy of this
+/// program. That process starts as pid 1 of the new pid namespace, every one of its threads in
+/// the new namespaces and with no capability outside the kept set — it could not change mounts
+/// even if it wanted to. It loads what it needs from disk (<see cref="Preload"/>) and then
+/// follows a pipe handshake while the spawning thread, still privileged and in the same mount
+/// namespace, binds the child's /proc/PID/fd over /proc and pivots the namespace's root into the
+/// shared directory (<see cref="Sandbox.BuildNamespaceSandbox"/>). The thread then returns to the
+/// original namespaces and waits for the child; the parent forwards SIGTERM/SIGINT/SIGHUP to it,
+/// exits with its exit code, and removes the socket and lock files it created.</summary>
+internal static unsafe class NamespaceSpawner
+{
+    /// <summary>Marks the spawned process: "LISTEN,TOPARENT,FROMPARENT,MNTNS" — inherited fds and
+    /// the mount namespace the parent started in.</summary>
+    public const string ChildEnvironment = "VHOSTFSD_SANDBOX_CHILD";
+
+    // Handshake bytes.
+    public const byte ChildReady = (byte)'R';
+    public const byte ParentBoundProc = (byte)'B';
+    public const byte ChildOpenedProc = (byte)'O';
+    public const byte ParentPivoted = (byte)'P';
+    public const byte ParentFailed = (byte)'E';
+
+    public sealed record ChildMarker(int ListenFd, int ToParentFd, int FromParentFd, string ParentMountNamespace);
+
+    /// <summary>Reads and removes the marker; null in a process that was not spawned by us.</summary>
+    public static ChildMarker? TakeChildMarker()
+    {
+        string? value = Environment.GetEnvironmentVariable(ChildEnvironment);
+        if (value == null)
+        {
+            return null;
+        }
+        Environment.SetEnvironmentVariable(ChildEnvironment, null);
+        string[] parts = value.Split(',', 4);
+        if (parts.Length != 4
+            || !int.TryParse(parts[0], NumberStyles.None, CultureInfo.InvariantCulture, out int listen)
+            || !int.TryParse(parts[1], NumberStyles.None, CultureInfo.InvariantCulture, out int toParent)
+            || !int.TryParse(parts[2], NumberStyles.None, CultureInfo.InvariantCulture, out int fromParent))
+        {
+            throw new StartupException($"malformed {ChildEnvironment}; it is set only by vhostfsd itself");
+        }
+        return new ChildMarker(listen, toParent, fromParent, parts[3]);
+    }
+
+    /// <summary>The mount namespace of the calling thread, as the /proc link reads ("mnt:[4026531841]").</summary>
+    public static string CurrentMountNamespace()
+    {
+        try
+        {
+            return new FileInfo("/proc/thread-self/ns/mnt").LinkTarget ?? "";
+        }
+        catch (IOException)
+        {
+            return "";
+        }
+    }
+
+    /// <summary>Checks, in the spawned process, that the namespaces really are new: this process
+    /// must be pid 1 and in another mount namespace than the parent.</summary>
+    public static void VerifyInsideNewNamespaces(ChildMarker marker)
+    {
+        if (Environment.ProcessId != 1)
+        {
+            throw new StartupException($"{ChildEnvironment} is set but this process is not the first of a new pid namespace");
+        }
+        string mine = CurrentMountNamespace();
+        if (mine.Length == 0 || mine == marker.ParentMountNamespace)
+        {
+            throw new StartupException("the sandbox process is still in the host's mount namespace");
+        }
+    }
+
+    public static void Send(int fd, byte message)
+    {
+        if (Libc.WriteAll(fd, new ReadOnlySpan<byte>(ref message)) < 0)
+        {
+            throw new StartupException("sandbox: the other process went away during set-up");
+        }
+    }
+
+    /// <summary>Reads one handshake byte and checks it. An error report from the parent
+    /// (<see cref="ParentFailed"/> + text) becomes a <see cref="StartupException"/> with its text.</summary>
+    public static void Expect(int fd, byte expected)
+    {
+        Span<byte> one = stackalloc byte[1];
+        int n = Libc.ReadSome(fd, one);
+        if (n == 1 && one[0] == expected)
+        {
+            return;
+        }
+        if (n == 1 && one[0] == ParentFailed)
+        {
+            Span<byte> text = stackalloc byte[1024];
+            int length = 0;
+            while (length < text.Length)
+            {
+                int got = Libc.ReadSome(fd, text[length..]);
+                if (got <= 0)
+                {
+                    break;
+                }
+                length += got;
+            }
+            throw new StartupException(Encoding.UTF8.GetString(text[..length]));
+        }
+        throw new StartupException(n <= 0
+            ? "sandbox: the other process went away during set-up"
+            : $"sandbox: unexpected handshake byte {one[0]} (expected {expected})");
+    }
+
+    /// <summary>Spawns the sandboxed copy of this program serving <paramref name="listenFd"/>, builds
+    /// its sandbox, waits for it and returns its exit code. <paramref name="keep"/> is the
+    /// capability set the child gets (its bounding set).</summary>
+    public static int SpawnAndWait(int listenFd, string sharedDir, ulong keep, int lastCap, ILogger log)
+    {
+        string[] argv = ChildArguments();
+        var environment = new List<string>();
+        foreach (DictionaryEntry entry in Environment.GetEnvironmentVariables())
+        {
+            string key = (string)entry.Key;
+            if (key != ChildEnvironment)
+            {
+                environment.Add(key + "=" + (string?)entry.Value);
+            }
+        }
+
+        // Pipes for the handshake (close-on-exec), and inheritable duplicates of the child's
+        // ends and of the listening socket (dup() does not set FD_CLOEXEC).
+        int* toChild = stackalloc int[2];
+        int* fromChild = stackalloc int[2];
+        PosixException.Check(Libc.Pipe2(toChild, Libc.O_CLOEXEC), "pipe2");
+        PosixException.Check(Libc.Pipe2(fromChild, Libc.O_CLOEXEC), "pipe2");
+        using var toChildRead = new SafeFd(toChild[0]);
+        using var toChildWrite = new SafeFd(toChild[1]);
+        using var fromChildRead = new SafeFd(fromChild[0]);
+        using var fromChildWrite = new SafeFd(fromChild[1]);
+        var inherited = new List<int>();
+        try
+        {
+            int listen = InheritableCopy(listenFd, inherited);
+            int childWrites = InheritableCopy(fromChildWrite.Fd, inherited);
+            int childReads = InheritableCopy(toChildRead.Fd, inherited);
+            environment.Add($"{ChildEnvironment}={listen},{childWrites},{childReads},{CurrentMountNamespace()}");
+
+            var spawn = new SpawnThread(argv, environment, sharedDir, keep, lastCap, toChildWrite.Fd, fromChildRead.Fd, inherited);
+            var thread = new Thread(spawn.Run) { Name = "sandbox-spawn", IsBackground = true };
+            thread.Start();
+            spawn.Spawned.Wait();
+            if (spawn.Error != null)
+            {
+                thread.Join();
+                throw new StartupException("sandbox: " + spawn.Error);
+            }
+            int child = spawn.ChildPid;
+            log.Debug("Sandbox: serving from process {Pid} in new mount, pid and network namespaces", child);
+
+            var registrations = new List<PosixSignalRegistration>();
+            foreach (var signal in new[] { PosixSignal.SIGTERM, PosixSignal.SIGINT, PosixSignal.SIGHUP })
+            {
+                registrations.Add(PosixSignalRegistration.Create(signal, context =>
+                {
+                    context.Cancel = true;
+                    Libc.Kill(child, SignalNumber(context.Signal));
+                }));
+            }
+            // A signal that came before the child existed was only recorded; pass it on now.
+            if (ShutdownSignal.IsRequested)
+            {
+                Libc.Kill(child, Libc.SIGTERM);
+            }
+            try
+            {
+                thread.Join();
+            }
+            finally
+            {
+                foreach (var registration in registrations)
+                {
+                    registration.Dispose();
+                }
+            }
+            if (spawn.Warning != null)
+            {
+                log.Debug("Sandbox: {Warning}", spawn.Warning);
+            }
+            if (spawn.WaitError != null)
+            {
+                throw new StartupException("sandbox: " + spawn.WaitError);
+            }
+            int status = spawn.Status;
+            if (Libc.WIfExited(status))
+            {
+                return Libc.WExitStatus(status);
+            }
+            if (Libc.WIfSignaled(status))
+            {
+                log.Error("The sandboxed daemon (pid {Pid}) was killed by signal {Signal}", child, Libc.WTermSig(status));
+                return 128 + Libc.WTermSig(status);
+            }
+            return ExitCodes.Failure;
+        }
+        finally
+        {
+            foreach (int fd in inherited)
+            {
+                Libc.Close(fd);
+            }
+        }
+    }
+
+    private static int InheritableCopy(int fd, List<int> inherited)
+    {
+        int copy = Libc.Dup(fd);
+        if (copy < 0)
+        {
+            throw new StartupException($"sandbox: dup: {PosixException.Describe(Libc.LastErrno)}");
+        }
+        inherited.Add(copy);
+        return copy;
+    }
+
+    private static int SignalNumber(PosixSignal signal) => signal switch
+    {
+        PosixSignal.SIGTERM => Libc.SIGTERM,
+        PosixSignal.SIGINT => Libc.SIGINT,
+        PosixSignal.SIGHUP => Libc.SIGHUP,
+        _ => Libc.SIGTERM,
+    };
+
+    /// <summary>argv for the copy: the same program and arguments. Under the dotnet host the
+    /// executable is the host and the program is the entry assembly.</summary>
+    private static string[] ChildArguments()
+    {
+        string executable = Environment.ProcessPath ?? throw new StartupException("sandbox: cannot find the path of the running executable");
+        string[] args = Environment.GetCommandLineArgs();
+        var argv = new List<string> { executable };
+        if (Path.GetFileNameWithoutExtension(executable) == "dotnet")
+        {
+            argv.Add(typeof(NamespaceSpawner).Assembly.Location);
+        }
+        for (int i = 1; i < args.Length; i++)
+        {
+            argv.Add(args[i]);
+        }
+        return argv.ToArray();
+    }
+
+    /// <summary>The work of the dedicated thread. Between unshare and the return to the original
+    /// pid namespace only system calls run: a thread whose pid namespace for children differs
+    /// from its own cannot create threads, so nothing may make the runtime start one from here.</summary>
+    private sealed class SpawnThread(string[] argv, List<string> environment, string sharedDir, ulong keep, int lastCap,
+        int toChild, int fromChild, List<int> inherited)
+    {
+        public readonly ManualResetEventSlim Spawned = new();
+        public string? Error;
+        public string? WaitError;
+        public string? Warning;
+        public int ChildPid;
+        public int Status;
+
+        public void Run()
+        {
+            var allocations = new List<nint>();
+            SafeFd? mntNs = null, netNs = null, pidNs = null;
+            bool unshared = false;
+            try
+            {
+                byte** nativeArgv = ToNative(argv, allocations);
+                byte** nativeEnv = ToNative(environment, allocations);
+                byte* path = (byte*)Marshal.StringToCoTaskMemUTF8(argv[0]);
+                allocations.Add((nint)path);
+                mntNs = OpenNamespace("mnt");
+                netNs = OpenNamespace("net");
+                pidNs = OpenNamespace("pid");
+
+                // What the child may ever hold; this thread's own effective set is untouched.
+                Capabilities.NarrowBoundingSet(keep, lastCap);
+
+                if (Libc.Unshare(Libc.CLONE_NEWNS | Libc.CLONE_NEWNET | Libc.CLONE_NEWPID) < 0)
+                {
+                    Error = "cannot create mount, pid and network namespaces (unshare): " + PosixException.Describe(Libc.LastErrno);
+                    return;
+                }
+                unshared = true;
+                Sandbox.MakeMountsPrivateToNamespace();
+                int pid;
+                int rc = Libc.PosixSpawn(&pid, path, null, null, nativeArgv, nativeEnv);
+                // Children of this thread go to the original pid namespace again (needs
+                // CAP_SYS_ADMIN, still effective: only the bounding set was narrowed).
+                if (Libc.Setns(pidNs.Fd, Libc.CLONE_NEWPID) < 0)
+                {
+                    Warning = "cannot return to the original pid namespace: " + PosixException.Describe(Libc.LastErrno);
+                }
+                foreach (int fd in inherited)
+                {
+                    Libc.Close(fd);
+                }
+                inherited.Clear();
+                if (rc != 0)
+                {
+                    Error = $"cannot start the sandboxed process {argv[0]} (posix_spawn): {PosixException.Describe((Errno)rc)}";
+                    return;
+                }
+                ChildPid = pid;
+            }
+            catch (Exception e)
+            {
+                Error = e.Message;
+                return;
+            }
+            finally
+            {
+                foreach (nint p in allocations)
+                {
+                    Marshal.FreeCoTaskMem(p);
+                }
+                if (Error != null && unshared)
+                {
+                    RestoreNamespaces(mntNs, netNs);
+                }
+                if (Error != null)
+                {
+                    mntNs?.Dispose();
+                    netNs?.Dispose();
+                    pidNs?.Dispose();
+                }
+                Spawned.Set();
+            }
+
+            try
+            {
+                Sandbox.BuildNamespaceSandbox(sharedDir, ChildPid, toChild, fromChild);
+            }
+            catch (StartupException e)
+            {
+                // The child prints it (one line) and exits 1; a child that is gone already does not matter.
+                byte[] text = Encoding.UTF8.GetBytes(e.Message);
+                byte[] message = new byte[1 + Math.Min(text.Length, 1000)];
+                message[0] = ParentFailed;
+                text.AsSpan(0, message.Length - 1).CopyTo(message.AsSpan(1));
+                Libc.WriteAll(toChild, message);
+            }
+            RestoreNamespaces(mntNs, netNs);
+            mntNs?.Dispose();
+            netNs?.Dispose();
+            pidNs?.Dispose();
+
+            // This thread stays alive until the child exits: the child asked (PR_SET_PDEATHSIG)
+            // for SIGTERM when the thread that created it goes away.
+            int status;
+            while (Libc.WaitPid(ChildPid, &status, 0) < 0)
+            {
+                if (Libc.LastErrno != Errno.EINTR)
+                {
+                    WaitError = "waitpid for the sandboxed process: " + PosixException.Describe(Libc.LastErrno);
+                    return;
+                }
+            }
+            Status = status;
+        }
+
+        private void RestoreNamespaces(SafeFd? mntNs, SafeFd? netNs)
+        {
+            if ((mntNs != null && Libc.Setns(mntNs.Fd, Libc.CLONE_NEWNS) < 0)
+                || (netNs != null && Libc.Setns(netNs.Fd, Libc.CLONE_NEWNET) < 0))
+            {
+                // Harmless for the daemon: this thread only waits from now on.
+                Warning = "the spawning thread could not return to the original namespaces: " + PosixException.Describe(Libc.LastErrno);
+            }
+        }
+
+        private static SafeFd OpenNamespace(string name)
+        {
+            fixed (byte* p = Sandbox.Z("/proc/thread-self/ns/" + name))
+            {
+                int fd = Libc.Open(p, Libc.O_RDONLY | Libc.O_CLOEXEC, 0);
+                if (fd < 0)
+                {
+                    throw new StartupException($"cannot open /proc/thread-self/ns/{name}: {PosixException.Describe(Libc.LastErrno)}");
+                }
+                return new SafeFd(fd);
+            }
+        }
+
+        private static byte** ToNative(IReadOnlyList<string> strings, List<nint> allocations)
+        {
+            var array = (byte**)Marshal.AllocCoTaskMem((strings.Count + 1) * sizeof(nint));
+            allocations.Add((nint)array);
+            for (int i = 0; i < strings.Count; i++)
+            {
+                array[i] = (byte*)Marshal.StringToCoTaskMemUTF8(strings[i]);
+                allocations.Add((nint)array[i]);
+            }
+            array[strings.Count] = null;
+            return array;
+        }
+    }
+}

@@ -1,0 +1,55 @@
+using System.Reflection;
+
+namespace Vhostfsd.Hosting;
+
+/// <summary>Loads, before the sandbox hides the host's file system, everything the runtime
+/// would otherwise open lazily from disk: after pivot_root or chroot, an assembly first needed
+/// later (the device's, the framework's) could not be found and the daemon would fail at its
+/// first use. Loaded assemblies are mapped into memory and stay usable. Native libraries are
+/// already loaded by then: every P/Invoke goes through src/Posix's "libc", which the start-up
+/// code has used.</summary>
+internal static class Preload
+{
+    /// <summary>Loads the transitive closure of the entry assembly's references and initialises
+    /// the console streams. Returns how many assemblies are loaded afterwards.</summary>
+    public static int BeforeSandbox()
+    {
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        var pending = new Stack<Assembly>();
+        pending.Push(typeof(Preload).Assembly);
+        foreach (Assembly loaded in AppDomain.CurrentDomain.GetAssemblies())
+        {
+            pending.Push(loaded);
+        }
+        while (pending.Count > 0)
+        {
+            Assembly assembly = pending.Pop();
+            if (!seen.Add(assembly.FullName ?? assembly.GetName().Name ?? ""))
+            {
+                continue;
+            }
+            foreach (AssemblyName reference in assembly.GetReferencedAssemblies())
+            {
+                if (seen.Contains(reference.FullName))
+                {
+                    continue;
+                }
+                try
+                {
+                    pending.Push(Assembly.Load(reference));
+                }
+                catch (Exception e) when (e is FileNotFoundException or FileLoadException or BadImageFormatException)
+                {
+                    // A reference the app never resolves (a facade that is not shipped): it
+                    // could not be loaded after the sandbox either, so nothing changes.
+                }
+            }
+        }
+        // The console initialises itself (terminal settings) on its first write; do that now.
+        using (Stream stderr = Console.OpenStandardError())
+        {
+            stderr.Write(ReadOnlySpan<byte>.Empty);
+        }
+        return AppDomain.CurrentDomain.GetAssemblies().Length;
+    }
+}

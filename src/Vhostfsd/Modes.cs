@@ -1,0 +1,64 @@
+namespace Vhostfsd;
+
+/// <summary>--cache: how long the guest may cache entries, attributes and data.</summary>
+public enum CacheMode
+{
+    /// <summary>No caching: entry/attr timeout 0, files opened with DIRECT_IO (C dialect: "none").</summary>
+    Never,
+
+    /// <summary>Metadata cached for a day, file data not cached.</summary>
+    Metadata,
+
+    /// <summary>One second timeouts; the page cache is kept while attributes match (the default).</summary>
+    Auto,
+
+    /// <summary>Metadata and data cached for a day.</summary>
+    Always,
+}
+
+/// <summary>--inode-file-handles: how the device holds the inodes the guest knows.</summary>
+public enum InodeFileHandlesMode
+{
+    /// <summary>Always an O_PATH file descriptor.</summary>
+    Never,
+
+    /// <summary>A file handle where the file system supports one, else an O_PATH fd (the default).</summary>
+    Prefer,
+
+    /// <summary>Always a file handle; fail lookups where none can be made.</summary>
+    Mandatory,
+}
+
+/// <summary>--sandbox: how the daemon isolates itself from the rest of the host.</summary>
+public enum SandboxMode
+{
+    /// <summary>New mount, pid and network namespaces and pivot_root into the shared directory (the default).</summary>
+    Namespace,
+
+    /// <summary>chroot(2) into the shared directory.</summary>
+    Chroot,
+
+    /// <summary>No isolation beyond the file system's own *at() walking.</summary>
+    None,
+}
+
+/// <summary>--seccomp: what a system call outside the allow-list does. Only <see cref="None"/>
+/// is implemented; the others are refused at the command line.</summary>
+public enum SeccompMode
+{
+    None,
+    Kill,
+    Log,
+    Trap,
+}
+
+/// <summary>--log-level.</summary>
+public enum DaemonLogLevel
+{
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}

@@ -1,0 +1,294 @@
+using Vhostfsd.Cli;
+
+namespace Vhostfsd.Tests;
+
+/// <summary>The parser in-process: every option, both dialects, the literal command lines that
+/// libvirt and Kata build, and the one-line errors.</summary>
+public class CommandLineTests
+{
+    private static DaemonOptions Parse(params string[] args)
+    {
+        var parsed = CommandLine.Parse(args, TextWriter.Null);
+        Assert.Equal(CommandLineOutcome.Run, parsed.Outcome);
+        return parsed.Options;
+    }
+
+    private static string Usage(params string[] args)
+    {
+        var e = Assert.Throws<UsageException>(() => CommandLine.Parse(args, TextWriter.Null));
+        Assert.DoesNotContain('\n', e.Message);
+        return e.Message;
+    }
+
+    [Fact]
+    public void Defaults_match_the_rust_daemon()
+    {
+        var o = Parse("--shared-dir", "/srv", "--socket-path", "/tmp/s");
+        Assert.Equal("/srv", o.SharedDir);
+        Assert.Equal("/tmp/s", o.SocketPath);
+        Assert.Null(o.Fd);
+        Assert.Equal(0, o.ThreadPoolSize);
+        Assert.Equal(CacheMode.Auto, o.Cache);
+        Assert.Equal(SandboxMode.Namespace, o.Sandbox);
+        Assert.Equal(InodeFileHandlesMode.Prefer, o.InodeFileHandles);
+        Assert.True(o.AnnounceSubmounts);
+        Assert.False(o.KillprivV2);
+        Assert.False(o.EffectiveXattr);
+        Assert.True(o.EffectiveReaddirplus);
+        Assert.Equal(DaemonLogLevel.Info, o.LogLevel);
+        Assert.Null(o.RlimitNofile);
+        Assert.Null(o.Tag);
+        Assert.Empty(o.Warnings);
+    }
+
+    [Fact]
+    public void Every_long_option_sets_its_value()
+    {
+        var o = Parse(
+            "--shared-dir=/srv/share", "--tag=myfs", "--socket-path=/run/v.sock", "--socket-group=kvm",
+            "--thread-pool-size=16", "--xattr", "--posix-acl", "--xattrmap=:map::user.virtiofs.:",
+            "--sandbox=chroot", "--readonly", "--seccomp=none", "--no-announce-submounts",
+            "--inode-file-handles=mandatory", "--cache=metadata", "--allow-mmap", "--no-readdirplus",
+            "--writeback", "--allow-direct-io", "--modcaps=+sys_admin:-mknod", "--log-level=trace",
+            "--syslog", "--rlimit-nofile=4096", "--killpriv-v2", "--security-label", "--preserve-noatime");
+        Assert.Equal("/srv/share", o.SharedDir);
+        Assert.Equal("myfs", o.Tag);
+        Assert.Equal("/run/v.sock", o.SocketPath);
+        Assert.Equal("kvm", o.SocketGroup);
+        Assert.Equal(16, o.ThreadPoolSize);
+        Assert.True(o.Xattr);
+        Assert.True(o.PosixAcl);
+        Assert.Equal(":map::user.virtiofs.:", o.XattrMap);
+        Assert.Equal(SandboxMode.Chroot, o.Sandbox);
+        Assert.True(o.ReadOnly);
+        Assert.Equal(SeccompMode.None, o.Seccomp);
+        Assert.False(o.AnnounceSubmounts);
+        Assert.Equal(InodeFileHandlesMode.Mandatory, o.InodeFileHandles);
+        Assert.Equal(CacheMode.Metadata, o.Cache);
+        Assert.True(o.AllowMmap);
+        Assert.True(o.NoReaddirplus);
+        Assert.False(o.EffectiveReaddirplus);
+        Assert.True(o.Writeback);
+        Assert.True(o.AllowDirectIo);
+        Assert.Equal("+sys_admin:-mknod", o.ModCaps);
+        Assert.Equal(DaemonLogLevel.Trace, o.LogLevel);
+        Assert.True(o.Syslog);
+        Assert.Equal(4096UL, o.RlimitNofile);
+        Assert.True(o.KillprivV2);
+        Assert.True(o.SecurityLabel);
+        Assert.True(o.PreserveNoatime);
+    }
+
+    [Fact]
+    public void Separate_values_work_like_equals()
+    {
+        var o = Parse("--shared-dir", "/a", "--fd", "7", "--cache", "never", "--thread-pool-size", "2", "--inode-file-handles", "never");
+        Assert.Equal(7, o.Fd);
+        Assert.Equal(CacheMode.Never, o.Cache);
+        Assert.False(o.EffectiveReaddirplus);
+        Assert.Equal(2, o.ThreadPoolSize);
+        Assert.Equal(InodeFileHandlesMode.Never, o.InodeFileHandles);
+    }
+
+    [Theory]
+    [InlineData("never", CacheMode.Never)]
+    [InlineData("none", CacheMode.Never)]
+    [InlineData("metadata", CacheMode.Metadata)]
+    [InlineData("auto", CacheMode.Auto)]
+    [InlineData("ALWAYS", CacheMode.Always)]
+    public void Cache_values(string value, CacheMode expected) =>
+        Assert.Equal(expected, Parse("--shared-dir=/a", "--fd=3", "--cache=" + value).Cache);
+
+    [Fact]
+    public void Deprecated_spellings_are_accepted_with_a_warning()
+    {
+        var o = Parse("--shared-dir=/a", "--socket=/tmp/s", "--inode-file-handles=fallback", "-f");
+        Assert.Equal("/tmp/s", o.SocketPath);
+        Assert.Equal(InodeFileHandlesMode.Prefer, o.InodeFileHandles);
+        Assert.Contains(o.Warnings, w => w.Contains("--socket is deprecated"));
+        Assert.Contains(o.Warnings, w => w.Contains("fallback"));
+        Assert.Contains(o.Warnings, w => w.Contains("-f has no effect"));
+    }
+
+    [Fact]
+    public void The_last_of_an_on_off_pair_wins()
+    {
+        Assert.True(Parse("--shared-dir=/a", "--fd=3", "--no-announce-submounts", "--announce-submounts").AnnounceSubmounts);
+        Assert.False(Parse("--shared-dir=/a", "--fd=3", "--announce-submounts", "--no-announce-submounts").AnnounceSubmounts);
+        Assert.False(Parse("--shared-dir=/a", "--fd=3", "--killpriv-v2", "--no-killpriv-v2").KillprivV2);
+        Assert.True(Parse("--shared-dir=/a", "--fd=3", "--no-killpriv-v2", "--killpriv-v2").KillprivV2);
+    }
+
+    [Fact]
+    public void Debug_flag_and_log_levels()
+    {
+        Assert.Equal(DaemonLogLevel.Debug, Parse("--shared-dir=/a", "--fd=3", "-d").LogLevel);
+        Assert.Equal(DaemonLogLevel.Off, Parse("--shared-dir=/a", "--fd=3", "--log-level", "off").LogLevel);
+        Assert.Equal(DaemonLogLevel.Warn, Parse("--shared-dir=/a", "--fd=3", "--log-level=warn").LogLevel);
+        Assert.Equal(DaemonLogLevel.Error, Parse("--shared-dir=/a", "--fd=3", "-o", "log_level=err").LogLevel);
+        Assert.Equal(DaemonLogLevel.Debug, Parse("--shared-dir=/a", "--fd=3", "-o", "loglevel=debug").LogLevel);
+        Assert.Equal(DaemonLogLevel.Debug, Parse("--shared-dir=/a", "--fd=3", "-o", "debug").LogLevel);
+    }
+
+    [Fact]
+    public void Xattr_is_implied_by_the_options_that_need_it()
+    {
+        Assert.True(Parse("--shared-dir=/a", "--fd=3", "--posix-acl").EffectiveXattr);
+        Assert.True(Parse("--shared-dir=/a", "--fd=3", "--security-label").EffectiveXattr);
+        Assert.True(Parse("--shared-dir=/a", "--fd=3", "--xattrmap=:ok:all::").EffectiveXattr);
+        Assert.False(Parse("--shared-dir=/a", "--fd=3").EffectiveXattr);
+    }
+
+    [Fact]
+    public void Compat_options_cover_every_key_of_the_rust_compat_parser()
+    {
+        var o = Parse("--fd=3", "-o", "source=/srv/x,cache=always,sandbox=chroot,xattrmap=:map::user.virtiofs.:,modcaps=+sys_admin,loglevel=warn",
+            "-o", "xattr,readdirplus,writeback,allow_direct_io,announce_submounts,killpriv_v2,posix_acl,security_label,no_posix_lock,no_flock");
+        Assert.Equal("/srv/x", o.SharedDir);
+        Assert.Equal(CacheMode.Always, o.Cache);
+        Assert.Equal(SandboxMode.Chroot, o.Sandbox);
+        Assert.Equal(":map::user.virtiofs.:", o.XattrMap);
+        Assert.Equal("+sys_admin", o.ModCaps);
+        Assert.Equal(DaemonLogLevel.Warn, o.LogLevel);
+        Assert.True(o.Xattr && o.Writeback && o.AllowDirectIo && o.AnnounceSubmounts && o.KillprivV2 && o.PosixAcl && o.SecurityLabel);
+        Assert.False(o.NoReaddirplus);
+        Assert.Contains(o.Warnings, w => w.Contains("-o option form is deprecated"));
+
+        var off = Parse("--fd=3", "--xattr", "--writeback", "--allow-direct-io", "--killpriv-v2", "--posix-acl", "--security-label",
+            "-o", "source=/a,no_xattr,no_readdirplus,no_writeback,no_allow_direct_io,no_killpriv_v2,no_posix_acl,no_security_label,no_announce_submounts");
+        Assert.False(off.Xattr || off.Writeback || off.AllowDirectIo || off.KillprivV2 || off.PosixAcl || off.SecurityLabel || off.AnnounceSubmounts);
+        Assert.True(off.NoReaddirplus);
+    }
+
+    [Fact]
+    public void Compat_values_override_long_options()
+    {
+        var o = Parse("--shared-dir=/long", "--cache=auto", "--fd=3", "-o", "source=/compat,cache=none");
+        Assert.Equal("/compat", o.SharedDir);
+        Assert.Equal(CacheMode.Never, o.Cache);
+    }
+
+    [Theory]
+    [InlineData("source=/a,,b,cache=auto", "/a,b")]
+    [InlineData("source=/a\\,b", "/a,b")]
+    [InlineData("source=/plain,", "/plain")]
+    public void Compat_commas_can_be_escaped(string argument, string expected) =>
+        Assert.Equal(expected, Parse("--fd=3", "-o", argument).SharedDir);
+
+    [Fact]
+    public void Libvirt_9_command_line_parses()
+    {
+        // qemuVirtioFSBuildCommandLine (libvirt >= 9): --fd, then separate "--name=value" options.
+        var o = Parse("--fd=23", "--shared-dir=/var/lib/libvirt/shared dir", "--cache=always", "--sandbox=chroot",
+            "--xattr", "--thread-pool-size=16", "--log-level=debug");
+        Assert.Equal(23, o.Fd);
+        Assert.Equal("/var/lib/libvirt/shared dir", o.SharedDir);
+        Assert.Equal(CacheMode.Always, o.Cache);
+        Assert.Equal(SandboxMode.Chroot, o.Sandbox);
+        Assert.True(o.Xattr);
+        Assert.Equal(16, o.ThreadPoolSize);
+        Assert.Equal(DaemonLogLevel.Debug, o.LogLevel);
+        // libvirt's <driver type='virtiofs'> cache modes: none maps to never.
+        Assert.Equal(CacheMode.Never, Parse("--fd=23", "--shared-dir=/x", "--cache=none").Cache);
+    }
+
+    [Fact]
+    public void Libvirt_before_9_command_line_parses()
+    {
+        // The C-daemon form: --fd=N -o source=...,cache=...,sandbox=...,xattr,no_flock,no_posix_lock --thread-pool-size=N -d
+        var o = Parse("--fd=23", "-o", "source=/var/lib/libvirt/share,,with comma,cache=none,sandbox=namespace,xattr,no_flock,no_posix_lock",
+            "--thread-pool-size=4", "-d");
+        Assert.Equal(23, o.Fd);
+        Assert.Equal("/var/lib/libvirt/share,with comma", o.SharedDir);
+        Assert.Equal(CacheMode.Never, o.Cache);
+        Assert.Equal(SandboxMode.Namespace, o.Sandbox);
+        Assert.True(o.Xattr);
+        Assert.Equal(4, o.ThreadPoolSize);
+        Assert.Equal(DaemonLogLevel.Debug, o.LogLevel);
+    }
+
+    [Fact]
+    public void Kata_2_command_line_with_the_c_dialect_parses()
+    {
+        // virtiofsd.go args() for the C daemon plus the default virtio_fs_extra_args.
+        var o = Parse("--syslog", "-o", "cache=auto", "-o", "no_posix_lock", "-o", "source=/run/kata-containers/shared/sandboxes/abc/shared",
+            "--fd=3", "-f", "--thread-pool-size=1", "-o", "announce_submounts");
+        Assert.True(o.Syslog);
+        Assert.Equal(CacheMode.Auto, o.Cache);
+        Assert.Equal("/run/kata-containers/shared/sandboxes/abc/shared", o.SharedDir);
+        Assert.Equal(3, o.Fd);
+        Assert.Equal(1, o.ThreadPoolSize);
+        Assert.True(o.AnnounceSubmounts);
+    }
+
+    [Fact]
+    public void Kata_3_command_line_with_the_rust_dialect_parses()
+    {
+        // virtiofsd.go args() for the Rust daemon plus virtio_fs_extra_args.
+        var o = Parse("--syslog", "--cache=never", "--shared-dir=/run/kata-containers/shared/sandboxes/abc/shared", "--fd=3",
+            "--inode-file-handles=prefer", "--thread-pool-size=1", "--announce-submounts", "--sandbox=none", "--seccomp=none");
+        Assert.True(o.Syslog);
+        Assert.Equal(CacheMode.Never, o.Cache);
+        Assert.Equal(3, o.Fd);
+        Assert.Equal(InodeFileHandlesMode.Prefer, o.InodeFileHandles);
+        Assert.Equal(SandboxMode.None, o.Sandbox);
+    }
+
+    [Fact]
+    public void Print_capabilities_needs_nothing_else()
+    {
+        Assert.True(Parse("--print-capabilities").PrintCapabilities);
+    }
+
+    [Fact]
+    public void Version_and_help_print_and_stop()
+    {
+        var output = new StringWriter();
+        Assert.Equal(CommandLineOutcome.Printed, CommandLine.Parse(["-V"], output).Outcome);
+        Assert.StartsWith("vhostfsd ", output.ToString());
+        output = new StringWriter();
+        Assert.Equal(CommandLineOutcome.Printed, CommandLine.Parse(["--help"], output).Outcome);
+        Assert.Contains("--shared-dir", output.ToString());
+    }
+
+    [Theory]
+    [InlineData("Unrecognized command or argument '--bogus'", "--socket-path=/tmp/s", "--shared-dir=/a", "--bogus")]
+    [InlineData("missing --shared-dir", "--socket-path=/tmp/s")]
+    [InlineData("both name the listening socket", "--shared-dir=/a", "--socket-path=/tmp/s", "--fd=3")]
+    [InlineData("--socket-group only applies", "--shared-dir=/a", "--fd=3", "--socket-group=kvm")]
+    [InlineData("standard stream", "--shared-dir=/a", "--fd=1")]
+    [InlineData("invalid value 'sometimes' for --cache", "--shared-dir=/a", "--fd=3", "--cache=sometimes")]
+    [InlineData("invalid value 'jail' for --sandbox", "--shared-dir=/a", "--fd=3", "--sandbox=jail")]
+    [InlineData("invalid value 'maybe' for --inode-file-handles", "--shared-dir=/a", "--fd=3", "--inode-file-handles=maybe")]
+    [InlineData("invalid value 'loud' for --log-level", "--shared-dir=/a", "--fd=3", "--log-level=loud")]
+    [InlineData("invalid value 'abc' for --thread-pool-size", "--shared-dir=/a", "--fd=3", "--thread-pool-size=abc")]
+    [InlineData("invalid value '-1' for --fd", "--shared-dir=/a", "--fd=-1")]
+    [InlineData("invalid value 'x' for --rlimit-nofile", "--shared-dir=/a", "--fd=3", "--rlimit-nofile=x")]
+    [InlineData("--seccomp=kill is not available", "--shared-dir=/a", "--fd=3", "--seccomp=kill")]
+    [InlineData("--seccomp=log is not available", "--shared-dir=/a", "--fd=3", "--seccomp=log")]
+    [InlineData("at most 36", "--shared-dir=/a", "--fd=3", "--tag=0123456789012345678901234567890123456789")]
+    [InlineData("unknown capability 'flying'", "--shared-dir=/a", "--fd=3", "--modcaps=+flying")]
+    [InlineData("invalid --modcaps item", "--shared-dir=/a", "--fd=3", "--modcaps=chown")]
+    [InlineData("cannot remove dac_read_search", "--shared-dir=/a", "--fd=3", "--modcaps=-dac_read_search")]
+    [InlineData("not supported", "--shared-dir=/a", "--fd=3", "--uid-map=:0:1000:1:")]
+    [InlineData("not supported", "--shared-dir=/a", "--fd=3", "--translate-gid=map:0:1000:1")]
+    [InlineData("not supported", "--shared-dir=/a", "--fd=3", "--migration-mode=file-handles")]
+    [InlineData("unknown -o option 'bogus'", "--fd=3", "-o", "source=/a,bogus")]
+    [InlineData("unknown -o option 'color=blue'", "--fd=3", "-o", "source=/a,color=blue")]
+    [InlineData("-o flock is not supported", "--fd=3", "-o", "source=/a,flock")]
+    [InlineData("-o posix_lock is not supported", "--fd=3", "-o", "source=/a,posix_lock")]
+    [InlineData("-o timeout= is not supported", "--fd=3", "-o", "source=/a,timeout=5")]
+    [InlineData("invalid value 'fast' for -o cache=", "--fd=3", "-o", "source=/a,cache=fast")]
+    [InlineData("Required argument missing", "--shared-dir=", "--fd=3")]
+    [InlineData("needs a non-empty value", "--fd=3", "--tag", "")]
+    [InlineData("Required argument missing", "--shared-dir=/a", "--fd")]
+    public void Bad_command_lines_give_one_clear_line(string expected, params string[] args) =>
+        Assert.Contains(expected, Usage(args));
+
+    [Fact]
+    public void Inode_file_handles_never_allows_removing_dac_read_search()
+    {
+        var o = Parse("--shared-dir=/a", "--fd=3", "--inode-file-handles=never", "--modcaps=-dac_read_search");
+        Assert.Equal("-dac_read_search", o.ModCaps);
+    }
+}
