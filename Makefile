@@ -46,6 +46,24 @@ demo: deps
 	  { tail -n 30 .e2e-cache/demo-build.log; exit 1; }; fi
 	@CONFIG=$(CONFIG) scripts/e2e/demo.sh $(DAEMON)
 
+# Install the published program to $(PREFIX)/lib/vhostfsd, a launcher to $(PREFIX)/bin/vhostfsd,
+# QEMU's vhost-user descriptor (libvirt finds the daemon through it) and the systemd units.
+# DESTDIR stages the whole tree for packaging.
+VHOST_USER_DIR ?= /usr/share/qemu/vhost-user
+SYSTEMD_UNIT_DIR ?= /etc/systemd/system
+install: build
+	$(DOTNET) publish src/Vhostfsd/Vhostfsd.csproj -c $(CONFIG) --no-build --nologo -v quiet \
+	  -o "$(DESTDIR)$(PREFIX)/lib/vhostfsd"
+	install -d "$(DESTDIR)$(PREFIX)/bin" "$(DESTDIR)$(VHOST_USER_DIR)" "$(DESTDIR)$(SYSTEMD_UNIT_DIR)"
+	sed -e "s|@DOTNET@|$$(readlink -f "$$(command -v $(DOTNET))")|" -e "s|@LIBDIR@|$(PREFIX)/lib/vhostfsd|" \
+	  packaging/vhostfsd.in > "$(DESTDIR)$(PREFIX)/bin/vhostfsd"
+	chmod 755 "$(DESTDIR)$(PREFIX)/bin/vhostfsd"
+	sed -e 's|"binary": "[^"]*"|"binary": "$(PREFIX)/bin/vhostfsd"|' packaging/50-vhostfsd.json \
+	  > "$(DESTDIR)$(VHOST_USER_DIR)/50-vhostfsd.json"
+	install -m 644 packaging/systemd/vhostfsd@.socket "$(DESTDIR)$(SYSTEMD_UNIT_DIR)/vhostfsd@.socket"
+	sed -e "s|@BINDIR@|$(PREFIX)/bin|" packaging/systemd/vhostfsd@.service > "$(DESTDIR)$(SYSTEMD_UNIT_DIR)/vhostfsd@.service"
+	chmod 644 "$(DESTDIR)$(SYSTEMD_UNIT_DIR)/vhostfsd@.service"
+
 clean:
 	$(DOTNET) clean $(SLN) -c $(CONFIG) >/dev/null
 	rm -rf $(OUT)

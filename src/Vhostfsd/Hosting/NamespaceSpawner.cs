@@ -131,13 +131,21 @@ internal static unsafe class NamespaceSpawner
     {
         string[] argv = ChildArguments();
         var environment = new List<string>();
+        bool diagnosticsChosen = false;
         foreach (DictionaryEntry entry in Environment.GetEnvironmentVariables())
         {
             string key = (string)entry.Key;
+            diagnosticsChosen |= key.StartsWith("DOTNET_EnableDiagnostics", StringComparison.Ordinal);
             if (key != ChildEnvironment)
             {
                 environment.Add(key + "=" + (string?)entry.Value);
             }
+        }
+        if (!diagnosticsChosen)
+        {
+            // The runtime's diagnostics server would create its IPC socket in the host's /tmp
+            // and could never remove it from inside the sandbox; leave it off unless asked for.
+            environment.Add("DOTNET_EnableDiagnostics_IPC=0");
         }
 
         // Pipes for the handshake (close-on-exec), and inheritable duplicates of the child's
