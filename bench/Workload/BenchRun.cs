@@ -16,6 +16,8 @@ public sealed record BenchSettings
     public required bool Native { get; init; }
     public required bool Quick { get; init; }
     public string? JsonPath { get; init; }
+    /// <summary>A command run during each daemon cell's measured phase ({pid} = the daemon), stopped with SIGINT.</summary>
+    public string? ProfileCommand { get; init; }
     public TimeSpan StartTimeout { get; init; } = TimeSpan.FromSeconds(60);
 }
 
@@ -40,6 +42,8 @@ public sealed record CellResult
     public required double ElapsedSeconds { get; init; }
     /// <summary>Daemon CPU (user + system) during the measured phase; NaN for native.</summary>
     public required double CpuSeconds { get; init; }
+    /// <summary>Voluntary context switches of the daemon's threads per step (how often it slept); NaN for native.</summary>
+    public required double SleepsPerStep { get; init; }
     /// <summary>Daemon VmHWM at the end of the cell; 0 for native.</summary>
     public required long PeakRssBytes { get; init; }
     public double ListenMs { get; init; }
@@ -113,7 +117,8 @@ public sealed class BenchRun
     private void Add(CellResult result)
     {
         _results.Add(result);
-        string cpu = double.IsNaN(result.CpuSeconds) ? "" : $", daemon cpu {result.CpuSeconds:F2} s, peak rss {result.PeakRssBytes >> 20} MiB";
+        string cpu = double.IsNaN(result.CpuSeconds) ? "" : $", daemon cpu {result.CpuSeconds:F2} s ({result.CpuSeconds * 1e6 / Math.Max(1, result.Steps):F1} us/step), " +
+            $"{result.SleepsPerStep:F2} sleeps/step, peak rss {result.PeakRssBytes >> 20} MiB";
         _log($"[{result.DirKind} rep {result.Repetition + 1}/{_settings.Repeat}] {result.Workload,-11} {result.Daemon,-10} callers {result.Callers,2} " +
             $"queues {result.QueuesUsed}: {Report.FormatRate(result.Rate)} {result.Unit}, p50 {result.P50Us:F1} us, p99 {result.P99Us:F1} us{cpu}" +
             (result.Note != null ? $" ({result.Note})" : ""));
@@ -176,8 +181,22 @@ public sealed class BenchRun
                 int threads = daemon.Threads();
                 double cpuBefore = 0;
                 double cpuAfter = 0;
+                long switchesBefore = 0;
+                long switchesAfter = 0;
+                Process? profiler = null;
                 var measurement = CallerRunner.Run(callers, caller => workload.CreateFuse(session, caller, callers), _settings.Budget,
-                    () => cpuBefore = daemon.CpuSeconds(), () => cpuAfter = daemon.CpuSeconds());
+                    () =>
+                    {
+                        profiler = StartProfiler(daemon.Pid, $"{workload.Name}-{spec.Name}-c{callers}-q{queues}-r{rep}");
+                        cpuBefore = daemon.CpuSeconds();
+                        switchesBefore = daemon.ContextSwitches();
+                    },
+                    () =>
+                    {
+                        cpuAfter = daemon.CpuSeconds();
+                        switchesAfter = daemon.ContextSwitches();
+                        StopProfiler(profiler);
+                    });
                 long peak = daemon.PeakRssBytes();
                 return new CellResult
                 {
@@ -195,6 +214,7 @@ public sealed class BenchRun
                     Steps = measurement.Steps,
                     ElapsedSeconds = measurement.ElapsedSeconds,
                     CpuSeconds = cpuAfter - cpuBefore,
+                    SleepsPerStep = (switchesAfter - switchesBefore) / (double)Math.Max(1, measurement.Steps),
                     PeakRssBytes = peak,
                     ListenMs = daemon.TimeToListen.TotalMilliseconds,
                     IdleRssBytes = idleRss,
@@ -207,6 +227,33 @@ public sealed class BenchRun
         {
             throw new BenchFailure($"{spec.Name}, {workload.Name}, {callers} callers, {queues} queues: {e.Message}\ndaemon output:\n{daemon.Output}");
         }
+    }
+
+    private Process? StartProfiler(int pid, string cell)
+    {
+        if (_settings.ProfileCommand == null)
+        {
+            return null;
+        }
+        string command = _settings.ProfileCommand.Replace("{pid}", pid.ToString(System.Globalization.CultureInfo.InvariantCulture), StringComparison.Ordinal)
+            .Replace("{cell}", cell, StringComparison.Ordinal);
+        var info = new ProcessStartInfo("/bin/sh") { UseShellExecute = false };
+        info.ArgumentList.Add("-c");
+        info.ArgumentList.Add("exec " + command);
+        var process = Process.Start(info)!;
+        Thread.Sleep(200);
+        return process;
+    }
+
+    private static void StopProfiler(Process? profiler)
+    {
+        if (profiler == null)
+        {
+            return;
+        }
+        Vhostfsd.Posix.Libc.Kill(profiler.Id, 2);
+        profiler.WaitForExit(30_000);
+        profiler.Dispose();
     }
 
     private CellResult RunNativeCell(Dataset dataset, Workload workload, int callers, int rep)
@@ -233,6 +280,7 @@ public sealed class BenchRun
             Steps = measurement.Steps,
             ElapsedSeconds = measurement.ElapsedSeconds,
             CpuSeconds = double.NaN,
+            SleepsPerStep = double.NaN,
             PeakRssBytes = 0,
         };
     }

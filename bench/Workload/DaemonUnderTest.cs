@@ -204,6 +204,10 @@ public sealed class DaemonUnderTest : IDisposable
     /// <summary>Resident set now (VmRSS) of the daemon and its descendants, bytes.</summary>
     public long RssBytes() => ProcStats.TreeStatusBytes(Pid, "VmRSS:");
 
+    /// <summary>Context switches (voluntary: the thread slept, e.g. waiting for a kick) summed over every live
+    /// thread of the daemon and its descendants.</summary>
+    public long ContextSwitches() => ProcStats.TreeContextSwitches(Pid);
+
     /// <summary>Threads of the daemon and its descendants.</summary>
     public int Threads() => (int)ProcStats.TreeStatusBytes(Pid, "Threads:", 1);
 
@@ -274,6 +278,39 @@ public static class ProcStats
         long utime = long.Parse(fields[11], CultureInfo.InvariantCulture);
         long stime = long.Parse(fields[12], CultureInfo.InvariantCulture);
         return (utime + stime) / ClockTicksPerSecond;
+    }
+
+    public static long TreeContextSwitches(int pid)
+    {
+        long total = 0;
+        foreach (int p in Tree(pid))
+        {
+            IEnumerable<string> tasks;
+            try
+            {
+                tasks = Directory.EnumerateDirectories($"/proc/{p}/task").ToList();
+            }
+            catch (IOException)
+            {
+                continue;
+            }
+            foreach (string task in tasks)
+            {
+                string? status = TryRead(Path.Combine(task, "status"));
+                if (status == null)
+                {
+                    continue;
+                }
+                foreach (string line in status.Split('\n'))
+                {
+                    if (line.StartsWith("voluntary_ctxt_switches:", StringComparison.Ordinal))
+                    {
+                        total += long.Parse(line["voluntary_ctxt_switches:".Length..].Trim(), CultureInfo.InvariantCulture);
+                    }
+                }
+            }
+        }
+        return total;
     }
 
     /// <summary>Sum over the tree of a "Key: N kB" line of /proc/PID/status, in bytes (or in units of
