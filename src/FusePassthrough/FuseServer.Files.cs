@@ -359,7 +359,7 @@ public sealed unsafe partial class FuseServer
             int count = w.Describe(size, iov);
             if (count < 0)
             {
-                rented = ArrayPool<IoVec>.Shared.Rent(Math.Max(size / 512 + 2, StackIovecs * 4));
+                rented = ArrayPool<IoVec>.Shared.Rent(w.SegmentsLeft);
                 iov = rented;
                 count = w.Describe(size, iov);
                 if (count < 0)
@@ -461,7 +461,7 @@ public sealed unsafe partial class FuseServer
             int count = r.Describe(size, iov);
             if (count < 0)
             {
-                rented = ArrayPool<IoVec>.Shared.Rent(Math.Max(size / 512 + 2, StackIovecs * 4));
+                rented = ArrayPool<IoVec>.Shared.Rent(r.SegmentsLeft);
                 iov = rented;
                 count = r.Describe(size, iov);
                 if (count < 0)

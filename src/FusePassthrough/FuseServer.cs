@@ -491,11 +491,12 @@ public sealed unsafe partial class FuseServer : IDisposable
         return ((ulong)(ticks / TimeSpan.TicksPerSecond), (uint)(ticks % TimeSpan.TicksPerSecond * 100));
     }
 
-    /// <summary>Linux new_encode_dev: the u32 form of a device number used in fuse_attr.rdev.</summary>
-    internal static uint EncodeDev(uint major, uint minor) => (minor & 0xFF) | ((major & 0xFFF) << 8) | ((minor & ~0xFFu) << 12);
-
-    /// <summary>Linux new_decode_dev, giving glibc's dev_t.</summary>
-    internal static ulong DecodeDev(uint dev) => Libc.MakeDev((dev & 0xFFF00) >> 8, (dev & 0xFF) | ((dev >> 12) & 0xFFF00));
+    /// <summary>glibc's dev_t of the kernel's 32-bit device number.</summary>
+    private static ulong DecodeDev(uint dev)
+    {
+        var (major, minor) = FuseConstants.DecodeDev(dev);
+        return Libc.MakeDev(major, minor);
+    }
 
     private static FuseAttr ToAttr(in Statx st, uint flags)
     {
@@ -514,7 +515,7 @@ public sealed unsafe partial class FuseServer : IDisposable
             Nlink = st.Nlink,
             Uid = st.Uid,
             Gid = st.Gid,
-            Rdev = EncodeDev(st.RdevMajor, st.RdevMinor),
+            Rdev = FuseConstants.EncodeDev(st.RdevMajor, st.RdevMinor),
             BlkSize = st.BlkSize,
             Flags = flags,
         };

@@ -10,9 +10,9 @@ namespace Vhostfsd.FusePassthrough.Tests;
 /// must never reach), a FuseServer on the share and a client that has done INIT.</summary>
 public sealed class ShareFixture : IDisposable
 {
-    public ShareFixture(PassthroughOptions? options = null, FuseInitFlags? initFlags = null, Func<string, PassthroughOptions>? makeOptions = null)
+    public ShareFixture(PassthroughOptions? options = null, FuseInitFlags? initFlags = null, Func<string, PassthroughOptions>? makeOptions = null, bool init = true, string? baseDirectory = null)
     {
-        Base = Path.Combine(Path.GetTempPath(), "vhostfsd-fuse-" + Guid.NewGuid().ToString("N"));
+        Base = Path.Combine(baseDirectory ?? Path.GetTempPath(), "vhostfsd-fuse-" + Guid.NewGuid().ToString("N"));
         Share = Path.Combine(Base, "share");
         Outside = Path.Combine(Base, "outside");
         Directory.CreateDirectory(Share);
@@ -21,7 +21,10 @@ public sealed class ShareFixture : IDisposable
         var opts = makeOptions?.Invoke(Share) ?? options ?? new PassthroughOptions { SharedDir = Share };
         Server = new FuseServer(opts, Log.Add);
         Client = new FuseTestClient(Server.HandleRequest);
-        Init = initFlags is null ? Client.Init() : Client.Init(initFlags.Value);
+        if (init)
+        {
+            Init = initFlags is null ? Client.Init() : Client.Init(initFlags.Value);
+        }
     }
 
     public string Base { get; }
@@ -72,6 +75,24 @@ public sealed class ShareFixture : IDisposable
             }
         }
         return st;
+    }
+
+    public static unsafe void Chmod(string path, uint mode)
+    {
+        byte[] p = Encoding.UTF8.GetBytes(path + "\0");
+        fixed (byte* pp = p)
+        {
+            PosixException.Check(Libc.FchmodAt(Libc.AT_FDCWD, pp, mode, 0), "chmod " + path);
+        }
+    }
+
+    public static unsafe void Chown(string path, uint uid, uint gid)
+    {
+        byte[] p = Encoding.UTF8.GetBytes(path + "\0");
+        fixed (byte* pp = p)
+        {
+            PosixException.Check(Libc.FchownAt(Libc.AT_FDCWD, pp, uid, gid, Libc.AT_SYMLINK_NOFOLLOW), "chown " + path);
+        }
     }
 
     /// <summary>Open descriptors of this process.</summary>

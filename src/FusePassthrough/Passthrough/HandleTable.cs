@@ -73,12 +73,12 @@ internal sealed class HandleTable
     }
 
     /// <summary>Takes a reference on handle <paramref name="fh"/> if it exists and belongs to node
-    /// <paramref name="nodeId"/> (any node when nodeId is 0); null otherwise.</summary>
+    /// <paramref name="nodeId"/>; null otherwise.</summary>
     public Handle? Acquire(ulong fh, ulong nodeId)
     {
         lock (_lock)
         {
-            if (!_byId.TryGetValue(fh, out Handle? h) || (nodeId != 0 && h.Node.Id != nodeId))
+            if (!_byId.TryGetValue(fh, out Handle? h) || h.Node.Id != nodeId)
             {
                 return null;
             }

@@ -60,6 +60,12 @@ public static class FuseConstants
     /// <summary>FUSE_DIRENTPLUS_SIZE for a name of <paramref name="nameLength"/> bytes.</summary>
     public static int DirentplusSize(int nameLength) => RecordAlign(NameOffsetDirentplus + nameLength);
 
+    /// <summary>Linux new_encode_dev: the 32-bit device number of fuse_attr.rdev and fuse_mknod_in.rdev.</summary>
+    public static uint EncodeDev(uint major, uint minor) => (minor & 0xFF) | ((major & 0xFFF) << 8) | ((minor & ~0xFFu) << 12);
+
+    /// <summary>Linux new_decode_dev: major and minor of a 32-bit device number.</summary>
+    public static (uint Major, uint Minor) DecodeDev(uint dev) => ((dev & 0xFFF00) >> 8, (dev & 0xFF) | ((dev >> 12) & 0xFFF00));
+
     /// <summary>Splits a 64-bit INIT flag set into the flags / flags2 words.</summary>
     public static (uint Flags, uint Flags2) SplitInitFlags(FuseInitFlags flags) => ((uint)(ulong)flags, (uint)((ulong)flags >> 32));
 

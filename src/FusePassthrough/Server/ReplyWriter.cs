@@ -22,6 +22,9 @@ internal unsafe ref struct ReplyWriter
         _offset = 0;
     }
 
+    /// <summary>Segments from the current position on: an upper bound on the iovecs Describe needs.</summary>
+    public readonly int SegmentsLeft => _segments.Length - _segment;
+
     /// <summary>Total writable bytes.</summary>
     public readonly int Capacity => _capacity;
 

@@ -24,6 +24,9 @@ internal unsafe ref struct RequestReader
         _remaining = length;
     }
 
+    /// <summary>Segments from the current position on: an upper bound on the iovecs Describe needs.</summary>
+    public readonly int SegmentsLeft => _segments.Length - _segment;
+
     /// <summary>Bytes of the request not consumed yet.</summary>
     public readonly int Remaining => _remaining;
 

@@ -1,0 +1,235 @@
+using System.Text;
+using Vhostfsd.FusePassthrough.Protocol;
+using Vhostfsd.Posix;
+using Vhostfsd.Testing;
+using Xunit;
+
+namespace Vhostfsd.FusePassthrough.Tests;
+
+/// <summary>Open files: open/create/read/write/release and the calls on handles.</summary>
+public class FileTests
+{
+    private const ulong Root = FuseConstants.RootId;
+
+    [Fact]
+    public void OpenChecksTypeAndFlags()
+    {
+        using var f = new ShareFixture();
+        File.WriteAllText(f.HostPath("f"), "hello world");
+        Directory.CreateDirectory(f.HostPath("d"));
+        File.CreateSymbolicLink(f.HostPath("l"), "f");
+        FuseEntryOut file = f.Client.LookupOk(Root, "f");
+        FuseEntryOut dir = f.Client.LookupOk(Root, "d");
+        FuseEntryOut link = f.Client.LookupOk(Root, "l");
+        Assert.Equal(Errno.EISDIR, f.Client.Open(dir.NodeId, Libc.O_RDONLY).Errno);
+        Assert.Equal(Errno.ELOOP, f.Client.Open(link.NodeId, Libc.O_RDONLY).Errno);
+        Assert.Equal(Errno.EINVAL, f.Client.Open(file.NodeId, Libc.O_ACCMODE).Errno);
+        Assert.Equal(Errno.EBADF, f.Client.Open(555555, Libc.O_RDONLY).Errno);
+
+        FuseReply trunc = f.Client.Open(file.NodeId, Libc.O_WRONLY | Libc.O_TRUNC).Ok();
+        Assert.Equal(0, new FileInfo(f.HostPath("f")).Length);
+        ulong fh = trunc.Read<FuseOpenOut>().Fh;
+        // Opened write-only: reads fail as on the host.
+        Assert.Equal(Errno.EBADF, f.Client.Read(file.NodeId, fh, 0, 10).Errno);
+        // fh of another node is refused.
+        Assert.Equal(Errno.EBADF, f.Client.Write(dir.NodeId, fh, 0, "x"u8).Errno);
+        Assert.Equal(0, f.Client.Release(file.NodeId, fh).Error);
+        Assert.Equal(Errno.EBADF, f.Client.Release(file.NodeId, fh).Errno);
+    }
+
+    [Fact]
+    public void DeviceNodesAreNeverOpenedOnTheHost()
+    {
+        using var f = new ShareFixture();
+        FuseEntryOut dev = f.Client.Mknod(Root, "null", Libc.S_IFCHR | 0x1B6, FuseConstants.EncodeDev(1, 3)).Ok().Read<FuseEntryOut>();
+        FuseEntryOut fifo = f.Client.Mknod(Root, "fifo", Libc.S_IFIFO | 0x1B6).Ok().Read<FuseEntryOut>();
+        Assert.Equal(Errno.EACCES, f.Client.Open(dev.NodeId, Libc.O_RDWR).Errno);
+        Assert.Equal(Errno.EACCES, f.Client.Open(fifo.NodeId, Libc.O_RDONLY).Errno);
+    }
+
+    [Fact]
+    public void CachePolicySetsOpenFlags()
+    {
+        foreach (var (cache, file, dir, timeout) in new[]
+        {
+            (CachePolicy.Never, FuseOpenOutFlags.DirectIo, FuseOpenOutFlags.None, 0UL),
+            (CachePolicy.Metadata, FuseOpenOutFlags.DirectIo, FuseOpenOutFlags.CacheDir | FuseOpenOutFlags.KeepCache, 86400UL),
+            (CachePolicy.Auto, FuseOpenOutFlags.None, FuseOpenOutFlags.None, 1UL),
+            (CachePolicy.Always, FuseOpenOutFlags.KeepCache, FuseOpenOutFlags.KeepCache | FuseOpenOutFlags.CacheDir, 86400UL),
+        })
+        {
+            using var f = new ShareFixture(makeOptions: s => new PassthroughOptions { SharedDir = s, Cache = cache });
+            File.WriteAllText(f.HostPath("f"), "x");
+            FuseEntryOut e = f.Client.LookupOk(Root, "f");
+            Assert.Equal(timeout, e.EntryValid);
+            Assert.Equal(timeout, e.AttrValid);
+            Assert.Equal((uint)file, f.Client.Open(e.NodeId, Libc.O_RDONLY).Ok().Read<FuseOpenOut>().OpenFlags);
+            Assert.Equal((uint)dir, f.Client.Opendir(Root).Ok().Read<FuseOpenOut>().OpenFlags);
+            var created = f.Client.Create(Root, "c", Libc.O_RDWR | Libc.O_CREAT).Ok();
+            Assert.Equal((uint)file, created.Read<FuseOpenOut>(FuseEntryOut.Size).OpenFlags);
+            bool readdirplus = FuseConstants.JoinInitFlags(f.Init.Flags, f.Init.Flags2).HasFlag(FuseInitFlags.DoReaddirplus);
+            Assert.Equal(cache != CachePolicy.Never, readdirplus);
+        }
+    }
+
+    [Fact]
+    public void CreateHonoursExclusiveAndExisting()
+    {
+        using var f = new ShareFixture();
+        var (e1, fh1) = f.Client.CreateOk(Root, "f", Libc.O_RDWR | Libc.O_CREAT, 0x180);
+        Assert.Equal(Libc.S_IFREG | 0x180u, e1.Attr.Mode);
+        Assert.Equal(0x180u, ShareFixture.HostStat(f.HostPath("f")).Mode & 0xFFFu);
+        f.Client.Write(e1.NodeId, fh1, 0, "abc"u8).Ok();
+        Assert.Equal(Errno.EEXIST, f.Client.Create(Root, "f", Libc.O_RDWR | Libc.O_CREAT | Libc.O_EXCL).Errno);
+        // Without O_EXCL an existing file is opened (same node).
+        var (e2, _) = f.Client.CreateOk(Root, "f", Libc.O_RDWR | Libc.O_CREAT);
+        Assert.Equal(e1.NodeId, e2.NodeId);
+        Assert.Equal("abc", File.ReadAllText(f.HostPath("f")));
+        // A symlink at the name is not followed.
+        File.CreateSymbolicLink(f.HostPath("l"), Path.Combine(f.Outside, "newfile"));
+        Assert.Equal(Errno.ELOOP, f.Client.Create(Root, "l", Libc.O_RDWR | Libc.O_CREAT).Errno);
+        Assert.False(File.Exists(Path.Combine(f.Outside, "newfile")));
+        Assert.Equal(Errno.EBADF, f.Client.Create(999999, "x", Libc.O_RDWR | Libc.O_CREAT).Errno);
+        FuseEntryOut regular = f.Client.LookupOk(Root, "f");
+        Assert.Equal(Errno.ENOTDIR, f.Client.Create(regular.NodeId, "x", Libc.O_RDWR | Libc.O_CREAT).Errno);
+    }
+
+    [Fact]
+    public void AppendWritesGoToTheEndEvenIfTheFileGrewOnTheHost()
+    {
+        using var f = new ShareFixture();
+        File.WriteAllText(f.HostPath("log"), "one\n");
+        FuseEntryOut e = f.Client.LookupOk(Root, "log");
+        ulong fh = f.Client.Open(e.NodeId, Libc.O_WRONLY | Libc.O_APPEND).Ok().Read<FuseOpenOut>().Fh;
+        File.AppendAllText(f.HostPath("log"), "host\n");
+        // The guest thinks the file is 4 bytes long; O_APPEND on its open flags makes it an append.
+        f.Client.Write(e.NodeId, fh, 4, "two\n"u8, openFlags: Libc.O_WRONLY | Libc.O_APPEND).Ok();
+        Assert.Equal("one\nhost\ntwo\n", File.ReadAllText(f.HostPath("log")));
+        // A write without O_APPEND uses the offset.
+        f.Client.Write(e.NodeId, fh, 0, "ONE"u8).Ok();
+        Assert.Equal("ONE\nhost\ntwo\n", File.ReadAllText(f.HostPath("log")));
+    }
+
+    [Fact]
+    public void LargeReadAndWriteAreZeroCopyAndComplete()
+    {
+        using var f = new ShareFixture();
+        var (e, fh) = f.Client.CreateOk(Root, "big");
+        byte[] data = new byte[FuseServer.MaxWrite];
+        new Random(7).NextBytes(data);
+        Assert.Equal((uint)data.Length, f.Client.Write(e.NodeId, fh, 4096, data).Ok().Read<FuseWriteOut>().Length);
+        byte[] host = File.ReadAllBytes(f.HostPath("big"));
+        Assert.Equal(4096 + data.Length, host.Length);
+        Assert.Equal(data, host[4096..]);
+        Assert.Equal(data, f.Client.Read(e.NodeId, fh, 4096, (uint)data.Length).Ok().Payload);
+        // Reading past the end returns what there is.
+        Assert.Equal(100, f.Client.Read(e.NodeId, fh, (ulong)host.Length - 100, 4096).Ok().Payload.Length);
+        Assert.Empty(f.Client.Read(e.NodeId, fh, (ulong)host.Length + 10, 4096).Ok().Payload);
+        Assert.Equal(Errno.EINVAL, f.Client.Read(e.NodeId, fh, 0, FuseServer.MaxWrite + 1).Errno);
+    }
+
+    [Fact]
+    public void FsyncFlushFallocateLseekCopyFileRange()
+    {
+        using var f = new ShareFixture();
+        var (e, fh) = f.Client.CreateOk(Root, "f");
+        f.Client.Write(e.NodeId, fh, 0, Encoding.ASCII.GetBytes(new string('a', 8192))).Ok();
+        Assert.Equal(0, f.Client.Fsync(e.NodeId, fh).Error);
+        Assert.Equal(0, f.Client.Fsync(e.NodeId, fh, datasync: true).Error);
+        Assert.Equal(0, f.Client.Flush(e.NodeId, fh, 1).Error);
+        Assert.Equal(Errno.EBADF, f.Client.Fsync(e.NodeId, fh + 1000).Errno);
+
+        // fallocate beyond the end (no KEEP_SIZE) grows the file.
+        Assert.Equal(0, f.Client.Send(FuseOpcode.Fallocate, e.NodeId, new FuseArgs().Add(new FuseFallocateIn { Fh = fh, Offset = 0, Length = 1 << 20 })).Error);
+        Assert.Equal(1 << 20, new FileInfo(f.HostPath("f")).Length);
+
+        // A hole after the data: SEEK_DATA from 0 is 0, SEEK_HOLE is at or after the data.
+        File.WriteAllBytes(f.HostPath("sparse"), []);
+        using (var fs = new FileStream(f.HostPath("sparse"), FileMode.Open))
+        {
+            fs.SetLength(1 << 22);
+            fs.Position = 1 << 21;
+            fs.Write(new byte[4096]);
+        }
+        FuseEntryOut sparse = f.Client.LookupOk(Root, "sparse");
+        ulong sfh = f.Client.Open(sparse.NodeId, Libc.O_RDONLY).Ok().Read<FuseOpenOut>().Fh;
+        ulong data = f.Client.Send(FuseOpcode.Lseek, sparse.NodeId, new FuseArgs().Add(new FuseLseekIn { Fh = sfh, Offset = 0, Whence = Libc.SEEK_DATA })).Ok().Read<FuseLseekOut>().Offset;
+        Assert.Equal(1UL << 21, data);
+        ulong hole = f.Client.Send(FuseOpcode.Lseek, sparse.NodeId, new FuseArgs().Add(new FuseLseekIn { Fh = sfh, Offset = data, Whence = Libc.SEEK_HOLE })).Ok().Read<FuseLseekOut>().Offset;
+        Assert.True(hole > data);
+        Assert.Equal(Errno.ENXIO, f.Client.Send(FuseOpcode.Lseek, sparse.NodeId, new FuseArgs().Add(new FuseLseekIn { Fh = sfh, Offset = 1 << 23, Whence = Libc.SEEK_DATA })).Errno);
+
+        var (dst, dfh) = f.Client.CreateOk(Root, "copy");
+        var copy = new FuseCopyFileRangeIn { FhIn = fh, OffIn = 100, NodeIdOut = dst.NodeId, FhOut = dfh, OffOut = 10, Len = 50 };
+        Assert.Equal(50u, f.Client.Send(FuseOpcode.CopyFileRange, e.NodeId, new FuseArgs().Add(copy)).Ok().Read<FuseWriteOut>().Length);
+        byte[] copied = File.ReadAllBytes(f.HostPath("copy"));
+        Assert.Equal(60, copied.Length);
+        Assert.All(copied[10..], b => Assert.Equal((byte)'a', b));
+        copy.Flags = 1;
+        Assert.Equal(Errno.EINVAL, f.Client.Send(FuseOpcode.CopyFileRange, e.NodeId, new FuseArgs().Add(copy)).Errno);
+        copy.Flags = 0;
+        copy.NodeIdOut = e.NodeId;
+        Assert.Equal(Errno.EBADF, f.Client.Send(FuseOpcode.CopyFileRange, e.NodeId, new FuseArgs().Add(copy)).Errno);
+
+        Assert.Equal(0, f.Client.Send(FuseOpcode.Syncfs, Root, new FuseArgs().Add(new FuseSyncfsIn())).Error);
+    }
+
+    [Fact]
+    public void TmpfileCreatesAnUnnamedFile()
+    {
+        using var f = new ShareFixture();
+        var args = new FuseArgs().Add(new FuseCreateIn { Flags = (uint)Libc.O_RDWR, Mode = Libc.S_IFREG | 0x180 }).Name("/");
+        FuseReply reply = f.Client.Send(FuseOpcode.Tmpfile, Root, args).Ok();
+        var entry = reply.Read<FuseEntryOut>();
+        ulong fh = reply.Read<FuseOpenOut>(FuseEntryOut.Size).Fh;
+        Assert.Equal(0u, entry.Attr.Nlink);
+        f.Client.Write(entry.NodeId, fh, 0, "tmp"u8).Ok();
+        Assert.Equal("tmp", Encoding.ASCII.GetString(f.Client.Read(entry.NodeId, fh, 0, 10).Ok().Payload));
+        Assert.Empty(Directory.GetFileSystemEntries(f.Share));
+        // Linking it gives it a name.
+        Assert.Equal(0, f.Client.Link(entry.NodeId, Root, "named").Error);
+        Assert.Equal("tmp", File.ReadAllText(f.HostPath("named")));
+    }
+
+    [Fact]
+    public void ReadOnlyShareRefusesChanges()
+    {
+        using var f = new ShareFixture(makeOptions: s => new PassthroughOptions { SharedDir = s, ReadOnly = true });
+        File.WriteAllText(f.HostPath("f"), "x");
+        FuseEntryOut e = f.Client.LookupOk(Root, "f");
+        Assert.Equal(Errno.EROFS, f.Client.Open(e.NodeId, Libc.O_RDWR).Errno);
+        Assert.Equal(Errno.EROFS, f.Client.Mkdir(Root, "d").Errno);
+        Assert.Equal(Errno.EROFS, f.Client.Create(Root, "c", Libc.O_RDWR | Libc.O_CREAT).Errno);
+        Assert.Equal(Errno.EROFS, f.Client.Unlink(Root, "f").Errno);
+        ulong fh = f.Client.Open(e.NodeId, Libc.O_RDONLY).Ok().Read<FuseOpenOut>().Fh;
+        Assert.Equal("x", Encoding.ASCII.GetString(f.Client.Read(e.NodeId, fh, 0, 10).Ok().Payload));
+        Assert.Equal(Errno.EROFS, f.Client.Write(e.NodeId, fh, 0, "y"u8).Errno);
+        Assert.Equal("x", File.ReadAllText(f.HostPath("f")));
+    }
+
+    [Fact]
+    public void WritebackOpensWriteOnlyFilesForReading()
+    {
+        using var f = new ShareFixture(makeOptions: s => new PassthroughOptions { SharedDir = s, Writeback = true });
+        Assert.True(FuseConstants.JoinInitFlags(f.Init.Flags, f.Init.Flags2).HasFlag(FuseInitFlags.WritebackCache));
+        File.WriteAllText(f.HostPath("f"), "page");
+        FuseEntryOut e = f.Client.LookupOk(Root, "f");
+        ulong fh = f.Client.Open(e.NodeId, Libc.O_WRONLY).Ok().Read<FuseOpenOut>().Fh;
+        Assert.Equal("page", Encoding.ASCII.GetString(f.Client.Read(e.NodeId, fh, 0, 10).Ok().Payload));
+    }
+
+    [Fact]
+    public void KillprivV2ClearsSetuidOnWriteAndTruncate()
+    {
+        using var f = new ShareFixture(makeOptions: s => new PassthroughOptions { SharedDir = s, KillprivV2 = true });
+        File.WriteAllText(f.HostPath("suid"), "x");
+        ShareFixture.Chmod(f.HostPath("suid"), 0xDED); // 06755
+        FuseEntryOut e = f.Client.LookupOk(Root, "suid");
+        ulong fh = f.Client.Open(e.NodeId, Libc.O_RDWR).Ok().Read<FuseOpenOut>().Fh;
+        f.Client.Write(e.NodeId, fh, 0, "y"u8, writeFlags: (uint)FuseWriteFlags.KillSuidgid).Ok();
+        Assert.Equal(0x1EDu, ShareFixture.HostStat(f.HostPath("suid")).Mode & 0xFFFu);
+        ShareFixture.Chmod(f.HostPath("suid"), 0x9ED); // 04755
+        f.Client.Setattr(e.NodeId, new FuseSetattrIn { Valid = (uint)(FuseSetattrValid.Size | FuseSetattrValid.KillSuidgid), FileSize = 0 }).Ok();
+        Assert.Equal(0x1EDu, ShareFixture.HostStat(f.HostPath("suid")).Mode & 0xFFFu);
+    }
+}

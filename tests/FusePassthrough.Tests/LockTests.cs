@@ -1,0 +1,133 @@
+using Vhostfsd.FusePassthrough.Protocol;
+using Vhostfsd.Posix;
+using Vhostfsd.Testing;
+using Xunit;
+
+namespace Vhostfsd.FusePassthrough.Tests;
+
+/// <summary>POSIX locks as OFD locks per lock owner, flock, and SETLKW that waits without blocking the server.</summary>
+public class LockTests
+{
+    private const ulong Root = FuseConstants.RootId;
+
+    private static (ShareFixture F, ulong Node, ulong Fh) OpenFile()
+    {
+        var f = new ShareFixture();
+        File.WriteAllText(f.HostPath("f"), new string('x', 1000));
+        FuseEntryOut e = f.Client.LookupOk(Root, "f");
+        ulong fh = f.Client.Open(e.NodeId, Libc.O_RDWR).Ok().Read<FuseOpenOut>().Fh;
+        return (f, e.NodeId, fh);
+    }
+
+    [Fact]
+    public void LockOwnersConflictAndGetlkReportsTheHolder()
+    {
+        var (f, node, fh) = OpenFile();
+        using (f)
+        {
+            Assert.True(FuseConstants.JoinInitFlags(f.Init.Flags, f.Init.Flags2).HasFlag(FuseInitFlags.PosixLocks));
+            Assert.Equal(0, f.Client.Lock(FuseOpcode.Setlk, node, fh, owner: 1, Libc.F_WRLCK, 0, 99).Error);
+            Assert.Equal(Errno.EAGAIN, f.Client.Lock(FuseOpcode.Setlk, node, fh, owner: 2, Libc.F_WRLCK, 50, 60).Errno);
+            Assert.Equal(0, f.Client.Lock(FuseOpcode.Setlk, node, fh, owner: 2, Libc.F_WRLCK, 100, 200).Error);
+            var lk = f.Client.Lock(FuseOpcode.Getlk, node, fh, owner: 2, Libc.F_RDLCK, 0, 10).Ok().Read<FuseLkOut>().Lk;
+            Assert.Equal((uint)Libc.F_WRLCK, lk.Type);
+            Assert.Equal((0UL, 99UL), (lk.Start, lk.End));
+            // Owner 1 sees its own lock as no conflict.
+            Assert.Equal((uint)Libc.F_UNLCK, f.Client.Lock(FuseOpcode.Getlk, node, fh, owner: 1, Libc.F_WRLCK, 0, 10).Ok().Read<FuseLkOut>().Lk.Type);
+            Assert.Equal(0, f.Client.Lock(FuseOpcode.Setlk, node, fh, owner: 1, Libc.F_UNLCK, 0, 99).Error);
+            Assert.Equal(0, f.Client.Lock(FuseOpcode.Setlk, node, fh, owner: 2, Libc.F_WRLCK, 50, 60).Error);
+            // FLUSH of owner 2 (its close()) drops its locks.
+            f.Client.Flush(node, fh, 2).Ok();
+            Assert.Equal(0, f.Client.Lock(FuseOpcode.Setlk, node, fh, owner: 3, Libc.F_WRLCK, 0, long.MaxValue).Error);
+            // An unlock by an owner that never locked is fine; bad ranges and types are not.
+            Assert.Equal(0, f.Client.Lock(FuseOpcode.Setlk, node, fh, owner: 9, Libc.F_UNLCK).Error);
+            Assert.Equal(Errno.EINVAL, f.Client.Lock(FuseOpcode.Setlk, node, fh, owner: 9, Libc.F_WRLCK, 10, 5).Errno);
+            Assert.Equal(Errno.EINVAL, f.Client.Lock(FuseOpcode.Setlk, node, fh, owner: 9, 7).Errno);
+        }
+    }
+
+    [Fact]
+    public unsafe void GuestLocksConflictWithHostLocks()
+    {
+        var (f, node, fh) = OpenFile();
+        using (f)
+        {
+            using var host = new FileStream(f.HostPath("f"), FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite);
+            int hostFd = (int)host.SafeFileHandle.DangerousGetHandle();
+            // A classic process-owned POSIX lock taken by a host program.
+            var lk = new FileLock { Type = Libc.F_WRLCK, Whence = Libc.SEEK_SET, Start = 0, Length = 10 };
+            Assert.Equal(0, Libc.FcntlLock(hostFd, Libc.F_SETLK, &lk));
+            Assert.Equal(Errno.EAGAIN, f.Client.Lock(FuseOpcode.Setlk, node, fh, owner: 1, Libc.F_WRLCK, 0, 5).Errno);
+            lk.Type = Libc.F_UNLCK;
+            Assert.Equal(0, Libc.FcntlLock(hostFd, Libc.F_SETLK, &lk));
+            Assert.Equal(0, f.Client.Lock(FuseOpcode.Setlk, node, fh, owner: 1, Libc.F_WRLCK, 0, 5).Error);
+        }
+    }
+
+    [Fact]
+    public void SetlkwWaitsForTheHolderWithoutBlockingOtherRequests()
+    {
+        var (f, node, fh) = OpenFile();
+        using (f)
+        {
+            f.Client.Lock(FuseOpcode.Setlk, node, fh, owner: 1, Libc.F_WRLCK).Ok();
+            var waiter = new FuseTestClient(f.Server.HandleRequest);
+            var task = Task.Factory.StartNew(() => waiter.Lock(FuseOpcode.Setlkw, node, fh, owner: 2, Libc.F_WRLCK), TaskCreationOptions.LongRunning);
+            Thread.Sleep(150);
+            Assert.False(task.IsCompleted);
+            // Other requests go on meanwhile.
+            Assert.Equal(0, f.Client.Getattr(node).Error);
+            f.Client.Lock(FuseOpcode.Setlk, node, fh, owner: 1, Libc.F_UNLCK).Ok();
+            Assert.True(task.Wait(TimeSpan.FromSeconds(10)));
+            Assert.Equal(0, task.Result.Error);
+            Assert.Equal(Errno.EAGAIN, f.Client.Lock(FuseOpcode.Setlk, node, fh, owner: 1, Libc.F_RDLCK).Errno);
+        }
+    }
+
+    [Fact]
+    public void SetlkwEndsWithEintrWhenInterruptedOrReset()
+    {
+        var (f, node, fh) = OpenFile();
+        using (f)
+        {
+            f.Client.Lock(FuseOpcode.Setlk, node, fh, owner: 1, Libc.F_WRLCK).Ok();
+            var waiter = new FuseTestClient(f.Server.HandleRequest);
+            var task = Task.Factory.StartNew(() => waiter.Lock(FuseOpcode.Setlkw, node, fh, owner: 2, Libc.F_WRLCK), TaskCreationOptions.LongRunning);
+            SpinWait.SpinUntil(() => waiter.LastUnique == 1, 5000);
+            Thread.Sleep(50);
+            f.Client.Send(FuseOpcode.Interrupt, 0, new FuseArgs().Add(new FuseInterruptIn { Unique = waiter.LastUnique }));
+            Assert.True(task.Wait(TimeSpan.FromSeconds(10)));
+            Assert.Equal(Errno.EINTR, task.Result.Errno);
+
+            var second = Task.Factory.StartNew(() => waiter.Lock(FuseOpcode.Setlkw, node, fh, owner: 3, Libc.F_WRLCK), TaskCreationOptions.LongRunning);
+            Thread.Sleep(100);
+            Assert.False(second.IsCompleted);
+            f.Server.Reset();
+            Assert.True(second.Wait(TimeSpan.FromSeconds(10)));
+            Assert.NotEqual(0, second.Result.Error);
+        }
+    }
+
+    [Fact]
+    public unsafe void FlockLocksAreHeldPerOpenFile()
+    {
+        var (f, node, fh1) = OpenFile();
+        using (f)
+        {
+            ulong fh2 = f.Client.Open(node, Libc.O_RDWR).Ok().Read<FuseOpenOut>().Fh;
+            Assert.Equal(0, f.Client.Lock(FuseOpcode.Setlk, node, fh1, owner: 1, Libc.F_WRLCK, flock: true).Error);
+            Assert.Equal(Errno.EAGAIN, f.Client.Lock(FuseOpcode.Setlk, node, fh2, owner: 2, Libc.F_RDLCK, flock: true).Errno);
+            // flock on the host sees it too.
+            fixed (byte* path = System.Text.Encoding.UTF8.GetBytes(f.HostPath("f") + "\0"))
+            {
+                int hostFd = Libc.OpenAt(Libc.AT_FDCWD, path, Libc.O_RDONLY | Libc.O_CLOEXEC, 0);
+                Assert.True(hostFd >= 0);
+                Assert.Equal(-1, Libc.Flock(hostFd, Libc.LOCK_SH | Libc.LOCK_NB));
+                Assert.Equal(Errno.EAGAIN, Libc.LastErrno);
+                Libc.Close(hostFd);
+            }
+            f.Client.Release(node, fh1, releaseFlags: (uint)FuseReleaseFlags.FlockUnlock).Ok();
+            Assert.Equal(0, f.Client.Lock(FuseOpcode.Setlk, node, fh2, owner: 2, Libc.F_RDLCK, flock: true).Error);
+        }
+    }
+}

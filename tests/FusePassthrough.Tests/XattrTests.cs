@@ -1,0 +1,140 @@
+using System.Text;
+using Vhostfsd.FusePassthrough.Protocol;
+using Vhostfsd.Posix;
+using Vhostfsd.Testing;
+using Xunit;
+
+namespace Vhostfsd.FusePassthrough.Tests;
+
+public class XattrTests
+{
+    private const ulong Root = FuseConstants.RootId;
+
+    private static unsafe string? HostGet(string path, string name)
+    {
+        byte[] buffer = new byte[4096];
+        fixed (byte* p = Encoding.UTF8.GetBytes(path + "\0"))
+        fixed (byte* n = Encoding.UTF8.GetBytes(name + "\0"))
+        fixed (byte* v = buffer)
+        {
+            nint len = Libc.Lgetxattr(p, n, v, (nuint)buffer.Length);
+            return len < 0 ? null : Encoding.UTF8.GetString(buffer, 0, (int)len);
+        }
+    }
+
+    private static unsafe void HostSet(string path, string name, string value)
+    {
+        fixed (byte* p = Encoding.UTF8.GetBytes(path + "\0"))
+        fixed (byte* n = Encoding.UTF8.GetBytes(name + "\0"))
+        fixed (byte* v = Encoding.UTF8.GetBytes(value))
+        {
+            PosixException.Check(Libc.Lsetxattr(p, n, v, (nuint)Encoding.UTF8.GetByteCount(value), 0), "lsetxattr");
+        }
+    }
+
+    private static List<string> Names(byte[] list) => Encoding.UTF8.GetString(list).Split('\0', StringSplitOptions.RemoveEmptyEntries).ToList();
+
+    [Fact]
+    public void SetGetListRemoveOnFilesAndDirectories()
+    {
+        using var f = new ShareFixture(makeOptions: s => new PassthroughOptions { SharedDir = s, Xattr = true });
+        File.WriteAllText(f.HostPath("f"), "x");
+        Directory.CreateDirectory(f.HostPath("d"));
+        foreach (string name in new[] { "f", "d" })
+        {
+            FuseEntryOut e = f.Client.LookupOk(Root, name);
+            Assert.Equal(0, f.Client.Setxattr(e.NodeId, "user.color", "blue"u8).Error);
+            Assert.Equal("blue", HostGet(f.HostPath(name), "user.color"));
+            Assert.Equal(4u, f.Client.Getxattr(e.NodeId, "user.color", 0).Ok().Read<FuseGetxattrOut>().Length);
+            Assert.Equal("blue", Encoding.UTF8.GetString(f.Client.Getxattr(e.NodeId, "user.color", 100).Ok().Payload));
+            Assert.Equal(Errno.ERANGE, f.Client.Getxattr(e.NodeId, "user.color", 2).Errno);
+            Assert.Equal(Errno.EEXIST, f.Client.Setxattr(e.NodeId, "user.color", "red"u8, Libc.XATTR_CREATE).Errno);
+            Assert.Equal(Errno.ENODATA, f.Client.Setxattr(e.NodeId, "user.none", "red"u8, Libc.XATTR_REPLACE).Errno);
+            HostSet(f.HostPath(name), "user.host", "h");
+            uint listSize = f.Client.Listxattr(e.NodeId, 0).Ok().Read<FuseGetxattrOut>().Length;
+            var names = Names(f.Client.Listxattr(e.NodeId, listSize).Ok().Payload);
+            Assert.Contains("user.color", names);
+            Assert.Contains("user.host", names);
+            Assert.Equal(0, f.Client.Removexattr(e.NodeId, "user.color").Error);
+            Assert.Null(HostGet(f.HostPath(name), "user.color"));
+            Assert.Equal(Errno.ENODATA, f.Client.Getxattr(e.NodeId, "user.color", 100).Errno);
+            Assert.Equal(Errno.ENODATA, f.Client.Removexattr(e.NodeId, "user.color").Errno);
+        }
+        // Symlinks and special files go through /proc/self/fd; user.* is refused on symlinks by the host.
+        File.CreateSymbolicLink(f.HostPath("l"), "f");
+        FuseEntryOut l = f.Client.LookupOk(Root, "l");
+        Assert.Equal(Errno.EPERM, f.Client.Setxattr(l.NodeId, "user.x", "1"u8).Errno);
+        Assert.Equal(0, f.Client.Setxattr(l.NodeId, "trusted.x", "1"u8).Error);
+        Assert.Equal("1", HostGet(f.HostPath("l"), "trusted.x"));
+        Assert.Null(HostGet(f.HostPath("f"), "trusted.x"));
+        FuseEntryOut fifo = f.Client.Mknod(Root, "p", Libc.S_IFIFO | 0x1A4).Ok().Read<FuseEntryOut>();
+        // user.* is for regular files and directories only (the host says EPERM), trusted.* works.
+        Assert.Equal(Errno.EPERM, f.Client.Setxattr(fifo.NodeId, "user.y", "2"u8).Errno);
+        Assert.Equal(0, f.Client.Setxattr(fifo.NodeId, "trusted.y", "2"u8).Error);
+        Assert.Equal("2", Encoding.UTF8.GetString(f.Client.Getxattr(fifo.NodeId, "trusted.y", 10).Ok().Payload));
+        Assert.Equal("2", HostGet(f.HostPath("p"), "trusted.y"));
+        // Malformed: value size larger than what was sent, name without NUL.
+        Assert.Equal(Errno.EINVAL, f.Client.Send(FuseOpcode.Setxattr, fifo.NodeId, new FuseArgs().Add(10u).Add(0u).Name("trusted.z").Bytes("ab"u8)).Errno);
+        Assert.Equal(Errno.EINVAL, f.Client.Send(FuseOpcode.Getxattr, fifo.NodeId, new FuseArgs().Add(new FuseGetxattrIn { Length = 10 }).Bytes("user.z"u8)).Errno);
+    }
+
+    [Fact]
+    public void AclNamesAreHiddenUnlessAclsAreNegotiated()
+    {
+        using var f = new ShareFixture(makeOptions: s => new PassthroughOptions { SharedDir = s, Xattr = true });
+        File.WriteAllText(f.HostPath("f"), "x");
+        FuseEntryOut e = f.Client.LookupOk(Root, "f");
+        Assert.Equal(Errno.EOPNOTSUPP, f.Client.Getxattr(e.NodeId, "system.posix_acl_access", 100).Errno);
+        Assert.Equal(Errno.EOPNOTSUPP, f.Client.Setxattr(e.NodeId, "system.posix_acl_default", "x"u8).Errno);
+    }
+
+    [Fact]
+    public void XattrMapPrefixesClientNamesAndHidesOthers()
+    {
+        using var f = new ShareFixture(makeOptions: s => new PassthroughOptions { SharedDir = s, XattrMap = ":prefix:all:trusted.:user.virtiofs.: :bad:server::trusted.: :bad:client:user.virtiofs.:: :ok:all:::" });
+        File.WriteAllText(f.HostPath("f"), "x");
+        FuseEntryOut e = f.Client.LookupOk(Root, "f");
+        Assert.Equal(0, f.Client.Setxattr(e.NodeId, "trusted.overlay", "o"u8).Error);
+        Assert.Equal("o", HostGet(f.HostPath("f"), "user.virtiofs.trusted.overlay"));
+        Assert.Null(HostGet(f.HostPath("f"), "trusted.overlay"));
+        Assert.Equal("o", Encoding.UTF8.GetString(f.Client.Getxattr(e.NodeId, "trusted.overlay", 10).Ok().Payload));
+        HostSet(f.HostPath("f"), "trusted.hostonly", "secret");
+        HostSet(f.HostPath("f"), "user.plain", "p");
+        var names = Names(f.Client.Listxattr(e.NodeId, 4096).Ok().Payload);
+        Assert.Contains("trusted.overlay", names);
+        Assert.Contains("user.plain", names);
+        Assert.DoesNotContain("trusted.hostonly", names);
+        Assert.DoesNotContain(names, n => n.StartsWith("user.virtiofs."));
+        Assert.Equal(Errno.EPERM, f.Client.Setxattr(e.NodeId, "user.virtiofs.trusted.overlay", "z"u8).Errno);
+        Assert.Equal(Errno.ENODATA, f.Client.Getxattr(e.NodeId, "user.virtiofs.x", 10).Errno);
+    }
+
+    [Fact]
+    public void XattrMapParsing()
+    {
+        Assert.Equal(1, XattrMap.Parse(":ok:all:::").RuleCount);
+        // map expands to prefix + bad + ok.
+        Assert.Equal(3, XattrMap.Parse(":map:trusted.:user.virtiofs.:").RuleCount);
+        Assert.Equal(2, XattrMap.Parse("/map//user.virtiofs./").RuleCount);
+        Assert.Equal(3, XattrMap.Parse("  /prefix/all/a./b./   |ok|all|||  :bad:all:::").RuleCount);
+        Assert.Throws<FormatException>(() => XattrMap.Parse(""));
+        Assert.Throws<FormatException>(() => XattrMap.Parse(":ok:all::"));
+        Assert.Throws<FormatException>(() => XattrMap.Parse(":nope:all:::"));
+        Assert.Throws<FormatException>(() => XattrMap.Parse(":ok:everywhere:::"));
+        Assert.Throws<FormatException>(() => XattrMap.Parse(":map:a:b: :ok:all:::"));
+        Assert.Throws<FormatException>(() => XattrMap.Parse(":prefix:all:trusted.:user.virtiofs.:"));
+        Assert.Throws<FormatException>(() => new PassthroughOptions { SharedDir = "/", XattrMap = ":bad" }.Validate());
+
+        var map = XattrMap.Parse(":map:trusted.:user.virtiofs.:");
+        Span<byte> host = stackalloc byte[300];
+        Assert.Equal(XattrMapAction.Pass, map.MapClient("trusted.a"u8, host, out int n));
+        Assert.Equal("user.virtiofs.trusted.a", Encoding.UTF8.GetString(host[..n]));
+        Assert.Equal(XattrMapAction.Deny, map.MapClient("user.virtiofs.x"u8, host, out _));
+        Assert.Equal(XattrMapAction.Pass, map.MapClient("user.other"u8, host, out n));
+        Assert.Equal("user.other", Encoding.UTF8.GetString(host[..n]));
+        byte[] list = Encoding.UTF8.GetBytes("user.virtiofs.trusted.a\0trusted.b\0user.c\0");
+        int length = map.MapServerList(list);
+        Assert.Equal(new[] { "trusted.a", "user.c" }, Names(list[..length]));
+        Assert.Equal(XattrMapAction.Unsupported, XattrMap.Parse(":unsupported:all:security.:::ok:all:::").MapClient("security.x"u8, host, out _));
+    }
+}
