@@ -14,7 +14,7 @@
 #   --xattr             the daemon serves xattrs and the guest suite tests them
 #   --socket-activation start the daemon as a systemd socket unit would: the socket is
 #                       created by systemd-socket-activate, which starts the daemon with
-#                       the listening socket as fd 3 (--fd 3 / --fd=3) on first connect
+#                       the listening socket as fd 3 (--fd=3, as vhostfsd@.service) on first connect
 #   --timeout SECONDS   kill QEMU when the guest has not powered off by then (300)
 #   --stall SECONDS     kill QEMU when the console printed nothing for that long (90): a
 #                       request the daemon never answers hangs the guest for good
@@ -86,7 +86,7 @@ case "$daemon" in
     fi
     # No --tag: a daemon offering VHOST_USER_PROTOCOL_F_CONFIG makes QEMU 7.1-8.0 crash
     # (see docs/e2e.md); QEMU's own tag= property names the file system.
-    if [ "$activation" = 1 ]; then cmd+=(--fd 3); else cmd+=(--socket-path "$sock"); fi
+    if [ "$activation" = 1 ]; then cmd+=(--fd=3); else cmd+=(--socket-path "$sock"); fi
     cmd+=(--shared-dir "$share" --cache auto)
     [ "$xattr" = 1 ] && cmd+=(--xattr)
     ;;

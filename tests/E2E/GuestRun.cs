@@ -11,7 +11,7 @@ namespace Vhostfsd.E2E;
 /// <param name="RequestQueues">num-request-queues of the QEMU device.</param>
 /// <param name="Xattr">Start the daemon with xattr support and test xattrs in the guest.</param>
 /// <param name="SocketActivation">Start the daemon the way a systemd socket unit does: the
-/// listening socket comes in as fd 3 (systemd-socket-activate, --fd 3).</param>
+/// listening socket comes in as fd 3 (systemd-socket-activate, --fd=3).</param>
 public sealed record GuestRunOptions(string Name, DaemonKind Daemon, int RequestQueues, bool Xattr, bool SocketActivation = false);
 
 /// <summary>A finished boot of the guest: scripts/e2e/run.sh's outputs, parsed.</summary>

@@ -1,0 +1,250 @@
+using System.Diagnostics;
+using System.Text;
+using Vhostfsd.GuestKernelShim;
+using Vhostfsd.Posix;
+
+namespace Vhostfsd.Testing;
+
+/// <summary>A virtio-fs daemon process started for a test: a temporary socket, a shared directory (temporary
+/// unless given), the process's output kept for diagnostics, and helpers that connect the guest shim to it.
+/// Works for vhostfsd and for the reference C daemon /usr/lib/qemu/virtiofsd, so benchmarks and fuzzers can
+/// drive either the same way.</summary>
+public sealed class DaemonProcess : IDisposable
+{
+    /// <summary>The reference daemon of QEMU 7.2 (Debian package qemu-system-common).</summary>
+    public const string ReferencePath = "/usr/lib/qemu/virtiofsd";
+
+    private readonly Process _process;
+    private readonly StringBuilder _output = new();
+    private readonly bool _ownsSharedDir;
+    private readonly string _runDir;
+    private int _disposed;
+
+    private DaemonProcess(Process process, string socketPath, string sharedDir, bool ownsSharedDir, string runDir, string description)
+    {
+        _process = process;
+        SocketPath = socketPath;
+        SharedDir = sharedDir;
+        _ownsSharedDir = ownsSharedDir;
+        _runDir = runDir;
+        Description = description;
+    }
+
+    public string SocketPath { get; }
+
+    public string SharedDir { get; }
+
+    /// <summary>"vhostfsd" or "virtiofsd (reference)" with the command line.</summary>
+    public string Description { get; }
+
+    public int Pid => _process.Id;
+
+    public bool HasExited => _process.HasExited;
+
+    /// <summary>Everything the daemon wrote to stdout and stderr so far.</summary>
+    public string Output
+    {
+        get
+        {
+            lock (_output)
+            {
+                return _output.ToString();
+            }
+        }
+    }
+
+    /// <summary>True when the reference daemon is installed.</summary>
+    public static bool ReferenceInstalled => File.Exists(ReferencePath);
+
+    /// <summary>Starts /usr/lib/qemu/virtiofsd as the brief says: --socket-path=SOCK -o source=DIR -o cache=none
+    /// -o sandbox=chroot (it must run as root), plus <paramref name="extraOptions"/> (e.g. "-o", "xattr").
+    /// Throws with an explanation when the binary is missing.</summary>
+    public static DaemonProcess StartReference(string? sharedDir = null, params string[] extraOptions)
+    {
+        if (!ReferenceInstalled)
+        {
+            throw new InvalidOperationException($"the reference daemon {ReferencePath} is not installed (apt-get install qemu-system-common; scripts/install-deps.sh does it)");
+        }
+        return Start("virtiofsd (reference)", ReferencePath, sharedDir, (socket, dir) =>
+        {
+            var args = new List<string> { "--socket-path=" + socket, "-o", "source=" + dir, "-o", "cache=none", "-o", "sandbox=chroot" };
+            args.AddRange(extraOptions);
+            return args;
+        });
+    }
+
+    /// <summary>Starts vhostfsd (the build next to the test assembly, run with dotnet) with --socket-path and
+    /// --shared-dir plus <paramref name="extraArgs"/>.</summary>
+    public static DaemonProcess StartVhostfsd(string? sharedDir = null, params string[] extraArgs)
+    {
+        string dll = FindVhostfsd();
+        string dotnet = Environment.ProcessPath is string host && Path.GetFileNameWithoutExtension(host) == "dotnet" ? host : "dotnet";
+        return Start("vhostfsd", dotnet, sharedDir, (socket, dir) =>
+        {
+            var args = new List<string> { dll, "--socket-path", socket, "--shared-dir", dir };
+            args.AddRange(extraArgs);
+            return args;
+        });
+    }
+
+    /// <summary>The vhostfsd.dll to run: next to the test assembly, else in src/Vhostfsd/bin.</summary>
+    public static string FindVhostfsd()
+    {
+        string local = Path.Combine(AppContext.BaseDirectory, "vhostfsd.dll");
+        if (File.Exists(local))
+        {
+            return local;
+        }
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir != null; dir = dir.Parent)
+        {
+            foreach (string config in new[] { "Release", "Debug" })
+            {
+                string candidate = Path.Combine(dir.FullName, "src", "Vhostfsd", "bin", config, "net10.0", "vhostfsd.dll");
+                if (File.Exists(candidate))
+                {
+                    return candidate;
+                }
+            }
+        }
+        throw new FileNotFoundException("vhostfsd.dll was not found next to the tests or under src/Vhostfsd/bin; build the solution first");
+    }
+
+    /// <summary>Starts <paramref name="fileName"/> with the arguments <paramref name="arguments"/> builds from the
+    /// socket path and the shared directory, and waits until the socket exists.</summary>
+    public static DaemonProcess Start(string description, string fileName, string? sharedDir, Func<string, string, IEnumerable<string>> arguments,
+        TimeSpan? startTimeout = null)
+    {
+        string runDir = Directory.CreateTempSubdirectory("vfs-run-").FullName;
+        bool ownsDir = sharedDir == null;
+        sharedDir ??= Directory.CreateTempSubdirectory("vfs-share-").FullName;
+        string socket = Path.Combine(runDir, "vfs.sock");
+        var info = new ProcessStartInfo(fileName)
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        foreach (string arg in arguments(socket, sharedDir))
+        {
+            info.ArgumentList.Add(arg);
+        }
+        var process = new Process { StartInfo = info };
+        var daemon = new DaemonProcess(process, socket, sharedDir, ownsDir, runDir, description + ": " + fileName + " " + string.Join(' ', info.ArgumentList));
+        process.OutputDataReceived += (_, e) => daemon.Append(e.Data);
+        process.ErrorDataReceived += (_, e) => daemon.Append(e.Data);
+        process.Start();
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        var deadline = DateTime.UtcNow + (startTimeout ?? TimeSpan.FromSeconds(30));
+        while (!File.Exists(socket))
+        {
+            if (process.HasExited)
+            {
+                process.WaitForExit();
+                string output = daemon.Output;
+                daemon.Dispose();
+                throw new InvalidOperationException($"{daemon.Description} exited with {process.ExitCode} before creating its socket:\n{output}");
+            }
+            if (DateTime.UtcNow > deadline)
+            {
+                string output = daemon.Output;
+                daemon.Dispose();
+                throw new TimeoutException($"{daemon.Description} did not create {socket} in time:\n{output}");
+            }
+            Thread.Sleep(10);
+        }
+        return daemon;
+    }
+
+    private void Append(string? line)
+    {
+        if (line == null)
+        {
+            return;
+        }
+        lock (_output)
+        {
+            _output.AppendLine(line);
+        }
+    }
+
+    /// <summary>Connects the shim's virtio-fs device to the daemon (not registered by tag unless asked).</summary>
+    public VirtioFsBackend Connect(VirtioFsBackendOptions? options = null)
+    {
+        options ??= new VirtioFsBackendOptions { Register = false };
+        try
+        {
+            return VirtioFsBackend.Connect(SocketPath, options);
+        }
+        catch (Exception e)
+        {
+            throw new InvalidOperationException($"connecting to {Description} failed: {e.Message}\ndaemon output:\n{Output}", e);
+        }
+    }
+
+    /// <summary>Connects a device and mounts it.</summary>
+    public FuseFs Mount(MountOptions? mountOptions = null, FuseConnOptions? connOptions = null, VirtioFsBackendOptions? deviceOptions = null)
+        => FuseFs.Mount(Connect(deviceOptions), mountOptions, connOptions);
+
+    /// <summary>Sends <paramref name="signal"/> to the daemon (SIGKILL = 9, SIGSTOP = 19, SIGCONT = 18).</summary>
+    public void Signal(int signal)
+    {
+        if (!_process.HasExited && Libc.Kill(_process.Id, signal) < 0 && Libc.LastErrno != Errno.ESRCH)
+        {
+            PosixException.ThrowLast("kill");
+        }
+    }
+
+    /// <summary>SIGKILL, then waits for the process to go.</summary>
+    public void Kill()
+    {
+        Signal(9);
+        _process.WaitForExit(10_000);
+    }
+
+    /// <summary>Waits for the daemon to exit on its own; false on timeout.</summary>
+    public bool WaitForExit(TimeSpan timeout) => _process.WaitForExit((int)timeout.TotalMilliseconds);
+
+    public int ExitCode => _process.ExitCode;
+
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+        try
+        {
+            if (!_process.HasExited)
+            {
+                Signal(18);
+                Signal(9);
+                _process.WaitForExit(10_000);
+            }
+        }
+        catch (InvalidOperationException)
+        {
+            // Never started.
+        }
+        _process.Dispose();
+        TryDelete(_runDir);
+        if (_ownsSharedDir)
+        {
+            TryDelete(SharedDir);
+        }
+    }
+
+    private static void TryDelete(string dir)
+    {
+        try
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+        catch (IOException)
+        {
+        }
+        catch (UnauthorizedAccessException)
+        {
+        }
+    }
+}
