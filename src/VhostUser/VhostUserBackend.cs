@@ -464,6 +464,10 @@ public sealed class VhostUserBackend : IDisposable
                     return $"memory region {i} ({description}) is empty or wraps around";
                 }
                 using var fd = message.TakeFd(i);
+                if (CheckBacking(fd, description) is { } problem)
+                {
+                    return problem;
+                }
                 regions.Add(GuestMemoryRegion.Map(fd, description.MmapOffset, description.MemorySize,
                     description.GuestPhysAddr, description.UserAddr));
             }
@@ -489,6 +493,23 @@ public sealed class VhostUserBackend : IDisposable
         return null;
     }
 
+    /// <summary>A region that reaches past the end of a regular file (memfd, hugetlbfs, tmpfs)
+    /// would map pages whose access raises SIGBUS: refuse it before mapping.</summary>
+    private static unsafe string? CheckBacking(SafeFd fd, in MemoryRegionDescription description)
+    {
+        Statx stat;
+        byte empty = 0;
+        if (Libc.StatxAt(fd.Fd, &empty, Libc.AT_EMPTY_PATH, Libc.STATX_TYPE | Libc.STATX_SIZE, &stat) != 0)
+        {
+            return "fstat of the region fd failed: " + PosixException.Describe(Libc.LastErrno);
+        }
+        if ((stat.Mode & Libc.S_IFMT) == Libc.S_IFREG && description.MmapOffset + description.MemorySize > stat.FileSize)
+        {
+            return $"region ({description}) ends past its {stat.FileSize}-byte backing file";
+        }
+        return null;
+    }
+
     private string? AddMemRegion(VhostUserMessage message)
     {
         if (!Negotiated(VhostUserProtocolFeatures.ConfigureMemSlots))
@@ -508,6 +529,10 @@ public sealed class VhostUserBackend : IDisposable
         try
         {
             using var fd = message.TakeFd(0);
+            if (CheckBacking(fd, description) is { } problem)
+            {
+                return problem;
+            }
             region = GuestMemoryRegion.Map(fd, description.MmapOffset, description.MemorySize, description.GuestPhysAddr, description.UserAddr);
         }
         catch (Exception e) when (e is PosixException or ArgumentException)

@@ -511,6 +511,23 @@ public sealed class Vring : IDisposable
         _worker = null;
     }
 
+    private void Untrack(DescriptorChain chain)
+    {
+        lock (_lock)
+        {
+            ushort head = chain.Head;
+            if (head < _inFlight.Length && ReferenceEquals(_inFlight[head], chain))
+            {
+                _inFlight[head] = null;
+                _inFlightCount--;
+                if (_inFlightCount == 0)
+                {
+                    Monitor.PulseAll(_lock);
+                }
+            }
+        }
+    }
+
     private void MarkBrokenLocked(string reason)
     {
         _broken = true;
@@ -671,6 +688,12 @@ public sealed class Vring : IDisposable
                     try
                     {
                         _handler.HandleChain(_ring, chain);
+                    }
+                    catch
+                    {
+                        // The chain will not be completed: stop waiting for it (a late completion is dropped).
+                        _ring.Untrack(chain);
+                        throw;
                     }
                     finally
                     {

@@ -245,3 +245,31 @@ public sealed class VhostUserBackendHarness : IDisposable
         Backend.Dispose();
     }
 }
+
+/// <summary>Keeps every chain it is given (to be completed by the test), or throws when told to.</summary>
+public sealed class KeepingVringHandler : IVringHandler
+{
+    public BlockingCollection<(Vring Vring, DescriptorChain Chain)> Kept { get; } = new();
+
+    /// <summary>When set, HandleChain throws instead of keeping the chain.</summary>
+    public bool Throw { get; set; }
+
+    public void HandleChain(Vring vring, DescriptorChain chain)
+    {
+        if (Throw)
+        {
+            throw new InvalidOperationException("handler failure (test)");
+        }
+        Kept.Add((vring, chain));
+    }
+
+    /// <summary>Takes the next kept chain, waiting up to 10 s.</summary>
+    public (Vring Vring, DescriptorChain Chain) Take()
+    {
+        if (!Kept.TryTake(out var item, TimeSpan.FromSeconds(10)))
+        {
+            throw new TimeoutException("no chain reached the handler within 10 s");
+        }
+        return item;
+    }
+}

@@ -296,6 +296,21 @@ public sealed class BackendMessageTests : IDisposable
     }
 
     [Fact]
+    public void RegionsReachingPastTheirBackingFileAreRefused()
+    {
+        Negotiate();
+        var r = Guest().MemoryRegions[0];
+        var tooLong = r.Description with { MemorySize = r.Description.MemorySize + 4096 };
+        Assert.Throws<VhostUserRequestFailedException>(() => F.SetMemTable([new VhostUserMemoryRegion(tooLong, r.Fd)]));
+        var shifted = r.Description with { MmapOffset = 8192 };
+        Assert.Throws<VhostUserRequestFailedException>(() => F.AddMemRegion(shifted, r.Fd));
+        Assert.Equal(0, B.Memory.RegionCount);
+        // A region that is a window inside the file is fine.
+        F.AddMemRegion(r.Description with { MmapOffset = 8192, MemorySize = r.Description.MemorySize - 8192 }, r.Fd);
+        Assert.Equal(1, B.Memory.RegionCount);
+    }
+
+    [Fact]
     public void AddAndRemoveMemoryRegions()
     {
         Negotiate();

@@ -116,6 +116,47 @@ public sealed class LoopbackTests
         }
     }
 
+    [Fact]
+    public void TheWorkerHotPathDoesNotAllocate()
+    {
+        var probe = new AllocationProbeHandler(warmup: 2000, measured: 4000);
+        var device = new VhostUserTestDevice(queueCount: 1, maxQueueSize: 1024) { HandlerFactory = _ => probe };
+        using var h = new VhostUserBackendHarness(device);
+        using var guest = new VhostUserTestGuest(1, QueueSize, SlotSize, eventIdx: true, indirect: true);
+        h.Frontend.Initialize(1);
+        h.Frontend.Start(guest.RingFeatures, guest.MemoryRegions, guest.Setups);
+        RunAll([new QueueDriver(guest, 0)], 7000);
+        Assert.True(probe.Done, "the probe did not see enough chains");
+        // Pop, echo, push used, signal and the wait for the next kick: nothing on the heap.
+        Assert.True(probe.AllocatedBytes <= 512, $"the worker thread allocated {probe.AllocatedBytes} bytes over {probe.Measured} chains");
+    }
+
+    /// <summary>Echoes inline and reads the worker thread's allocation counter at two points.</summary>
+    private sealed class AllocationProbeHandler(int warmup, int measured) : IVringHandler
+    {
+        private int _count;
+        private long _start;
+
+        public int Measured => measured;
+        public long AllocatedBytes { get; private set; }
+        public bool Done { get; private set; }
+
+        public void HandleChain(Vring vring, DescriptorChain chain)
+        {
+            vring.Complete(chain, EchoVringHandler.Echo(chain));
+            _count++;
+            if (_count == warmup)
+            {
+                _start = GC.GetAllocatedBytesForCurrentThread();
+            }
+            else if (_count == warmup + measured)
+            {
+                AllocatedBytes = GC.GetAllocatedBytesForCurrentThread() - _start;
+                Done = true;
+            }
+        }
+    }
+
     private static void RunAll(QueueDriver[] drivers, int chainsPerQueue)
     {
         var threads = new Thread[drivers.Length];
