@@ -65,7 +65,9 @@ public sealed unsafe partial class FuseServer : IDisposable
         // Files must get the mode the guest asks for (the guest kernel applied its umask already).
         Libc.Umask(0);
 
-        _procSelfFd = OpenDirectory("/proc/self/fd", Libc.O_PATH | Libc.O_DIRECTORY | Libc.O_CLOEXEC);
+        _procSelfFd = options.ProcSelfFdDir is int procFd
+            ? PosixException.Check(Libc.Fcntl(procFd, Libc.F_DUPFD_CLOEXEC, 0), "dup /proc/self/fd")
+            : OpenDirectory("/proc/self/fd", Libc.O_PATH | Libc.O_DIRECTORY | Libc.O_CLOEXEC);
         int rootFd;
         try
         {

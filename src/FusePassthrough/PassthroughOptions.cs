@@ -29,6 +29,10 @@ public sealed class PassthroughOptions
     /// <summary>Host directory to export. Opened once (O_PATH|O_DIRECTORY) when the server is built.</summary>
     public required string SharedDir { get; init; }
 
+    /// <summary>An O_PATH fd on /proc/self/fd opened before a sandbox hid /proc (the server dups it);
+    /// null: the server opens "/proc/self/fd" itself.</summary>
+    public int? ProcSelfFdDir { get; init; }
+
     public CachePolicy Cache { get; init; } = CachePolicy.Auto;
 
     /// <summary>Serve SETXATTR/GETXATTR/LISTXATTR/REMOVEXATTR; without it they answer ENOSYS (virtiofsd default).</summary>
