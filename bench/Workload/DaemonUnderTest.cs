@@ -204,6 +204,11 @@ public sealed class DaemonUnderTest : IDisposable
     /// <summary>Resident set now (VmRSS) of the daemon and its descendants, bytes.</summary>
     public long RssBytes() => ProcStats.TreeStatusBytes(Pid, "VmRSS:");
 
+    /// <summary>Unique set size (Private_Clean + Private_Dirty of /proc/PID/smaps_rollup) of the daemon and its
+    /// descendants, bytes: memory no other process shares (file pages such as the runtime's code, shared with any
+    /// other process that maps them, are left out).</summary>
+    public long UssBytes() => ProcStats.TreeUssBytes(Pid);
+
     /// <summary>Context switches (voluntary: the thread slept, e.g. waiting for a kick) summed over every live
     /// thread of the daemon and its descendants.</summary>
     public long ContextSwitches() => ProcStats.TreeContextSwitches(Pid);
@@ -278,6 +283,30 @@ public static class ProcStats
         long utime = long.Parse(fields[11], CultureInfo.InvariantCulture);
         long stime = long.Parse(fields[12], CultureInfo.InvariantCulture);
         return (utime + stime) / ClockTicksPerSecond;
+    }
+
+    public static long TreeUssBytes(int pid)
+    {
+        long total = 0;
+        foreach (int p in Tree(pid))
+        {
+            string? rollup = TryRead($"/proc/{p}/smaps_rollup");
+            if (rollup == null)
+            {
+                continue;
+            }
+            foreach (string line in rollup.Split('\n'))
+            {
+                foreach (string key in new[] { "Private_Clean:", "Private_Dirty:" })
+                {
+                    if (line.StartsWith(key, StringComparison.Ordinal))
+                    {
+                        total += long.Parse(line[key.Length..].Trim().Split(' ')[0], CultureInfo.InvariantCulture) * 1024;
+                    }
+                }
+            }
+        }
+        return total;
     }
 
     public static long TreeContextSwitches(int pid)
