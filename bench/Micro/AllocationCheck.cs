@@ -21,6 +21,18 @@ public static class AllocationCheck
                 path.Process(path.Forget);
             }, requestsPerCall: 2);
             allocates |= Measure(output, "queue hot path: READ 4 KiB", () => path.Process(path.Read4K));
+            allocates |= Measure(output, "queue hot path: GETATTR file", () => path.Process(path.GetattrFile));
+        }
+        // vhostfsd's default --inode-file-handles=prefer: nodes may be held by file handle.
+        using (var path = new QueueHotPath(Vhostfsd.FusePassthrough.InodeFileHandles.Prefer))
+        {
+            allocates |= Measure(output, "file handles (prefer): GETATTR file", () => path.Process(path.GetattrFile));
+            allocates |= Measure(output, "file handles (prefer): LOOKUP + FORGET", () =>
+            {
+                path.Process(path.LookupFile);
+                path.Process(path.Forget);
+            }, requestsPerCall: 2);
+            allocates |= Measure(output, "file handles (prefer): READ 4 KiB", () => path.Process(path.Read4K));
         }
         using (var daemon = new InProcessDaemon())
         {

@@ -243,7 +243,10 @@ public sealed class BenchRun
         {
             return null;
         }
-        string command = _settings.ProfileCommand.Replace("{pid}", pid.ToString(System.Globalization.CultureInfo.InvariantCulture), StringComparison.Ordinal)
+        var tree = ProcStats.Tree(pid);
+        string command = _settings.ProfileCommand
+            .Replace("{pids}", string.Join(',', tree), StringComparison.Ordinal)
+            .Replace("{pid}", tree[^1].ToString(System.Globalization.CultureInfo.InvariantCulture), StringComparison.Ordinal)
             .Replace("{cell}", cell, StringComparison.Ordinal);
         var info = new ProcessStartInfo("/bin/sh") { UseShellExecute = false };
         info.ArgumentList.Add("-c");

@@ -24,7 +24,7 @@ var opsOption = new Option<long?>("--ops") { Description = "Measure a fixed numb
 var quickOption = new Option<bool>("--quick") { Description = "CI-size run: small data set (1,000 files, 64 MiB file), tmpfs only, 1 repetition, short cells" };
 var noNativeOption = new Option<bool>("--no-native") { Description = "Skip the native (direct syscall) floor" };
 var jsonOption = new Option<string>("--json") { Description = "Also write every cell and the medians as JSON to FILE (- for stdout)", HelpName = "FILE" };
-var profileOption = new Option<string>("--profile-cmd") { Description = "Run this command during each daemon cell's measured phase ({pid}: the daemon, {cell}: a name for the cell), stopped with SIGINT; e.g. \"perf record -g -p {pid} -o /tmp/{cell}.data\"", HelpName = "CMD" };
+var profileOption = new Option<string>("--profile-cmd") { Description = "Run this command during each daemon cell's measured phase, stopped with SIGINT. {pid}: the serving process (the newest of the daemon's process tree), {pids}: the whole tree, comma-separated, {cell}: a name for the cell. E.g. \"perf record -g -p {pids} -o /tmp/{cell}.data\"", HelpName = "CMD" };
 var vhostfsdOption = new Option<string>("--vhostfsd-dll") { Description = "vhostfsd.dll to run [default: found under src/Vhostfsd/bin]", HelpName = "PATH" };
 
 var root = new RootCommand("vhostfs-bench: compare virtio-fs daemons (vhostfsd, the reference virtiofsd, any other) on the same workloads, through GuestKernelShim over their vhost-user sockets, against the native syscall floor.")
