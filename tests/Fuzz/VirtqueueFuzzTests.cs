@@ -25,7 +25,7 @@ public sealed class VirtqueueFuzzTests
         var report = FuzzRunner.Run("virtqueue", budget, TimeSpan.FromSeconds(10), target.RunCase);
         _output.WriteLine(report.Summary());
         Assert.True(report.FailureCount == 0, report.Details());
-        Assert.True(report.Cases >= Math.Min(budget.Cases, 2000), $"only {report.Cases} cases ran: " + report.Summary());
+        Assert.True(report.Cases >= Math.Min(budget.Cases, 200), $"only {report.Cases} cases ran: " + report.Summary());
         // The run reached well-formed chains, the racing mode and every way a chain can be refused.
         Assert.True(report.CountOf("popped") > 0 && report.CountOf("race-popped") + report.CountOf("race-refused") > 0, report.Summary());
         if (budget.OnlyCase is null)
