@@ -97,7 +97,7 @@ public sealed unsafe partial class FuseServer
         int mountFd = -1;
         if (_fileHandles)
         {
-            int rc = MakeFileHandle(fd, in st, out handle, out mountFd);
+            int rc = MakeFileHandle(parent, fd, in st, out handle, out mountFd);
             if (rc < 0)
             {
                 Libc.Close(fd);
@@ -117,9 +117,11 @@ public sealed unsafe partial class FuseServer
         return 0;
     }
 
-    /// <summary>A file handle for <paramref name="fd"/> (null when the file system has none and the
-    /// mode is prefer). Returns 0 or -errno.</summary>
-    private int MakeFileHandle(int fd, in Statx st, out byte[]? handle, out int mountFd)
+    /// <summary>A file handle for <paramref name="fd"/>, with a real fd on its mount for
+    /// open_by_handle_at (one per mount, kept until the server is disposed). Null (keep the O_PATH
+    /// fd) when the file system has no handles in prefer mode, or when no directory on the same
+    /// mount is at hand (a bind-mounted file). Returns 0 or -errno.</summary>
+    private int MakeFileHandle(Node parent, int fd, in Statx st, out byte[]? handle, out int mountFd)
     {
         handle = null;
         mountFd = -1;
@@ -133,14 +135,30 @@ public sealed unsafe partial class FuseServer
             return _options.InodeFileHandles == InodeFileHandles.Mandatory ? -(int)Errno.EOPNOTSUPP : 0;
         }
         ulong mount = KeyOf(in st).MntId;
+        bool directory = (st.Mode & Libc.S_IFMT) == Libc.S_IFDIR;
         lock (_mountLock)
         {
             if (!_mountFds.TryGetValue(mount, out mountFd))
             {
-                mountFd = Libc.Dup(fd);
+                Node? onMount = directory ? null : parent.Key.MntId == mount ? parent : null;
+                if (!directory && onMount is null)
+                {
+                    return _options.InodeFileHandles == InodeFileHandles.Mandatory ? -(int)Errno.EOPNOTSUPP : 0;
+                }
+                byte* fdName = stackalloc byte[16];
+                int temporary = -1;
+                int source = directory ? fd : PathFd(onMount!, ref temporary);
+                if (source < 0)
+                {
+                    return source;
+                }
+                FormatFd(source, new Span<byte>(fdName, 16));
+                mountFd = Libc.OpenAt(_procSelfFd, fdName, Libc.O_RDONLY | Libc.O_DIRECTORY | Libc.O_NONBLOCK | Libc.O_CLOEXEC, 0);
+                int error = mountFd < 0 ? Libc.NegErrno : 0;
+                CloseTemporary(temporary);
                 if (mountFd < 0)
                 {
-                    return Libc.NegErrno;
+                    return error;
                 }
                 _mountFds[mount] = mountFd;
             }

@@ -599,16 +599,26 @@ public sealed unsafe partial class FuseServer : IDisposable
         fh->HandleBytes = MaxHandleBytes;
         int mountId;
         byte empty = 0;
-        if (Libc.NameToHandleAt(rootFd, &empty, fh, &mountId, Libc.AT_EMPTY_PATH) == 0)
+        // open_by_handle_at wants a real (not O_PATH) fd on the mount.
+        byte* dot = stackalloc byte[2];
+        dot[0] = (byte)'.';
+        dot[1] = 0;
+        int mountFd = Libc.OpenAt(rootFd, dot, Libc.O_RDONLY | Libc.O_DIRECTORY | Libc.O_CLOEXEC, 0);
+        if (mountFd >= 0 && Libc.NameToHandleAt(rootFd, &empty, fh, &mountId, Libc.AT_EMPTY_PATH) == 0)
         {
-            int fd = Libc.OpenByHandleAt(rootFd, fh, Libc.O_PATH | Libc.O_CLOEXEC);
+            int fd = Libc.OpenByHandleAt(mountFd, fh, Libc.O_PATH | Libc.O_CLOEXEC);
             if (fd >= 0)
             {
                 Libc.Close(fd);
+                Libc.Close(mountFd);
                 return true;
             }
         }
         var errno = Libc.LastErrno;
+        if (mountFd >= 0)
+        {
+            Libc.Close(mountFd);
+        }
         if (mode == InodeFileHandles.Mandatory)
         {
             throw new PosixException("inode file handles (mandatory) are unusable here: open_by_handle_at needs CAP_DAC_READ_SEARCH and file-handle support", errno);

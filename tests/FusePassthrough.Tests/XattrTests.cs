@@ -138,3 +138,57 @@ public class XattrTests
         Assert.Equal(XattrMapAction.Unsupported, XattrMap.Parse(":unsupported:all:security.:::ok:all:::").MapClient("security.x"u8, host, out _));
     }
 }
+
+public class SecurityLabelTests
+{
+    private const ulong Root = FuseConstants.RootId;
+
+    /// <summary>fuse_secctx_header{size, nr=1} + fuse_secctx{label size} + name + label, padded to 8.</summary>
+    private static FuseArgs SecurityContext(string name, string label, out ushort units)
+    {
+        byte[] n = Encoding.UTF8.GetBytes(name + "\0");
+        byte[] l = Encoding.UTF8.GetBytes(label);
+        int body = FuseSecctxHeader.Size + FuseSecctx.Size + n.Length + l.Length;
+        int total = FuseConstants.RecordAlign(body);
+        units = (ushort)(total / 8);
+        return new FuseArgs().Add(new FuseSecctxHeader { Length = (uint)total, NrSecctx = 1 }).Add(new FuseSecctx { Length = (uint)l.Length })
+            .Bytes(n).Bytes(l).Bytes(new byte[total - body]);
+    }
+
+    private static unsafe string? HostLabel(string path, string name)
+    {
+        byte[] buffer = new byte[256];
+        fixed (byte* p = Encoding.UTF8.GetBytes(path + "\0"))
+        fixed (byte* x = Encoding.UTF8.GetBytes(name + "\0"))
+        fixed (byte* v = buffer)
+        {
+            nint len = Libc.Lgetxattr(p, x, v, (nuint)buffer.Length);
+            return len < 0 ? null : Encoding.UTF8.GetString(buffer, 0, (int)len);
+        }
+    }
+
+    [Fact]
+    public void CreatedEntriesGetTheGuestsLabel()
+    {
+        using var f = new ShareFixture(makeOptions: s => new PassthroughOptions { SharedDir = s, SecurityLabel = true });
+        Assert.True(FuseConstants.JoinInitFlags(f.Init.Flags, f.Init.Flags2).HasFlag(FuseInitFlags.SecurityCtx));
+        FuseArgs ctx = SecurityContext("trusted.label", "system_u:object_r:test_t:s0", out ushort units);
+        f.Client.TotalExtLen = units;
+        Assert.Equal(0, f.Client.Create(Root, "file", Libc.O_RDWR | Libc.O_CREAT, extensions: ctx).Error);
+        var mkdir = new FuseArgs().Add(new FuseMkdirIn { Mode = 0x1ED }).Name("dir").Bytes(ctx.ToArray());
+        Assert.Equal(0, f.Client.Send(FuseOpcode.Mkdir, Root, mkdir).Error);
+        var symlink = new FuseArgs().Name("link").Name("file").Bytes(ctx.ToArray());
+        Assert.Equal(0, f.Client.Send(FuseOpcode.Symlink, Root, symlink).Error);
+        f.Client.TotalExtLen = 0;
+        foreach (string name in new[] { "file", "dir", "link" })
+        {
+            Assert.Equal("system_u:object_r:test_t:s0", HostLabel(f.HostPath(name), "trusted.label"));
+        }
+        // A label that cannot be set (user.* on a symlink) undoes the creation.
+        FuseArgs bad = SecurityContext("user.label", "x", out units);
+        f.Client.TotalExtLen = units;
+        Assert.Equal(Errno.EPERM, f.Client.Send(FuseOpcode.Symlink, Root, new FuseArgs().Name("link2").Name("file").Bytes(bad.ToArray())).Errno);
+        f.Client.TotalExtLen = 0;
+        Assert.False(File.Exists(f.HostPath("link2")) || Directory.Exists(f.HostPath("link2")) || new FileInfo(f.HostPath("link2")).LinkTarget is not null);
+    }
+}

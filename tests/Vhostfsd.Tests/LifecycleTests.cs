@@ -67,6 +67,28 @@ public class LifecycleTests
         Assert.DoesNotContain("ERR]", daemon.Stderr);
     }
 
+    [Theory]
+    [InlineData("none")]
+    [InlineData("chroot")]
+    [InlineData("namespace")]
+    public void A_signal_during_start_up_is_not_lost(string sandbox)
+    {
+        using var tree = new TempTree();
+        using var daemon = DaemonProcess.Start(Args(tree, sandbox));
+        // The lock file exists from the moment the supervisor holds the socket path, well
+        // before the serving process has its signal handlers.
+        var deadline = DateTime.UtcNow + DaemonProcess.Timeout;
+        while (!File.Exists(tree.PidFile))
+        {
+            Assert.True(DateTime.UtcNow < deadline && !daemon.HasExited, daemon.Stderr);
+            Thread.Sleep(5);
+        }
+        daemon.Signal(Libc.SIGTERM);
+        Assert.Equal(0, daemon.WaitForExit());
+        Assert.False(File.Exists(tree.Socket));
+        Assert.False(File.Exists(tree.PidFile));
+    }
+
     [Fact]
     public void A_stale_socket_is_replaced()
     {

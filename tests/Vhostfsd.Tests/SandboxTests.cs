@@ -30,6 +30,7 @@ public class SandboxTests
     private static Match ProbeSummary(DaemonProcess daemon)
     {
         Assert.Contains("test-probe: reopen through ProcSelfFd ok", daemon.Stderr);
+        Assert.Contains("test-probe: runtime services ok", daemon.Stderr);
         var match = Regex.Match(daemon.Stderr, @"test-probe: pid (\d+) euid (\d+) effective-caps 0x([0-9a-f]+) bounding-caps 0x([0-9a-f]+) rlimit-nofile (\d+) shared-root (\S+)");
         Assert.True(match.Success, daemon.Stderr);
         return match;
@@ -43,6 +44,34 @@ public class SandboxTests
         Assert.Equal(0, daemon.WaitForExit());
         Assert.False(File.Exists(tree.Socket));
         Assert.DoesNotContain("ERR]", daemon.Stderr);
+    }
+
+    /// <summary>The pid of the process that serves, from the supervisor's debug line.</summary>
+    private static string ServingPid(DaemonProcess daemon)
+    {
+        var serving = Regex.Match(daemon.Stderr, @"serving from process (\d+)");
+        Assert.True(serving.Success, daemon.Stderr);
+        return serving.Groups[1].Value;
+    }
+
+    /// <summary>Reads every thread's capability sets from the host's /proc: the main thread must
+    /// hold exactly <paramref name="main"/>, every other thread at most <paramref name="others"/>.</summary>
+    private static void AssertThreadCapabilities(string pid, ulong main, ulong others)
+    {
+        string[] threads = Directory.GetDirectories($"/proc/{pid}/task");
+        Assert.True(threads.Length > 1, "a .NET process has several threads");
+        foreach (string thread in threads)
+        {
+            string status = File.ReadAllText(Path.Combine(thread, "status"));
+            bool isMain = Path.GetFileName(thread) == pid;
+            foreach (string set in new[] { "CapEff", "CapPrm", "CapBnd" })
+            {
+                var value = Regex.Match(status, set + @":\s+([0-9a-f]+)");
+                Assert.True(value.Success);
+                ulong mask = Hex(value.Groups[1]);
+                Assert.True(isMain ? mask == main : (mask & ~others) == 0, $"{thread} {set} {value.Groups[1].Value}");
+            }
+        }
     }
 
     private static readonly ulong DefaultKept = Capabilities.KeptMask(InodeFileHandlesMode.Prefer, null);
@@ -67,27 +96,15 @@ public class SandboxTests
 
         // From the host: the serving process's root is the share, its namespaces are new, and
         // every one of its threads — the runtime's own included — holds only the kept capabilities.
-        var serving = Regex.Match(daemon.Stderr, @"serving from process (\d+) in new mount, pid and network namespaces");
-        Assert.True(serving.Success, daemon.Stderr);
-        string pid = serving.Groups[1].Value;
+        Assert.Contains("in new mount, pid and network namespaces", daemon.Stderr);
+        string pid = ServingPid(daemon);
         Assert.Equal("inside\n", File.ReadAllText($"/proc/{pid}/root/inside.txt"));
         Assert.False(Directory.Exists($"/proc/{pid}/root/etc"));
         foreach (string ns in new[] { "mnt", "pid", "net" })
         {
             Assert.NotEqual(new FileInfo($"/proc/self/ns/{ns}").LinkTarget, new FileInfo($"/proc/{pid}/ns/{ns}").LinkTarget);
         }
-        string[] threads = Directory.GetDirectories($"/proc/{pid}/task");
-        Assert.True(threads.Length > 1, "a .NET process has several threads");
-        foreach (string thread in threads)
-        {
-            string status = File.ReadAllText(Path.Combine(thread, "status"));
-            foreach (string set in new[] { "CapEff", "CapPrm", "CapBnd" })
-            {
-                var value = Regex.Match(status, set + @":\s+([0-9a-f]+)");
-                Assert.True(value.Success);
-                Assert.True(DefaultKept == Hex(value.Groups[1]), $"{thread} {set} {value.Groups[1].Value}");
-            }
-        }
+        AssertThreadCapabilities(pid, DefaultKept, DefaultKept);
         // Nothing the sandbox mounted shows up on the host.
         Assert.Equal(hostMounts, File.ReadAllText("/proc/self/mountinfo"));
         Stop(daemon, tree);
@@ -103,10 +120,16 @@ public class SandboxTests
         Assert.False(Reachable(daemon, "/etc/hostname"));
         Assert.True(Reachable(daemon, "/inside.txt"));
         var summary = ProbeSummary(daemon);
-        Assert.Equal(daemon.Pid.ToString(CultureInfo.InvariantCulture), summary.Groups[1].Value);
+        string pid = ServingPid(daemon);
+        Assert.Equal(pid, summary.Groups[1].Value);
+        Assert.NotEqual(daemon.Pid.ToString(CultureInfo.InvariantCulture), pid);
         Assert.Equal("/", summary.Groups[6].Value);
         Assert.Equal(DefaultKept, Hex(summary.Groups[3]));
-        Assert.Equal(tree.Share, new DirectoryInfo($"/proc/{daemon.Pid}/root").LinkTarget);
+        Assert.Equal(DefaultKept, Hex(summary.Groups[4]));
+        Assert.Equal(tree.Share, new DirectoryInfo($"/proc/{pid}/root").LinkTarget);
+        // The copy was spawned with CAP_SYS_CHROOT and CAP_SETPCAP for its chroot and dropped
+        // them on its main thread; threads the runtime started before keep at most those two.
+        AssertThreadCapabilities(pid, DefaultKept, DefaultKept | (1UL << Capabilities.SysChroot) | (1UL << Capabilities.Setpcap));
         Stop(daemon, tree);
     }
 
@@ -122,6 +145,9 @@ public class SandboxTests
         var summary = ProbeSummary(daemon);
         Assert.Equal(tree.Share, summary.Groups[6].Value);
         Assert.Equal(DefaultKept, Hex(summary.Groups[3]));
+        string pid = ServingPid(daemon);
+        Assert.Equal(pid, summary.Groups[1].Value);
+        AssertThreadCapabilities(pid, DefaultKept, DefaultKept);
         Stop(daemon, tree);
     }
 

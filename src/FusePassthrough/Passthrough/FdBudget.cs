@@ -44,20 +44,12 @@ internal sealed class FdBudget
             return configured;
         }
         ulong soft = 1024;
-        ulong* limit = stackalloc ulong[2];
-        // SAFETY: struct rlimit is two 64-bit words; limit points at 16 bytes.
-        if (GetRLimitNoFile(limit) == 0)
+        RLimit limit;
+        if (Libc.GetRLimit(Libc.RLIMIT_NOFILE, &limit) == 0)
         {
-            soft = limit[0];
+            soft = limit.Current;
         }
         long budget = (long)Math.Min(soft, int.MaxValue) - DaemonReserve;
         return (int)Math.Max(64, budget);
-    }
-
-    private static unsafe int GetRLimitNoFile(ulong* limit)
-    {
-        // RLIMIT_NOFILE = 7; prlimit64(0, ...) reads our own limits without a dedicated binding.
-        const long SYS_prlimit64 = 302;
-        return (int)Libc.RawSyscall(SYS_prlimit64, 0, 7, 0, (nint)limit);
     }
 }

@@ -23,6 +23,10 @@ internal sealed class InterruptSet
 
     public bool Contains(ulong unique)
     {
+        if (unique == 0)
+        {
+            return false;
+        }
         lock (_uniques)
         {
             return Array.IndexOf(_uniques, unique) >= 0;

@@ -4,12 +4,11 @@ using Vhostfsd.Posix;
 namespace Vhostfsd.Hosting;
 
 /// <summary>The capabilities the daemon keeps once it is set up, and the calls that drop the
-/// rest. Linux keeps capability sets per thread: <see cref="DropOnCurrentThread"/> changes the
-/// calling thread and every thread it creates afterwards (the device's queue and pool threads
-/// are created from the main thread after the drop), but not the runtime's own threads that
-/// already exist. The namespace sandbox avoids that: it narrows the bounding set before the
-/// sandboxed process is spawned, so every thread of that process starts with the kept set and
-/// nothing more.</summary>
+/// rest. Linux keeps capability sets per thread: <see cref="DropOnCurrentThread"/> changes only
+/// the calling thread and the threads it creates afterwards, never the runtime's threads that
+/// already exist. That is why, as root, the serving process is spawned by
+/// <see cref="SandboxSpawner"/> with its bounding set already narrowed: every thread it ever
+/// has starts with the kept set.</summary>
 internal static class Capabilities
 {
     public const int Chown = 0;

@@ -32,7 +32,7 @@ internal static unsafe class DaemonHost
             return ExitCodes.Success;
         }
 
-        NamespaceSpawner.ChildMarker? child = NamespaceSpawner.TakeChildMarker();
+        SandboxSpawner.ChildMarker? child = SandboxSpawner.TakeChildMarker();
         var notes = new List<string>();
         DaemonLogLevel level = LogSetup.EffectiveLevel(options.LogLevel, out string? levelNote);
         using Logger log = LogSetup.Create(level, options.Syslog, HostPid(), Console.Error, notes);
@@ -97,32 +97,30 @@ internal static unsafe class DaemonHost
         try
         {
             ulong fdLimit = ResourceLimits.SetUpNofile(options.RlimitNofile, log);
-            switch (options.Sandbox)
+            ulong keep = Capabilities.KeptMask(options.InodeFileHandles, options.ModCaps);
+            bool root = Libc.GetEuid() == 0;
+            if (options.Sandbox != SandboxMode.None && !root)
             {
-                case SandboxMode.Namespace:
-                {
-                    if (Libc.GetEuid() != 0)
-                    {
-                        throw new StartupException("--sandbox=namespace needs root (CAP_SYS_ADMIN); run as root or use --sandbox=none");
-                    }
-                    ulong keep = Capabilities.KeptMask(options.InodeFileHandles, options.ModCaps);
-                    log.Information("Listening on {Socket}", Describe(listener));
-                    int code = NamespaceSpawner.SpawnAndWait(listener.Socket.Fd, sharedDir, keep, lastCap, log);
-                    log.Information("Exiting with code {Code}", code);
-                    return code;
-                }
-                case SandboxMode.Chroot:
-                {
-                    log.Debug("Loaded {Count} assemblies before the sandbox", Preload.BeforeSandbox());
-                    SandboxResult result = Sandbox.EnterChroot(sharedDir);
-                    return Serve(options, sharedDir, result, listener, fdLimit, lastCap, log);
-                }
-                default:
-                {
-                    SandboxResult result = Sandbox.EnterNone(sharedDir);
-                    return Serve(options, sharedDir, result, listener, fdLimit, lastCap, log);
-                }
+                throw new StartupException(options.Sandbox == SandboxMode.Namespace
+                    ? "--sandbox=namespace needs root (CAP_SYS_ADMIN); run as root or use --sandbox=none"
+                    : "--sandbox=chroot needs root (CAP_SYS_CHROOT); use --sandbox=none to run unprivileged");
             }
+            if (!root)
+            {
+                // Unprivileged: nothing to drop, so no reason for a second process.
+                SandboxResult result = Sandbox.EnterNone(sharedDir);
+                return Serve(options, sharedDir, result, listener, fdLimit, lastCap, log);
+            }
+            ulong bounding = keep;
+            if (options.Sandbox == SandboxMode.Chroot)
+            {
+                // The copy chroots itself, then drops these two on its main thread.
+                bounding |= (1UL << Capabilities.SysChroot) | (1UL << Capabilities.Setpcap);
+            }
+            log.Information("Listening on {Socket}", Describe(listener));
+            int code = SandboxSpawner.SpawnAndWait(options.Sandbox, listener.Socket.Fd, sharedDir, bounding, lastCap, log);
+            log.Information("Exiting with code {Code}", code);
+            return code;
         }
         finally
         {
@@ -131,19 +129,37 @@ internal static unsafe class DaemonHost
         }
     }
 
-    /// <summary>The process spawned by <see cref="NamespaceSpawner"/>: pid 1 of new namespaces,
-    /// holding the listening socket the parent created.</summary>
-    private static int RunSandboxChild(DaemonOptions options, NamespaceSpawner.ChildMarker marker, ILogger log)
+    /// <summary>The process spawned by <see cref="SandboxSpawner"/>, holding the listening socket
+    /// the parent created and no capability outside its bounding set.</summary>
+    private static int RunSandboxChild(DaemonOptions options, SandboxSpawner.ChildMarker marker, ILogger log)
     {
         // SIGTERM when the parent's spawning thread (and so the parent) goes away.
         Libc.Prctl(Libc.PR_SET_PDEATHSIG, Libc.SIGTERM, 0, 0, 0);
         using var signals = InstallShutdownSignals();
-        NamespaceSpawner.VerifyInsideNewNamespaces(marker);
+        using var toParent = new SafeFd(marker.ToParentFd);
+        SandboxSpawner.Send(toParent.Fd, SandboxSpawner.ChildHandlesSignals);
+        if (marker.Mode == SandboxMode.Namespace)
+        {
+            SandboxSpawner.VerifyInsideNewNamespaces(marker);
+        }
         string sharedDir = CheckSharedDir(options.SharedDir!);
         int lastCap = Capabilities.KernelLastCap();
         using DaemonListener listener = DaemonListener.Adopt(marker.ListenFd);
-        log.Debug("Loaded {Count} assemblies before the sandbox", Preload.BeforeSandbox());
-        SandboxResult result = Sandbox.JoinNamespaceSandbox(marker);
+        SandboxResult result;
+        switch (marker.Mode)
+        {
+            case SandboxMode.Namespace:
+                log.Debug("Loaded {Count} assemblies before the sandbox", Preload.BeforeSandbox());
+                result = Sandbox.JoinNamespaceSandbox(marker);
+                break;
+            case SandboxMode.Chroot:
+                log.Debug("Loaded {Count} assemblies before the sandbox", Preload.BeforeSandbox());
+                result = Sandbox.EnterChroot(sharedDir);
+                break;
+            default:
+                result = Sandbox.EnterNone(sharedDir);
+                break;
+        }
         return Serve(options, sharedDir, result, listener, ResourceLimits.CurrentNofile(), lastCap, log, logListening: false);
     }
 

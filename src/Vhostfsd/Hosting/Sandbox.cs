@@ -10,7 +10,7 @@ internal sealed record SandboxResult(string SharedRoot, SafeFd ProcSelfFd, SafeF
 
 /// <summary>The in-process parts of the three sandbox modes. The namespace mode's other half
 /// (creating the namespaces and spawning the process that enters them) is
-/// <see cref="NamespaceSpawner"/>.</summary>
+/// <see cref="SandboxSpawner"/>.</summary>
 internal static unsafe class Sandbox
 {
     /// <summary>--sandbox=none: nothing is isolated; the /proc handles are opened all the same
@@ -41,22 +41,22 @@ internal static unsafe class Sandbox
         return new SandboxResult("/", procSelfFd, mountInfo);
     }
 
-    /// <summary>--sandbox=namespace, the spawned process's side (see <see cref="NamespaceSpawner"/>):
+    /// <summary>--sandbox=namespace, the spawned process's side (see <see cref="SandboxSpawner"/>):
     /// it runs inside the new namespaces from its first instruction but holds no capability that
     /// could change mounts, so the spawning thread of the parent does the mount work while this
     /// process follows a short pipe handshake: open /proc/self/mountinfo, say "ready", wait until
     /// the parent has bound our /proc/PID/fd over /proc, open that, say so, wait until the parent
     /// has pivoted the shared mount namespace into the share, then chdir("/").</summary>
-    public static SandboxResult JoinNamespaceSandbox(NamespaceSpawner.ChildMarker marker)
+    public static SandboxResult JoinNamespaceSandbox(SandboxSpawner.ChildMarker marker)
     {
         SafeFd mountInfo = Open("/proc/self/mountinfo", Libc.O_RDONLY | Libc.O_CLOEXEC, "/proc/self/mountinfo");
-        using var toParent = new SafeFd(marker.ToParentFd);
+        int toParent = marker.ToParentFd;
         using var fromParent = new SafeFd(marker.FromParentFd);
-        NamespaceSpawner.Send(toParent.Fd, NamespaceSpawner.ChildReady);
-        NamespaceSpawner.Expect(fromParent.Fd, NamespaceSpawner.ParentBoundProc);
+        SandboxSpawner.Send(toParent, SandboxSpawner.ChildReady);
+        SandboxSpawner.Expect(fromParent.Fd, SandboxSpawner.ParentBoundProc);
         SafeFd procSelfFd = Open("/proc", Libc.O_PATH | Libc.O_DIRECTORY | Libc.O_CLOEXEC, "/proc (our fd directory, bound by the parent)");
-        NamespaceSpawner.Send(toParent.Fd, NamespaceSpawner.ChildOpenedProc);
-        NamespaceSpawner.Expect(fromParent.Fd, NamespaceSpawner.ParentPivoted);
+        SandboxSpawner.Send(toParent, SandboxSpawner.ChildOpenedProc);
+        SandboxSpawner.Expect(fromParent.Fd, SandboxSpawner.ParentPivoted);
         fixed (byte* root = Z("/"))
         {
             // The working directory was left in the old, now detached, root.
@@ -73,10 +73,10 @@ internal static unsafe class Sandbox
     /// at each step (<paramref name="toChild"/>) and answers on <paramref name="fromChild"/>.</summary>
     public static void BuildNamespaceSandbox(string sharedDir, int childPid, int toChild, int fromChild)
     {
-        NamespaceSpawner.Expect(fromChild, NamespaceSpawner.ChildReady);
+        SandboxSpawner.Expect(fromChild, SandboxSpawner.ChildReady);
         Mount($"/proc/{childPid}/fd", "/proc", null, Libc.MS_BIND, "bind the sandboxed process's /proc/PID/fd over /proc");
-        NamespaceSpawner.Send(toChild, NamespaceSpawner.ParentBoundProc);
-        NamespaceSpawner.Expect(fromChild, NamespaceSpawner.ChildOpenedProc);
+        SandboxSpawner.Send(toChild, SandboxSpawner.ParentBoundProc);
+        SandboxSpawner.Expect(fromChild, SandboxSpawner.ChildOpenedProc);
         if (sharedDir != "/")
         {
             // pivot_root needs the new root to be a mount point.
@@ -95,7 +95,7 @@ internal static unsafe class Sandbox
                 Check(Libc.Chdir(root), "chdir / in the new root");
             }
         }
-        NamespaceSpawner.Send(toChild, NamespaceSpawner.ParentPivoted);
+        SandboxSpawner.Send(toChild, SandboxSpawner.ParentPivoted);
     }
 
     /// <summary>Makes every mount of the calling thread's (new) mount namespace a slave, so no

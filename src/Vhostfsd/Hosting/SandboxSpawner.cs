@@ -8,35 +8,47 @@ using Vhostfsd.Posix;
 
 namespace Vhostfsd.Hosting;
 
-/// <summary>The parent half of --sandbox=namespace.
+/// <summary>Starts the process that serves, with its capabilities already narrowed.
 ///
-/// A .NET process is multithreaded from its first instruction, and unshare(2) of mount, pid and
-/// network namespaces changes only the calling thread (the pid namespace only for its future
-/// children), while capability sets are per thread too. So one dedicated thread of the parent:
-/// narrows its capability bounding set to the set the daemon keeps, unshares the namespaces,
-/// makes the new mount tree a slave of the host's, and posix_spawn()s a fresh copy of this
-/// program. That process starts as pid 1 of the new pid namespace, every one of its threads in
-/// the new namespaces and with no capability outside the kept set — it could not change mounts
-/// even if it wanted to. It loads what it needs from disk (<see cref="Preload"/>) and then
-/// follows a pipe handshake while the spawning thread, still privileged and in the same mount
-/// namespace, binds the child's /proc/PID/fd over /proc and pivots the namespace's root into the
-/// shared directory (<see cref="Sandbox.BuildNamespaceSandbox"/>). The thread then returns to the
-/// original namespaces and waits for the child; the parent forwards SIGTERM/SIGINT/SIGHUP to it,
-/// exits with its exit code, and removes the socket and lock files it created.</summary>
-internal static unsafe class NamespaceSpawner
+/// A .NET process is multithreaded from its first instruction, and both unshare(2) and
+/// capability sets act on one thread only: dropping capabilities in a running .NET process
+/// leaves the runtime's own threads with all of them. So the daemon started by the user is a
+/// small supervisor. One dedicated thread of it narrows its capability bounding set and
+/// posix_spawn()s a fresh copy of this program; a root execve grants exactly the bounding set,
+/// so every thread of the copy, the runtime's included, starts with it and nothing more.
+///
+/// --sandbox=namespace: before spawning, the thread also unshares mount, pid and network
+/// namespaces and makes the new mount tree a slave of the host's. The copy is pid 1 of the new
+/// pid namespace and holds only the kept capabilities — it could not change mounts even if it
+/// wanted to. It loads what it needs from disk (<see cref="Preload"/>) and then follows a pipe
+/// handshake while the spawning thread, still privileged and in the same mount namespace,
+/// binds the copy's /proc/PID/fd over /proc and pivots the namespace's root into the share
+/// (<see cref="Sandbox.BuildNamespaceSandbox"/>); then the thread returns to the original
+/// namespaces.
+///
+/// --sandbox=chroot: the copy also gets CAP_SYS_CHROOT and CAP_SETPCAP, chroots itself and
+/// drops both on its main thread (the device's threads are created from it).
+///
+/// --sandbox=none: the copy gets the kept set and does nothing else.
+///
+/// The supervisor forwards SIGTERM/SIGINT/SIGHUP to the copy, exits with its exit code and
+/// removes the socket and lock files it created.</summary>
+internal static unsafe class SandboxSpawner
 {
-    /// <summary>Marks the spawned process: "LISTEN,TOPARENT,FROMPARENT,MNTNS" — inherited fds and
-    /// the mount namespace the parent started in.</summary>
+    /// <summary>Marks the spawned process: "MODE,LISTEN,TOPARENT,FROMPARENT,MNTNS" — the sandbox
+    /// mode, inherited fds (-1 when unused) and the mount namespace the parent started in.</summary>
     public const string ChildEnvironment = "VHOSTFSD_SANDBOX_CHILD";
 
     // Handshake bytes.
+    /// <summary>The child has installed its signal handlers: signals may be forwarded.</summary>
+    public const byte ChildHandlesSignals = (byte)'S';
     public const byte ChildReady = (byte)'R';
     public const byte ParentBoundProc = (byte)'B';
     public const byte ChildOpenedProc = (byte)'O';
     public const byte ParentPivoted = (byte)'P';
     public const byte ParentFailed = (byte)'E';
 
-    public sealed record ChildMarker(int ListenFd, int ToParentFd, int FromParentFd, string ParentMountNamespace);
+    public sealed record ChildMarker(SandboxMode Mode, int ListenFd, int ToParentFd, int FromParentFd, string ParentMountNamespace);
 
     /// <summary>Reads and removes the marker; null in a process that was not spawned by us.</summary>
     public static ChildMarker? TakeChildMarker()
@@ -47,15 +59,16 @@ internal static unsafe class NamespaceSpawner
             return null;
         }
         Environment.SetEnvironmentVariable(ChildEnvironment, null);
-        string[] parts = value.Split(',', 4);
-        if (parts.Length != 4
-            || !int.TryParse(parts[0], NumberStyles.None, CultureInfo.InvariantCulture, out int listen)
-            || !int.TryParse(parts[1], NumberStyles.None, CultureInfo.InvariantCulture, out int toParent)
-            || !int.TryParse(parts[2], NumberStyles.None, CultureInfo.InvariantCulture, out int fromParent))
+        string[] parts = value.Split(',', 5);
+        if (parts.Length != 5
+            || !Enum.TryParse(parts[0], out SandboxMode mode)
+            || !int.TryParse(parts[1], NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out int listen)
+            || !int.TryParse(parts[2], NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out int toParent)
+            || !int.TryParse(parts[3], NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out int fromParent))
         {
             throw new StartupException($"malformed {ChildEnvironment}; it is set only by vhostfsd itself");
         }
-        return new ChildMarker(listen, toParent, fromParent, parts[3]);
+        return new ChildMarker(mode, listen, toParent, fromParent, parts[4]);
     }
 
     /// <summary>The mount namespace of the calling thread, as the /proc link reads ("mnt:[4026531841]").</summary>
@@ -124,10 +137,10 @@ internal static unsafe class NamespaceSpawner
             : $"sandbox: unexpected handshake byte {one[0]} (expected {expected})");
     }
 
-    /// <summary>Spawns the sandboxed copy of this program serving <paramref name="listenFd"/>, builds
-    /// its sandbox, waits for it and returns its exit code. <paramref name="keep"/> is the
-    /// capability set the child gets (its bounding set).</summary>
-    public static int SpawnAndWait(int listenFd, string sharedDir, ulong keep, int lastCap, ILogger log)
+    /// <summary>Spawns the copy of this program that serves <paramref name="listenFd"/>, builds its
+    /// sandbox when <paramref name="mode"/> is namespace, waits for it and returns its exit code.
+    /// <paramref name="bounding"/> is the capability set the copy gets.</summary>
+    public static int SpawnAndWait(SandboxMode mode, int listenFd, string sharedDir, ulong bounding, int lastCap, ILogger log)
     {
         string[] argv = ChildArguments();
         var environment = new List<string>();
@@ -162,47 +175,37 @@ internal static unsafe class NamespaceSpawner
         try
         {
             int listen = InheritableCopy(listenFd, inherited);
+            bool handshake = mode == SandboxMode.Namespace;
             int childWrites = InheritableCopy(fromChildWrite.Fd, inherited);
-            int childReads = InheritableCopy(toChildRead.Fd, inherited);
-            environment.Add($"{ChildEnvironment}={listen},{childWrites},{childReads},{CurrentMountNamespace()}");
+            int childReads = handshake ? InheritableCopy(toChildRead.Fd, inherited) : -1;
+            environment.Add($"{ChildEnvironment}={mode},{listen},{childWrites},{childReads},{CurrentMountNamespace()}");
 
-            var spawn = new SpawnThread(argv, environment, sharedDir, keep, lastCap, toChildWrite.Fd, fromChildRead.Fd, inherited);
+            // Every termination signal the supervisor gets (ShutdownSignal is set by its handlers,
+            // whenever they run) goes to the child; Register runs at once if it already came.
+            var forwarder = new SignalForwarder();
+            using var forwarding = ShutdownSignal.Token.Register(() => forwarder.Forward(SignalNumber(ShutdownSignal.Reason)));
+            var spawn = new SpawnThread(mode, argv, environment, sharedDir, bounding, lastCap, toChildWrite.Fd, fromChildRead.Fd, inherited, forwarder);
             var thread = new Thread(spawn.Run) { Name = "sandbox-spawn", IsBackground = true };
             thread.Start();
             spawn.Spawned.Wait();
+            // Only the child may hold these ends now, so its death reads as end-of-file.
+            fromChildWrite.Dispose();
+            toChildRead.Dispose();
             if (spawn.Error != null)
             {
                 thread.Join();
                 throw new StartupException("sandbox: " + spawn.Error);
             }
             int child = spawn.ChildPid;
-            log.Debug("Sandbox: serving from process {Pid} in new mount, pid and network namespaces", child);
-
-            var registrations = new List<PosixSignalRegistration>();
-            foreach (var signal in new[] { PosixSignal.SIGTERM, PosixSignal.SIGINT, PosixSignal.SIGHUP })
+            if (mode == SandboxMode.Namespace)
             {
-                registrations.Add(PosixSignalRegistration.Create(signal, context =>
-                {
-                    context.Cancel = true;
-                    Libc.Kill(child, SignalNumber(context.Signal));
-                }));
+                log.Debug("Sandbox: serving from process {Pid} in new mount, pid and network namespaces", child);
             }
-            // A signal that came before the child existed was only recorded; pass it on now.
-            if (ShutdownSignal.IsRequested)
+            else
             {
-                Libc.Kill(child, Libc.SIGTERM);
+                log.Debug("Sandbox: serving from process {Pid}", child);
             }
-            try
-            {
-                thread.Join();
-            }
-            finally
-            {
-                foreach (var registration in registrations)
-                {
-                    registration.Dispose();
-                }
-            }
+            thread.Join();
             if (spawn.Warning != null)
             {
                 log.Debug("Sandbox: {Warning}", spawn.Warning);
@@ -218,7 +221,7 @@ internal static unsafe class NamespaceSpawner
             }
             if (Libc.WIfSignaled(status))
             {
-                log.Error("The sandboxed daemon (pid {Pid}) was killed by signal {Signal}", child, Libc.WTermSig(status));
+                log.Error("The serving process (pid {Pid}) was killed by signal {Signal}", child, Libc.WTermSig(status));
                 return 128 + Libc.WTermSig(status);
             }
             return ExitCodes.Failure;
@@ -228,6 +231,54 @@ internal static unsafe class NamespaceSpawner
             foreach (int fd in inherited)
             {
                 Libc.Close(fd);
+            }
+        }
+    }
+
+    /// <summary>Passes termination signals to the child, holding the first one back until the
+    /// child has installed its handlers (before that, the runtime's default action would kill
+    /// it without cleaning up).</summary>
+    private sealed class SignalForwarder
+    {
+        private readonly object _sync = new();
+        private int _child;
+        private bool _ready;
+        private int _pending;
+
+        public void Forward(int signal)
+        {
+            lock (_sync)
+            {
+                if (_ready)
+                {
+                    KillChild(signal);
+                }
+                else if (_pending == 0)
+                {
+                    _pending = signal;
+                }
+            }
+        }
+
+        private void KillChild(int signal)
+        {
+            // Never 0 or negative: kill() would then reach a whole process group.
+            if (_child > 0)
+            {
+                Libc.Kill(_child, signal);
+            }
+        }
+
+        public void ChildIsReady(int child)
+        {
+            lock (_sync)
+            {
+                _child = child;
+                _ready = true;
+                if (_pending != 0)
+                {
+                    KillChild(_pending);
+                }
             }
         }
     }
@@ -243,11 +294,10 @@ internal static unsafe class NamespaceSpawner
         return copy;
     }
 
-    private static int SignalNumber(PosixSignal signal) => signal switch
+    private static int SignalNumber(string? name) => name switch
     {
-        PosixSignal.SIGTERM => Libc.SIGTERM,
-        PosixSignal.SIGINT => Libc.SIGINT,
-        PosixSignal.SIGHUP => Libc.SIGHUP,
+        "SIGINT" => Libc.SIGINT,
+        "SIGHUP" => Libc.SIGHUP,
         _ => Libc.SIGTERM,
     };
 
@@ -260,7 +310,7 @@ internal static unsafe class NamespaceSpawner
         var argv = new List<string> { executable };
         if (Path.GetFileNameWithoutExtension(executable) == "dotnet")
         {
-            argv.Add(typeof(NamespaceSpawner).Assembly.Location);
+            argv.Add(typeof(SandboxSpawner).Assembly.Location);
         }
         for (int i = 1; i < args.Length; i++)
         {
@@ -272,8 +322,8 @@ internal static unsafe class NamespaceSpawner
     /// <summary>The work of the dedicated thread. Between unshare and the return to the original
     /// pid namespace only system calls run: a thread whose pid namespace for children differs
     /// from its own cannot create threads, so nothing may make the runtime start one from here.</summary>
-    private sealed class SpawnThread(string[] argv, List<string> environment, string sharedDir, ulong keep, int lastCap,
-        int toChild, int fromChild, List<int> inherited)
+    private sealed class SpawnThread(SandboxMode mode, string[] argv, List<string> environment, string sharedDir, ulong bounding, int lastCap,
+        int toChild, int fromChild, List<int> inherited, SignalForwarder forwarder)
     {
         public readonly ManualResetEventSlim Spawned = new();
         public string? Error;
@@ -293,25 +343,32 @@ internal static unsafe class NamespaceSpawner
                 byte** nativeEnv = ToNative(environment, allocations);
                 byte* path = (byte*)Marshal.StringToCoTaskMemUTF8(argv[0]);
                 allocations.Add((nint)path);
-                mntNs = OpenNamespace("mnt");
-                netNs = OpenNamespace("net");
-                pidNs = OpenNamespace("pid");
+                bool namespaces = mode == SandboxMode.Namespace;
+                if (namespaces)
+                {
+                    mntNs = OpenNamespace("mnt");
+                    netNs = OpenNamespace("net");
+                    pidNs = OpenNamespace("pid");
+                }
 
                 // What the child may ever hold; this thread's own effective set is untouched.
-                Capabilities.NarrowBoundingSet(keep, lastCap);
+                Capabilities.NarrowBoundingSet(bounding, lastCap);
 
-                if (Libc.Unshare(Libc.CLONE_NEWNS | Libc.CLONE_NEWNET | Libc.CLONE_NEWPID) < 0)
+                if (namespaces)
                 {
-                    Error = "cannot create mount, pid and network namespaces (unshare): " + PosixException.Describe(Libc.LastErrno);
-                    return;
+                    if (Libc.Unshare(Libc.CLONE_NEWNS | Libc.CLONE_NEWNET | Libc.CLONE_NEWPID) < 0)
+                    {
+                        Error = "cannot create mount, pid and network namespaces (unshare): " + PosixException.Describe(Libc.LastErrno);
+                        return;
+                    }
+                    unshared = true;
+                    Sandbox.MakeMountsPrivateToNamespace();
                 }
-                unshared = true;
-                Sandbox.MakeMountsPrivateToNamespace();
                 int pid;
                 int rc = Libc.PosixSpawn(&pid, path, null, null, nativeArgv, nativeEnv);
                 // Children of this thread go to the original pid namespace again (needs
                 // CAP_SYS_ADMIN, still effective: only the bounding set was narrowed).
-                if (Libc.Setns(pidNs.Fd, Libc.CLONE_NEWPID) < 0)
+                if (pidNs != null && Libc.Setns(pidNs.Fd, Libc.CLONE_NEWPID) < 0)
                 {
                     Warning = "cannot return to the original pid namespace: " + PosixException.Describe(Libc.LastErrno);
                 }
@@ -353,7 +410,12 @@ internal static unsafe class NamespaceSpawner
 
             try
             {
-                Sandbox.BuildNamespaceSandbox(sharedDir, ChildPid, toChild, fromChild);
+                Expect(fromChild, ChildHandlesSignals);
+                forwarder.ChildIsReady(ChildPid);
+                if (mode == SandboxMode.Namespace)
+                {
+                    Sandbox.BuildNamespaceSandbox(sharedDir, ChildPid, toChild, fromChild);
+                }
             }
             catch (StartupException e)
             {
@@ -364,7 +426,10 @@ internal static unsafe class NamespaceSpawner
                 text.AsSpan(0, message.Length - 1).CopyTo(message.AsSpan(1));
                 Libc.WriteAll(toChild, message);
             }
-            RestoreNamespaces(mntNs, netNs);
+            if (unshared)
+            {
+                RestoreNamespaces(mntNs, netNs);
+            }
             mntNs?.Dispose();
             netNs?.Dispose();
             pidNs?.Dispose();

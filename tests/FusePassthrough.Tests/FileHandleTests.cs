@@ -1,0 +1,48 @@
+using System.Text;
+using Vhostfsd.FusePassthrough.Protocol;
+using Vhostfsd.Posix;
+using Vhostfsd.Testing;
+using Xunit;
+
+namespace Vhostfsd.FusePassthrough.Tests;
+
+/// <summary>inode_file_handles=prefer/mandatory: nodes hold file handles (no fd per inode).</summary>
+[Collection("fd-counting")]
+public class FileHandleTests
+{
+    private const ulong Root = FuseConstants.RootId;
+
+    [Fact]
+    public void NodesHeldAsFileHandlesWorkWithoutAnFdPerInode()
+    {
+        Assert.True(Libc.GetEuid() == 0, "open_by_handle_at needs CAP_DAC_READ_SEARCH: run the tests as root");
+        using var f = new ShareFixture(makeOptions: s => new PassthroughOptions { SharedDir = s, InodeFileHandles = InodeFileHandles.Mandatory });
+        Assert.True(f.Server.UsesFileHandles);
+        Directory.CreateDirectory(f.HostPath("d"));
+        for (int i = 0; i < 50; i++)
+        {
+            File.WriteAllText(f.HostPath($"d/f{i}"), "content " + i);
+        }
+        int before = ShareFixture.OpenFdCount();
+        FuseEntryOut d = f.Client.LookupOk(Root, "d");
+        var nodes = new List<ulong>();
+        for (int i = 0; i < 50; i++)
+        {
+            nodes.Add(f.Client.LookupOk(d.NodeId, $"f{i}").NodeId);
+        }
+        // At most one extra fd per mount, none per inode.
+        Assert.True(ShareFixture.OpenFdCount() <= before + 2, $"{ShareFixture.OpenFdCount() - before} fds for 51 nodes");
+        Assert.Equal(0, f.Server.FdUsage.Used);
+        ulong fh = f.Client.Open(nodes[7], Libc.O_RDONLY).Ok().Read<FuseOpenOut>().Fh;
+        Assert.Equal("content 7", Encoding.ASCII.GetString(f.Client.Read(nodes[7], fh, 0, 100).Ok().Payload));
+        f.Client.Getattr(nodes[3]).Ok();
+        f.Client.Mkdir(d.NodeId, "sub").Ok();
+        f.Client.Rename(d.NodeId, "f1", d.NodeId, "renamed").Ok();
+        Assert.True(File.Exists(f.HostPath("d/renamed")));
+        // The node keeps working after a rename on the host (handles name inodes, not paths).
+        Directory.Move(f.HostPath("d"), f.HostPath("moved"));
+        Assert.Equal("content 9".Length, (int)f.Client.Getattr(nodes[9]).Ok().Read<FuseAttrOut>().Attr.FileSize);
+        Assert.Equal(0, f.Client.Lookup(d.NodeId, "f2").Error);
+        f.Client.Release(nodes[7], fh).Ok();
+    }
+}
