@@ -6,7 +6,7 @@ SLN := vhostfsd.sln
 OUT := out
 PREFIX ?= /usr/local
 
-.PHONY: all deps restore build test test-unit run demo bench install clean e2e
+.PHONY: all deps restore build test test-unit run demo bench bench-quick bench-micro install clean e2e
 
 all: build
 
@@ -35,6 +35,20 @@ run: build
 # virtiofsd and vhostfsd. The guest kernel is downloaded once into .e2e-cache/.
 e2e: deps build
 	$(DOTNET) test tests/E2E/E2E.csproj -c $(CONFIG) --no-build --logger "console;verbosity=normal"
+
+# The workload benchmark (docs/performance.md): vhostfsd against the reference virtiofsd and the native
+# syscall floor, on a fresh tmpfs and on disk, 3 alternating repetitions. Needs root (tmpfs mount, the
+# reference daemon's chroot). ARGS adds options: make bench ARGS="--workloads metadata --callers 16".
+# bench-quick is the CI-size run; bench-micro runs the BenchmarkDotNet hot-path benchmarks.
+BENCH := $(DOTNET) bench/Workload/bin/$(CONFIG)/net10.0/vhostfs-bench.dll
+bench: deps build
+	$(BENCH) $(ARGS)
+
+bench-quick: deps build
+	$(BENCH) --quick $(ARGS)
+
+bench-micro: build
+	$(DOTNET) bench/Micro/bin/$(CONFIG)/net10.0/Micro.dll $(if $(ARGS),$(ARGS),--filter '*')
 
 # The README's first command: serve a demo directory to a throwaway guest and show both
 # sides. DAEMON=reference runs /usr/lib/qemu/virtiofsd instead of vhostfsd.

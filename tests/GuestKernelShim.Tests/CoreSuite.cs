@@ -170,4 +170,14 @@ public static unsafe class HostStat
     }
 
     public static ulong Ino(string path) => Of(path).Ino;
+
+    public static void Chmod(string path, uint mode)
+    {
+        var bytes = Encoding.UTF8.GetBytes(path + "\0");
+        fixed (byte* p = bytes)
+        {
+            // SAFETY: p is a NUL-terminated path.
+            PosixException.Check(Libc.FchmodAt(Libc.AT_FDCWD, p, mode, 0), "chmod " + path);
+        }
+    }
 }

@@ -1,0 +1,287 @@
+using System.Diagnostics;
+
+namespace Vhostfsd.Bench;
+
+/// <summary>Everything the command line decided.</summary>
+public sealed record BenchSettings
+{
+    public required IReadOnlyList<DaemonSpec> Daemons { get; init; }
+    public required IReadOnlyList<string> DirKinds { get; init; }
+    public required IReadOnlyList<string> Workloads { get; init; }
+    public required IReadOnlyList<int> Callers { get; init; }
+    public required IReadOnlyList<int> Queues { get; init; }
+    public required int Repeat { get; init; }
+    public required Budget Budget { get; init; }
+    public required DatasetShape Shape { get; init; }
+    public required bool Native { get; init; }
+    public required bool Quick { get; init; }
+    public string? JsonPath { get; init; }
+    /// <summary>A command run during each daemon cell's measured phase ({pid} = the daemon), stopped with SIGINT.</summary>
+    public string? ProfileCommand { get; init; }
+    public TimeSpan StartTimeout { get; init; } = TimeSpan.FromSeconds(60);
+}
+
+/// <summary>One measured cell: a workload run by one daemon (or natively) at one caller count and queue count.</summary>
+public sealed record CellResult
+{
+    public required string DirKind { get; init; }
+    public required string Workload { get; init; }
+    public required string Unit { get; init; }
+    /// <summary>Daemon name, or "native".</summary>
+    public required string Daemon { get; init; }
+    public required int Callers { get; init; }
+    public required int QueuesAsked { get; init; }
+    /// <summary>Request queues the device really had (0 for native).</summary>
+    public required int QueuesUsed { get; init; }
+    public required int Repetition { get; init; }
+    /// <summary>Units per second (ops, entries or MiB).</summary>
+    public required double Rate { get; init; }
+    public required double P50Us { get; init; }
+    public required double P99Us { get; init; }
+    public required long Steps { get; init; }
+    public required double ElapsedSeconds { get; init; }
+    /// <summary>Daemon CPU (user + system) during the measured phase; NaN for native.</summary>
+    public required double CpuSeconds { get; init; }
+    /// <summary>Voluntary context switches of the daemon's threads per step (how often it slept); NaN for native.</summary>
+    public required double SleepsPerStep { get; init; }
+    /// <summary>Daemon VmHWM at the end of the cell; 0 for native.</summary>
+    public required long PeakRssBytes { get; init; }
+    public double ListenMs { get; init; }
+    public long IdleRssBytes { get; init; }
+    public int DaemonThreads { get; init; }
+    public string? Note { get; init; }
+}
+
+/// <summary>Runs the cells: per directory kind, per repetition, per workload, caller count and queue count, each
+/// daemon in turn (the order alternates between repetitions), then the native floor. Every daemon cell starts a
+/// fresh daemon, so its CPU and peak memory are its own.</summary>
+public sealed class BenchRun
+{
+    private readonly BenchSettings _settings;
+    private readonly Action<string> _log;
+    private readonly List<CellResult> _results = new();
+
+    public BenchRun(BenchSettings settings, Action<string> log)
+    {
+        _settings = settings;
+        _log = log;
+    }
+
+    public IReadOnlyList<CellResult> Results => _results;
+
+    public List<(string DirKind, string Start, string End)> Loads { get; } = new();
+
+    public void Execute()
+    {
+        foreach (string kind in _settings.DirKinds)
+        {
+            string loadStart = ReadLoad();
+            using var dataset = Dataset.Create(kind, _settings.Shape, _log);
+            // Request queues each daemon really offers: asking a daemon for more gives the same cell again.
+            var maxQueues = new Dictionary<string, int>();
+            foreach (var daemon in _settings.Daemons)
+            {
+                maxQueues[daemon.Name] = ProbeQueues(dataset, daemon, _settings.Queues.Max());
+            }
+            for (int rep = 0; rep < _settings.Repeat; rep++)
+            {
+                foreach (string workloadName in _settings.Workloads)
+                {
+                    foreach (int callers in _settings.Callers)
+                    {
+                        var done = new HashSet<(string, int)>();
+                        foreach (int queues in _settings.Queues)
+                        {
+                            var order = rep % 2 == 0 ? _settings.Daemons : _settings.Daemons.Reverse().ToList();
+                            foreach (var daemon in order)
+                            {
+                                int effective = Math.Min(queues, maxQueues[daemon.Name]);
+                                if (!done.Add((daemon.Name, effective)))
+                                {
+                                    continue;
+                                }
+                                Add(RunDaemonCell(dataset, Workload.Create(workloadName), daemon, callers, effective, rep));
+                            }
+                        }
+                        if (_settings.Native)
+                        {
+                            Add(RunNativeCell(dataset, Workload.Create(workloadName), callers, rep));
+                        }
+                    }
+                }
+            }
+            Loads.Add((kind, loadStart, ReadLoad()));
+        }
+    }
+
+    private void Add(CellResult result)
+    {
+        _results.Add(result);
+        string cpu = double.IsNaN(result.CpuSeconds) ? "" : $", daemon cpu {result.CpuSeconds:F2} s ({result.CpuSeconds * 1e6 / Math.Max(1, result.Steps):F1} us/step), " +
+            $"{result.SleepsPerStep:F2} sleeps/step, peak rss {result.PeakRssBytes >> 20} MiB";
+        _log($"[{result.DirKind} rep {result.Repetition + 1}/{_settings.Repeat}] {result.Workload,-11} {result.Daemon,-10} callers {result.Callers,2} " +
+            $"queues {result.QueuesUsed}: {Report.FormatRate(result.Rate)} {result.Unit}, p50 {result.P50Us:F1} us, p99 {result.P99Us:F1} us{cpu}" +
+            (result.Note != null ? $" ({result.Note})" : ""));
+    }
+
+    public static string ReadLoad()
+    {
+        try
+        {
+            string[] parts = File.ReadAllText("/proc/loadavg").Split(' ');
+            return $"{parts[0]} {parts[1]} {parts[2]}";
+        }
+        catch (IOException)
+        {
+            return "?";
+        }
+    }
+
+    /// <summary>Starts the daemon once and connects asking for <paramref name="queues"/> request queues; returns
+    /// how many it gave.</summary>
+    private int ProbeQueues(Dataset dataset, DaemonSpec spec, int queues)
+    {
+        using var daemon = DaemonUnderTest.Start(spec, dataset.Root, _settings.StartTimeout);
+        try
+        {
+            using var session = FuseSession.Connect(daemon.SocketPath, queues, dataset);
+            _log($"{spec.Name}: {session.Queues} request queue(s) of {queues} asked; listening after {daemon.TimeToListen.TotalMilliseconds:F0} ms; " +
+                $"max READ {session.MaxRead >> 10} KiB, max WRITE {session.MaxWrite >> 10} KiB, READDIRPLUS {(session.ReaddirplusGranted ? "granted" : "not granted")}");
+            return session.Queues;
+        }
+        catch (Exception e) when (e is not BenchFailure)
+        {
+            throw new BenchFailure($"connecting to {spec.Name} failed: {e.Message}\n{daemon.Output}");
+        }
+    }
+
+    private CellResult RunDaemonCell(Dataset dataset, Workload workload, DaemonSpec spec, int callers, int queues, int rep)
+    {
+        if (workload.Name == "smallfile")
+        {
+            dataset.CleanSmall();
+        }
+        using var daemon = DaemonUnderTest.Start(spec, dataset.Root, _settings.StartTimeout);
+        try
+        {
+            FuseSession session;
+            try
+            {
+                session = FuseSession.Connect(daemon.SocketPath, queues, dataset);
+            }
+            catch (Exception e)
+            {
+                throw new BenchFailure($"connecting to {spec.Name} failed: {e.Message}\n{daemon.Output}");
+            }
+            using (session)
+            {
+                // Idle: connected, INIT done, the dataset's directories looked up, nothing in flight.
+                Thread.Sleep(50);
+                long idleRss = daemon.RssBytes();
+                int threads = daemon.Threads();
+                double cpuBefore = 0;
+                double cpuAfter = 0;
+                long switchesBefore = 0;
+                long switchesAfter = 0;
+                Process? profiler = null;
+                var measurement = CallerRunner.Run(callers, caller => workload.CreateFuse(session, caller, callers), _settings.Budget,
+                    () =>
+                    {
+                        profiler = StartProfiler(daemon.Pid, $"{workload.Name}-{spec.Name}-c{callers}-q{queues}-r{rep}");
+                        cpuBefore = daemon.CpuSeconds();
+                        switchesBefore = daemon.ContextSwitches();
+                    },
+                    () =>
+                    {
+                        cpuAfter = daemon.CpuSeconds();
+                        switchesAfter = daemon.ContextSwitches();
+                        StopProfiler(profiler);
+                    });
+                long peak = daemon.PeakRssBytes();
+                return new CellResult
+                {
+                    DirKind = dataset.Kind,
+                    Workload = workload.Name,
+                    Unit = workload.Unit,
+                    Daemon = spec.Name,
+                    Callers = callers,
+                    QueuesAsked = queues,
+                    QueuesUsed = session.Queues,
+                    Repetition = rep,
+                    Rate = measurement.Units / workload.UnitDivisor / measurement.ElapsedSeconds,
+                    P50Us = measurement.Latency.Quantile(0.50) / 1000,
+                    P99Us = measurement.Latency.Quantile(0.99) / 1000,
+                    Steps = measurement.Steps,
+                    ElapsedSeconds = measurement.ElapsedSeconds,
+                    CpuSeconds = cpuAfter - cpuBefore,
+                    SleepsPerStep = (switchesAfter - switchesBefore) / (double)Math.Max(1, measurement.Steps),
+                    PeakRssBytes = peak,
+                    ListenMs = daemon.TimeToListen.TotalMilliseconds,
+                    IdleRssBytes = idleRss,
+                    DaemonThreads = threads,
+                    Note = workload.Note(session),
+                };
+            }
+        }
+        catch (BenchFailure e) when (!daemon.Output.Contains(e.Message, StringComparison.Ordinal) && daemon.Output.Length > 0)
+        {
+            throw new BenchFailure($"{spec.Name}, {workload.Name}, {callers} callers, {queues} queues: {e.Message}\ndaemon output:\n{daemon.Output}");
+        }
+    }
+
+    private Process? StartProfiler(int pid, string cell)
+    {
+        if (_settings.ProfileCommand == null)
+        {
+            return null;
+        }
+        string command = _settings.ProfileCommand.Replace("{pid}", pid.ToString(System.Globalization.CultureInfo.InvariantCulture), StringComparison.Ordinal)
+            .Replace("{cell}", cell, StringComparison.Ordinal);
+        var info = new ProcessStartInfo("/bin/sh") { UseShellExecute = false };
+        info.ArgumentList.Add("-c");
+        info.ArgumentList.Add("exec " + command);
+        var process = Process.Start(info)!;
+        Thread.Sleep(200);
+        return process;
+    }
+
+    private static void StopProfiler(Process? profiler)
+    {
+        if (profiler == null)
+        {
+            return;
+        }
+        Vhostfsd.Posix.Libc.Kill(profiler.Id, 2);
+        profiler.WaitForExit(30_000);
+        profiler.Dispose();
+    }
+
+    private CellResult RunNativeCell(Dataset dataset, Workload workload, int callers, int rep)
+    {
+        if (workload.Name == "smallfile")
+        {
+            dataset.CleanSmall();
+        }
+        using var native = new NativeSession(dataset);
+        var measurement = CallerRunner.Run(callers, caller => workload.CreateNative(native, caller, callers), _settings.Budget);
+        return new CellResult
+        {
+            DirKind = dataset.Kind,
+            Workload = workload.Name,
+            Unit = workload.Unit,
+            Daemon = "native",
+            Callers = callers,
+            QueuesAsked = 0,
+            QueuesUsed = 0,
+            Repetition = rep,
+            Rate = measurement.Units / workload.UnitDivisor / measurement.ElapsedSeconds,
+            P50Us = measurement.Latency.Quantile(0.50) / 1000,
+            P99Us = measurement.Latency.Quantile(0.99) / 1000,
+            Steps = measurement.Steps,
+            ElapsedSeconds = measurement.ElapsedSeconds,
+            CpuSeconds = double.NaN,
+            SleepsPerStep = double.NaN,
+            PeakRssBytes = 0,
+        };
+    }
+}

@@ -1,0 +1,402 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+using Vhostfsd.Posix;
+
+namespace Vhostfsd.Bench;
+
+/// <summary>A daemon the benchmark can start: a name for the table and the command line built from the
+/// socket path and the shared directory.</summary>
+public sealed class DaemonSpec
+{
+    public const string ReferencePath = "/usr/lib/qemu/virtiofsd";
+
+    private readonly Func<string, string, (string File, IReadOnlyList<string> Args)> _command;
+
+    private DaemonSpec(string name, string display, Func<string, string, (string, IReadOnlyList<string>)> command)
+    {
+        Name = name;
+        Display = display;
+        _command = command;
+    }
+
+    /// <summary>Short name used in the table ("vhostfsd", "reference", "custom1").</summary>
+    public string Name { get; }
+
+    /// <summary>The command line with {socket} and {dir} placeholders, for the report.</summary>
+    public string Display { get; }
+
+    public bool IsVhostfsd => Name == "vhostfsd";
+    public bool IsReference => Name == "reference";
+
+    public (string File, IReadOnlyList<string> Args) Command(string socket, string dir) => _command(socket, dir);
+
+    /// <summary>vhostfsd with the guest caches off (--cache never) and the same sandbox as the reference
+    /// (chroot), so both serve every request from one process.</summary>
+    public static DaemonSpec Vhostfsd(string dll)
+    {
+        string dotnet = FindDotnet();
+        string[] fixedArgs = ["--cache", "never", "--sandbox", "chroot", "--log-level", "warn"];
+        return new DaemonSpec("vhostfsd", $"{dotnet} {dll} --socket-path {{socket}} --shared-dir {{dir}} {string.Join(' ', fixedArgs)}",
+            (socket, dir) => (dotnet, [dll, "--socket-path", socket, "--shared-dir", dir, .. fixedArgs]));
+    }
+
+    /// <summary>QEMU 7.2's C virtiofsd with cache=none (its default --thread-pool-size is 0: requests run inline
+    /// on the queue thread).</summary>
+    public static DaemonSpec Reference() =>
+        new("reference", $"{ReferencePath} --socket-path={{socket}} -o source={{dir}} -o cache=none -o sandbox=chroot -o log_level=warn",
+            (socket, dir) => (ReferencePath, ["--socket-path=" + socket, "-o", "source=" + dir, "-o", "cache=none", "-o", "sandbox=chroot", "-o", "log_level=warn"]));
+
+    /// <summary>Any command with {socket} and {dir}, run through /bin/sh with exec (so the pid is the daemon's).</summary>
+    public static DaemonSpec Custom(string name, string template)
+    {
+        if (!template.Contains("{socket}", StringComparison.Ordinal) || !template.Contains("{dir}", StringComparison.Ordinal))
+        {
+            throw new ArgumentException($"a daemon command needs {{socket}} and {{dir}}: {template}");
+        }
+        return new DaemonSpec(name, template, (socket, dir) =>
+            ("/bin/sh", ["-c", "exec " + template.Replace("{socket}", ShellQuote(socket), StringComparison.Ordinal)
+                .Replace("{dir}", ShellQuote(dir), StringComparison.Ordinal)]));
+    }
+
+    private static string ShellQuote(string s) => "'" + s.Replace("'", "'\\''", StringComparison.Ordinal) + "'";
+
+    private static string FindDotnet()
+    {
+        if (Environment.ProcessPath is string host && Path.GetFileNameWithoutExtension(host) == "dotnet")
+        {
+            return host;
+        }
+        foreach (string dir in (Environment.GetEnvironmentVariable("PATH") ?? "").Split(':', StringSplitOptions.RemoveEmptyEntries))
+        {
+            string candidate = Path.Combine(dir, "dotnet");
+            if (File.Exists(candidate))
+            {
+                return candidate;
+            }
+        }
+        return "dotnet";
+    }
+
+    /// <summary>vhostfsd.dll: next to this program, else src/Vhostfsd/bin/Release|Debug above it.</summary>
+    public static string FindVhostfsdDll()
+    {
+        string local = Path.Combine(AppContext.BaseDirectory, "vhostfsd.dll");
+        if (File.Exists(local))
+        {
+            return local;
+        }
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir != null; dir = dir.Parent)
+        {
+            foreach (string config in new[] { "Release", "Debug" })
+            {
+                string candidate = Path.Combine(dir.FullName, "src", "Vhostfsd", "bin", config, "net10.0", "vhostfsd.dll");
+                if (File.Exists(candidate))
+                {
+                    return candidate;
+                }
+            }
+        }
+        throw new FileNotFoundException("vhostfsd.dll was not found under src/Vhostfsd/bin; run 'make build' first (or pass --vhostfsd-dll)");
+    }
+}
+
+/// <summary>One running daemon: started on a fresh socket, with the time it took to listen, and the CPU and
+/// memory of its process tree from /proc.</summary>
+public sealed class DaemonUnderTest : IDisposable
+{
+    private readonly Process _process;
+    private readonly StringBuilder _output = new();
+    private readonly string _runDir;
+    private bool _disposed;
+
+    private DaemonUnderTest(DaemonSpec spec, Process process, string runDir, string socket)
+    {
+        Spec = spec;
+        _process = process;
+        _runDir = runDir;
+        SocketPath = socket;
+    }
+
+    public DaemonSpec Spec { get; }
+    public string SocketPath { get; }
+    public int Pid => _process.Id;
+
+    /// <summary>From process start to the socket existing.</summary>
+    public TimeSpan TimeToListen { get; private set; }
+
+    public string Output
+    {
+        get
+        {
+            lock (_output)
+            {
+                return _output.ToString();
+            }
+        }
+    }
+
+    public static DaemonUnderTest Start(DaemonSpec spec, string sharedDir, TimeSpan timeout)
+    {
+        string runDir = Directory.CreateTempSubdirectory("vhostfs-bench-run-").FullName;
+        string socket = Path.Combine(runDir, "vfs.sock");
+        var (file, args) = spec.Command(socket, sharedDir);
+        var info = new ProcessStartInfo(file)
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        foreach (string arg in args)
+        {
+            info.ArgumentList.Add(arg);
+        }
+        var process = new Process { StartInfo = info };
+        var daemon = new DaemonUnderTest(spec, process, runDir, socket);
+        process.OutputDataReceived += (_, e) => daemon.Append(e.Data);
+        process.ErrorDataReceived += (_, e) => daemon.Append(e.Data);
+        long start = Stopwatch.GetTimestamp();
+        process.Start();
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        while (!File.Exists(socket))
+        {
+            if (process.HasExited)
+            {
+                process.WaitForExit();
+                string output = daemon.Output;
+                daemon.Dispose();
+                throw new InvalidOperationException($"{spec.Name} exited with {process.ExitCode} before creating its socket:\n{output}");
+            }
+            if (Stopwatch.GetElapsedTime(start) > timeout)
+            {
+                string output = daemon.Output;
+                daemon.Dispose();
+                throw new TimeoutException($"{spec.Name} did not create {socket} within {timeout.TotalSeconds} s:\n{output}");
+            }
+            Thread.Sleep(1);
+        }
+        daemon.TimeToListen = Stopwatch.GetElapsedTime(start);
+        return daemon;
+    }
+
+    private void Append(string? line)
+    {
+        if (line == null)
+        {
+            return;
+        }
+        lock (_output)
+        {
+            if (_output.Length < 64 * 1024)
+            {
+                _output.AppendLine(line);
+            }
+        }
+    }
+
+    /// <summary>CPU seconds (user + system) of the daemon and its descendants so far.</summary>
+    public double CpuSeconds() => ProcStats.TreeCpuSeconds(Pid);
+
+    /// <summary>Peak resident set (VmHWM) of the daemon and its descendants, bytes.</summary>
+    public long PeakRssBytes() => ProcStats.TreeStatusBytes(Pid, "VmHWM:");
+
+    /// <summary>Resident set now (VmRSS) of the daemon and its descendants, bytes.</summary>
+    public long RssBytes() => ProcStats.TreeStatusBytes(Pid, "VmRSS:");
+
+    /// <summary>Context switches (voluntary: the thread slept, e.g. waiting for a kick) summed over every live
+    /// thread of the daemon and its descendants.</summary>
+    public long ContextSwitches() => ProcStats.TreeContextSwitches(Pid);
+
+    /// <summary>Threads of the daemon and its descendants.</summary>
+    public int Threads() => (int)ProcStats.TreeStatusBytes(Pid, "Threads:", 1);
+
+    public void Dispose()
+    {
+        if (_disposed)
+        {
+            return;
+        }
+        _disposed = true;
+        try
+        {
+            if (!_process.HasExited)
+            {
+                // The session is over: a daemon exits on disconnect; anything left is killed with its children.
+                if (!_process.WaitForExit(2000))
+                {
+                    foreach (int pid in ProcStats.Descendants(_process.Id))
+                    {
+                        Libc.Kill(pid, 9);
+                    }
+                    Libc.Kill(_process.Id, 9);
+                    _process.WaitForExit(10_000);
+                }
+            }
+        }
+        catch (InvalidOperationException)
+        {
+            // Never started.
+        }
+        _process.Dispose();
+        try
+        {
+            Directory.Delete(_runDir, recursive: true);
+        }
+        catch (IOException)
+        {
+        }
+    }
+}
+
+/// <summary>Reads /proc: CPU time from /proc/PID/stat (utime + stime, clock ticks), memory from
+/// /proc/PID/status, and the process tree from the ppid field.</summary>
+public static class ProcStats
+{
+    private const double ClockTicksPerSecond = 100; // sysconf(_SC_CLK_TCK) on Linux x86_64
+
+    public static double TreeCpuSeconds(int pid)
+    {
+        double total = 0;
+        foreach (int p in Tree(pid))
+        {
+            total += CpuSeconds(p);
+        }
+        return total;
+    }
+
+    public static double CpuSeconds(int pid)
+    {
+        string? stat = TryRead($"/proc/{pid}/stat");
+        if (stat == null)
+        {
+            return 0;
+        }
+        // The command name may hold spaces and parentheses: fields start after the last ')'.
+        string[] fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+        // fields[0] is field 3 (state); utime is field 14, stime field 15.
+        long utime = long.Parse(fields[11], CultureInfo.InvariantCulture);
+        long stime = long.Parse(fields[12], CultureInfo.InvariantCulture);
+        return (utime + stime) / ClockTicksPerSecond;
+    }
+
+    public static long TreeContextSwitches(int pid)
+    {
+        long total = 0;
+        foreach (int p in Tree(pid))
+        {
+            IEnumerable<string> tasks;
+            try
+            {
+                tasks = Directory.EnumerateDirectories($"/proc/{p}/task").ToList();
+            }
+            catch (IOException)
+            {
+                continue;
+            }
+            foreach (string task in tasks)
+            {
+                string? status = TryRead(Path.Combine(task, "status"));
+                if (status == null)
+                {
+                    continue;
+                }
+                foreach (string line in status.Split('\n'))
+                {
+                    if (line.StartsWith("voluntary_ctxt_switches:", StringComparison.Ordinal))
+                    {
+                        total += long.Parse(line["voluntary_ctxt_switches:".Length..].Trim(), CultureInfo.InvariantCulture);
+                    }
+                }
+            }
+        }
+        return total;
+    }
+
+    /// <summary>Sum over the tree of a "Key: N kB" line of /proc/PID/status, in bytes (or in units of
+    /// <paramref name="scale"/> for counts such as Threads).</summary>
+    public static long TreeStatusBytes(int pid, string key, long scale = 1024)
+    {
+        long total = 0;
+        foreach (int p in Tree(pid))
+        {
+            string? status = TryRead($"/proc/{p}/status");
+            if (status == null)
+            {
+                continue;
+            }
+            foreach (string line in status.Split('\n'))
+            {
+                if (line.StartsWith(key, StringComparison.Ordinal))
+                {
+                    string number = line[key.Length..].Trim().Split(' ')[0];
+                    total += long.Parse(number, CultureInfo.InvariantCulture) * scale;
+                    break;
+                }
+            }
+        }
+        return total;
+    }
+
+    public static List<int> Tree(int pid)
+    {
+        var list = new List<int> { pid };
+        list.AddRange(Descendants(pid));
+        return list;
+    }
+
+    public static List<int> Descendants(int pid)
+    {
+        var parents = new Dictionary<int, List<int>>();
+        foreach (string dir in Directory.EnumerateDirectories("/proc"))
+        {
+            if (!int.TryParse(Path.GetFileName(dir), NumberStyles.None, CultureInfo.InvariantCulture, out int p))
+            {
+                continue;
+            }
+            string? stat = TryRead($"/proc/{p}/stat");
+            if (stat == null)
+            {
+                continue;
+            }
+            string[] fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+            int ppid = int.Parse(fields[1], CultureInfo.InvariantCulture);
+            if (!parents.TryGetValue(ppid, out var children))
+            {
+                parents[ppid] = children = new List<int>();
+            }
+            children.Add(p);
+        }
+        var result = new List<int>();
+        var stack = new Stack<int>();
+        stack.Push(pid);
+        while (stack.Count > 0)
+        {
+            if (parents.TryGetValue(stack.Pop(), out var children))
+            {
+                foreach (int child in children)
+                {
+                    result.Add(child);
+                    stack.Push(child);
+                }
+            }
+        }
+        return result;
+    }
+
+    private static string? TryRead(string path)
+    {
+        try
+        {
+            return File.ReadAllText(path);
+        }
+        catch (IOException)
+        {
+            return null;
+        }
+        catch (UnauthorizedAccessException)
+        {
+            return null;
+        }
+    }
+}

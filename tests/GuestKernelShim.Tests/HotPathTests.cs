@@ -1,0 +1,112 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using Vhostfsd.FusePassthrough.Protocol;
+using Vhostfsd.Posix;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace Vhostfsd.GuestKernelShim.Tests;
+
+/// <summary>The per-request path of the shim: no heap allocation per request in the steady state, and many
+/// threads at once over several queues.</summary>
+public class HotPathTests
+{
+    private readonly ITestOutputHelper _output;
+
+    public HotPathTests(ITestOutputHelper output)
+    {
+        _output = output;
+    }
+
+    private static VirtioFsBackendOptions Options(int queues) => new() { Register = false, MemorySize = 64UL << 20, NumRequestQueues = queues };
+
+    [Fact]
+    public void SendingAllocatesNothingPerRequestInTheSteadyState()
+    {
+        using var device = new TestFsDevice(requestQueues: 1);
+        File.WriteAllBytes(Path.Combine(device.Dir, "f"), new byte[65536]);
+        using var fs = FuseFs.Mount(VirtioFsBackend.Connect(device.SocketPath, Options(1)));
+        Assert.Equal(Errno.OK, fs.Walk("f", out var node));
+        Assert.Equal(Errno.OK, fs.Open(node, Libc.O_RDWR, out var file));
+        var buffer = new byte[4096];
+        int failures = 0;
+        // No xunit assertion inside the loop: they allocate.
+        void Round()
+        {
+            if (fs.GetAttr(node, out _, force: true) != Errno.OK)
+            {
+                failures++;
+            }
+            if (fs.Read(file!, buffer, 4096, out _) != Errno.OK)
+            {
+                failures++;
+            }
+            if (fs.Write(file!, buffer, 8192, out _) != Errno.OK)
+            {
+                failures++;
+            }
+        }
+        for (int i = 0; i < 300; i++)
+        {
+            Round();
+        }
+        const int rounds = 2000;
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < rounds; i++)
+        {
+            Round();
+        }
+        long perRequest = (GC.GetAllocatedBytesForCurrentThread() - before) / (rounds * 3);
+        _output.WriteLine($"{perRequest} bytes allocated per request on the sending thread");
+        Assert.Equal(0, failures);
+        Assert.True(perRequest < 8, $"{perRequest} bytes per request");
+        fs.Release(file!);
+    }
+
+    [Fact]
+    public void SixteenThreadsOverFourQueues()
+    {
+        using var device = new TestFsDevice(requestQueues: 4);
+        File.WriteAllBytes(Path.Combine(device.Dir, "f"), new byte[1 << 20]);
+        using var fs = FuseFs.Mount(VirtioFsBackend.Connect(device.SocketPath, Options(4)));
+        Assert.Equal(Errno.OK, fs.Walk("f", out var node));
+        Assert.Equal(Errno.OK, fs.Open(node, Libc.O_RDONLY, out var file));
+        const int perThread = 300;
+        int failures = 0;
+        var sw = Stopwatch.StartNew();
+        var threads = Enumerable.Range(0, 16).Select(t => new Thread(() =>
+        {
+            var buffer = new byte[4096];
+            var rng = new Random(t);
+            for (int i = 0; i < perThread; i++)
+            {
+                long offset = rng.Next(0, 255) * 4096L;
+                if (fs.Read(file!, buffer, offset, out int n) != Errno.OK || n != 4096 || fs.GetAttr(node, out _, force: true) != Errno.OK)
+                {
+                    Interlocked.Increment(ref failures);
+                }
+            }
+        })).ToArray();
+        foreach (var t in threads)
+        {
+            t.Start();
+        }
+        foreach (var t in threads)
+        {
+            Assert.True(t.Join(TimeSpan.FromSeconds(120)));
+        }
+        sw.Stop();
+        Assert.Equal(0, failures);
+        var backend = (VirtioFsBackend)fs.Conn.Transport;
+        long total = 0;
+        for (int q = 1; q <= 4; q++)
+        {
+            Assert.True(backend.CompletedOn(q) > 0, $"queue {q} idle");
+            total += backend.CompletedOn(q);
+        }
+        _output.WriteLine($"{16 * perThread * 2} requests in {sw.ElapsedMilliseconds} ms ({16 * perThread * 2 / sw.Elapsed.TotalSeconds:F0}/s), per queue: "
+            + string.Join(", ", Enumerable.Range(1, 4).Select(q => backend.CompletedOn(q))));
+        Assert.True(total >= 16 * perThread * 2);
+        fs.Release(file!);
+    }
+}
