@@ -744,6 +744,20 @@ public sealed unsafe partial class FuseServer
     /// its parent, so it works for every file type); on failure the entry is removed again.</summary>
     private int ApplySecurityLabel(int parentFd, byte* name, in RequestExtensions ext)
     {
+        if (_hasXattrAt)
+        {
+            int result;
+            fixed (byte* xname = ext.SecctxName)
+            fixed (byte* value = ext.SecctxValue)
+            {
+                result = Libc.SetxattrAt(parentFd, name, Libc.AT_SYMLINK_NOFOLLOW, xname, value, (nuint)ext.SecctxValue.Length, 0) < 0 ? Libc.NegErrno : 0;
+            }
+            if (result < 0)
+            {
+                RemoveUnlabelled(parentFd, name);
+            }
+            return result;
+        }
         int nameLength = new ReadOnlySpan<byte>(name, (int)NameMax + 1).IndexOf((byte)0);
         Span<byte> path = stackalloc byte[32 + (int)NameMax + 2];
         FormatProcPath(parentFd, path);
@@ -759,13 +773,18 @@ public sealed unsafe partial class FuseServer
         }
         if (rc < 0)
         {
-            Statx st;
-            if (Libc.StatxAt(parentFd, name, Libc.AT_SYMLINK_NOFOLLOW, Libc.STATX_TYPE, &st) == 0)
-            {
-                Libc.UnlinkAt(parentFd, name, (st.Mode & Libc.S_IFMT) == Libc.S_IFDIR ? Libc.AT_REMOVEDIR : 0);
-            }
+            RemoveUnlabelled(parentFd, name);
         }
         return rc;
+    }
+
+    private static void RemoveUnlabelled(int parentFd, byte* name)
+    {
+        Statx st;
+        if (Libc.StatxAt(parentFd, name, Libc.AT_SYMLINK_NOFOLLOW, Libc.STATX_TYPE, &st) == 0)
+        {
+            Libc.UnlinkAt(parentFd, name, (st.Mode & Libc.S_IFMT) == Libc.S_IFDIR ? Libc.AT_REMOVEDIR : 0);
+        }
     }
 
     private int DoUnlink(in FuseInHeader h, ref RequestReader r, bool directory)

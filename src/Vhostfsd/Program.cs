@@ -24,7 +24,12 @@ internal static class Program
         catch (Exception e)
         {
             // Never a stack trace: one line with what failed.
-            Console.Error.WriteLine("vhostfsd: fatal: " + e.GetType().Name + ": " + e.Message.ReplaceLineEndings(" "));
+            var line = new System.Text.StringBuilder("vhostfsd: fatal: ");
+            for (Exception? inner = e; inner != null; inner = inner.InnerException)
+            {
+                line.Append(inner == e ? "" : " <- ").Append(inner.GetType().Name).Append(": ").Append(inner.Message.ReplaceLineEndings(" "));
+            }
+            Console.Error.WriteLine(line.ToString());
             return ExitCodes.Failure;
         }
     }

@@ -186,19 +186,73 @@ public sealed class DaemonProcess : IDisposable
     public FuseFs Mount(MountOptions? mountOptions = null, FuseConnOptions? connOptions = null, VirtioFsBackendOptions? deviceOptions = null)
         => FuseFs.Mount(Connect(deviceOptions), mountOptions, connOptions);
 
-    /// <summary>Sends <paramref name="signal"/> to the daemon (SIGKILL = 9, SIGSTOP = 19, SIGCONT = 18).</summary>
+    /// <summary>The process that serves the socket: the started process, or the deepest descendant it spawned
+    /// (vhostfsd running as root serves from a spawned copy with a narrowed capability set).</summary>
+    public int ServingPid
+    {
+        get
+        {
+            int pid = _process.Id;
+            for (int depth = 0; depth < 4; depth++)
+            {
+                int child = FirstChild(pid);
+                if (child <= 0)
+                {
+                    break;
+                }
+                pid = child;
+            }
+            return pid;
+        }
+    }
+
+    private static int FirstChild(int pid)
+    {
+        try
+        {
+            foreach (string task in Directory.GetDirectories($"/proc/{pid}/task"))
+            {
+                string children = File.ReadAllText(Path.Combine(task, "children")).Trim();
+                if (children.Length > 0 && int.TryParse(children.Split(' ')[0], out int child))
+                {
+                    return child;
+                }
+            }
+        }
+        catch (IOException)
+        {
+        }
+        catch (UnauthorizedAccessException)
+        {
+        }
+        return 0;
+    }
+
+    /// <summary>Open fds of the serving process (what a passthrough daemon holds for the guest, plus its own).</summary>
+    public int ServingFdCount => Directory.GetFiles($"/proc/{ServingPid}/fd").Length;
+
+    /// <summary>Sends <paramref name="signal"/> to the serving process (SIGKILL = 9, SIGSTOP = 19, SIGCONT = 18).</summary>
     public void Signal(int signal)
     {
-        if (!_process.HasExited && Libc.Kill(_process.Id, signal) < 0 && Libc.LastErrno != Errno.ESRCH)
+        if (!_process.HasExited && Libc.Kill(ServingPid, signal) < 0 && Libc.LastErrno != Errno.ESRCH)
         {
             PosixException.ThrowLast("kill");
         }
     }
 
-    /// <summary>SIGKILL, then waits for the process to go.</summary>
+    /// <summary>SIGKILL to the serving process and to the started one, then waits for it to go.</summary>
     public void Kill()
     {
-        Signal(9);
+        if (_process.HasExited)
+        {
+            return;
+        }
+        int serving = ServingPid;
+        Libc.Kill(serving, 9);
+        if (serving != _process.Id)
+        {
+            Libc.Kill(_process.Id, 9);
+        }
         _process.WaitForExit(10_000);
     }
 
@@ -218,8 +272,7 @@ public sealed class DaemonProcess : IDisposable
             if (!_process.HasExited)
             {
                 Signal(18);
-                Signal(9);
-                _process.WaitForExit(10_000);
+                Kill();
             }
         }
         catch (InvalidOperationException)

@@ -76,7 +76,14 @@ internal sealed class DaemonProcess : IDisposable
         {
             foreach (var (key, value) in environment)
             {
-                start.Environment[key] = value;
+                if (value == null)
+                {
+                    start.Environment.Remove(key);
+                }
+                else
+                {
+                    start.Environment[key] = value;
+                }
             }
         }
         var process = new Process { StartInfo = start };

@@ -30,6 +30,7 @@ public class SandboxTests
     private static Match ProbeSummary(DaemonProcess daemon)
     {
         Assert.Contains("test-probe: reopen through ProcSelfFd ok", daemon.Stderr);
+        Assert.Contains("test-probe: runtime services ok", daemon.Stderr);
         var match = Regex.Match(daemon.Stderr, @"test-probe: pid (\d+) euid (\d+) effective-caps 0x([0-9a-f]+) bounding-caps 0x([0-9a-f]+) rlimit-nofile (\d+) shared-root (\S+)");
         Assert.True(match.Success, daemon.Stderr);
         return match;

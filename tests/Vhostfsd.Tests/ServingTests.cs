@@ -55,4 +55,40 @@ public class ServingTests
             Directory.Delete(share, recursive: true);
         }
     }
+
+    [Fact]
+    public void A_guest_is_served_over_a_socket_activated_fd_3()
+    {
+        using var tree = new TempTree();
+        int fd = TestSockets.Listen(tree.Socket, inheritable: true);
+        try
+        {
+            // As systemd (or systemd-socket-activate) starts it: the socket as fd 3, info level,
+            // the runtime's diagnostics left at their default.
+            using var daemon = DaemonProcess.Start(["--fd=3", "--shared-dir=" + tree.Share],
+                new Dictionary<string, string?> { ["DOTNET_EnableDiagnostics"] = null },
+                shellPrefix: $"exec 3<&{fd}; LISTEN_FDS=1; LISTEN_PID=$$; export LISTEN_FDS LISTEN_PID;");
+            Libc.Close(fd);
+            fd = -1;
+            using (FuseFs fs = FuseFs.Mount(VirtioFsBackend.Connect(tree.Socket, new VirtioFsBackendOptions { Register = false })))
+            {
+                Assert.Equal(Errno.OK, fs.Walk("/inside.txt", out FuseNode node));
+                Assert.Equal(Errno.OK, fs.Open(node, Libc.O_RDONLY, out FuseFile? file));
+                byte[] buffer = new byte[64];
+                Assert.Equal(Errno.OK, fs.Read(file!, buffer, 0, out int read));
+                Assert.Equal("inside\n", Encoding.UTF8.GetString(buffer, 0, read));
+                Assert.Equal(Errno.OK, fs.Release(file!));
+            }
+            Assert.Equal(0, daemon.WaitForExit());
+            Assert.Contains("Front-end disconnected; exiting with code 0", daemon.Stderr);
+            Assert.DoesNotContain("fatal", daemon.Stderr);
+        }
+        finally
+        {
+            if (fd >= 0)
+            {
+                Libc.Close(fd);
+            }
+        }
+    }
 }

@@ -7,7 +7,10 @@ namespace Vhostfsd.Hosting;
 /// later (the device's, the framework's) could not be found and the daemon would fail at its
 /// first use. Loaded assemblies are mapped into memory and stay usable. Native libraries are
 /// already loaded by then: every P/Invoke goes through src/Posix's "libc", which the start-up
-/// code has used.</summary>
+/// code has used. A few runtime services open files on first use and keep them: the random
+/// source (/dev/urandom, behind RandomNumberGenerator, Guid and System.Diagnostics.Activity,
+/// which Serilog reads for every event) and the local time zone (/etc/localtime); they are
+/// started here too.</summary>
 internal static class Preload
 {
     /// <summary>Loads the transitive closure of the entry assembly's references and initialises
@@ -45,6 +48,14 @@ internal static class Preload
                 }
             }
         }
+        // The random source keeps /dev/urandom open once it has read it.
+        Span<byte> random = stackalloc byte[16];
+        System.Security.Cryptography.RandomNumberGenerator.Fill(random);
+        _ = Guid.NewGuid();
+        // Serilog asks for the current Activity on every event; its type initializer draws random ids.
+        _ = System.Diagnostics.Activity.Current;
+        // Log timestamps are local time: read the zone while /etc/localtime is there.
+        _ = TimeZoneInfo.Local;
         // The console initialises itself (terminal settings) on its first write; do that now.
         using (Stream stderr = Console.OpenStandardError())
         {

@@ -64,6 +64,22 @@ internal static unsafe class TestProbe
             Libc.Close(root);
         }
         log.Information("test-probe: reopen through ProcSelfFd {Result}", reopen);
+
+        // Runtime services that open files on first use (see Preload) must still work.
+        string services;
+        try
+        {
+            Span<byte> random = stackalloc byte[16];
+            System.Security.Cryptography.RandomNumberGenerator.Fill(random);
+            _ = Guid.NewGuid();
+            _ = System.Diagnostics.Activity.Current;
+            services = "ok (time zone " + TimeZoneInfo.Local.Id + ")";
+        }
+        catch (Exception e)
+        {
+            services = "failed (" + e.GetType().Name + ": " + e.Message + ")";
+        }
+        log.Information("test-probe: runtime services {Result}", services);
         log.Information("test-probe: pid {Pid} euid {Euid} effective-caps 0x{Effective} bounding-caps 0x{Bounding} rlimit-nofile {Limit} shared-root {Root}",
             System.Environment.ProcessId, Libc.GetEuid(),
             Capabilities.EffectiveOfCurrentThread().ToString("x", CultureInfo.InvariantCulture),
