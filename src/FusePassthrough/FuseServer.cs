@@ -94,6 +94,10 @@ public sealed unsafe partial class FuseServer : IDisposable
         _fileHandles = options.InodeFileHandles != InodeFileHandles.Never && ProbeFileHandles(rootFd, options.InodeFileHandles);
     }
 
+    /// <summary>Called once per successful INIT (rarely: once per mount), on the worker thread,
+    /// so the daemon can log what was agreed.</summary>
+    public Action<FuseInitSummary>? InitNegotiated { get; set; }
+
     /// <summary>Counters for monitoring and tests.</summary>
     public FuseServerStats Stats { get; } = new();
 
@@ -483,6 +487,7 @@ public sealed unsafe partial class FuseServer : IDisposable
         _negotiated = negotiated;
         _minor = reply.Minor;
         _initialized = true;
+        InitNegotiated?.Invoke(new FuseInitSummary(major, minor, reply.Minor, offered, negotiated));
         w.TryWrite(in reply);
         return 0;
     }
@@ -642,3 +647,7 @@ public sealed unsafe partial class FuseServer : IDisposable
 
     internal const int MaxHandleBytes = 128;
 }
+
+/// <summary>What one INIT agreed: the guest's protocol version, the minor answered, the flags the
+/// guest offered and the flags granted.</summary>
+public readonly record struct FuseInitSummary(uint GuestMajor, uint GuestMinor, uint AnsweredMinor, FuseInitFlags Offered, FuseInitFlags Granted);

@@ -19,12 +19,15 @@ public static class FsDaemon
     {
         PassthroughOptions options = CreatePassthroughOptions(settings);
         using var server = new FuseServer(options, message => log.Warning("fuse: {Message}", message));
+        server.InitNegotiated = init => log.Information(
+            "FUSE INIT: guest protocol {Major}.{Minor}, answered 7.{Answered}; granted {Granted}",
+            init.GuestMajor, init.GuestMinor, init.AnsweredMinor, init.Granted);
         using var pool = new BlockingRequestPool(server, Math.Max(1, settings.ThreadPoolSize));
         var device = new VirtioFsDevice(server, settings.Tag, DefaultRequestQueues, pool);
         using var backend = new VhostUserBackend(connection, device, new VhostUserBackendOptions(), log);
-        log.Information("virtio-fs device: {Queues} request queue(s), tag {Tag}, shared root {Root}, {Pool} blocking-request thread(s), {Resolver}",
+        log.Information("virtio-fs device: {Queues} request queue(s), tag {Tag}, shared root {Root}, {Pool} blocking-request thread(s), names resolved with {Resolver}, inodes held as {Inodes}",
             device.RequestQueues, settings.Tag ?? "(none: CONFIG not offered)", settings.SharedRoot, pool.ThreadCount,
-            server.UsesOpenat2 ? "openat2 RESOLVE_IN_ROOT" : "openat O_NOFOLLOW");
+            server.UsesOpenat2 ? "openat2 RESOLVE_IN_ROOT" : "openat O_NOFOLLOW", server.UsesFileHandles ? "file handles" : "O_PATH fds");
         VhostUserSessionEnd end = backend.Run();
         return end == VhostUserSessionEnd.Disconnected ? 0 : 1;
     }
