@@ -81,3 +81,15 @@ install: build
 clean:
 	$(DOTNET) clean $(SLN) -c $(CONFIG) >/dev/null
 	rm -rf $(OUT)
+
+# The fuzz targets (tests/Fuzz) with a long budget; make test runs them with a short one.
+# FUZZ_CASES is per target; FUZZ_SECONDS caps each target's time; FUZZ_SEED picks the run;
+# FUZZ_CASE=N replays one case. Summaries are appended to $(OUT)/fuzz-report.txt.
+FUZZ_CASES ?= 200000
+FUZZ_SECONDS ?=
+FUZZ_SEED ?=
+fuzz: build
+	@mkdir -p $(OUT)
+	FUZZ_CASES=$(FUZZ_CASES) FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_SEED=$(FUZZ_SEED) FUZZ_REPORT=$(abspath $(OUT))/fuzz-report.txt \
+	  $(DOTNET) test tests/Fuzz/Fuzz.csproj -c $(CONFIG) --no-build --logger "console;verbosity=detailed"
+	@cat $(OUT)/fuzz-report.txt

@@ -64,10 +64,34 @@ public sealed unsafe partial class FuseServer
         return length;
     }
 
-    /// <summary>Runs one xattr call on <paramref name="node"/>: through a real fd for regular files
-    /// and directories (f*xattr refuse O_PATH fds), through /proc/self/fd/N otherwise.</summary>
+    /// <summary>Runs one xattr call on <paramref name="node"/>: with the *xattrat calls relative to the
+    /// /proc/self/fd directory fd where the kernel has them (no /proc path needed after a sandbox); else through a real fd for regular files and directories
+    /// (f*xattr refuse O_PATH fds) and through the path /proc/self/fd/N for the rest.</summary>
     private nint XattrCall(Node node, XattrOp op, byte* name, byte* value, nuint size, int flags)
     {
+        if (_hasXattrAt)
+        {
+            int temp = -1;
+            int fd = PathFd(node, ref temp);
+            if (fd < 0)
+            {
+                return fd;
+            }
+            // AT_EMPTY_PATH on an O_PATH fd is refused (EBADF) like f*xattr; the magic link
+            // "N" below the /proc/self/fd directory fd reaches the inode itself, even a symlink.
+            byte* fdName = stackalloc byte[16];
+            FormatFd(fd, new Span<byte>(fdName, 16));
+            nint r = op switch
+            {
+                XattrOp.Get => Libc.GetxattrAt(_procSelfFd, fdName, 0, name, value, size),
+                XattrOp.Set => Libc.SetxattrAt(_procSelfFd, fdName, 0, name, value, size, flags),
+                XattrOp.List => Libc.ListxattrAt(_procSelfFd, fdName, 0, value, size),
+                _ => Libc.RemovexattrAt(_procSelfFd, fdName, 0, name),
+            };
+            int e = r < 0 ? Libc.NegErrno : 0;
+            CloseTemporary(temp);
+            return r < 0 ? e : r;
+        }
         if (node.IsRegular || node.IsDirectory)
         {
             int fd = Reopen(node, Libc.O_RDONLY | Libc.O_NONBLOCK | (node.IsDirectory ? Libc.O_DIRECTORY : 0));

@@ -30,6 +30,7 @@ public sealed unsafe partial class FuseServer : IDisposable
     private readonly XattrMap? _xattrMap;
     private readonly int _procSelfFd;
     private readonly bool _useOpenat2;
+    private readonly bool _hasXattrAt;
     private readonly bool _privileged;
     private readonly uint[] _daemonGroups;
     private readonly ulong _entryValidSec;
@@ -89,6 +90,7 @@ public sealed unsafe partial class FuseServer : IDisposable
         }
         _nodes.SetRoot(rootFd, KeyOf(in st));
         _useOpenat2 = ProbeOpenat2(rootFd);
+        _hasXattrAt = !options.AvoidXattrAt && ProbeXattrAt(rootFd);
         _fileHandles = options.InodeFileHandles != InodeFileHandles.Never && ProbeFileHandles(rootFd, options.InodeFileHandles);
     }
 
@@ -115,6 +117,10 @@ public sealed unsafe partial class FuseServer : IDisposable
 
     /// <summary>True when openat2 (RESOLVE_BENEATH) is used for name resolution.</summary>
     public bool UsesOpenat2 => _useOpenat2;
+
+    /// <summary>True when xattrs go through setxattrat/getxattrat on O_PATH fds (Linux 6.13+), false
+    /// when xattrs of symlinks and special files (and security labels) need /proc/self/fd/N by path.</summary>
+    public bool UsesXattrAt => _hasXattrAt;
 
     /// <summary>True when nodes are held as file handles (prefer/mandatory and supported).</summary>
     public bool UsesFileHandles => _fileHandles;
@@ -590,6 +596,13 @@ public sealed unsafe partial class FuseServer : IDisposable
         }
         Libc.Close(fd);
         return true;
+    }
+
+    /// <summary>The *xattrat calls (Linux 6.13) reach any file type through its O_PATH fd, without /proc.</summary>
+    private static bool ProbeXattrAt(int rootFd)
+    {
+        byte empty = 0;
+        return Libc.ListxattrAt(rootFd, &empty, Libc.AT_EMPTY_PATH, null, 0) >= 0 || Libc.LastErrno != Errno.ENOSYS;
     }
 
     private bool ProbeFileHandles(int rootFd, InodeFileHandles mode)

@@ -85,6 +85,10 @@ public sealed class PassthroughOptions
     /// RLIMIT_NOFILE like virtiofsd (the soft limit minus a reserve for the daemon itself).</summary>
     public int MaxGuestFds { get; init; }
 
+    /// <summary>Tests only: use the pre-6.13 xattr paths (f*xattr / /proc/self/fd/N) even where the
+    /// kernel has the *xattrat calls.</summary>
+    internal bool AvoidXattrAt { get; init; }
+
     /// <summary>Overrides the entry timeout the cache policy implies.</summary>
     public TimeSpan? EntryTimeout { get; init; }
 

@@ -48,3 +48,44 @@ public static unsafe partial class Libc
     [LibraryImport(Lib, EntryPoint = "lsetxattr", SetLastError = true)]
     public static partial int Lsetxattr(byte* path, byte* name, byte* value, nuint size, int flags);
 }
+
+/// <summary>struct xattr_args for setxattrat/getxattrat (Linux 6.13+).</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct XattrArgs
+{
+    public const int Size = 16;
+    public ulong Value;
+    public uint Length;
+    public uint Flags;
+}
+
+public static unsafe partial class Libc
+{
+    // x86_64 numbers of the *xattrat calls (Linux 6.13), which glibc 2.36 does not wrap.
+    public const long SYS_setxattrat = 463;
+    public const long SYS_getxattrat = 464;
+    public const long SYS_listxattrat = 465;
+    public const long SYS_removexattrat = 466;
+
+    /// <summary>setxattrat(2): with AT_EMPTY_PATH it works on an O_PATH fd of any file type.</summary>
+    public static int SetxattrAt(int dirFd, byte* path, int atFlags, byte* name, byte* value, nuint size, int flags)
+    {
+        var args = new XattrArgs { Value = (ulong)value, Length = (uint)size, Flags = (uint)flags };
+        return (int)RawSyscall(SYS_setxattrat, dirFd, (nint)path, atFlags, (nint)name, (nint)(&args), XattrArgs.Size);
+    }
+
+    /// <summary>getxattrat(2); returns the value length or -1.</summary>
+    public static nint GetxattrAt(int dirFd, byte* path, int atFlags, byte* name, byte* value, nuint size)
+    {
+        var args = new XattrArgs { Value = (ulong)value, Length = (uint)size };
+        return (nint)RawSyscall(SYS_getxattrat, dirFd, (nint)path, atFlags, (nint)name, (nint)(&args), XattrArgs.Size);
+    }
+
+    /// <summary>listxattrat(2); returns the list length or -1.</summary>
+    public static nint ListxattrAt(int dirFd, byte* path, int atFlags, byte* list, nuint size)
+        => (nint)RawSyscall(SYS_listxattrat, dirFd, (nint)path, atFlags, (nint)list, (nint)size);
+
+    /// <summary>removexattrat(2).</summary>
+    public static int RemovexattrAt(int dirFd, byte* path, int atFlags, byte* name)
+        => (int)RawSyscall(SYS_removexattrat, dirFd, (nint)path, atFlags, (nint)name);
+}

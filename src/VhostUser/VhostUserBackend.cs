@@ -220,6 +220,7 @@ public sealed class VhostUserBackend : IDisposable
                     return $"protocol features 0x{(ulong)(value & ~OfferedProtocolFeatures):x} were not offered";
                 }
                 _ackedProtocolFeatures = value;
+                _log.Information("vhost-user: protocol features 0x{Value:x} negotiated ({Names})", (ulong)value, value);
                 return null;
             }
 
@@ -392,6 +393,7 @@ public sealed class VhostUserBackend : IDisposable
             return $"features 0x{value & ~OfferedFeatures:x} were not offered";
         }
         Volatile.Write(ref _ackedFeatures, value);
+        _log.Information("vhost-user: virtio features 0x{Value:x} negotiated ({Names})", value, VirtioFeatures.Describe(value));
         bool protocolFeatures = (value & VirtioFeatures.ProtocolFeatures) != 0;
         foreach (var ring in _vrings)
         {

@@ -107,6 +107,34 @@ public static class VirtioFeatures
     public const ulong Version1 = 1UL << Version1Bit;
     public const ulong AccessPlatform = 1UL << AccessPlatformBit;
     public const ulong RingPacked = 1UL << RingPackedBit;
+
+    /// <summary>The names of the transport bits set in <paramref name="features"/>, for log lines
+    /// (unnamed bits as "bit N").</summary>
+    public static string Describe(ulong features)
+    {
+        var names = new List<string>();
+        for (int bit = 0; bit < 64; bit++)
+        {
+            if ((features & (1UL << bit)) == 0)
+            {
+                continue;
+            }
+            names.Add(bit switch
+            {
+                NotifyOnEmptyBit => "NOTIFY_ON_EMPTY",
+                AnyLayoutBit => "ANY_LAYOUT",
+                RingIndirectDescBit => "RING_INDIRECT_DESC",
+                RingEventIdxBit => "RING_EVENT_IDX",
+                ProtocolFeaturesBit => "PROTOCOL_FEATURES",
+                Version1Bit => "VERSION_1",
+                AccessPlatformBit => "ACCESS_PLATFORM",
+                RingPackedBit => "RING_PACKED",
+                LogAllBit => "LOG_ALL",
+                _ => "bit " + bit,
+            });
+        }
+        return names.Count == 0 ? "none" : string.Join(", ", names);
+    }
 }
 
 /// <summary>vhost-user protocol feature bits (VHOST_USER_PROTOCOL_F_*), as masks.</summary>

@@ -233,3 +233,62 @@ public class FileTests
         Assert.Equal(0x1EDu, ShareFixture.HostStat(f.HostPath("suid")).Mode & 0xFFFu);
     }
 }
+
+public class OpenFlagTests
+{
+    /// <summary>The open flags of this process's fd that points at <paramref name="path"/> and was
+    /// opened last (from /proc/self/fdinfo), i.e. the server's handle fd.</summary>
+    private static int HostFlagsOf(string path)
+    {
+        int best = -1;
+        int flags = 0;
+        foreach (string link in Directory.GetFiles("/proc/self/fd"))
+        {
+            string? target;
+            try
+            {
+                target = new FileInfo(link).LinkTarget;
+            }
+            catch (IOException)
+            {
+                continue;
+            }
+            if (target != path || !int.TryParse(Path.GetFileName(link), out int fd) || fd < best)
+            {
+                continue;
+            }
+            string? line = File.ReadLines($"/proc/self/fdinfo/{fd}").FirstOrDefault(l => l.StartsWith("flags:"));
+            if (line is null)
+            {
+                continue;
+            }
+            int f = Convert.ToInt32(line["flags:".Length..].Trim(), 8);
+            if ((f & Libc.O_PATH) != 0)
+            {
+                continue;
+            }
+            best = fd;
+            flags = f;
+        }
+        Assert.True(best >= 0, "no open fd for " + path);
+        return flags;
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void DirectIoNoatimeAndAppendAreRewritten(bool allow)
+    {
+        using var f = new ShareFixture(makeOptions: s => new PassthroughOptions { SharedDir = s, AllowDirectIo = allow, PreserveNoatime = allow });
+        File.WriteAllBytes(f.HostPath("f"), new byte[4096]);
+        FuseEntryOut e = f.Client.LookupOk(FuseConstants.RootId, "f");
+        f.Client.Open(e.NodeId, Libc.O_RDWR | Libc.O_DIRECT | Libc.O_NOATIME | Libc.O_APPEND | Libc.O_SYNC).Ok();
+        int flags = HostFlagsOf(f.HostPath("f"));
+        Assert.Equal(allow, (flags & Libc.O_DIRECT) != 0);
+        Assert.Equal(allow, (flags & Libc.O_NOATIME) != 0);
+        // O_APPEND never reaches the host fd (appends use RWF_APPEND per write); O_SYNC does.
+        Assert.Equal(0, flags & Libc.O_APPEND);
+        Assert.Equal(Libc.O_SYNC, flags & Libc.O_SYNC);
+        Assert.Equal(Libc.O_RDWR, flags & Libc.O_ACCMODE);
+    }
+}

@@ -34,10 +34,15 @@ public class XattrTests
 
     private static List<string> Names(byte[] list) => Encoding.UTF8.GetString(list).Split('\0', StringSplitOptions.RemoveEmptyEntries).ToList();
 
-    [Fact]
-    public void SetGetListRemoveOnFilesAndDirectories()
+    /// <summary>Both ways to reach every file type: the *xattrat calls (Linux 6.13+) and the older
+    /// f*xattr on a reopened fd / path calls on /proc/self/fd/N.</summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void SetGetListRemoveOnFilesAndDirectories(bool legacy)
     {
-        using var f = new ShareFixture(makeOptions: s => new PassthroughOptions { SharedDir = s, Xattr = true });
+        using var f = new ShareFixture(makeOptions: s => new PassthroughOptions { SharedDir = s, Xattr = true, AvoidXattrAt = legacy });
+        Assert.Equal(!legacy, f.Server.UsesXattrAt);
         File.WriteAllText(f.HostPath("f"), "x");
         Directory.CreateDirectory(f.HostPath("d"));
         foreach (string name in new[] { "f", "d" })
@@ -167,10 +172,12 @@ public class SecurityLabelTests
         }
     }
 
-    [Fact]
-    public void CreatedEntriesGetTheGuestsLabel()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void CreatedEntriesGetTheGuestsLabel(bool legacy)
     {
-        using var f = new ShareFixture(makeOptions: s => new PassthroughOptions { SharedDir = s, SecurityLabel = true });
+        using var f = new ShareFixture(makeOptions: s => new PassthroughOptions { SharedDir = s, SecurityLabel = true, AvoidXattrAt = legacy });
         Assert.True(FuseConstants.JoinInitFlags(f.Init.Flags, f.Init.Flags2).HasFlag(FuseInitFlags.SecurityCtx));
         FuseArgs ctx = SecurityContext("trusted.label", "system_u:object_r:test_t:s0", out ushort units);
         f.Client.TotalExtLen = units;

@@ -236,7 +236,9 @@ internal static unsafe class DaemonHost
             int code;
             try
             {
+                FdReport.Log(settings.ProcSelfFd, "before the session", log);
                 code = FsDaemon.Serve(settings, connection, log);
+                FdReport.Log(settings.ProcSelfFd, "after the session", log);
             }
             finally
             {

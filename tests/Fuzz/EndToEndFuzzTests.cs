@@ -1,0 +1,42 @@
+using Vhostfsd.Fuzz.Engine;
+using Vhostfsd.Fuzz.Targets;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace Vhostfsd.Fuzz;
+
+/// <summary>Target (d): FUSE requests through a real vhostfsd process over vhost-user.</summary>
+[Trait("Category", "Fuzz")]
+public sealed class EndToEndFuzzTests
+{
+    private readonly ITestOutputHelper _output;
+
+    public EndToEndFuzzTests(ITestOutputHelper output)
+    {
+        _output = output;
+    }
+
+    [Fact]
+    public void RequestsThroughTheDaemonAreAnsweredAndTheDaemonSurvives()
+    {
+        var budget = FuzzBudget.FromEnvironment(defaultCases: 20_000, defaultDuration: TimeSpan.FromSeconds(35));
+        var target = new EndToEndTarget();
+        FuzzReport report;
+        try
+        {
+            report = FuzzRunner.Run("end-to-end", budget, TimeSpan.FromSeconds(60), target.RunCase);
+            string? ended = target.EndSession();
+            _output.WriteLine(report.Summary() + $"; daemons started {target.Sessions}, exit codes [{string.Join(',', target.ExitCodes)}]");
+            Assert.True(report.FailureCount == 0, report.Details());
+            Assert.Null(ended);
+            Assert.Null(target.CheckSentinel());
+            Assert.True(report.Cases >= Math.Min(budget.Cases, 100), "too few cases ran: " + report.Summary());
+            Assert.True(report.CountOf("ok") > 0, report.Summary());
+            Assert.All(target.ExitCodes, code => Assert.Equal(0, code));
+        }
+        finally
+        {
+            target.Dispose();
+        }
+    }
+}

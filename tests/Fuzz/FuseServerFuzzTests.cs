@@ -1,0 +1,96 @@
+using Vhostfsd.Fuzz.Engine;
+using Vhostfsd.Fuzz.Targets;
+using Vhostfsd.FusePassthrough.Protocol;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace Vhostfsd.Fuzz;
+
+/// <summary>Target (c): FUSE requests against the FUSE server over a real share.</summary>
+[Trait("Category", "Fuzz")]
+public sealed class FuseServerFuzzTests
+{
+    private readonly ITestOutputHelper _output;
+
+    public FuseServerFuzzTests(ITestOutputHelper output)
+    {
+        _output = output;
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void EveryOpcodeMalformedGetsAnAnswerAndNothingOutsideTheShareMoves(bool fileHandles)
+    {
+        var budget = FuzzBudget.FromEnvironment(defaultCases: 40_000, defaultDuration: TimeSpan.FromSeconds(fileHandles ? 10 : 20));
+        var fdsBefore = ProcessFds.Snapshot();
+        var target = new FuseServerTarget(fileHandles);
+        FuzzReport report;
+        try
+        {
+            report = FuzzRunner.Run(fileHandles ? "fuse-server (file handles)" : "fuse-server", budget, TimeSpan.FromSeconds(15), target.RunCase);
+            _output.WriteLine(report.Summary());
+            Assert.True(report.FailureCount == 0, report.Details());
+            target.CheckSentinel(null);
+            Assert.Null(target.CheckReleasedAfterReset());
+            Assert.Equal(0, target.Server.Stats.Exceptions);
+            Assert.True(report.Cases >= Math.Min(budget.Cases, 200), "too few cases ran: " + report.Summary());
+            if (budget.OnlyCase is null && !fileHandles)
+            {
+                // Every opcode was answered at least once in its well-formed shape.
+                foreach (var opcode in new[] { FuseOpcode.Lookup, FuseOpcode.Mkdir, FuseOpcode.Create, FuseOpcode.Read, FuseOpcode.Write, FuseOpcode.Readdirplus, FuseOpcode.Rename2, FuseOpcode.Setxattr, FuseOpcode.Setlk, FuseOpcode.CopyFileRange, FuseOpcode.Statx })
+                {
+                    Assert.True(target.AnsweredWellFormed.Contains(opcode), $"{opcode} was never answered: " + report.Summary());
+                }
+            }
+        }
+        finally
+        {
+            target.Dispose();
+        }
+        string leaked = ProcessFds.Leaked(fdsBefore);
+        Assert.True(leaked.Length == 0, "fds left open by the run: " + leaked);
+    }
+}
+
+/// <summary>The test process's open fds, to show that a target leaves none behind.</summary>
+internal static class ProcessFds
+{
+    /// <summary>fd number -> what it points at.</summary>
+    public static Dictionary<int, string> Snapshot()
+    {
+        // The runtime opens some fds lazily (the SIGCHLD pipe at the first Process.Start): take them first.
+        using (var p = System.Diagnostics.Process.Start("true"))
+        {
+            p.WaitForExit();
+        }
+        var fds = new Dictionary<int, string>();
+        foreach (string path in Directory.GetFiles("/proc/self/fd"))
+        {
+            try
+            {
+                fds[int.Parse(Path.GetFileName(path), System.Globalization.CultureInfo.InvariantCulture)] = new FileInfo(path).LinkTarget ?? "?";
+            }
+            catch (IOException)
+            {
+                // Closed meanwhile (the enumeration's own fd).
+            }
+        }
+        return fds;
+    }
+
+    /// <summary>"" when no fd is open now that was not open in <paramref name="before"/>; otherwise the list.</summary>
+    public static string Leaked(Dictionary<int, string> before)
+    {
+        var leaked = new List<string>();
+        foreach (var (fd, target) in Snapshot())
+        {
+            // Assemblies the runtime loads on first use keep an fd on their file: not the target's.
+            if ((!before.TryGetValue(fd, out string? was) || was != target) && !target.EndsWith(".dll", StringComparison.Ordinal))
+            {
+                leaked.Add($"{fd} -> {target}");
+            }
+        }
+        return string.Join(", ", leaked);
+    }
+}

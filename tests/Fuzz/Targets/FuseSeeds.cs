@@ -1,0 +1,337 @@
+using Vhostfsd.Fuzz.Engine;
+using Vhostfsd.FusePassthrough.Protocol;
+
+namespace Vhostfsd.Fuzz.Targets;
+
+/// <summary>What a fuzzing guest knows: node ids it was given (by type), open file and directory
+/// handles, and names present in the share. Kept small; old entries fall off.</summary>
+public sealed class FuseGuestState
+{
+    private const int Keep = 64;
+
+    public List<ulong> Directories { get; } = [FuseConstants.RootId];
+    public List<ulong> Files { get; } = new();
+    public List<ulong> Others { get; } = new();
+    public List<(ulong Node, ulong Fh)> FileHandles { get; } = new();
+    public List<(ulong Node, ulong Fh)> DirHandles { get; } = new();
+    public List<string> Names { get; } = new();
+    public ulong NextUnique { get; set; } = 1000;
+
+    public void Clear()
+    {
+        Directories.Clear();
+        Directories.Add(FuseConstants.RootId);
+        Files.Clear();
+        Others.Clear();
+        FileHandles.Clear();
+        DirHandles.Clear();
+    }
+
+    public void AddNode(ulong node, uint mode)
+    {
+        var list = (mode & 0xF000) switch { 0x4000 => Directories, 0x8000 => Files, _ => Others };
+        if (!list.Contains(node))
+        {
+            Add(list, node);
+        }
+    }
+
+    public static void Add<T>(List<T> list, T item)
+    {
+        list.Add(item);
+        if (list.Count > Keep)
+        {
+            list.RemoveAt(list.Count > 1 && list[0] is ulong id && id == FuseConstants.RootId ? 1 : 0);
+        }
+    }
+
+    public ulong AnyNode(FuzzRng rng)
+    {
+        int n = rng.Next(10);
+        if (n < 4 || (Files.Count == 0 && Others.Count == 0)) return rng.Pick(Directories);
+        if (n < 8 && Files.Count > 0) return rng.Pick(Files);
+        return Others.Count > 0 ? rng.Pick(Others) : rng.Pick(Directories);
+    }
+}
+
+/// <summary>Builds one well-formed request per FUSE opcode from the guest's state, with a field map
+/// (the header's len, opcode, unique and node id; every argument word; every name) for the mutator.</summary>
+public static class FuseSeeds
+{
+    public const int InitOpcode = (int)FuseOpcode.Init;
+
+    /// <summary>Opcodes the generator picks among, weighted towards the ones with the most parsing.</summary>
+    private static readonly FuseOpcode[] Opcodes =
+    [
+        FuseOpcode.Lookup, FuseOpcode.Lookup, FuseOpcode.Lookup, FuseOpcode.Forget, FuseOpcode.Getattr, FuseOpcode.Setattr,
+        FuseOpcode.Readlink, FuseOpcode.Symlink, FuseOpcode.Mknod, FuseOpcode.Mkdir, FuseOpcode.Unlink, FuseOpcode.Rmdir,
+        FuseOpcode.Rename, FuseOpcode.Rename2, FuseOpcode.Link, FuseOpcode.Open, FuseOpcode.Open, FuseOpcode.Read, FuseOpcode.Read,
+        FuseOpcode.Write, FuseOpcode.Write, FuseOpcode.Statfs, FuseOpcode.Release, FuseOpcode.Fsync, FuseOpcode.Setxattr,
+        FuseOpcode.Getxattr, FuseOpcode.Listxattr, FuseOpcode.Removexattr, FuseOpcode.Flush, FuseOpcode.Init, FuseOpcode.Opendir,
+        FuseOpcode.Opendir, FuseOpcode.Readdir, FuseOpcode.Readdirplus, FuseOpcode.Releasedir, FuseOpcode.Fsyncdir, FuseOpcode.Getlk,
+        FuseOpcode.Setlk, FuseOpcode.Setlkw, FuseOpcode.Access, FuseOpcode.Create, FuseOpcode.Create, FuseOpcode.Interrupt,
+        FuseOpcode.Bmap, FuseOpcode.Ioctl, FuseOpcode.Poll, FuseOpcode.BatchForget, FuseOpcode.Fallocate, FuseOpcode.Lseek,
+        FuseOpcode.CopyFileRange, FuseOpcode.Setupmapping, FuseOpcode.Removemapping, FuseOpcode.Syncfs, FuseOpcode.Tmpfile,
+        FuseOpcode.Statx, FuseOpcode.NotifyReply, FuseOpcode.Destroy, (FuseOpcode)0, (FuseOpcode)53, (FuseOpcode)4096,
+    ];
+
+    /// <summary>A request seed; <paramref name="replyHint"/> is the reply size the request asks for.</summary>
+    public static Seed Build(FuzzRng rng, FuseGuestState s, out FuseOpcode opcode, out int replyHint)
+    {
+        opcode = rng.Pick<FuseOpcode>(Opcodes);
+        if (opcode == FuseOpcode.Destroy && !rng.OneIn(20))
+        {
+            opcode = FuseOpcode.Getattr;
+        }
+        replyHint = 4096;
+        var b = new SeedBuilder();
+        ulong node = s.AnyNode(rng);
+        (ulong Node, ulong Fh) handle = s.FileHandles.Count > 0 ? rng.Pick(s.FileHandles) : (node, (ulong)rng.Next(1, 64));
+        (ulong Node, ulong Fh) dirHandle = s.DirHandles.Count > 0 ? rng.Pick(s.DirHandles) : (FuseConstants.RootId, (ulong)rng.Next(1, 64));
+        ulong dir = rng.Pick(s.Directories);
+        string name = NewOrOldName(rng, s);
+        ulong unique = s.NextUnique++;
+        uint uid = rng.OneIn(6) ? rng.Pick<uint>([1000, 65534, 0xFFFF_FFFF]) : 0;
+        uint gid = rng.OneIn(6) ? rng.Pick<uint>([1000, 65534, 0xFFFF_FFFF]) : 0;
+
+        ulong headerNode = opcode switch
+        {
+            FuseOpcode.Lookup or FuseOpcode.Symlink or FuseOpcode.Mknod or FuseOpcode.Mkdir or FuseOpcode.Unlink or FuseOpcode.Rmdir
+                or FuseOpcode.Rename or FuseOpcode.Rename2 or FuseOpcode.Link or FuseOpcode.Create or FuseOpcode.Tmpfile => dir,
+            FuseOpcode.Read or FuseOpcode.Write or FuseOpcode.Release or FuseOpcode.Fsync or FuseOpcode.Flush or FuseOpcode.Getlk
+                or FuseOpcode.Setlk or FuseOpcode.Setlkw or FuseOpcode.Fallocate or FuseOpcode.Lseek or FuseOpcode.CopyFileRange => handle.Node,
+            FuseOpcode.Readdir or FuseOpcode.Readdirplus or FuseOpcode.Releasedir or FuseOpcode.Fsyncdir => dirHandle.Node,
+            FuseOpcode.Opendir => dir,
+            FuseOpcode.Init or FuseOpcode.BatchForget or FuseOpcode.Interrupt => 0,
+            _ => node,
+        };
+        b.U32("len", 0, FieldKind.Length).U32("opcode", (uint)opcode, FieldKind.Opcode).U64("unique", unique, FieldKind.Integer)
+            .U64("nodeid", headerNode, FieldKind.NodeId).U32("uid", uid).U32("gid", gid).U32("pid", (uint)rng.Next(1, 5000))
+            .U16("total_extlen", 0, FieldKind.Length).U16("padding", 0);
+
+        switch (opcode)
+        {
+            case FuseOpcode.Lookup:
+            case FuseOpcode.Unlink:
+            case FuseOpcode.Rmdir:
+                b.Name("name", rng.OneIn(3) ? OldName(rng, s) : name);
+                break;
+            case FuseOpcode.Forget:
+                b.U64("nlookup", (ulong)rng.Next(0, 3), FieldKind.Count);
+                break;
+            case FuseOpcode.Getattr:
+                b.U32("getattr_flags", rng.OneIn(3) ? 1u : 0u, FieldKind.Flags).U32("dummy", 0).U64("fh", handle.Fh, FieldKind.Handle);
+                break;
+            case FuseOpcode.Setattr:
+                b.U32("valid", (uint)rng.Next(0, 0x1000), FieldKind.Flags).U32("padding", 0).U64("fh", handle.Fh, FieldKind.Handle)
+                    .U64("size", (ulong)rng.Next(0, 100_000), FieldKind.Offset).U64("lock_owner", 0, FieldKind.Handle)
+                    .U64("atime", 1_700_000_000, FieldKind.Offset).U64("mtime", 1_700_000_000, FieldKind.Offset).U64("ctime", 0, FieldKind.Offset)
+                    .U32("atimensec", 0).U32("mtimensec", 0).U32("ctimensec", 0).U32("mode", (uint)rng.Next(0, 0x1000), FieldKind.Flags)
+                    .U32("unused4", 0).U32("uid", (uint)rng.Next(0, 2000)).U32("gid", (uint)rng.Next(0, 2000)).U32("unused5", 0);
+                break;
+            case FuseOpcode.Symlink:
+                b.Name("name", name).Name("target", rng.Pick<string>(["a.txt", "../outside/secret", "/etc/passwd", "d/f", "..", new string('t', 4000)]));
+                break;
+            case FuseOpcode.Mknod:
+                b.U32("mode", rng.Pick<uint>([0x8000 | 0x1A4, 0x1000 | 0x1A4, 0xC000 | 0x1A4, 0x2000 | 0x1A4, 0x6000 | 0x1A4, 0x1A4, 0xA000 | 0x1FF]), FieldKind.Flags)
+                    .U32("rdev", rng.Pick<uint>([0, 0x103, 0x105, 0xFD00]), FieldKind.Integer).U32("umask", 0x12, FieldKind.Flags).U32("padding", 0);
+                b.Name("name", name);
+                AddExtensions(rng, b);
+                break;
+            case FuseOpcode.Mkdir:
+                b.U32("mode", 0x1ED, FieldKind.Flags).U32("umask", 0x12, FieldKind.Flags).Name("name", name);
+                AddExtensions(rng, b);
+                break;
+            case FuseOpcode.Rename:
+                b.U64("newdir", rng.Pick(s.Directories), FieldKind.NodeId).Name("old", OldName(rng, s)).Name("new", name);
+                break;
+            case FuseOpcode.Rename2:
+                b.U64("newdir", rng.Pick(s.Directories), FieldKind.NodeId).U32("flags", rng.Pick<uint>([0, 1, 2, 4, 7]), FieldKind.Flags).U32("padding", 0)
+                    .Name("old", OldName(rng, s)).Name("new", rng.OneIn(3) ? OldName(rng, s) : name);
+                break;
+            case FuseOpcode.Link:
+                b.U64("oldnodeid", s.AnyNode(rng), FieldKind.NodeId).Name("name", name);
+                break;
+            case FuseOpcode.Open:
+            case FuseOpcode.Opendir:
+                b.U32("flags", rng.Pick<uint>([0, 1, 2, 0x200 | 2, 0x400 | 1, 0x4000, 0x20000, 0x40000, 0x101000]), FieldKind.Flags)
+                    .U32("open_flags", (uint)rng.Next(0, 4), FieldKind.Flags);
+                break;
+            case FuseOpcode.Read:
+            case FuseOpcode.Readdir:
+            case FuseOpcode.Readdirplus:
+            {
+                var h = opcode == FuseOpcode.Read ? handle : dirHandle;
+                uint size = rng.Pick<uint>([0, 1, 100, 4096, 65536, 1 << 20, (1 << 20) + 1]);
+                replyHint = (int)Math.Min(size + 16u, (1u << 20) + 4096);
+                b.U64("fh", h.Fh, FieldKind.Handle).U64("offset", opcode == FuseOpcode.Read ? (ulong)rng.Next(0, 10_000) : (ulong)rng.Next(0, 20), FieldKind.Offset)
+                    .U32("size", size, FieldKind.Length).U32("read_flags", 0, FieldKind.Flags).U64("lock_owner", 0, FieldKind.Handle)
+                    .U32("flags", 2, FieldKind.Flags).U32("padding", 0);
+                break;
+            }
+            case FuseOpcode.Write:
+            {
+                int size = rng.Next(10) switch { 0 => 0, 1 => 65536, 2 => rng.OneIn(4) ? 1 << 20 : 8192, _ => rng.Next(1, 600) };
+                var data = new byte[size];
+                rng.Fill(data);
+                b.U64("fh", handle.Fh, FieldKind.Handle).U64("offset", rng.OneIn(8) ? (ulong)long.MaxValue - 10 : (ulong)rng.Next(0, 100_000), FieldKind.Offset)
+                    .U32("size", (uint)size, FieldKind.Length).U32("write_flags", 0, FieldKind.Flags).U64("lock_owner", 0, FieldKind.Handle)
+                    .U32("flags", 2, FieldKind.Flags).U32("padding", 0).Bytes(data);
+                break;
+            }
+            case FuseOpcode.Release:
+            case FuseOpcode.Releasedir:
+            {
+                var h = opcode == FuseOpcode.Release ? handle : dirHandle;
+                b.U64("fh", h.Fh, FieldKind.Handle).U32("flags", 2, FieldKind.Flags).U32("release_flags", rng.Pick<uint>([0, 1, 2]), FieldKind.Flags)
+                    .U64("lock_owner", (ulong)rng.Next(0, 4), FieldKind.Handle);
+                break;
+            }
+            case FuseOpcode.Fsync:
+            case FuseOpcode.Fsyncdir:
+            {
+                var h = opcode == FuseOpcode.Fsync ? handle : dirHandle;
+                b.U64("fh", h.Fh, FieldKind.Handle).U32("fsync_flags", (uint)rng.Next(0, 2), FieldKind.Flags).U32("padding", 0);
+                break;
+            }
+            case FuseOpcode.Setxattr:
+            {
+                var value = new byte[rng.Pick<int>([0, 1, 16, 255, 4096])];
+                rng.Fill(value);
+                b.U32("size", (uint)value.Length, FieldKind.Length).U32("flags", (uint)rng.Next(0, 4), FieldKind.Flags)
+                    .Name("name", XattrName(rng)).Bytes(value);
+                break;
+            }
+            case FuseOpcode.Getxattr:
+                b.U32("size", rng.Pick<uint>([0, 1, 4096, 65536, 65537]), FieldKind.Length).U32("padding", 0).Name("name", XattrName(rng));
+                break;
+            case FuseOpcode.Listxattr:
+                b.U32("size", rng.Pick<uint>([0, 1, 4096, 65536, 65537]), FieldKind.Length).U32("padding", 0);
+                break;
+            case FuseOpcode.Removexattr:
+                b.Name("name", XattrName(rng));
+                break;
+            case FuseOpcode.Flush:
+                b.U64("fh", handle.Fh, FieldKind.Handle).U32("unused", 0).U32("padding", 0).U64("lock_owner", (ulong)rng.Next(0, 4), FieldKind.Handle);
+                break;
+            case FuseOpcode.Init:
+                b.U32("major", 7).U32("minor", rng.Pick<uint>([31, 36, 38, 40, 41, 99]), FieldKind.Integer).U32("max_readahead", 131072)
+                    .U32("flags", 0xFFFF_FFFF & ~0u, FieldKind.Flags).U32("flags2", (uint)rng.NextU32(), FieldKind.Flags).Zeros(44);
+                break;
+            case FuseOpcode.Getlk:
+            case FuseOpcode.Setlk:
+            case FuseOpcode.Setlkw:
+                b.U64("fh", handle.Fh, FieldKind.Handle).U64("owner", (ulong)rng.Next(1, 4), FieldKind.Handle)
+                    .U64("lk.start", (ulong)rng.Next(0, 100), FieldKind.Offset).U64("lk.end", rng.Coin() ? long.MaxValue : (ulong)rng.Next(100, 200), FieldKind.Offset)
+                    .U32("lk.type", (uint)rng.Next(0, 3), FieldKind.Integer).U32("lk.pid", 1).U32("lk_flags", rng.OneIn(3) ? 1u : 0u, FieldKind.Flags).U32("padding", 0);
+                break;
+            case FuseOpcode.Access:
+                b.U32("mask", (uint)rng.Next(0, 8), FieldKind.Flags).U32("padding", 0);
+                break;
+            case FuseOpcode.Create:
+            case FuseOpcode.Tmpfile:
+                b.U32("flags", rng.Pick<uint>([0x42, 0xC2, 0x241, 0x80042, 0x4042]), FieldKind.Flags).U32("mode", 0x8000 | 0x1A4, FieldKind.Flags)
+                    .U32("umask", 0x12, FieldKind.Flags).U32("open_flags", 0, FieldKind.Flags).Name("name", name);
+                AddExtensions(rng, b);
+                break;
+            case FuseOpcode.Interrupt:
+                b.U64("unique", s.NextUnique - (ulong)rng.Next(1, 5), FieldKind.Integer);
+                break;
+            case FuseOpcode.Bmap:
+                b.U64("block", 0, FieldKind.Offset).U32("blocksize", 4096).U32("padding", 0);
+                break;
+            case FuseOpcode.Ioctl:
+                b.U64("fh", handle.Fh, FieldKind.Handle).U32("flags", 0, FieldKind.Flags).U32("cmd", 0x5401).U64("arg", 0, FieldKind.Address)
+                    .U32("in_size", 0, FieldKind.Length).U32("out_size", 64, FieldKind.Length);
+                break;
+            case FuseOpcode.Poll:
+                b.U64("fh", handle.Fh, FieldKind.Handle).U64("kh", 0).U32("flags", 0, FieldKind.Flags).U32("events", 1, FieldKind.Flags);
+                break;
+            case FuseOpcode.BatchForget:
+            {
+                int n = rng.Next(0, 5);
+                b.U32("count", (uint)n, FieldKind.Count).U32("dummy", 0);
+                for (int i = 0; i < n; i++)
+                {
+                    b.U64($"forget{i}.nodeid", s.AnyNode(rng), FieldKind.NodeId).U64($"forget{i}.nlookup", (ulong)rng.Next(0, 3), FieldKind.Count);
+                }
+                break;
+            }
+            case FuseOpcode.Fallocate:
+                b.U64("fh", handle.Fh, FieldKind.Handle).U64("offset", (ulong)rng.Next(0, 100_000), FieldKind.Offset)
+                    .U64("length", (ulong)rng.Next(1, 100_000), FieldKind.Offset).U32("mode", rng.Pick<uint>([0, 1, 2, 3, 0x10, 0x20]), FieldKind.Flags).U32("padding", 0);
+                break;
+            case FuseOpcode.Lseek:
+                b.U64("fh", handle.Fh, FieldKind.Handle).U64("offset", (ulong)rng.Next(0, 100_000), FieldKind.Offset).U32("whence", (uint)rng.Next(0, 5)).U32("padding", 0);
+                break;
+            case FuseOpcode.CopyFileRange:
+            {
+                var other = s.FileHandles.Count > 0 ? rng.Pick(s.FileHandles) : handle;
+                b.U64("fh_in", handle.Fh, FieldKind.Handle).U64("off_in", (ulong)rng.Next(0, 10_000), FieldKind.Offset)
+                    .U64("nodeid_out", other.Node, FieldKind.NodeId).U64("fh_out", other.Fh, FieldKind.Handle)
+                    .U64("off_out", (ulong)rng.Next(0, 10_000), FieldKind.Offset).U64("len", (ulong)rng.Next(0, 200_000), FieldKind.Offset).U64("flags", 0, FieldKind.Flags);
+                break;
+            }
+            case FuseOpcode.Setupmapping:
+                b.U64("fh", handle.Fh, FieldKind.Handle).U64("foffset", 0, FieldKind.Offset).U64("len", 4096, FieldKind.Length)
+                    .U64("flags", 1, FieldKind.Flags).U64("moffset", 0, FieldKind.Offset);
+                break;
+            case FuseOpcode.Removemapping:
+                b.U32("count", 1, FieldKind.Count).U64("moffset", 0, FieldKind.Offset).U64("len", 4096, FieldKind.Length);
+                break;
+            case FuseOpcode.Syncfs:
+                b.U64("padding", 0);
+                break;
+            case FuseOpcode.Statx:
+                b.U32("getattr_flags", rng.OneIn(3) ? 1u : 0u, FieldKind.Flags).U32("reserved", 0).U64("fh", handle.Fh, FieldKind.Handle)
+                    .U32("sx_flags", 0, FieldKind.Flags).U32("sx_mask", 0xFFF, FieldKind.Flags);
+                replyHint = 4096;
+                break;
+            case FuseOpcode.Statfs:
+            case FuseOpcode.Readlink:
+            case FuseOpcode.Destroy:
+                break;
+            default:
+            {
+                var junk = new byte[rng.Next(0, 64)];
+                rng.Fill(junk);
+                b.Bytes(junk);
+                break;
+            }
+        }
+        var seed = b.Build(opcode.ToString());
+        Mutator.PatchU32(seed.Bytes, 0, (uint)seed.Bytes.Length);
+        return seed;
+    }
+
+    /// <summary>Sometimes a request extension (supplementary groups, or a security context) after the names.</summary>
+    private static void AddExtensions(FuzzRng rng, SeedBuilder b)
+    {
+        if (!rng.OneIn(4))
+        {
+            return;
+        }
+        int start = b.Length;
+        if (rng.Coin())
+        {
+            // fuse_ext_header { size, type = FUSE_EXT_GROUPS } + fuse_supp_groups { nr_groups } + groups, padded to 8.
+            b.U32("ext.size", 16, FieldKind.Length).U32("ext.type", 32, FieldKind.Integer).U32("groups.nr", 1, FieldKind.Count).U32("groups[0]", 100);
+        }
+        else
+        {
+            // A security context: fuse_secctx_header { size, nr } + fuse_secctx { size, padding } + name + value.
+            b.U32("secctx.size", 32, FieldKind.Length).U32("secctx.nr", 1, FieldKind.Count).U32("ctx.size", 4, FieldKind.Length).U32("ctx.padding", 0)
+                .Name("ctx.name", "security.x").Bytes("lbl\0"u8).Zeros(1);
+        }
+        int extBytes = b.Length - start;
+        // total_extlen counts 8-byte units; the header field sits at offset 36.
+        b.PatchU32(36, (uint)(extBytes / 8) & 0xFFFF);
+    }
+
+    private static string XattrName(FuzzRng rng) => rng.Pick<string>(
+        ["user.fuzz", "user.a", "trusted.x", "security.capability", "system.posix_acl_access", "user." + new string('n', 250), "nope", "user."]);
+
+    private static string OldName(FuzzRng rng, FuseGuestState s) => s.Names.Count > 0 ? rng.Pick(s.Names) : "a.txt";
+
+    private static string NewOrOldName(FuzzRng rng, FuseGuestState s) => rng.OneIn(3) ? OldName(rng, s) : "n" + rng.Next(0, 200);
+}

@@ -1,0 +1,349 @@
+using System.Buffers.Binary;
+using System.Runtime.InteropServices;
+using Vhostfsd.Fuzz.Engine;
+using Vhostfsd.Fuzz.Oracles;
+using Vhostfsd.FusePassthrough;
+using Vhostfsd.FusePassthrough.Protocol;
+using Vhostfsd.Posix;
+
+namespace Vhostfsd.Fuzz.Targets;
+
+/// <summary>Fuzz target (c): FUSE requests against <see cref="FuseServer.HandleRequest"/> over a real
+/// share on a private tmpfs. Requests are built per opcode from what the guest was told (node ids,
+/// handles, names), then mutated (three in four) — truncated, oversized, random arguments, names
+/// without NUL or with '/', forged ids and handles, huge sizes and offsets — and handed over split
+/// in random segments, with the reply space split too and fenced by canaries.
+/// Oracles per request: nothing escapes HandleRequest and no internal exception was caught
+/// (Stats.Exceptions); the reply length fits the offered space; a reply, when there is one, has a
+/// well-formed out header (len = returned, errno in 1..4095 or 0, the request's unique); requests
+/// that take a reply get one unless the space cannot hold an out header; FORGET/BATCH_FORGET/
+/// INTERRUPT get none; canaries and request bytes are intact; a SETLKW that waits ends when the
+/// guest interrupts it. Every 200 cases and at the end, the sentinel tree next to the share is
+/// unchanged (content, listing, atime/mtime/ctime). At the end, after a reset, no fd is held.</summary>
+public sealed unsafe class FuseServerTarget : IDisposable
+{
+    private const int RefreshEvery = 4000;
+    private const int SentinelEvery = 200;
+
+    private readonly ScratchMount _mount;
+    private readonly string _share;
+    private readonly SentinelTree _sentinel;
+    private readonly SortedDictionary<string, string> _sentinelBefore;
+    private readonly FuseServer _server;
+    private readonly FuseGuestState _state = new();
+    private readonly ReplyBuffers _buffers = new(4 << 20);
+    private readonly MutationDictionary _dictionary = new();
+    private readonly HashSet<FuseOpcode> _answeredWellFormed = new();
+    private long _internalErrorsLogged;
+
+    public FuseServerTarget(bool fileHandles)
+    {
+        _mount = ScratchMount.Create(96);
+        _share = Path.Combine(_mount.Path, "share");
+        Directory.CreateDirectory(_share);
+        _sentinel = SentinelTree.CreateBeside(_mount.Path);
+        Populate();
+        _server = new FuseServer(new PassthroughOptions
+        {
+            SharedDir = _share,
+            Xattr = true,
+            MaxGuestFds = 300,
+            InodeFileHandles = fileHandles ? InodeFileHandles.Prefer : InodeFileHandles.Never,
+        }, message =>
+        {
+            if (message.Contains("internal error", StringComparison.Ordinal))
+            {
+                Interlocked.Increment(ref _internalErrorsLogged);
+            }
+        });
+        _sentinelBefore = _sentinel.Snapshot();
+        foreach (string name in new[] { "a.txt", "d", "up", "abs", "p", "outside", "..", "." })
+        {
+            _dictionary.AddName(name);
+        }
+        Init();
+    }
+
+    public FuseServer Server => _server;
+    public IReadOnlySet<FuseOpcode> AnsweredWellFormed => _answeredWellFormed;
+
+    private void Populate()
+    {
+        File.WriteAllText(Path.Combine(_share, "a.txt"), "inside the share\n");
+        Directory.CreateDirectory(Path.Combine(_share, "d", "e"));
+        File.WriteAllBytes(Path.Combine(_share, "d", "f"), new byte[20000]);
+        File.CreateSymbolicLink(Path.Combine(_share, "up"), "../outside");
+        File.CreateSymbolicLink(Path.Combine(_share, "abs"), Path.Combine(_mount.Path, "outside", "secret"));
+        File.CreateSymbolicLink(Path.Combine(_share, "d", "upup"), "../../outside/secret");
+        fixed (byte* p = System.Text.Encoding.UTF8.GetBytes(Path.Combine(_share, "p") + "\0"))
+        {
+            Libc.MknodAt(Libc.AT_FDCWD, p, Libc.S_IFIFO | 0x1A4, 0);
+        }
+        _state.Names.Clear();
+        _state.Names.AddRange(["a.txt", "d", "up", "abs", "p", "n1", "n2"]);
+    }
+
+    private void Init()
+    {
+        var request = new byte[FuseInHeader.Size + FuseInitIn.Size];
+        var h = new FuseInHeader { Len = (uint)request.Length, Opcode = (uint)FuseOpcode.Init, Unique = 1 };
+        MemoryMarshal.Write(request, in h);
+        var init = new FuseInitIn { Major = 7, Minor = FuseConstants.KernelMinorVersion, MaxReadahead = 131072, Flags = 0xFFFF_FFFF, Flags2 = 0x3 };
+        MemoryMarshal.Write(request.AsSpan(FuseInHeader.Size), in init);
+        var reply = Call(request, 4096, out int n);
+        if (n < FuseOutHeader.Size || BinaryPrimitives.ReadInt32LittleEndian(reply.AsSpan(4)) != 0)
+        {
+            throw new InvalidOperationException("INIT failed");
+        }
+        _state.Clear();
+    }
+
+    /// <summary>A request outside the fuzzing (INIT, INTERRUPT), with its own buffers.</summary>
+    private byte[] Call(byte[] request, int capacity, out int n)
+    {
+        var reply = new byte[capacity];
+        fixed (byte* req = request)
+        fixed (byte* rep = reply)
+        {
+            IoVec r = new(req, (nuint)request.Length);
+            IoVec w = new(rep, (nuint)capacity);
+            n = _server.HandleRequest(new ReadOnlySpan<IoVec>(&r, 1), new ReadOnlySpan<IoVec>(&w, 1));
+        }
+        return reply;
+    }
+
+    public void RunCase(FuzzCase c)
+    {
+        var rng = c.Rng;
+        if (c.Index > 0 && c.Index % RefreshEvery == 0)
+        {
+            Refresh();
+        }
+        if (_server.NegotiatedMinor == 0)
+        {
+            Init();
+        }
+        var seed = FuseSeeds.Build(rng, _state, out var builtOpcode, out int replyHint);
+        c.SeedName = seed.Name;
+        bool mutated = !rng.OneIn(4);
+        byte[] request = mutated ? Mutator.Mutate(rng, seed, null, _dictionary, c.Mutations) : seed.Bytes;
+        if (mutated && request.Length >= 4 && rng.Next(10) < 7)
+        {
+            // Mostly keep the header length honest, so the mutation reaches the opcode's own checks.
+            Mutator.PatchU32(request, 0, (uint)request.Length);
+        }
+        int capacity = rng.Next(10) < 7
+            ? Math.Min(replyHint + rng.Next(0, 4096), FuseServer.MaxRequestSize + 4096)
+            : rng.Pick<int>([0, 1, 15, 16, 17, 40, 100, 128, 143, 144, rng.Next(0, 300)]);
+        _buffers.Prepare(rng, request, capacity);
+
+        bool hasHeader = request.Length >= FuseInHeader.Size;
+        uint opcode = request.Length >= 8 ? BinaryPrimitives.ReadUInt32LittleEndian(request.AsSpan(4)) : 0;
+        ulong unique = request.Length >= 16 ? BinaryPrimitives.ReadUInt64LittleEndian(request.AsSpan(8)) : 0;
+        bool lengthHonest = request.Length >= 4 && BinaryPrimitives.ReadUInt32LittleEndian(request) == request.Length;
+        long exceptionsBefore = _server.Stats.Exceptions;
+
+        using var interrupter = opcode == (uint)FuseOpcode.Setlkw ? ArmInterrupt(unique) : null;
+        int n;
+        try
+        {
+            n = _server.HandleRequest(_buffers.Readable, _buffers.Writable);
+        }
+        catch (Exception e)
+        {
+            c.Fail("HandleRequest threw " + e);
+            return;
+        }
+        if (_server.Stats.Exceptions != exceptionsBefore)
+        {
+            c.Fail($"an internal exception was caught while handling opcode {opcode} (answered EIO): see the server log");
+        }
+        if (_buffers.CheckIntegrity() is { } damage)
+        {
+            c.Fail(damage);
+            return;
+        }
+        if (n < 0 || n > capacity)
+        {
+            c.Fail($"HandleRequest returned {n} with {capacity} bytes of reply space");
+            return;
+        }
+        bool noReply = opcode is (uint)FuseOpcode.Forget or (uint)FuseOpcode.BatchForget or (uint)FuseOpcode.Interrupt;
+        if (hasHeader && lengthHonest && noReply)
+        {
+            if (n != 0)
+            {
+                c.Fail($"opcode {opcode} takes no reply but {n} bytes were written");
+            }
+            c.Count("no-reply");
+            return;
+        }
+        if (n == 0)
+        {
+            if (capacity >= FuseOutHeader.Size && !(noReply && hasHeader))
+            {
+                c.Fail($"no reply ({request.Length}-byte request, opcode {opcode}, {capacity} bytes of reply space)");
+                return;
+            }
+            c.Count("reply-space-too-small");
+            return;
+        }
+        if (n < FuseOutHeader.Size)
+        {
+            c.Fail($"a reply of {n} bytes is shorter than fuse_out_header");
+            return;
+        }
+        byte[] reply = _buffers.Reply(n);
+        var header = MemoryMarshal.Read<FuseOutHeader>(reply);
+        if (header.Len != (uint)n || header.Error > 0 || header.Error < -4095 || (header.Error != 0 && n != FuseOutHeader.Size))
+        {
+            c.Fail($"malformed out header: len {header.Len} (returned {n}), error {header.Error}");
+            return;
+        }
+        if (request.Length >= 16 && header.Unique != unique)
+        {
+            c.Fail($"reply unique {header.Unique} for request {unique}");
+            return;
+        }
+        c.Count(header.Error == 0 ? "ok" : "errno:" + (Errno)(-header.Error));
+        if (!mutated && Enum.IsDefined(builtOpcode))
+        {
+            _answeredWellFormed.Add(builtOpcode);
+        }
+        if (header.Error == 0)
+        {
+            Learn((FuseOpcode)opcode, request, reply);
+        }
+        if (c.Index % SentinelEvery == SentinelEvery - 1)
+        {
+            CheckSentinel(c);
+        }
+    }
+
+    /// <summary>What a guest remembers from a successful reply: new node ids, handles, names.</summary>
+    private void Learn(FuseOpcode opcode, byte[] request, byte[] reply)
+    {
+        var payload = reply.AsSpan(FuseOutHeader.Size);
+        switch (opcode)
+        {
+            case FuseOpcode.Lookup:
+            case FuseOpcode.Mknod:
+            case FuseOpcode.Mkdir:
+            case FuseOpcode.Symlink:
+            case FuseOpcode.Link:
+            case FuseOpcode.Create:
+            case FuseOpcode.Tmpfile:
+                if (payload.Length >= FuseEntryOut.Size)
+                {
+                    var entry = MemoryMarshal.Read<FuseEntryOut>(payload);
+                    if (entry.NodeId != 0)
+                    {
+                        _state.AddNode(entry.NodeId, entry.Attr.Mode);
+                    }
+                    if (opcode is FuseOpcode.Create or FuseOpcode.Tmpfile && payload.Length >= FuseEntryOut.Size + FuseOpenOut.Size)
+                    {
+                        var open = MemoryMarshal.Read<FuseOpenOut>(payload[FuseEntryOut.Size..]);
+                        FuseGuestState.Add(_state.FileHandles, (entry.NodeId, open.Fh));
+                    }
+                    string? name = NameOf(request);
+                    if (name != null && opcode != FuseOpcode.Lookup && !_state.Names.Contains(name))
+                    {
+                        FuseGuestState.Add(_state.Names, name);
+                    }
+                }
+                break;
+            case FuseOpcode.Open:
+            case FuseOpcode.Opendir:
+                if (payload.Length >= FuseOpenOut.Size && request.Length >= 24)
+                {
+                    ulong node = BinaryPrimitives.ReadUInt64LittleEndian(request.AsSpan(16));
+                    var open = MemoryMarshal.Read<FuseOpenOut>(payload);
+                    FuseGuestState.Add(opcode == FuseOpcode.Open ? _state.FileHandles : _state.DirHandles, (node, open.Fh));
+                }
+                break;
+        }
+    }
+
+    private static string? NameOf(byte[] request)
+    {
+        // The entry-creating opcodes put the (last) name after a fixed argument; good enough: the last NUL-terminated run.
+        int end = Array.LastIndexOf(request, (byte)0);
+        if (end <= FuseInHeader.Size)
+        {
+            return null;
+        }
+        int start = Array.LastIndexOf(request, (byte)0, end - 1) + 1;
+        start = Math.Max(start, FuseInHeader.Size);
+        if (end - start is <= 0 or > 64)
+        {
+            return null;
+        }
+        string name = System.Text.Encoding.UTF8.GetString(request, start, end - start);
+        return name.All(ch => char.IsAsciiLetterOrDigit(ch) || ch is '.' or '_' or '-') ? name : null;
+    }
+
+    /// <summary>A guest interrupts a lock wait after a while; the server must then answer it.</summary>
+    private Timer ArmInterrupt(ulong target) => new(_ =>
+    {
+        var request = new byte[FuseInHeader.Size + FuseInterruptIn.Size];
+        var h = new FuseInHeader { Len = (uint)request.Length, Opcode = (uint)FuseOpcode.Interrupt, Unique = target | (1UL << 63) };
+        MemoryMarshal.Write(request, in h);
+        MemoryMarshal.Write(request.AsSpan(FuseInHeader.Size), new FuseInterruptIn { Unique = target });
+        Call(request, 64, out int _);
+    }, null, 300, 300);
+
+    public void CheckSentinel(FuzzCase? c)
+    {
+        var problems = SentinelTree.Compare(_sentinelBefore, _sentinel.Snapshot());
+        if (problems.Count > 0)
+        {
+            string text = "a host path outside the share changed: " + string.Join("; ", problems);
+            if (c != null)
+            {
+                c.Fail(text);
+            }
+            else
+            {
+                throw new InvalidOperationException(text);
+            }
+        }
+    }
+
+    /// <summary>Starts the share over: a DESTROY, the share wiped and filled again, a new INIT.</summary>
+    private void Refresh()
+    {
+        _server.Reset();
+        // Guest-made names need not be valid UTF-8, which .NET's own recursive delete cannot name.
+        using (var find = System.Diagnostics.Process.Start("find", [_share, "-mindepth", "1", "-delete"]))
+        {
+            find.WaitForExit();
+            if (find.ExitCode != 0)
+            {
+                throw new InvalidOperationException($"could not empty {_share} (find exited with {find.ExitCode})");
+            }
+        }
+        Populate();
+        Init();
+    }
+
+    /// <summary>After a reset the server holds nothing for the guest.</summary>
+    public string? CheckReleasedAfterReset()
+    {
+        _server.Reset();
+        var (used, _) = _server.FdUsage;
+        if (used != 0 || _server.HandleCount != 0 || _server.NodeCount != 1)
+        {
+            return $"after a reset the server still holds {used} guest fd(s), {_server.HandleCount} handle(s), {_server.NodeCount} node(s)";
+        }
+        return null;
+    }
+
+    public long InternalErrorsLogged => Interlocked.Read(ref _internalErrorsLogged);
+
+    public void Dispose()
+    {
+        _server.Dispose();
+        _buffers.Dispose();
+        _mount.Dispose();
+    }
+}
