@@ -1,5 +1,6 @@
 using System.Text;
 using Vhostfsd.Posix;
+using Vhostfsd.Testing;
 using Xunit;
 
 namespace Vhostfsd.GuestKernelShim.Tests;
@@ -145,7 +146,7 @@ public sealed class InProcessCoreTests : CoreSuite
 {
     private sealed class Target : ICoreTarget
     {
-        private readonly InProcessMount _mount = new();
+        private readonly ShimInProcessMount _mount = new();
         public FuseFs Fs => _mount.Fs;
         public string HostDir => _mount.Dir;
         public void Dispose() => _mount.Dispose();

@@ -1,6 +1,7 @@
 using System.Text;
 using Vhostfsd.FusePassthrough.Protocol;
 using Vhostfsd.Posix;
+using Vhostfsd.Testing;
 using Xunit;
 
 namespace Vhostfsd.GuestKernelShim.Tests;
@@ -251,7 +252,7 @@ public sealed class InProcessOperationsTests : OperationsSuite
 {
     private sealed class Target : IOperationsTarget
     {
-        private readonly InProcessMount _mount = new(dir => new FusePassthrough.PassthroughOptions { SharedDir = dir, Xattr = true });
+        private readonly ShimInProcessMount _mount = new(dir => new FusePassthrough.PassthroughOptions { SharedDir = dir, Xattr = true });
         public FuseFs Fs => _mount.Fs;
         public string HostDir => _mount.Dir;
         public long DaemonHoldings() => _mount.Server.Server.NodeCount + _mount.Server.Server.HandleCount;

@@ -74,7 +74,7 @@ public sealed class VhostfsdTransportTests
         using var fs = daemon.Mount();
         var backend = (VirtioFsBackend)fs.Conn.Transport;
         Assert.Equal(Errno.OK, fs.GetAttr(fs.Root, out _, force: true));
-        daemon.Signal(19); // SIGSTOP: requests pile up in the ring
+        daemon.Stop(); // SIGSTOP: requests pile up in the ring
         var results = new Errno[4];
         var threads = Enumerable.Range(0, results.Length).Select(i => new Thread(() => results[i] = fs.GetAttr(fs.Root, out _, force: true))).ToArray();
         foreach (var t in threads)
@@ -89,6 +89,20 @@ public sealed class VhostfsdTransportTests
         }
         Assert.All(results, r => Assert.Equal(Errno.ENOTCONN, r));
         Assert.True(backend.DaemonGone);
+        Assert.Equal(Errno.ENOTCONN, fs.GetAttr(fs.Root, out _, force: true));
+    }
+
+    [Fact]
+    public void UnmountingAStoppedDaemonDoesNotHang()
+    {
+        using var daemon = DaemonProcess.StartVhostfsd(null, "--sandbox", "none");
+        using var fs = daemon.Mount(connOptions: new FuseConnOptions { DrainTimeout = TimeSpan.FromSeconds(1) });
+        Assert.Equal(Errno.OK, fs.GetAttr(fs.Root, out _, force: true));
+        daemon.Stop();
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        fs.Unmount();
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(15), $"unmount took {sw.Elapsed}");
+        Assert.True(fs.Conn.IsDisconnected);
         Assert.Equal(Errno.ENOTCONN, fs.GetAttr(fs.Root, out _, force: true));
     }
 

@@ -230,7 +230,7 @@ public class ReferenceDaemonTransportTests
         using var fs = daemon.Mount();
         var backend = (VirtioFsBackend)fs.Conn.Transport;
         Assert.Equal(Errno.OK, fs.GetAttr(fs.Root, out _, force: true));
-        daemon.Signal(19); // SIGSTOP: requests pile up in the ring
+        daemon.Stop(); // SIGSTOP: requests pile up in the ring
         var results = new Errno[4];
         var threads = Enumerable.Range(0, results.Length).Select(i => new Thread(() => results[i] = fs.GetAttr(fs.Root, out _, force: true))).ToArray();
         foreach (var t in threads)

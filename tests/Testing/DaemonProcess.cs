@@ -240,6 +240,35 @@ public sealed class DaemonProcess : IDisposable
         }
     }
 
+    /// <summary>SIGSTOP to the serving process, returning once it is stopped (state T in /proc), so that
+    /// requests sent afterwards are certain to stay in flight.</summary>
+    public void Stop(TimeSpan? timeout = null)
+    {
+        int pid = ServingPid;
+        Signal(19);
+        var deadline = DateTime.UtcNow + (timeout ?? TimeSpan.FromSeconds(10));
+        while (DateTime.UtcNow < deadline)
+        {
+            string stat;
+            try
+            {
+                stat = File.ReadAllText($"/proc/{pid}/stat");
+            }
+            catch (IOException)
+            {
+                return;
+            }
+            // pid (comm) STATE ...: the comm may hold spaces, the state follows the last ')'.
+            int close = stat.LastIndexOf(')');
+            if (close > 0 && close + 2 < stat.Length && stat[close + 2] is 'T' or 't')
+            {
+                return;
+            }
+            Thread.Sleep(2);
+        }
+        throw new TimeoutException($"{Description}: process {pid} did not stop");
+    }
+
     /// <summary>SIGKILL to the serving process and to the started one, then waits for it to go.</summary>
     public void Kill()
     {

@@ -915,6 +915,10 @@ public sealed class FuseConn : IDisposable
         if (IsInitialized)
         {
             Quiesce(_options.DrainTimeout);
+            // A daemon that never answers (stopped, wedged) must not wedge the unmount: after the drain
+            // timeout the connection is aborted, which ends DESTROY with ENOTCONN.
+            using var watchdog = new Timer(static state => ((FuseConn)state!).Abort(Errno.ENOTCONN, TimeSpan.Zero), this,
+                _options.DrainTimeout, Timeout.InfiniteTimeSpan);
             Span<byte> none = default;
             SendCore(FuseOpcode.Destroy, 0, FuseCaller.Kernel, default, none, FuseReplyShape.Fixed, CancellationToken.None, bypassInit: false);
         }

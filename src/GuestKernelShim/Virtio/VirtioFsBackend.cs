@@ -639,6 +639,8 @@ public sealed unsafe class VirtioFsBackend : IFuseTransport
                 {
                     indices[i] = (uint)i;
                 }
+                // A daemon that does not answer GET_VRING_BASE in time is left behind, not waited for.
+                _frontend.ReplyTimeout = drainTimeout > TimeSpan.FromSeconds(1) ? drainTimeout : TimeSpan.FromSeconds(1);
                 _frontend.Stop(indices);
             }
             catch (Exception e) when (e is VhostUserProtocolException or VhostUserRequestFailedException or PosixException or IOException)

@@ -1,12 +1,14 @@
 using Vhostfsd.FusePassthrough;
+using Vhostfsd.GuestKernelShim;
 
-namespace Vhostfsd.GuestKernelShim.Tests;
+namespace Vhostfsd.Testing;
 
-/// <summary>A temporary shared directory served by FusePassthrough's FuseServer over the in-process channel,
-/// mounted with the shim.</summary>
-public sealed class InProcessMount : IDisposable
+/// <summary>A temporary shared directory served by FusePassthrough's FuseServer over the shim's in-process
+/// channel (/dev/fuse semantics, no socket), mounted with the shim: the socket-less way to drive the
+/// passthrough file system through a guest-like FUSE client.</summary>
+public sealed class ShimInProcessMount : IDisposable
 {
-    public InProcessMount(Func<string, PassthroughOptions>? options = null, MountOptions? mountOptions = null, FuseConnOptions? connOptions = null)
+    public ShimInProcessMount(Func<string, PassthroughOptions>? options = null, MountOptions? mountOptions = null, FuseConnOptions? connOptions = null)
     {
         Dir = Directory.CreateTempSubdirectory("shim-fs-").FullName;
         var passthrough = options?.Invoke(Dir) ?? new PassthroughOptions { SharedDir = Dir };
