@@ -10,8 +10,12 @@ public class HotPathBenchmarks
     private const int Batch = 64;
     private QueueHotPath _path = null!;
 
+    /// <summary>How nodes are held: O_PATH fds, or file handles (vhostfsd's default is prefer).</summary>
+    [Params(Vhostfsd.FusePassthrough.InodeFileHandles.Never, Vhostfsd.FusePassthrough.InodeFileHandles.Prefer)]
+    public Vhostfsd.FusePassthrough.InodeFileHandles FileHandles { get; set; }
+
     [GlobalSetup]
-    public void Setup() => _path = new QueueHotPath();
+    public void Setup() => _path = new QueueHotPath(FileHandles);
 
     [GlobalCleanup]
     public void Cleanup() => _path.Dispose();
@@ -36,6 +40,18 @@ public class HotPathBenchmarks
         for (int i = 0; i < Batch; i++)
         {
             sum += _path.Process(_path.GetattrRoot);
+        }
+        return sum;
+    }
+
+    /// <summary>GETATTR of a regular file.</summary>
+    [Benchmark(OperationsPerInvoke = Batch)]
+    public int GetattrFile()
+    {
+        int sum = 0;
+        for (int i = 0; i < Batch; i++)
+        {
+            sum += _path.Process(_path.GetattrFile);
         }
         return sum;
     }

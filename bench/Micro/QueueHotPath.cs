@@ -29,12 +29,12 @@ public sealed unsafe class QueueHotPath : IDisposable
     private ushort _nextHead;
     private ulong _unique = 2;
 
-    public QueueHotPath()
+    public QueueHotPath(InodeFileHandles fileHandles = InodeFileHandles.Never)
     {
         _dir = Path.Combine("/dev/shm", "vhostfs-micro-" + Environment.ProcessId + "-" + Guid.NewGuid().ToString("N")[..6]);
         Directory.CreateDirectory(_dir);
         File.WriteAllBytes(Path.Combine(_dir, "file"), new byte[64 * 1024]);
-        _server = new FuseServer(new PassthroughOptions { SharedDir = _dir, Cache = CachePolicy.Never });
+        _server = new FuseServer(new PassthroughOptions { SharedDir = _dir, Cache = CachePolicy.Never, InodeFileHandles = fileHandles });
         _memory = QueueTestMemory.Create(16UL << 20);
         _driver = new QueueMockDriver(_memory, QueueSize);
         _queue = _driver.CreateDeviceQueue(eventIdx: true, indirect: false);
@@ -51,6 +51,7 @@ public sealed unsafe class QueueHotPath : IDisposable
         FileHandle = _memory.ReadObj<FuseOpenOut>(ReplyGpa(open) + FuseOutHeader.Size).Fh;
 
         GetattrRoot = Chain(FuseOpcode.Getattr, 1, Bytes(new FuseGetattrIn()));
+        GetattrFile = Chain(FuseOpcode.Getattr, FileNode, Bytes(new FuseGetattrIn()));
         Unknown = Chain((FuseOpcode)9999, 1, []);
         Read4K = Chain(FuseOpcode.Read, FileNode, Bytes(new FuseReadIn { Fh = FileHandle, Offset = 4096, Length = 4096 }), replyBytes: 4096);
         LookupFile = Chain(FuseOpcode.Lookup, 1, "file\0"u8.ToArray());
@@ -62,6 +63,7 @@ public sealed unsafe class QueueHotPath : IDisposable
 
     /// <summary>Chain heads of the prepared requests.</summary>
     public ushort GetattrRoot { get; }
+    public ushort GetattrFile { get; }
     public ushort Unknown { get; }
     public ushort Read4K { get; }
     public ushort LookupFile { get; }

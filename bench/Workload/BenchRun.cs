@@ -48,6 +48,9 @@ public sealed record CellResult
     public required long PeakRssBytes { get; init; }
     public double ListenMs { get; init; }
     public long IdleRssBytes { get; init; }
+    public long IdleUssBytes { get; init; }
+    /// <summary>From the daemon's exec to the shim's INIT answered (the device ready for requests).</summary>
+    public double ReadyMs { get; init; }
     public int DaemonThreads { get; init; }
     public string? Note { get; init; }
 }
@@ -161,6 +164,7 @@ public sealed class BenchRun
         {
             dataset.CleanSmall();
         }
+        long started = Stopwatch.GetTimestamp();
         using var daemon = DaemonUnderTest.Start(spec, dataset.Root, _settings.StartTimeout);
         try
         {
@@ -173,11 +177,13 @@ public sealed class BenchRun
             {
                 throw new BenchFailure($"connecting to {spec.Name} failed: {e.Message}\n{daemon.Output}");
             }
+            double readyMs = session.ReadyAfter(started);
             using (session)
             {
                 // Idle: connected, INIT done, the dataset's directories looked up, nothing in flight.
                 Thread.Sleep(50);
                 long idleRss = daemon.RssBytes();
+                long idleUss = daemon.UssBytes();
                 int threads = daemon.Threads();
                 double cpuBefore = 0;
                 double cpuAfter = 0;
@@ -218,6 +224,8 @@ public sealed class BenchRun
                     PeakRssBytes = peak,
                     ListenMs = daemon.TimeToListen.TotalMilliseconds,
                     IdleRssBytes = idleRss,
+                    IdleUssBytes = idleUss,
+                    ReadyMs = readyMs,
                     DaemonThreads = threads,
                     Note = workload.Note(session),
                 };
@@ -235,7 +243,10 @@ public sealed class BenchRun
         {
             return null;
         }
-        string command = _settings.ProfileCommand.Replace("{pid}", pid.ToString(System.Globalization.CultureInfo.InvariantCulture), StringComparison.Ordinal)
+        var tree = ProcStats.Tree(pid);
+        string command = _settings.ProfileCommand
+            .Replace("{pids}", string.Join(',', tree), StringComparison.Ordinal)
+            .Replace("{pid}", tree[^1].ToString(System.Globalization.CultureInfo.InvariantCulture), StringComparison.Ordinal)
             .Replace("{cell}", cell, StringComparison.Ordinal);
         var info = new ProcessStartInfo("/bin/sh") { UseShellExecute = false };
         info.ArgumentList.Add("-c");

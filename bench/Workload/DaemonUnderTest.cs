@@ -198,11 +198,18 @@ public sealed class DaemonUnderTest : IDisposable
     /// <summary>CPU seconds (user + system) of the daemon and its descendants so far.</summary>
     public double CpuSeconds() => ProcStats.TreeCpuSeconds(Pid);
 
-    /// <summary>Peak resident set (VmHWM) of the daemon and its descendants, bytes.</summary>
-    public long PeakRssBytes() => ProcStats.TreeStatusBytes(Pid, "VmHWM:");
+    /// <summary>Peak resident memory of the daemon's process tree, bytes: the largest VmHWM of its processes plus
+    /// the private memory (USS) of the others. Summing VmHWM would count the pages they share (the .NET runtime's
+    /// code, mapped by a parent and the copy it spawns) once per process.</summary>
+    public long PeakRssBytes() => ProcStats.TreeResidentBytes(Pid, "VmHWM:");
 
-    /// <summary>Resident set now (VmRSS) of the daemon and its descendants, bytes.</summary>
-    public long RssBytes() => ProcStats.TreeStatusBytes(Pid, "VmRSS:");
+    /// <summary>Resident memory of the daemon's process tree now, bytes (largest VmRSS plus the others' USS).</summary>
+    public long RssBytes() => ProcStats.TreeResidentBytes(Pid, "VmRSS:");
+
+    /// <summary>Unique set size (Private_Clean + Private_Dirty of /proc/PID/smaps_rollup) of the daemon and its
+    /// descendants, bytes: memory no other process shares (file pages such as the runtime's code, shared with any
+    /// other process that maps them, are left out).</summary>
+    public long UssBytes() => ProcStats.TreeUssBytes(Pid);
 
     /// <summary>Context switches (voluntary: the thread slept, e.g. waiting for a kick) summed over every live
     /// thread of the daemon and its descendants.</summary>
@@ -280,6 +287,64 @@ public static class ProcStats
         return (utime + stime) / ClockTicksPerSecond;
     }
 
+    /// <summary>The largest <paramref name="key"/> (VmRSS or VmHWM) among the tree's processes plus the USS of every
+    /// other process of the tree.</summary>
+    public static long TreeResidentBytes(int pid, string key)
+    {
+        long largest = 0;
+        int largestPid = pid;
+        var tree = Tree(pid);
+        foreach (int p in tree)
+        {
+            long value = TreeStatusBytes(p, key, 1024, includeDescendants: false);
+            if (value > largest)
+            {
+                largest = value;
+                largestPid = p;
+            }
+        }
+        long others = 0;
+        foreach (int p in tree)
+        {
+            if (p != largestPid)
+            {
+                others += UssBytes(p);
+            }
+        }
+        return largest + others;
+    }
+
+    public static long TreeUssBytes(int pid)
+    {
+        long total = 0;
+        foreach (int p in Tree(pid))
+        {
+            total += UssBytes(p);
+        }
+        return total;
+    }
+
+    private static long UssBytes(int pid)
+    {
+        string? rollup = TryRead($"/proc/{pid}/smaps_rollup");
+        if (rollup == null)
+        {
+            return 0;
+        }
+        long total = 0;
+        foreach (string line in rollup.Split('\n'))
+        {
+            foreach (string key in new[] { "Private_Clean:", "Private_Dirty:" })
+            {
+                if (line.StartsWith(key, StringComparison.Ordinal))
+                {
+                    total += long.Parse(line[key.Length..].Trim().Split(' ')[0], CultureInfo.InvariantCulture) * 1024;
+                }
+            }
+        }
+        return total;
+    }
+
     public static long TreeContextSwitches(int pid)
     {
         long total = 0;
@@ -315,10 +380,10 @@ public static class ProcStats
 
     /// <summary>Sum over the tree of a "Key: N kB" line of /proc/PID/status, in bytes (or in units of
     /// <paramref name="scale"/> for counts such as Threads).</summary>
-    public static long TreeStatusBytes(int pid, string key, long scale = 1024)
+    public static long TreeStatusBytes(int pid, string key, long scale = 1024, bool includeDescendants = true)
     {
         long total = 0;
-        foreach (int p in Tree(pid))
+        foreach (int p in includeDescendants ? Tree(pid) : [pid])
         {
             string? status = TryRead($"/proc/{p}/status");
             if (status == null)

@@ -19,12 +19,12 @@ var callersOption = new Option<string>("--callers") { Description = "Concurrent 
 var queuesOption = new Option<string>("--queues") { Description = "Request queues the shim asks for, comma-separated; a daemon that offers fewer is run with what it offers [default: 1,4]", HelpName = "LIST" };
 var repeatOption = new Option<int?>("--repeat") { Description = "Repetitions (daemons alternate within each); the table shows medians [default: 3; --quick: 1]", HelpName = "N" };
 var durationOption = new Option<double?>("--duration") { Description = "Seconds measured per cell [default: 2; --quick: 0.4]", HelpName = "SECONDS" };
-var warmupOption = new Option<double?>("--warmup") { Description = "Seconds of warm-up per cell [default: 0.5; --quick: 0.1]", HelpName = "SECONDS" };
+var warmupOption = new Option<double?>("--warmup") { Description = "Seconds of warm-up per cell [default: 1; --quick: 0.1]", HelpName = "SECONDS" };
 var opsOption = new Option<long?>("--ops") { Description = "Measure a fixed number of operations per cell (shared by the callers) instead of a duration", HelpName = "N" };
 var quickOption = new Option<bool>("--quick") { Description = "CI-size run: small data set (1,000 files, 64 MiB file), tmpfs only, 1 repetition, short cells" };
 var noNativeOption = new Option<bool>("--no-native") { Description = "Skip the native (direct syscall) floor" };
 var jsonOption = new Option<string>("--json") { Description = "Also write every cell and the medians as JSON to FILE (- for stdout)", HelpName = "FILE" };
-var profileOption = new Option<string>("--profile-cmd") { Description = "Run this command during each daemon cell's measured phase ({pid}: the daemon, {cell}: a name for the cell), stopped with SIGINT; e.g. \"perf record -g -p {pid} -o /tmp/{cell}.data\"", HelpName = "CMD" };
+var profileOption = new Option<string>("--profile-cmd") { Description = "Run this command during each daemon cell's measured phase, stopped with SIGINT. {pid}: the serving process (the newest of the daemon's process tree), {pids}: the whole tree, comma-separated, {cell}: a name for the cell. E.g. \"perf record -g -p {pids} -o /tmp/{cell}.data\"", HelpName = "CMD" };
 var vhostfsdOption = new Option<string>("--vhostfsd-dll") { Description = "vhostfsd.dll to run [default: found under src/Vhostfsd/bin]", HelpName = "PATH" };
 
 var root = new RootCommand("vhostfs-bench: compare virtio-fs daemons (vhostfsd, the reference virtiofsd, any other) on the same workloads, through GuestKernelShim over their vhost-user sockets, against the native syscall floor.")
@@ -98,7 +98,7 @@ root.SetAction(parse =>
         Queues = queues,
         Repeat = Math.Max(1, parse.GetValue(repeatOption) ?? (quick ? 1 : 3)),
         Budget = new Budget(
-            TimeSpan.FromSeconds(parse.GetValue(warmupOption) ?? (quick ? 0.1 : 0.5)),
+            TimeSpan.FromSeconds(parse.GetValue(warmupOption) ?? (quick ? 0.1 : 1)),
             TimeSpan.FromSeconds(parse.GetValue(durationOption) ?? (quick ? 0.4 : 2)),
             parse.GetValue(opsOption) ?? 0),
         Shape = quick ? DatasetShape.Quick : DatasetShape.Full,

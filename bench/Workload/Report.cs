@@ -139,18 +139,21 @@ public static class Report
         _ => unit,
     };
 
-    /// <summary>Start-up and idle figures per daemon: time from exec to the socket listening, resident memory and
-    /// threads when connected and idle.</summary>
+    /// <summary>Start-up and idle figures per daemon (medians over its cells): time from exec to the socket existing
+    /// and to INIT answered, resident (RSS, shared pages counted in every process) and private (USS) memory of its
+    /// process tree when connected and idle, and its threads.</summary>
     public static string StartupTable(IReadOnlyList<CellResult> results)
     {
         var sb = new StringBuilder();
-        sb.AppendLine("| daemon | start → listening ms (median) | idle RSS MiB (connected, median) | threads (idle) | cells |");
-        sb.AppendLine("|---|--:|--:|--:|--:|");
+        sb.AppendLine("| daemon | start → socket ms | start → INIT answered ms | idle RSS MiB | idle USS MiB | processes' threads | cells |");
+        sb.AppendLine("|---|--:|--:|--:|--:|--:|--:|");
         foreach (var g in results.Where(r => r.Daemon != "native").GroupBy(r => r.Daemon))
         {
             sb.Append("| ").Append(g.Key)
                 .Append(" | ").Append(Median(g.Select(c => c.ListenMs)).ToString("F0", CultureInfo.InvariantCulture))
+                .Append(" | ").Append(Median(g.Select(c => c.ReadyMs)).ToString("F0", CultureInfo.InvariantCulture))
                 .Append(" | ").Append(Median(g.Select(c => c.IdleRssBytes / 1048576.0)).ToString("F1", CultureInfo.InvariantCulture))
+                .Append(" | ").Append(Median(g.Select(c => c.IdleUssBytes / 1048576.0)).ToString("F1", CultureInfo.InvariantCulture))
                 .Append(" | ").Append(Median(g.Select(c => (double)c.DaemonThreads)).ToString("F0", CultureInfo.InvariantCulture))
                 .Append(" | ").Append(g.Count())
                 .AppendLine(" |");
@@ -237,6 +240,8 @@ public static class Report
             json.WriteNumber("peakRssBytes", c.PeakRssBytes);
             json.WriteNumber("listenMs", Round(c.ListenMs));
             json.WriteNumber("idleRssBytes", c.IdleRssBytes);
+            json.WriteNumber("idleUssBytes", c.IdleUssBytes);
+            json.WriteNumber("readyMs", Round(c.ReadyMs));
             json.WriteNumber("daemonThreads", c.DaemonThreads);
             json.WriteEndObject();
         }

@@ -153,6 +153,7 @@ public sealed class FuseSession : IDisposable
 
     private FuseSession(VirtioFsBackend backend, FuseConn conn, Dataset dataset)
     {
+        InitDoneTimestamp = System.Diagnostics.Stopwatch.GetTimestamp();
         _backend = backend;
         _conn = conn;
         Ops = new FuseOps(conn);
@@ -170,6 +171,12 @@ public sealed class FuseSession : IDisposable
 
     public FuseOps Ops { get; }
     public Dataset Dataset { get; }
+
+    /// <summary>When INIT was answered.</summary>
+    public long InitDoneTimestamp { get; }
+
+    /// <summary>Milliseconds from the timestamp <paramref name="start"/> to INIT answered.</summary>
+    public double ReadyAfter(long start) => (InitDoneTimestamp - start) * 1000.0 / System.Diagnostics.Stopwatch.Frequency;
     public ulong TreeNode { get; }
     public ulong[] DirNodes { get; }
     public ulong FlatNode { get; }

@@ -534,7 +534,7 @@ public sealed unsafe partial class FuseServer
         try
         {
             // close() in the guest drops that process's POSIX locks on the file: drop its description.
-            _handles.CloseLockOwner(handle, a.LockOwner);
+            _nodes.CloseLockOwner(handle.Node, a.LockOwner);
             // And give the host file system its flush (close of a duplicate), as close() would.
             int dup = Libc.Dup(handle.Fd);
             if (dup < 0)

@@ -14,13 +14,15 @@ public sealed unsafe partial class FuseServer
     private const int LockPollFirstMs = 1;
     private const int LockPollMaxMs = 50;
 
-    /// <summary>The open file description of <paramref name="owner"/> on the file of
-    /// <paramref name="handle"/> (opened on first use with the handle's access mode). Returns fd or -errno.</summary>
+    /// <summary>The open file description of <paramref name="owner"/> on the inode of
+    /// <paramref name="handle"/>, opened on first use (read-write when possible, so that one
+    /// description serves all of the owner's handles). Returns fd, -1 when absent and not created, or -errno.</summary>
     private int LockOwnerFd(Handle handle, ulong owner, bool create)
     {
-        lock (handle.OwnersLock)
+        Node node = handle.Node;
+        lock (node.OwnersLock)
         {
-            if (handle.LockOwnerFds is not null && handle.LockOwnerFds.TryGetValue(owner, out int existing))
+            if (node.LockOwnerFds is not null && node.LockOwnerFds.TryGetValue(owner, out int existing))
             {
                 return existing;
             }
@@ -34,15 +36,31 @@ public sealed unsafe partial class FuseServer
             }
             byte* fdName = stackalloc byte[16];
             FormatFd(handle.Fd, new Span<byte>(fdName, 16));
-            int fd = Libc.OpenAt(_procSelfFd, fdName, (handle.OpenFlags & Libc.O_ACCMODE) | Libc.O_CLOEXEC | Libc.O_NONBLOCK, 0);
+            int fd = Libc.OpenAt(_procSelfFd, fdName, Libc.O_RDWR | Libc.O_CLOEXEC | Libc.O_NONBLOCK, 0);
+            if (fd < 0)
+            {
+                fd = Libc.OpenAt(_procSelfFd, fdName, (handle.OpenFlags & Libc.O_ACCMODE) | Libc.O_CLOEXEC | Libc.O_NONBLOCK, 0);
+            }
             if (fd < 0)
             {
                 _budget.Return();
                 return Libc.NegErrno;
             }
-            (handle.LockOwnerFds ??= new Dictionary<ulong, int>()).Add(owner, fd);
+            (node.LockOwnerFds ??= new Dictionary<ulong, int>()).Add(owner, fd);
             return fd;
         }
+    }
+
+    /// <summary>POSIX: a read lock needs a handle open for reading, a write lock one open for writing.</summary>
+    private static bool AccessAllows(Handle handle, short type)
+    {
+        int mode = handle.OpenFlags & Libc.O_ACCMODE;
+        return type switch
+        {
+            Libc.F_RDLCK => mode != Libc.O_WRONLY,
+            Libc.F_WRLCK => mode != Libc.O_RDONLY,
+            _ => true,
+        };
     }
 
     private static int ToFileLock(in FuseFileLock lk, out FileLock fl)
@@ -148,6 +166,10 @@ public sealed unsafe partial class FuseServer
                     _ => Libc.LOCK_UN,
                 };
                 return Retry(handle.Fd, h.Unique, wait && operation != Libc.LOCK_UN, static (fd, op) => Libc.Flock(fd, op | Libc.LOCK_NB), operation, null);
+            }
+            if (!AccessAllows(handle, fl.Type))
+            {
+                return EBADF;
             }
             int fd = LockOwnerFd(handle, a.Owner, create: fl.Type != Libc.F_UNLCK);
             if (fd == -1 && fl.Type == Libc.F_UNLCK)

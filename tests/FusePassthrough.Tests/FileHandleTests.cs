@@ -45,4 +45,39 @@ public class FileHandleTests
         Assert.Equal(0, f.Client.Lookup(d.NodeId, "f2").Error);
         f.Client.Release(nodes[7], fh).Ok();
     }
+
+    [Fact]
+    public void PreferModeKeepsFdsWhileTheBudgetIsHalfFreeThenHoldsHandlesOnly()
+    {
+        Assert.True(Libc.GetEuid() == 0, "open_by_handle_at needs CAP_DAC_READ_SEARCH: run the tests as root");
+        const int budget = 20;
+        using var f = new ShareFixture(makeOptions: s => new PassthroughOptions { SharedDir = s, InodeFileHandles = InodeFileHandles.Prefer, MaxGuestFds = budget });
+        Assert.True(f.Server.UsesFileHandles);
+        for (int i = 0; i < 30; i++)
+        {
+            File.WriteAllText(f.HostPath($"f{i}"), "content " + i);
+        }
+        var nodes = new List<ulong>();
+        for (int i = 0; i < 30; i++)
+        {
+            nodes.Add(f.Client.LookupOk(Root, $"f{i}").NodeId);
+        }
+        // The first nodes keep their O_PATH fds (no open_by_handle_at per request); once half the budget
+        // is in use the rest are held by handle alone, so the budget is never exhausted by lookups.
+        Assert.InRange(f.Server.FdUsage.Used, budget / 2 - 1, budget / 2 + 1);
+        for (int i = 0; i < 30; i++)
+        {
+            Assert.Equal(("content " + i).Length, (int)f.Client.Getattr(nodes[i]).Ok().Read<FuseAttrOut>().Attr.FileSize);
+        }
+        ulong early = f.Client.Open(nodes[2], Libc.O_RDONLY).Ok().Read<FuseOpenOut>().Fh;
+        ulong late = f.Client.Open(nodes[25], Libc.O_RDONLY).Ok().Read<FuseOpenOut>().Fh;
+        Assert.Equal("content 2", Encoding.ASCII.GetString(f.Client.Read(nodes[2], early, 0, 100).Ok().Payload));
+        Assert.Equal("content 25", Encoding.ASCII.GetString(f.Client.Read(nodes[25], late, 0, 100).Ok().Payload));
+        f.Client.Release(nodes[2], early).Ok();
+        f.Client.Release(nodes[25], late).Ok();
+        // Forgetting a node that kept its fd gives the fd back.
+        int used = f.Server.FdUsage.Used;
+        f.Client.Forget(nodes[0], 1);
+        Assert.Equal(used - 1, f.Server.FdUsage.Used);
+    }
 }

@@ -131,3 +131,26 @@ public class LockTests
         }
     }
 }
+
+public class LockOwnerTests
+{
+    /// <summary>POSIX: a process's close() of any fd of a file drops all its locks on that file, even
+    /// those taken through another open file. The guest sends FLUSH(owner) on the other handle.</summary>
+    [Fact]
+    public void FlushThroughAnotherHandleDropsTheOwnersLocks()
+    {
+        using var f = new ShareFixture();
+        File.WriteAllText(f.HostPath("f"), "data");
+        FuseEntryOut e = f.Client.LookupOk(FuseConstants.RootId, "f");
+        ulong fh1 = f.Client.Open(e.NodeId, Libc.O_RDWR).Ok().Read<FuseOpenOut>().Fh;
+        ulong fh2 = f.Client.Open(e.NodeId, Libc.O_RDONLY).Ok().Read<FuseOpenOut>().Fh;
+        f.Client.Lock(FuseOpcode.Setlk, e.NodeId, fh1, owner: 7, Libc.F_WRLCK).Ok();
+        // The same owner through its read-only handle: shares the lock description (no self-conflict),
+        // and a write lock needs a writable handle.
+        Assert.Equal(0, f.Client.Lock(FuseOpcode.Setlk, e.NodeId, fh2, owner: 7, Libc.F_RDLCK).Error);
+        Assert.Equal(Errno.EBADF, f.Client.Lock(FuseOpcode.Setlk, e.NodeId, fh2, owner: 7, Libc.F_WRLCK).Errno);
+        Assert.Equal(Errno.EAGAIN, f.Client.Lock(FuseOpcode.Setlk, e.NodeId, fh1, owner: 8, Libc.F_WRLCK).Errno);
+        f.Client.Flush(e.NodeId, fh2, 7).Ok();
+        Assert.Equal(0, f.Client.Lock(FuseOpcode.Setlk, e.NodeId, fh1, owner: 8, Libc.F_WRLCK).Error);
+    }
+}

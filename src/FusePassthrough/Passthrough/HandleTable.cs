@@ -15,10 +15,6 @@ internal sealed class Handle
     public int GuestFlags;
     public bool IsDirectory;
     public int Refs;
-    /// <summary>One open file description per guest lock owner for POSIX (OFD) locks, created on
-    /// the owner's first lock (guarded by <see cref="OwnersLock"/>).</summary>
-    public Dictionary<ulong, int>? LockOwnerFds;
-    public readonly object OwnersLock = new();
     /// <summary>Serializes lseek + getdents64 of one directory handle.</summary>
     public readonly object DirectoryLock = new();
 }
@@ -66,7 +62,6 @@ internal sealed class HandleTable
             h.GuestFlags = guestFlags;
             h.IsDirectory = isDirectory;
             h.Refs = 1;
-            h.LockOwnerFds = null;
             _byId[h.Id] = h;
             return h;
         }
@@ -148,35 +143,8 @@ internal sealed class HandleTable
         }
     }
 
-    /// <summary>Closes the lock-owner description of <paramref name="owner"/> (releasing its POSIX locks).</summary>
-    public void CloseLockOwner(Handle h, ulong owner)
-    {
-        int fd = -1;
-        lock (h.OwnersLock)
-        {
-            if (h.LockOwnerFds is not null && h.LockOwnerFds.Remove(owner, out int found))
-            {
-                fd = found;
-            }
-        }
-        if (fd >= 0)
-        {
-            Libc.Close(fd);
-            _budget.Return();
-        }
-    }
-
     private void Destroy(Handle h)
     {
-        if (h.LockOwnerFds is not null)
-        {
-            foreach (int fd in h.LockOwnerFds.Values)
-            {
-                Libc.Close(fd);
-                _budget.Return();
-            }
-            h.LockOwnerFds = null;
-        }
         if (h.Fd >= 0)
         {
             Libc.Close(h.Fd);

@@ -26,6 +26,11 @@ internal sealed class Node
     public int Refs;
     /// <summary>The node is the share root (never forgotten).</summary>
     public bool IsRoot;
+    /// <summary>One open file description per guest lock owner holding POSIX (OFD) locks on this
+    /// inode, created on the owner's first lock (guarded by <see cref="OwnersLock"/>). Per inode,
+    /// not per handle: the guest's close() of any of the owner's files drops all its locks here.</summary>
+    public Dictionary<ulong, int>? LockOwnerFds;
+    public readonly object OwnersLock = new();
 
     public bool IsDirectory => FileType == Libc.S_IFDIR;
     public bool IsSymlink => FileType == Libc.S_IFLNK;
@@ -251,8 +256,38 @@ internal sealed class NodeTable
         }
     }
 
+    /// <summary>Closes the lock-owner description of <paramref name="owner"/> (releasing its POSIX locks).</summary>
+    public void CloseLockOwner(Node node, ulong owner)
+    {
+        int fd = -1;
+        lock (node.OwnersLock)
+        {
+            if (node.LockOwnerFds is not null && node.LockOwnerFds.Remove(owner, out int found))
+            {
+                fd = found;
+            }
+        }
+        if (fd >= 0)
+        {
+            Libc.Close(fd);
+            _budget.Return();
+        }
+    }
+
     private void Destroy(Node node)
     {
+        lock (node.OwnersLock)
+        {
+            if (node.LockOwnerFds is not null)
+            {
+                foreach (int fd in node.LockOwnerFds.Values)
+                {
+                    Libc.Close(fd);
+                    _budget.Return();
+                }
+                node.LockOwnerFds = null;
+            }
+        }
         if (node.Fd >= 0)
         {
             Libc.Close(node.Fd);
