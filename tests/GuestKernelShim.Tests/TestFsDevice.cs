@@ -85,9 +85,20 @@ public sealed unsafe class TestFsDevice : IVhostUserDevice, IDisposable
         }
     }
 
-    private static uint WriteError(DescriptorChain chain, ulong unique, int error)
+    /// <summary>Answers the held chains with a fuse_out_header made from their unique (a hostile daemon's reply).</summary>
+    public void AnswerHeldWith(Func<ulong, FuseOutHeader> header)
     {
-        var header = new FuseOutHeader { Len = FuseOutHeader.Size, Error = error, Unique = unique };
+        while (_held.TryDequeue(out var held))
+        {
+            held.Ring.Complete(held.Chain, WriteHeader(held.Chain, header(held.Unique)));
+        }
+    }
+
+    private static uint WriteError(DescriptorChain chain, ulong unique, int error)
+        => WriteHeader(chain, new FuseOutHeader { Len = FuseOutHeader.Size, Error = error, Unique = unique });
+
+    private static uint WriteHeader(DescriptorChain chain, FuseOutHeader header)
+    {
         var writable = chain.Writable;
         // SAFETY: the first writable segment of a FUSE chain holds at least fuse_out_header (checked here).
         if (writable.Length == 0 || writable[0].Length < FuseOutHeader.Size)

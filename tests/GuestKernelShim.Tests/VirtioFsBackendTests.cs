@@ -153,6 +153,27 @@ public class VirtioFsBackendTests
         Assert.Equal(Errno.EINTR, result.Errno);
     }
 
+    [Theory]
+    [InlineData(2ul, FuseOutHeader.Size, 0)]              // another request's unique
+    [InlineData(0ul, FuseOutHeader.Size + 200_000u, 0)]   // longer than the reply buffer
+    [InlineData(0ul, 8u, 0)]                              // shorter than fuse_out_header
+    [InlineData(0ul, FuseOutHeader.Size + 8u, -2)]        // an error with a payload
+    public void AMalformedReplyOnTheRingIsEio(ulong uniqueDelta, uint length, int error)
+    {
+        using var device = new TestFsDevice(requestQueues: 1);
+        using var fs = FuseFs.Mount(VirtioFsBackend.Connect(device.SocketPath, Options()));
+        device.Hold = (q, op) => op == FuseOpcode.Statfs;
+        FuseReply result = default;
+        var sender = new Thread(() => result = fs.Conn.Send(FuseOpcode.Statfs, 1, FuseCaller.Root, new byte[FuseStatfsOut.Size], FuseReplyShape.Fixed));
+        sender.Start();
+        Assert.True(SpinWait.SpinUntil(() => device.HeldCount == 1, Timeout));
+        device.AnswerHeldWith(unique => new FuseOutHeader { Unique = unique + uniqueDelta, Len = length, Error = error });
+        Assert.True(sender.Join(Timeout));
+        Assert.Equal(Errno.EIO, result.Errno);
+        device.Hold = null;
+        Assert.Equal(Errno.OK, fs.StatFs(fs.Root, out _));
+    }
+
     [Fact]
     public void ADaemonThatHangsUpEndsEveryRequestWithEnotconn()
     {
