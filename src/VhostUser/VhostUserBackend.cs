@@ -456,6 +456,8 @@ public sealed class VhostUserBackend : IDisposable
     {
         int count = (int)message.Read<MemoryTableHeader>().NumRegions;
         var regions = new List<GuestMemoryRegion>(count);
+        // A table refused at region i must unmap regions 0..i-1 again (found by the vhost-user fuzzer).
+        bool installed = false;
         try
         {
             for (int i = 0; i < count; i++)
@@ -474,14 +476,21 @@ public sealed class VhostUserBackend : IDisposable
                     description.GuestPhysAddr, description.UserAddr));
             }
             _memory.ReplaceAll(regions);
+            installed = true;
         }
         catch (Exception e) when (e is PosixException or ArgumentException)
         {
-            foreach (var region in regions)
-            {
-                region.Dispose();
-            }
             return "SET_MEM_TABLE: " + e.Message;
+        }
+        finally
+        {
+            if (!installed)
+            {
+                foreach (var region in regions)
+                {
+                    region.Dispose();
+                }
+            }
         }
         // Rings keep their old mappings pinned until they move to the new ones.
         foreach (var ring in _vrings)

@@ -296,6 +296,27 @@ public sealed class BackendMessageTests : IDisposable
     }
 
     [Fact]
+    public void SetMemTableRefusedAtItsSecondRegionUnmapsTheFirst()
+    {
+        Negotiate();
+        var r = Guest().MemoryRegions[0];
+        var disjoint = r.Description with
+        {
+            GuestPhysAddr = r.Description.GuestPhysAddr + (1UL << 40),
+            UserAddr = r.Description.UserAddr + (1UL << 40),
+            MemorySize = r.Description.MemorySize + 4096,
+        };
+        int mappedBefore = MappingsOf(Guest().MemFdName);
+        Assert.Throws<VhostUserRequestFailedException>(() => F.SetMemTable([r, new VhostUserMemoryRegion(disjoint, r.Fd)]));
+        Assert.Equal(0, B.Memory.RegionCount);
+        // Only the guest's own mapping is left: the back-end's map of region 0 went with the refusal.
+        Assert.Equal(mappedBefore, MappingsOf(Guest().MemFdName));
+    }
+
+    private static int MappingsOf(string memfdName)
+        => File.ReadLines("/proc/self/maps").Count(line => line.Contains(memfdName, StringComparison.Ordinal));
+
+    [Fact]
     public void RegionsReachingPastTheirBackingFileAreRefused()
     {
         Negotiate();
