@@ -212,7 +212,9 @@ public sealed unsafe partial class FuseServer
                     byte* dot = stackalloc byte[2];
                     dot[0] = (byte)'.';
                     dot[1] = 0;
-                    fd = OpenBelow(parentFd, tmpfile ? dot : name, flags, mode);
+                    fd = tmpfile || (flags & Libc.O_EXCL) != 0
+                        ? OpenBelow(parentFd, tmpfile ? dot : name, flags, mode)
+                        : CreateOrOpenRegular(parentFd, name, flags, mode);
                 }
             }
             finally
@@ -272,6 +274,63 @@ public sealed unsafe partial class FuseServer
             CloseTemporary(temporary);
             _nodes.Release(parent);
         }
+    }
+
+    /// <summary>CREATE without O_EXCL: creates the file, or opens the one already there — but only a
+    /// regular file. A plain open(O_CREAT) of an existing name would open whatever is there: a FIFO
+    /// (the worker then blocks until a reader comes, found by the FUSE fuzzer) or a device node the
+    /// guest made with MKNOD (handing it the host's device, which OPEN refuses). So: try O_EXCL
+    /// first; on EEXIST pin the existing inode with an O_PATH fd, check its type, and reopen that
+    /// inode through /proc/self/fd, so no rename in between can swap another file in.
+    /// Returns fd or -errno.</summary>
+    private int CreateOrOpenRegular(int parentFd, byte* name, int flags, uint mode)
+    {
+        for (int attempt = 0; attempt < 8; attempt++)
+        {
+            int fd = OpenBelow(parentFd, name, flags | Libc.O_EXCL, mode);
+            if (fd != -(int)Errno.EEXIST)
+            {
+                return fd;
+            }
+            int pathFd = OpenBelow(parentFd, name, Libc.O_PATH | Libc.O_NOFOLLOW | Libc.O_CLOEXEC, 0);
+            if (pathFd == -(int)Errno.ENOENT)
+            {
+                continue; // removed in between: try to create it again
+            }
+            if (pathFd < 0)
+            {
+                return pathFd;
+            }
+            try
+            {
+                Statx st;
+                byte empty = 0;
+                if (Libc.StatxAt(pathFd, &empty, Libc.AT_EMPTY_PATH, Libc.STATX_TYPE, &st) < 0)
+                {
+                    return Libc.NegErrno;
+                }
+                switch (st.Mode & Libc.S_IFMT)
+                {
+                    case Libc.S_IFREG:
+                        break;
+                    case Libc.S_IFDIR:
+                        return -(int)Errno.EISDIR;
+                    case Libc.S_IFLNK:
+                        return -(int)Errno.ELOOP;
+                    default:
+                        return -(int)Errno.EACCES;
+                }
+                byte* fdName = stackalloc byte[16];
+                FormatFd(pathFd, new Span<byte>(fdName, 16));
+                int reopened = Libc.OpenAt(_procSelfFd, fdName, (flags | Libc.O_CLOEXEC) & ~(Libc.O_CREAT | Libc.O_EXCL | Libc.O_NOFOLLOW), 0);
+                return reopened < 0 ? Libc.NegErrno : reopened;
+            }
+            finally
+            {
+                Libc.Close(pathFd);
+            }
+        }
+        return -(int)Errno.EAGAIN;
     }
 
     /// <summary>Opens (creating) a name below <paramref name="parentFd"/>, confined like

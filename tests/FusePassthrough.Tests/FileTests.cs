@@ -48,6 +48,41 @@ public class FileTests
     }
 
     [Fact]
+    public void CreateOverAnExistingFifoOrDeviceNodeNeverOpensIt()
+    {
+        using var f = new ShareFixture();
+        f.Client.Mknod(Root, "null", Libc.S_IFCHR | 0x1B6, FuseConstants.EncodeDev(1, 3)).Ok();
+        f.Client.Mknod(Root, "fifo", Libc.S_IFIFO | 0x1B6).Ok();
+        Directory.CreateDirectory(f.HostPath("dir"));
+        File.WriteAllText(f.HostPath("file"), "kept");
+        File.CreateSymbolicLink(f.HostPath("link"), "file");
+        // Without O_EXCL, CREATE of an existing name opens what is there: a FIFO opened for writing
+        // would block the worker until a reader came, so each call runs on its own thread.
+        (string Name, int Flags, Errno Expected)[] cases =
+        [
+            ("fifo", Libc.O_WRONLY | Libc.O_CREAT, Errno.EACCES),
+            ("fifo", Libc.O_RDONLY | Libc.O_CREAT, Errno.EACCES),
+            ("null", Libc.O_RDWR | Libc.O_CREAT, Errno.EACCES),
+            ("dir", Libc.O_RDWR | Libc.O_CREAT, Errno.EISDIR),
+            ("link", Libc.O_RDWR | Libc.O_CREAT, Errno.ELOOP),
+        ];
+        foreach (var (name, flags, expected) in cases)
+        {
+            Errno got = Errno.OK;
+            var caller = new Thread(() => got = f.Client.Create(Root, name, flags).Errno) { IsBackground = true };
+            caller.Start();
+            Assert.True(caller.Join(TimeSpan.FromSeconds(10)), $"CREATE of the existing {name} did not return");
+            Assert.Equal(expected, got);
+        }
+        // An existing regular file is opened (and truncated when asked), as open(2) with O_CREAT does.
+        FuseReply opened = f.Client.Create(Root, "file", Libc.O_RDWR | Libc.O_CREAT | Libc.O_TRUNC).Ok();
+        Assert.Equal(0, new FileInfo(f.HostPath("file")).Length);
+        Assert.Equal(0, f.Client.Release(opened.Read<FuseEntryOut>().NodeId, opened.Read<FuseOpenOut>(FuseEntryOut.Size).Fh).Error);
+        // O_EXCL still refuses an existing name.
+        Assert.Equal(Errno.EEXIST, f.Client.Create(Root, "file", Libc.O_RDWR | Libc.O_CREAT | Libc.O_EXCL).Errno);
+    }
+
+    [Fact]
     public void CachePolicySetsOpenFlags()
     {
         foreach (var (cache, file, dir, timeout) in new[]
