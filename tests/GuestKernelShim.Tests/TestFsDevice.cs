@@ -5,12 +5,16 @@ using Vhostfsd.FusePassthrough.Protocol;
 using Vhostfsd.Posix;
 using Vhostfsd.VhostUser;
 using Vhostfsd.Virtqueue;
+using Serilog;
+using Serilog.Core;
+using Serilog.Events;
 
 namespace Vhostfsd.GuestKernelShim.Tests;
 
 /// <summary>A vhost-user-fs device for the shim's transport tests: the VhostUser back-end with FuseServer
 /// behind every queue, a config space (tag, num_request_queues), a record of which queue carried which
-/// request, and a hook that holds chains instead of answering them (to fill queues, or to answer by hand).</summary>
+/// request (with its buffer sizes and first argument bytes), which vhost-user requests the front-end sent, and a
+/// hook that holds chains instead of answering them (to fill queues, or to answer by hand).</summary>
 public sealed unsafe class TestFsDevice : IVhostUserDevice, IDisposable
 {
     private readonly FuseServer _server;
@@ -18,6 +22,7 @@ public sealed unsafe class TestFsDevice : IVhostUserDevice, IDisposable
     private readonly UnixSocket _listener;
     private readonly Thread _thread;
     private readonly Handler[] _handlers;
+    private readonly Logger _log;
     private VhostUserBackend? _backend;
     private UnixSocket? _connection;
 
@@ -36,6 +41,8 @@ public sealed unsafe class TestFsDevice : IVhostUserDevice, IDisposable
         {
             _handlers[i] = new Handler(this, i);
         }
+        // The back-end logs each front-end message at Debug: that log is how the device sees GET_VRING_BASE.
+        _log = new LoggerConfiguration().MinimumLevel.Debug().WriteTo.Sink(new ControlRequestSink(this)).CreateLogger();
         _listener = UnixSocket.Listen(SocketPath);
         _thread = new Thread(Serve) { IsBackground = true, Name = "test-fs-device" };
         _thread.Start();
@@ -54,10 +61,36 @@ public sealed unsafe class TestFsDevice : IVhostUserDevice, IDisposable
     /// <summary>(queue, opcode, unique) of every chain seen, in order per queue.</summary>
     public ConcurrentQueue<(int Queue, FuseOpcode Opcode, ulong Unique)> Seen { get; } = new();
 
+    /// <summary>A chain as the device received it: its queue, opcode and unique, the bytes it lets the device read
+    /// and write (all segments), and up to <see cref="ArgsRecorded"/> bytes of its arguments (after fuse_in_header).</summary>
+    public readonly record struct SeenChain(int Queue, FuseOpcode Opcode, ulong Unique, ulong ReadableBytes, ulong WritableBytes, byte[] Args);
+
+    /// <summary>Argument bytes kept per <see cref="SeenChain"/>.</summary>
+    public const int ArgsRecorded = 256;
+
+    /// <summary>Every chain seen, with its sizes, in order per queue.</summary>
+    public ConcurrentQueue<SeenChain> Chains { get; } = new();
+
+    /// <summary>Front-end requests (SET_MEM_TABLE, GET_VRING_BASE, ...) in the order the back-end received them.</summary>
+    public ConcurrentQueue<VhostUserRequest> ControlRequests { get; } = new();
+
+    /// <summary>How many <paramref name="request"/> messages the front-end sent.</summary>
+    public int ControlRequestCount(VhostUserRequest request) => ControlRequests.Count(r => r == request);
+
+    /// <summary>The vhost-user session is running (the front-end has not disconnected).</summary>
+    public bool IsSessionActive => _backend != null && _thread.IsAlive;
+
+    /// <summary>The back-end's ring <paramref name="index"/> is started (a GET_VRING_BASE stops it).</summary>
+    public bool IsRingStarted(int index) => _backend?.Vrings[index].IsStarted ?? false;
+
     /// <summary>Chains matching this are kept, not answered, until <see cref="AnswerHeld"/>.</summary>
     public Func<int, FuseOpcode, bool>? Hold { get; set; }
 
-    private readonly ConcurrentQueue<(Vring Ring, DescriptorChain Chain, ulong Unique)> _held = new();
+    /// <summary>Held chains are handled by the server at once and only their completion waits for
+    /// <see cref="AnswerHeld"/> (the answer is what the server said when the request arrived).</summary>
+    public bool HoldAnswered { get; set; }
+
+    private readonly ConcurrentQueue<(Vring Ring, DescriptorChain Chain, ulong Unique, uint? Answer)> _held = new();
 
     public int HeldCount => _held.Count;
 
@@ -66,7 +99,7 @@ public sealed unsafe class TestFsDevice : IVhostUserDevice, IDisposable
         try
         {
             _connection = _listener.Accept();
-            _backend = new VhostUserBackend(_connection, this);
+            _backend = new VhostUserBackend(_connection, this, log: _log);
             _backend.Run();
         }
         catch (Exception)
@@ -80,7 +113,8 @@ public sealed unsafe class TestFsDevice : IVhostUserDevice, IDisposable
     {
         while (_held.TryDequeue(out var held))
         {
-            uint length = error is int e ? WriteError(held.Chain, held.Unique, e) : (uint)Handle(held.Chain);
+            uint length = held.Answer is uint answer ? answer
+                : error is int e ? WriteError(held.Chain, held.Unique, e) : (uint)Handle(held.Chain);
             held.Ring.Complete(held.Chain, length);
         }
     }
@@ -132,13 +166,74 @@ public sealed unsafe class TestFsDevice : IVhostUserDevice, IDisposable
                 header = MemoryMarshal.Read<FuseInHeader>(new ReadOnlySpan<byte>(readable[0].Base, FuseInHeader.Size));
             }
             var opcode = (FuseOpcode)header.Opcode;
+            _device.Chains.Enqueue(new SeenChain(_index, opcode, header.Unique, chain.ReadableBytes, chain.WritableBytes, CopyArgs(readable)));
             _device.Seen.Enqueue((_index, opcode, header.Unique));
             if (_device.Hold?.Invoke(_index, opcode) == true)
             {
-                _device._held.Enqueue((vring, chain, header.Unique));
+                uint? answer = _device.HoldAnswered ? (uint)_device.Handle(chain) : null;
+                _device._held.Enqueue((vring, chain, header.Unique, answer));
                 return;
             }
             vring.Complete(chain, (uint)_device.Handle(chain));
+        }
+    }
+
+    /// <summary>The first <see cref="ArgsRecorded"/> bytes after fuse_in_header, gathered across the readable segments.</summary>
+    private static byte[] CopyArgs(ReadOnlySpan<IoVec> readable)
+    {
+        ulong total = 0;
+        foreach (var segment in readable)
+        {
+            total += segment.Length;
+        }
+        if (total <= (ulong)FuseInHeader.Size)
+        {
+            return [];
+        }
+        var args = new byte[(int)Math.Min(total - (ulong)FuseInHeader.Size, (ulong)ArgsRecorded)];
+        int skip = FuseInHeader.Size;
+        int copied = 0;
+        foreach (var segment in readable)
+        {
+            if (copied == args.Length)
+            {
+                break;
+            }
+            int length = (int)Math.Min(segment.Length, (nuint)int.MaxValue);
+            if (skip >= length)
+            {
+                skip -= length;
+                continue;
+            }
+            int take = Math.Min(length - skip, args.Length - copied);
+            // SAFETY: [skip, skip + take) lies inside this segment of `length` bytes, which the back-end mapped.
+            new ReadOnlySpan<byte>((byte*)segment.Base + skip, take).CopyTo(args.AsSpan(copied));
+            copied += take;
+            skip = 0;
+        }
+        return args;
+    }
+
+    /// <summary>Records the request of each front-end message the back-end logs.</summary>
+    private sealed class ControlRequestSink : ILogEventSink
+    {
+        private readonly TestFsDevice _device;
+
+        public ControlRequestSink(TestFsDevice device) => _device = device;
+
+        public void Emit(LogEvent logEvent)
+        {
+            // Each message is logged once at Debug as "vhost-user: {Request} ...", Request = "GetVringBase (11)"
+            // (a refused or failed one is logged again at Warning/Error: not counted twice).
+            if (logEvent.Level == LogEventLevel.Debug && logEvent.Properties.TryGetValue("Request", out var value)
+                && value is ScalarValue { Value: string text })
+            {
+                int space = text.IndexOf(' ');
+                if (Enum.TryParse<VhostUserRequest>(space < 0 ? text : text[..space], out var request))
+                {
+                    _device.ControlRequests.Enqueue(request);
+                }
+            }
         }
     }
 
@@ -180,6 +275,7 @@ public sealed unsafe class TestFsDevice : IVhostUserDevice, IDisposable
         _thread.Join(TimeSpan.FromSeconds(10));
         _backend?.Dispose();
         _server.Dispose();
+        _log.Dispose();
         try
         {
             Directory.Delete(Dir, true);

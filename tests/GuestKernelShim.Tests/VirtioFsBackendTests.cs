@@ -1,3 +1,5 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
 using Vhostfsd.FusePassthrough.Protocol;
 using Vhostfsd.Posix;
 using Vhostfsd.Testing;
@@ -220,6 +222,181 @@ public class VirtioFsBackendTests
         fs.Release(file!);
         Assert.True(fs.Conn.Quiesce(Timeout));
         Assert.Equal(0, backend.HeapBytesInUse);
+    }
+
+    [Fact]
+    public void ReplyBuffersAreSizedForEachRequest()
+    {
+        using var device = new TestFsDevice(requestQueues: 1);
+        var content = new byte[300_000];
+        new Random(7).NextBytes(content);
+        File.WriteAllBytes(Path.Combine(device.Dir, "data"), content);
+        var sub = Directory.CreateDirectory(Path.Combine(device.Dir, "d"));
+        for (int i = 0; i < 40; i++)
+        {
+            File.WriteAllText(Path.Combine(sub.FullName, $"entry-{i:D3}"), "");
+        }
+        using var fs = FuseFs.Mount(VirtioFsBackend.Connect(device.SocketPath, Options()));
+        Assert.Equal(104, FuseAttrOut.Size);
+
+        // Fixed-size replies: fuse_out_header + the reply struct of that opcode, nothing more.
+        device.Chains.Clear();
+        Assert.Equal(Errno.OK, fs.GetAttr(fs.Root, out _, force: true));
+        Assert.Equal(16u + 104u, (uint)OnlyChain(device, FuseOpcode.Getattr).WritableBytes);
+        device.Chains.Clear();
+        Assert.Equal(Errno.OK, fs.Lookup(fs.Root, "data", out var node));
+        Assert.Equal((ulong)(FuseOutHeader.Size + FuseEntryOut.Size), OnlyChain(device, FuseOpcode.Lookup).WritableBytes);
+        device.Chains.Clear();
+        Assert.Equal(Errno.OK, fs.StatFs(fs.Root, out _));
+        Assert.Equal((ulong)(FuseOutHeader.Size + FuseStatfsOut.Size), OnlyChain(device, FuseOpcode.Statfs).WritableBytes);
+        device.Chains.Clear();
+        Assert.Equal(Errno.OK, fs.Open(node!, Libc.O_RDONLY, out var file));
+        Assert.Equal((ulong)(FuseOutHeader.Size + FuseOpenOut.Size), OnlyChain(device, FuseOpcode.Open).WritableBytes);
+
+        // READ(n): fuse_out_header + n, on both sides of the inline limit (one buffer vs. header + data buffer).
+        int[] readSizes = [1, 100, 4080, 4081, 65536, 262144];
+        Assert.True(fs.Conn.MaxReadSize >= readSizes[^1], $"max read {fs.Conn.MaxReadSize}");
+        foreach (int n in readSizes)
+        {
+            device.Chains.Clear();
+            var buffer = new byte[n];
+            Assert.Equal(Errno.OK, fs.Read(file!, buffer, 0, out int read));
+            Assert.Equal(n, read);
+            Assert.True(buffer.AsSpan().SequenceEqual(content.AsSpan(0, n)));
+            var chain = OnlyChain(device, FuseOpcode.Read);
+            Assert.Equal((uint)n, MemoryMarshal.Read<FuseReadIn>(chain.Args).Length);
+            Assert.Equal((ulong)(FuseOutHeader.Size + n), chain.WritableBytes);
+        }
+
+        // READDIR(n) and READDIRPLUS(n): fuse_out_header + n.
+        Assert.Equal(Errno.OK, fs.Lookup(fs.Root, "d", out var dirNode));
+        Assert.Equal(Errno.OK, fs.OpenDir(dirNode!, out var dir));
+        Assert.True(fs.Conn.MaxPages >= 16, $"max pages {fs.Conn.MaxPages}");
+        foreach (var (n, plus) in new[] { (4096, false), (8192, false), (65536, false), (4096, true), (16384, true) })
+        {
+            device.Chains.Clear();
+            var entries = new List<FuseDirEntry>();
+            Assert.Equal(Errno.OK, fs.ReadDirectory(dir!, 0, entries, out _, out _, plus, n));
+            Assert.NotEmpty(entries);
+            var chain = OnlyChain(device, plus ? FuseOpcode.Readdirplus : FuseOpcode.Readdir);
+            Assert.Equal((uint)n, MemoryMarshal.Read<FuseReadIn>(chain.Args).Length);
+            Assert.Equal((ulong)(FuseOutHeader.Size + n), chain.WritableBytes);
+        }
+    }
+
+    private static TestFsDevice.SeenChain OnlyChain(TestFsDevice device, FuseOpcode opcode)
+    {
+        var chains = device.Chains.Where(c => c.Opcode == opcode).ToArray();
+        Assert.True(chains.Length == 1, $"{chains.Length} {opcode} chains seen");
+        return chains[0];
+    }
+
+    [Fact]
+    public void UnmountDrainsHeldRequestsThenStopsEveryQueue()
+    {
+        using var device = new TestFsDevice(requestQueues: 2);
+        var drainTimeout = TimeSpan.FromSeconds(10);
+        using var fs = FuseFs.Mount(VirtioFsBackend.Connect(device.SocketPath, Options()), connOptions: new FuseConnOptions { DrainTimeout = drainTimeout });
+        var backend = (VirtioFsBackend)fs.Conn.Transport;
+        Assert.Equal(Errno.OK, fs.StatFs(fs.Root, out var expected));
+        Assert.True(expected.Blocks > 0);
+
+        // The daemon answers STATFS when it arrives but the chain only comes back when the test says so.
+        device.HoldAnswered = true;
+        device.Hold = (q, op) => op == FuseOpcode.Statfs;
+        var result = Errno.EIO;
+        FuseKStatfs statfs = default;
+        var caller = new Thread(() => result = fs.StatFs(fs.Root, out statfs));
+        caller.Start();
+        Assert.True(SpinWait.SpinUntil(() => device.HeldCount == 1, Timeout));
+        int heldQueue = device.Seen.Last(s => s.Opcode == FuseOpcode.Statfs).Queue;
+        Assert.NotEqual(0, heldQueue);
+
+        var unmounter = new Thread(fs.Unmount);
+        unmounter.Start();
+        // DESTROY answered, connection aborted: the transport is now draining the held chain.
+        Assert.True(SpinWait.SpinUntil(() => fs.Conn.IsDisconnected, Timeout));
+        Assert.Contains(device.Seen, s => s.Opcode == FuseOpcode.Destroy);
+        Thread.Sleep(150);
+        Assert.True(unmounter.IsAlive, "unmount did not wait for the chain the daemon holds");
+        Assert.True(caller.IsAlive, "the held request ended before the daemon answered it");
+        Assert.Equal(1, backend.InFlightOn(heldQueue));
+        Assert.Equal(0, device.ControlRequestCount(VhostUserRequest.GetVringBase));
+
+        var sinceAnswer = Stopwatch.StartNew();
+        device.AnswerHeld();
+        Assert.True(caller.Join(Timeout));
+        Assert.True(unmounter.Join(Timeout));
+        // The drain ends with the last chain, not at its timeout.
+        Assert.True(sinceAnswer.Elapsed < drainTimeout / 2, $"unmount took {sinceAnswer.Elapsed} after the answer");
+
+        // The caller got the daemon's reply, not ENOTCONN.
+        Assert.Equal(Errno.OK, result);
+        Assert.Equal(expected.Blocks, statfs.Blocks);
+        Assert.Equal(expected.Bsize, statfs.Bsize);
+
+        // Every queue was stopped with GET_VRING_BASE while the session is still up (not by a disconnect).
+        Assert.True(device.IsSessionActive);
+        Assert.Equal(device.QueueCount, device.ControlRequestCount(VhostUserRequest.GetVringBase));
+        for (int q = 0; q < device.QueueCount; q++)
+        {
+            Assert.False(device.IsRingStarted(q), $"queue {q} is still running");
+        }
+        Assert.Equal(0, backend.HeapBytesInUse);
+
+        // The connection is over.
+        Assert.False(fs.IsMounted);
+        Assert.Equal(Errno.ENOTCONN, fs.GetAttr(fs.Root, out _, force: true));
+        Assert.Equal(Errno.ENOTCONN, fs.StatFs(fs.Root, out _));
+    }
+
+    [Fact]
+    public void DroppedNodesGoBackInABatchForgetOnHiprioOnly()
+    {
+        using var device = new TestFsDevice(requestQueues: 4);
+        string[] names = ["a", "b", "c", "d"];
+        foreach (var name in names)
+        {
+            File.WriteAllText(Path.Combine(device.Dir, name), name);
+        }
+        using var fs = FuseFs.Mount(VirtioFsBackend.Connect(device.SocketPath, Options()));
+        var backend = (VirtioFsBackend)fs.Conn.Transport;
+        // One thread per name: the lookups use several request queues.
+        var nodes = new FuseNode?[names.Length];
+        var results = new Errno[names.Length];
+        var threads = Enumerable.Range(0, names.Length).Select(i => new Thread(() => results[i] = fs.Lookup(fs.Root, names[i], out nodes[i]))).ToArray();
+        foreach (var t in threads)
+        {
+            t.Start();
+        }
+        foreach (var t in threads)
+        {
+            Assert.True(t.Join(Timeout));
+        }
+        Assert.All(results, r => Assert.Equal(Errno.OK, r));
+        Assert.True(device.Seen.Where(s => s.Opcode == FuseOpcode.Lookup).Select(s => s.Queue).Distinct().Count() >= 2);
+        Assert.Equal(1 + names.Length, device.Server.NodeCount);
+        long completedOnHiprio = backend.CompletedOn(0);
+
+        Assert.Equal(names.Length, fs.DropCaches());
+        Assert.True(fs.Conn.Quiesce(Timeout));
+
+        var forgets = device.Chains.Where(c => c.Opcode is FuseOpcode.Forget or FuseOpcode.BatchForget).ToArray();
+        Assert.NotEmpty(forgets);
+        Assert.All(forgets, c => Assert.Equal(0, c.Queue));
+        Assert.DoesNotContain(device.Seen, s => s.Queue != 0 && s.Opcode is FuseOpcode.Forget or FuseOpcode.BatchForget);
+        // One BATCH_FORGET returning each node's single lookup; like every forget it has no reply buffer.
+        var batch = Assert.Single(forgets);
+        Assert.Equal(FuseOpcode.BatchForget, batch.Opcode);
+        Assert.Equal(0ul, batch.WritableBytes);
+        var head = MemoryMarshal.Read<FuseBatchForgetIn>(batch.Args);
+        Assert.Equal((uint)names.Length, head.Count);
+        var returned = MemoryMarshal.Cast<byte, FuseForgetOne>(batch.Args.AsSpan(FuseBatchForgetIn.Size, names.Length * FuseForgetOne.Size)).ToArray();
+        Assert.Equal(nodes.Select(n => n!.NodeId).Order(), returned.Select(f => f.NodeId).Order());
+        Assert.All(returned, f => Assert.Equal(1ul, f.Nlookup));
+        Assert.True(backend.CompletedOn(0) > completedOnHiprio);
+        Assert.Equal(1, device.Server.NodeCount);
+        Assert.Equal(1, fs.NodeCount);
     }
 }
 

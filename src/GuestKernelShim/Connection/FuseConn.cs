@@ -57,6 +57,9 @@ public sealed class FuseConn : IDisposable
     [ThreadStatic] private static FuseRequest? t_cached;
     private readonly Stack<FuseRequest> _pool = new();
     private long _noReplyInFlight;
+    // Forgets or interrupts the background thread took off its lists and has not yet handed to the transport
+    // (raised under _bgLock with the removal, so Quiesce never sees them in neither place).
+    private int _bgSending;
 
     private long _interruptsSent;
     private long _forgetsSent;
@@ -664,12 +667,14 @@ public sealed class FuseConn : IDisposable
                 {
                     reinterrupt = _reinterrupts[^1];
                     _reinterrupts.RemoveAt(_reinterrupts.Count - 1);
+                    _bgSending++;
                 }
                 else if (_forgets.Count > 0)
                 {
                     forgetCount = Math.Min(_forgets.Count, Minor >= 16 ? MaxForgetsPerBatch : 1);
                     _forgets.CopyTo(0, batch, 0, forgetCount);
                     _forgets.RemoveRange(0, forgetCount);
+                    _bgSending++;
                 }
                 else
                 {
@@ -677,13 +682,24 @@ public sealed class FuseConn : IDisposable
                     _activeBackground++;
                 }
             }
-            if (reinterrupt != 0)
+            if (reinterrupt != 0 || forgetCount > 0)
             {
-                SendInterrupt(reinterrupt);
-            }
-            else if (forgetCount > 0)
-            {
-                SendForgets(batch.AsSpan(0, forgetCount), forgetBuffer);
+                try
+                {
+                    if (reinterrupt != 0)
+                    {
+                        SendInterrupt(reinterrupt);
+                    }
+                    else
+                    {
+                        SendForgets(batch.AsSpan(0, forgetCount), forgetBuffer);
+                    }
+                }
+                finally
+                {
+                    // Dispatch has counted it in _noReplyInFlight by now (or it was dropped).
+                    Interlocked.Decrement(ref _bgSending);
+                }
             }
             else if (next != null)
             {
@@ -773,7 +789,8 @@ public sealed class FuseConn : IDisposable
             bool idle;
             lock (_bgLock)
             {
-                idle = _forgets.Count == 0 && _bgQueue.Count == 0 && _numBackground == 0 && _reinterrupts.Count == 0;
+                idle = _forgets.Count == 0 && _bgQueue.Count == 0 && _numBackground == 0 && _reinterrupts.Count == 0
+                    && Volatile.Read(ref _bgSending) == 0;
             }
             if (idle && Interlocked.Read(ref _noReplyInFlight) == 0)
             {
