@@ -21,6 +21,7 @@ public sealed class SoakTests : IDisposable
 {
     private const int Callers = 16;
     private const int Queues = 4;
+    private const int MaxLiveFilesPerCaller = 400;
     private readonly ITestOutputHelper _output;
     private readonly ScratchMount _mount;
     private readonly string _share;
@@ -161,6 +162,12 @@ public sealed class SoakTests : IDisposable
             for (long n = 0; n < ops && c.Failure == null; n++)
             {
                 int pick = rng.Next(100);
+                // Creates outnumber unlinks, so a long soak would fill its tmpfs: past a few hundred
+                // live files per caller a create becomes an unlink.
+                if (pick < 25 && c.Committed.Count >= MaxLiveFilesPerCaller)
+                {
+                    pick = 70;
+                }
                 string? existing = c.Committed.Count > 0 ? c.Committed.Keys.ElementAt(rng.Next(c.Committed.Count)) : null;
                 if (pick < 25 || existing == null)
                 {
