@@ -285,8 +285,18 @@ public sealed class DaemonProcess : IDisposable
         _process.WaitForExit(10_000);
     }
 
-    /// <summary>Waits for the daemon to exit on its own; false on timeout.</summary>
-    public bool WaitForExit(TimeSpan timeout) => _process.WaitForExit((int)timeout.TotalMilliseconds);
+    /// <summary>Waits for the daemon to exit on its own; false on timeout. Once it has exited, also
+    /// waits (bounded) for the end of its stdout and stderr, so that <see cref="Output"/> holds its
+    /// last lines: Process.WaitForExit(timeout) returns before the async readers have drained them.</summary>
+    public bool WaitForExit(TimeSpan timeout)
+    {
+        if (!_process.WaitForExit((int)timeout.TotalMilliseconds))
+        {
+            return false;
+        }
+        Task.Run(() => _process.WaitForExit()).Wait(TimeSpan.FromSeconds(5));
+        return true;
+    }
 
     public int ExitCode => _process.ExitCode;
 
