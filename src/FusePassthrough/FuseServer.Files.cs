@@ -183,6 +183,7 @@ public sealed unsafe partial class FuseServer
         int temporary = -1;
         int fd = -1;
         bool fdBudgeted = false;
+        bool created = true;
         try
         {
             if (!parent.IsDirectory)
@@ -212,9 +213,14 @@ public sealed unsafe partial class FuseServer
                     byte* dot = stackalloc byte[2];
                     dot[0] = (byte)'.';
                     dot[1] = 0;
-                    fd = tmpfile || (flags & Libc.O_EXCL) != 0
-                        ? OpenBelow(parentFd, tmpfile ? dot : name, flags, mode)
-                        : CreateOrOpenRegular(parentFd, name, flags, mode);
+                    if (tmpfile || (flags & Libc.O_EXCL) != 0)
+                    {
+                        fd = OpenBelow(parentFd, tmpfile ? dot : name, flags, mode);
+                    }
+                    else
+                    {
+                        fd = CreateOrOpenRegular(parentFd, name, flags, mode, out created);
+                    }
                 }
             }
             finally
@@ -225,7 +231,9 @@ public sealed unsafe partial class FuseServer
             {
                 return fd;
             }
-            if (ext.HasSecctx)
+            // The label is the new file's, like virtiofsd's fscreate: an existing file keeps its own,
+            // and a failure must not remove a file this request did not create.
+            if (ext.HasSecctx && created)
             {
                 rc = tmpfile ? SetLabelOnFd(fd, in ext) : ApplySecurityLabelByName(parentFd, names.First, in ext);
                 if (rc < 0)
@@ -282,14 +290,17 @@ public sealed unsafe partial class FuseServer
     /// guest made with MKNOD (handing it the host's device, which OPEN refuses). So: try O_EXCL
     /// first; on EEXIST pin the existing inode with an O_PATH fd, check its type, and reopen that
     /// inode through /proc/self/fd, so no rename in between can swap another file in.
-    /// Returns fd or -errno.</summary>
-    private int CreateOrOpenRegular(int parentFd, byte* name, int flags, uint mode)
+    /// <paramref name="created"/> says whether the file is new. Returns fd or -errno.</summary>
+    private int CreateOrOpenRegular(int parentFd, byte* name, int flags, uint mode, out bool created)
     {
+        created = false;
+        byte* fdName = stackalloc byte[16];
         for (int attempt = 0; attempt < 8; attempt++)
         {
             int fd = OpenBelow(parentFd, name, flags | Libc.O_EXCL, mode);
             if (fd != -(int)Errno.EEXIST)
             {
+                created = fd >= 0;
                 return fd;
             }
             int pathFd = OpenBelow(parentFd, name, Libc.O_PATH | Libc.O_NOFOLLOW | Libc.O_CLOEXEC, 0);
@@ -320,7 +331,6 @@ public sealed unsafe partial class FuseServer
                     default:
                         return -(int)Errno.EACCES;
                 }
-                byte* fdName = stackalloc byte[16];
                 FormatFd(pathFd, new Span<byte>(fdName, 16));
                 int reopened = Libc.OpenAt(_procSelfFd, fdName, (flags | Libc.O_CLOEXEC) & ~(Libc.O_CREAT | Libc.O_EXCL | Libc.O_NOFOLLOW), 0);
                 return reopened < 0 ? Libc.NegErrno : reopened;

@@ -198,4 +198,24 @@ public class SecurityLabelTests
         f.Client.TotalExtLen = 0;
         Assert.False(File.Exists(f.HostPath("link2")) || Directory.Exists(f.HostPath("link2")) || new FileInfo(f.HostPath("link2")).LinkTarget is not null);
     }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void CreateOfAnExistingFileNeitherRelabelsNorRemovesIt(bool legacy)
+    {
+        using var f = new ShareFixture(makeOptions: s => new PassthroughOptions { SharedDir = s, SecurityLabel = true, AvoidXattrAt = legacy });
+        File.WriteAllText(f.HostPath("existing"), "kept");
+        // CREATE without O_EXCL of a name that exists opens that file: a label that cannot be set
+        // (no such namespace) must not take the file away, and a good one is not applied to it.
+        FuseArgs bad = SecurityContext("nonamespace", "x", out ushort units);
+        f.Client.TotalExtLen = units;
+        Assert.Equal(0, f.Client.Create(Root, "existing", Libc.O_RDWR | Libc.O_CREAT, extensions: bad).Error);
+        FuseArgs good = SecurityContext("trusted.label", "system_u:object_r:test_t:s0", out units);
+        f.Client.TotalExtLen = units;
+        Assert.Equal(0, f.Client.Create(Root, "existing", Libc.O_RDONLY | Libc.O_CREAT, extensions: good).Error);
+        f.Client.TotalExtLen = 0;
+        Assert.Equal("kept", File.ReadAllText(f.HostPath("existing")));
+        Assert.Null(HostLabel(f.HostPath("existing"), "trusted.label"));
+    }
 }

@@ -27,7 +27,7 @@ public static class FsDaemon
         using var backend = new VhostUserBackend(connection, device, new VhostUserBackendOptions(), log);
         log.Information("virtio-fs device: {Queues} request queue(s), tag {Tag}, shared root {Root}, {Pool} blocking-request thread(s), names resolved with {Resolver}, inodes held as {Inodes}",
             device.RequestQueues, settings.Tag ?? "(none: CONFIG not offered)", settings.SharedRoot, pool.ThreadCount,
-            server.UsesOpenat2 ? "openat2 RESOLVE_IN_ROOT" : "openat O_NOFOLLOW", server.UsesFileHandles ? "file handles" : "O_PATH fds");
+            server.UsesOpenat2 ? "openat2 RESOLVE_BENEATH" : "openat O_NOFOLLOW", server.UsesFileHandles ? "file handles" : "O_PATH fds");
         VhostUserSessionEnd end = backend.Run();
         return end == VhostUserSessionEnd.Disconnected ? 0 : 1;
     }

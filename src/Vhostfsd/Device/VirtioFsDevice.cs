@@ -5,8 +5,8 @@ namespace Vhostfsd.Device;
 
 /// <summary>The virtio-fs device (virtio 1.x "File System Device") behind the vhost-user back-end:
 /// queue 0 is hiprio (FORGET, BATCH_FORGET, INTERRUPT), queues 1..N are request queues. Every queue
-/// feeds the same <see cref="FuseServer"/>; each gets its own handler so no state is shared on the
-/// hot path but the server itself.</summary>
+/// feeds the same <see cref="FuseServer"/> through one stateless handler: the server is the only
+/// state on the hot path.</summary>
 public sealed class VirtioFsDevice : IVhostUserDevice
 {
     /// <summary>Largest ring the device accepts (the virtio limit, as the Rust virtiofsd).</summary>
@@ -14,7 +14,7 @@ public sealed class VirtioFsDevice : IVhostUserDevice
 
     private readonly FuseServer _server;
     private readonly VirtioFsConfig _config;
-    private readonly FuseRequestHandler[] _handlers;
+    private readonly FuseRequestHandler _handler;
 
     /// <param name="tag">Served through GET_CONFIG; null means the CONFIG protocol feature is not
     /// offered (QEMU 7.1–8.0 mishandle it, so it is opt-in as in the Rust virtiofsd).</param>
@@ -28,11 +28,7 @@ public sealed class VirtioFsDevice : IVhostUserDevice
         Tag = tag;
         RequestQueues = requestQueues;
         _config = tag is null ? default : VirtioFsConfig.Create(tag, (uint)requestQueues);
-        _handlers = new FuseRequestHandler[1 + requestQueues];
-        for (int i = 0; i < _handlers.Length; i++)
-        {
-            _handlers[i] = new FuseRequestHandler(server, pool);
-        }
+        _handler = new FuseRequestHandler(server, pool);
     }
 
     public string? Tag { get; }
@@ -61,7 +57,8 @@ public sealed class VirtioFsDevice : IVhostUserDevice
     // The virtio-fs configuration space is read-only for the driver.
     public bool WriteConfig(uint offset, ReadOnlySpan<byte> source, uint flags) => false;
 
-    public IVringHandler GetVringHandler(int queueIndex) => _handlers[queueIndex];
+    // The back-end only asks for indices below QueueCount.
+    public IVringHandler GetVringHandler(int queueIndex) => _handler;
 
     /// <summary>RESET_DEVICE or the end of the session: the guest's inodes and handles go away.</summary>
     public void Reset() => _server.Reset();
