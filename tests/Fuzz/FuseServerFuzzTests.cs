@@ -64,6 +64,12 @@ internal static class ProcessFds
         {
             p.WaitForExit();
         }
+        return Current();
+    }
+
+    /// <summary>The fds open in this process now, with what each points at.</summary>
+    public static Dictionary<int, string> Current()
+    {
         var fds = new Dictionary<int, string>();
         foreach (string path in Directory.GetFiles("/proc/self/fd"))
         {

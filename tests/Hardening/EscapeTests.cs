@@ -26,8 +26,7 @@ public sealed class EscapeTests : IDisposable
         _output = output;
         // Not nodev: the device-node test needs host devices to be reachable at all.
         _mount = ScratchMount.Create(64, nodev: false, prefix: "vhostfsd-escape-");
-        _share = Path.Combine(_mount.Path, "share");
-        Directory.CreateDirectory(_share);
+        _share = _mount.CreateDirectory("share");
         _sentinel = SentinelTree.CreateBeside(_mount.Path);
     }
 

@@ -26,8 +26,7 @@ public sealed class FaultTests : IDisposable
     {
         _output = output;
         _mount = ScratchMount.Create(32, prefix: "vhostfsd-fault-");
-        _share = Path.Combine(_mount.Path, "share");
-        Directory.CreateDirectory(_share);
+        _share = _mount.CreateDirectory("share");
     }
 
     public void Dispose() => _mount.Dispose();

@@ -25,7 +25,7 @@ public sealed class ForgetTests : IDisposable
     {
         _output = output;
         _mount = ScratchMount.Create(512, prefix: "vhostfsd-forget-");
-        _share = Path.Combine(_mount.Path, "share");
+        _share = _mount.CreateDirectory("share");
         Directory.CreateDirectory(Path.Combine(_share, "many"));
     }
 

@@ -30,8 +30,7 @@ public sealed class SoakTests : IDisposable
     {
         _output = output;
         _mount = ScratchMount.Create(1024, prefix: "vhostfsd-soak-");
-        _share = Path.Combine(_mount.Path, "share");
-        Directory.CreateDirectory(_share);
+        _share = _mount.CreateDirectory("share");
     }
 
     public void Dispose() => _mount.Dispose();

@@ -15,6 +15,9 @@ public sealed unsafe class ScratchMount : IDisposable
 
     public string Path { get; }
 
+    /// <summary>Creates the directory <paramref name="name"/> on the mount (a share) and returns its path.</summary>
+    public string CreateDirectory(string name) => Directory.CreateDirectory(System.IO.Path.Combine(Path, name)).FullName;
+
     /// <summary>Mounts a tmpfs of <paramref name="megabytes"/> MiB on a fresh temporary directory.
     /// Throws with an explanation when not root.</summary>
     public static ScratchMount Create(int megabytes, bool nodev = true, string prefix = "vhostfsd-fuzz-")

@@ -47,23 +47,7 @@ public sealed class VhostUserTarget
 
     public VhostUserTarget()
     {
-        _fdBaseline = Fds();
-    }
-
-    private static Dictionary<int, string> Fds()
-    {
-        var fds = new Dictionary<int, string>();
-        foreach (string path in Directory.GetFiles("/proc/self/fd"))
-        {
-            try
-            {
-                fds[int.Parse(Path.GetFileName(path), System.Globalization.CultureInfo.InvariantCulture)] = new FileInfo(path).LinkTarget ?? "?";
-            }
-            catch (IOException)
-            {
-            }
-        }
-        return fds;
+        _fdBaseline = ProcessFds.Current();
     }
 
     public void RunCase(FuzzCase c)
@@ -219,7 +203,7 @@ public sealed class VhostUserTarget
             }
         }
         var leaked = new List<string>();
-        foreach (var (fd, target) in Fds())
+        foreach (var (fd, target) in ProcessFds.Current())
         {
             if ((!_fdBaseline.TryGetValue(fd, out string? was) || was != target) && !target.EndsWith(".dll", StringComparison.Ordinal))
             {
@@ -230,7 +214,7 @@ public sealed class VhostUserTarget
         {
             c.Fail("fds left open after the session: " + string.Join(", ", leaked));
             // Adopt them so that one leak is reported once.
-            foreach (var (fd, target) in Fds())
+            foreach (var (fd, target) in ProcessFds.Current())
             {
                 _fdBaseline[fd] = target;
             }
