@@ -42,12 +42,12 @@ public sealed unsafe class QueueHotPath : IDisposable
         _availRing = (ushort*)_memory.Host(_driver.AvailGpa + 4, 2UL * QueueSize);
 
         var init = new FuseInitIn { Major = 7, Minor = FuseConstants.KernelMinorVersion, MaxReadahead = 128 * 1024, Flags = (uint)FuseInitFlags.MaxPages };
-        Check(Once(Chain(FuseOpcode.Init, 0, Bytes(init))), "INIT");
+        Check(Process(Chain(FuseOpcode.Init, 0, Bytes(init))), "INIT");
         ushort lookup = Chain(FuseOpcode.Lookup, 1, "file\0"u8.ToArray());
-        Check(Once(lookup), "LOOKUP");
+        Check(Process(lookup), "LOOKUP");
         FileNode = _memory.ReadObj<FuseEntryOut>(ReplyGpa(lookup) + FuseOutHeader.Size).NodeId;
         ushort open = Chain(FuseOpcode.Open, FileNode, Bytes(new FuseOpenIn { Flags = Libc.O_RDONLY }));
-        Check(Once(open), "OPEN");
+        Check(Process(open), "OPEN");
         FileHandle = _memory.ReadObj<FuseOpenOut>(ReplyGpa(open) + FuseOutHeader.Size).Fh;
 
         GetattrRoot = Chain(FuseOpcode.Getattr, 1, Bytes(new FuseGetattrIn()));
@@ -98,12 +98,6 @@ public sealed unsafe class QueueHotPath : IDisposable
         return head;
     }
 
-    private int Once(ushort head)
-    {
-        int written = Process(head);
-        return written;
-    }
-
     private void Check(int written, string what)
     {
         if (written < FuseOutHeader.Size)
@@ -133,9 +127,6 @@ public sealed unsafe class QueueHotPath : IDisposable
         _chain.Release();
         return written;
     }
-
-    /// <summary>The error field of the reply to <paramref name="head"/>.</summary>
-    public int ReplyError(ushort head) => _memory.ReadObj<FuseOutHeader>(ReplyGpa(head)).Error;
 
     public void Dispose()
     {

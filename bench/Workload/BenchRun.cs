@@ -14,7 +14,6 @@ public sealed record BenchSettings
     public required Budget Budget { get; init; }
     public required DatasetShape Shape { get; init; }
     public required bool Native { get; init; }
-    public required bool Quick { get; init; }
     public string? JsonPath { get; init; }
     /// <summary>A command run during each daemon cell's measured phase ({pid} = the daemon), stopped with SIGINT.</summary>
     public string? ProfileCommand { get; init; }

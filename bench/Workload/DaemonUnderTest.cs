@@ -26,7 +26,6 @@ public sealed class DaemonSpec
     /// <summary>The command line with {socket} and {dir} placeholders, for the report.</summary>
     public string Display { get; }
 
-    public bool IsVhostfsd => Name == "vhostfsd";
     public bool IsReference => Name == "reference";
 
     public (string File, IReadOnlyList<string> Args) Command(string socket, string dir) => _command(socket, dir);

@@ -103,7 +103,6 @@ root.SetAction(parse =>
             parse.GetValue(opsOption) ?? 0),
         Shape = quick ? DatasetShape.Quick : DatasetShape.Full,
         Native = !parse.GetValue(noNativeOption),
-        Quick = quick,
         JsonPath = parse.GetValue(jsonOption),
         ProfileCommand = parse.GetValue(profileOption),
     };

@@ -29,8 +29,6 @@ public sealed class FuseOps
         _conn = conn;
     }
 
-    public FuseConn Conn => _conn;
-
     private static void Check(FuseReply reply, FuseOpcode opcode)
     {
         if (!reply.IsOk)
@@ -158,11 +156,11 @@ public sealed class FuseSession : IDisposable
         _conn = conn;
         Ops = new FuseOps(conn);
         Dataset = dataset;
-        TreeNode = Ops.Lookup(FuseOps.RootNode, Dataset.TreeName).NodeId;
+        ulong treeNode = Ops.Lookup(FuseOps.RootNode, Dataset.TreeName).NodeId;
         DirNodes = new ulong[dataset.Shape.TreeDirs];
         for (int d = 0; d < DirNodes.Length; d++)
         {
-            DirNodes[d] = Ops.Lookup(TreeNode, dataset.DirNames[d]).NodeId;
+            DirNodes[d] = Ops.Lookup(treeNode, dataset.DirNames[d]).NodeId;
         }
         FlatNode = Ops.Lookup(FuseOps.RootNode, Dataset.FlatName).NodeId;
         BigNode = Ops.Lookup(FuseOps.RootNode, Dataset.BigName).NodeId;
@@ -177,7 +175,6 @@ public sealed class FuseSession : IDisposable
 
     /// <summary>Milliseconds from the timestamp <paramref name="start"/> to INIT answered.</summary>
     public double ReadyAfter(long start) => (InitDoneTimestamp - start) * 1000.0 / System.Diagnostics.Stopwatch.Frequency;
-    public ulong TreeNode { get; }
     public ulong[] DirNodes { get; }
     public ulong FlatNode { get; }
     public ulong BigNode { get; }
