@@ -426,6 +426,32 @@ public class FuseFsSemanticsTests
     }
 
     [Fact]
+    public void AStatxReplyWithAnotherFileTypeOrAnImpossibleSizeIsEioAndMakesTheNodeBad()
+    {
+        var answers = new Queue<FuseStatx>(new[]
+        {
+            new FuseStatx { Mask = 0x7FF, Mode = (ushort)FakeMount.Dir755 },
+            new FuseStatx { Mask = 0x7FF, Mode = (ushort)FakeMount.File644, FileSize = ulong.MaxValue },
+        });
+        var mini = new MiniFs
+        {
+            Override = r => r.Opcode == FuseOpcode.Statx ? FakeAnswer.Of(new FuseStatxOut { Stat = answers.Dequeue() }) : null,
+        };
+        mini.Add("f", 5, FakeMount.File644);
+        mini.Add("g", 6, FakeMount.File644);
+        using var m = Mount(mini, minor: 41);
+        Assert.Equal(Errno.OK, m.Fs.Walk("f", out var f));
+        Assert.Equal(Errno.EIO, m.Fs.Statx(f, out var stx));
+        Assert.Equal(0u, stx.Mask);
+        Assert.True(f.IsStale);
+        Assert.Equal(Errno.OK, m.Fs.Walk("g", out var g));
+        Assert.Equal(Errno.EIO, m.Fs.Statx(g, out stx));
+        Assert.Equal(0ul, stx.FileSize);
+        Assert.True(g.IsStale);
+        Assert.Equal(2, m.Count(FuseOpcode.Statx));
+    }
+
+    [Fact]
     public void Rename2AnsweredWithEnosysIsEinvalAndNotSentAgain()
     {
         var mini = new MiniFs();

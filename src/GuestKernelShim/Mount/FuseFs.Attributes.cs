@@ -166,12 +166,7 @@ public sealed partial class FuseFs
     {
         var c = Who(caller);
         statfs = default;
-        var rc = CheckLive(node);
-        if (rc != Errno.OK)
-        {
-            return rc;
-        }
-        rc = CheckAllowed(c);
+        var rc = CheckLiveAndAllowed(node, c);
         if (rc != Errno.OK)
         {
             return rc;

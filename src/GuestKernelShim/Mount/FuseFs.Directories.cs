@@ -27,11 +27,7 @@ public sealed partial class FuseFs
         {
             return rc;
         }
-        uint perm = mode & 0xFFF;
-        if (!Conn.Has(FuseInitFlags.DontMask))
-        {
-            perm &= ~c.Umask;
-        }
+        uint perm = CreationPerm(mode, c);
         var arg = new FuseMkdirIn { Mode = perm, Umask = c.Umask };
         return MakeEntry(FuseOpcode.Mkdir, dir, name, Bytes(in arg), default, ModeBits.Directory, c, out node);
     }
@@ -59,11 +55,7 @@ public sealed partial class FuseFs
         {
             return rc;
         }
-        uint perm = mode & 0xFFF;
-        if (!Conn.Has(FuseInitFlags.DontMask))
-        {
-            perm &= ~c.Umask;
-        }
+        uint perm = CreationPerm(mode, c);
         var arg = new FuseMknodIn { Mode = type | perm, Rdev = rdev, Umask = c.Umask };
         return MakeEntry(FuseOpcode.Mknod, dir, name, Bytes(in arg), default, type, c, out node);
     }
@@ -179,12 +171,7 @@ public sealed partial class FuseFs
     {
         var c = Who(caller);
         target = "";
-        var rc = CheckLive(node);
-        if (rc != Errno.OK)
-        {
-            return rc;
-        }
-        rc = CheckAllowed(c);
+        var rc = CheckLiveAndAllowed(node, c);
         if (rc != Errno.OK)
         {
             return rc;

@@ -204,11 +204,7 @@ public sealed partial class FuseFs
         {
             return rc;
         }
-        uint perm = mode & 0xFFF;
-        if (!Conn.Has(FuseInitFlags.DontMask))
-        {
-            perm &= ~c.Umask;
-        }
+        uint perm = CreationPerm(mode, c);
         if (NoCreate)
         {
             return CreateByMknod(dir, name, flags, mode, c, out node, out file);

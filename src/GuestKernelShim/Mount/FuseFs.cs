@@ -281,6 +281,21 @@ public sealed partial class FuseFs : IDisposable
         return Errno.OK;
     }
 
+    /// <summary>The node is not stale (ESTALE) and the caller may use the mount at all (EACCES).</summary>
+    private Errno CheckLiveAndAllowed(FuseNode node, in FuseCaller caller)
+    {
+        var rc = CheckLive(node);
+        return rc != Errno.OK ? rc : CheckAllowed(caller);
+    }
+
+    /// <summary>The permission bits of a new node: the caller's umask is applied here unless DONT_MASK was
+    /// negotiated (then the daemon applies the umask that travels in the request).</summary>
+    private uint CreationPerm(uint mode, in FuseCaller caller)
+    {
+        uint perm = mode & 0xFFF;
+        return Conn.Has(FuseInitFlags.DontMask) ? perm : perm & ~caller.Umask;
+    }
+
     // ---------------------------------------------------------------- nodes
 
     /// <summary>fuse_iget: the node for an entry the daemon handed out (its lookup count goes up by one). A
@@ -674,12 +689,7 @@ public sealed partial class FuseFs : IDisposable
     {
         var c = Who(caller);
         attr = default;
-        var rc = CheckLive(node);
-        if (rc != Errno.OK)
-        {
-            return rc;
-        }
-        rc = CheckAllowed(c);
+        var rc = CheckLiveAndAllowed(node, c);
         if (rc != Errno.OK)
         {
             return rc;
@@ -736,18 +746,16 @@ public sealed partial class FuseFs : IDisposable
         return Errno.OK;
     }
 
+    private const uint StatxType = 0x1;
+    private const uint StatxSize = 0x200;
+
     /// <summary>statx(2): a STATX request when the daemon speaks 7.39 (falling back to GETATTR for good after
     /// ENOSYS), else built from GETATTR. st_dev is the mount's device, as the guest's VFS fills it in.</summary>
     public Errno Statx(FuseNode node, out FuseStatx statx, uint mask = 0x7FF, FuseCaller? caller = null, FuseFile? file = null)
     {
         var c = Who(caller);
         statx = default;
-        var rc = CheckLive(node);
-        if (rc != Errno.OK)
-        {
-            return rc;
-        }
-        rc = CheckAllowed(c);
+        var rc = CheckLiveAndAllowed(node, c);
         if (rc != Errno.OK)
         {
             return rc;
@@ -765,7 +773,17 @@ public sealed partial class FuseFs : IDisposable
                 MemoryMarshal.AsBytes(new Span<FuseStatxOut>(ref outArg)), FuseReplyShape.Fixed);
             if (reply.IsOk)
             {
-                statx = outArg.Stat;
+                // fuse_do_statx: a size past the largest file offset or a mode whose type is not a file type
+                // or not the node's type marks the node bad (as for GETATTR) rather than reaching the caller.
+                var sx = outArg.Stat;
+                if (((sx.Mask & StatxSize) != 0 && sx.FileSize > long.MaxValue)
+                    || ((sx.Mask & StatxType) != 0
+                        && (!ModeBits.IsValidType(sx.Mode) || ((sx.Mode ^ node.Attr.Mode) & ModeBits.TypeMask) != 0)))
+                {
+                    node.IsStale = true;
+                    return Errno.EIO;
+                }
+                statx = sx;
                 statx.DevMajor = node.Mount.DeviceId >> 8;
                 statx.DevMinor = node.Mount.DeviceId & 0xFF;
                 return Errno.OK;
