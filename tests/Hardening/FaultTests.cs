@@ -50,6 +50,32 @@ public sealed class FaultTests : IDisposable
         Assert.DoesNotContain("Unhandled exception", daemon.Output);
     }
 
+    // With the default pool (one thread), a SETLKW parked in the daemon must not keep the lock
+    // holder's FSYNC (or FLUSH) waiting behind it: the holder would never get to unlock.
+    [Fact]
+    public void TheLockHoldersFsyncIsServedWhileAnotherCallerWaitsForTheLock()
+    {
+        using var daemon = Start();
+        var fs = Observe.Mount(daemon, queues: 2);
+        var raw = new RawFuse(fs.Conn);
+        Assert.Equal(Errno.OK, raw.Create(FuseConstants.RootId, "locked", Libc.O_RDWR, 0x1A4, out var entry, out ulong holder));
+        Assert.Equal(Errno.OK, raw.Open(entry.NodeId, Libc.O_RDWR, out ulong waiterFh));
+        Assert.Equal(Errno.OK, raw.Lock(entry.NodeId, holder, owner: 1, Libc.F_WRLCK, wait: false));
+        Errno waited = Errno.EIO;
+        var waiter = new Thread(() => waited = raw.Lock(entry.NodeId, waiterFh, owner: 2, Libc.F_WRLCK, wait: true)) { IsBackground = true };
+        waiter.Start();
+        Assert.False(waiter.Join(500), "SETLKW returned although the lock is held");
+        Errno synced = Errno.EIO;
+        var sync = new Thread(() => synced = raw.Fsync(entry.NodeId, holder)) { IsBackground = true };
+        sync.Start();
+        Assert.True(sync.Join(TimeSpan.FromSeconds(10)), "the lock holder's FSYNC waited behind the SETLKW");
+        Assert.Equal(Errno.OK, synced);
+        Assert.Equal(Errno.OK, raw.Lock(entry.NodeId, holder, owner: 1, Libc.F_UNLCK, wait: false));
+        Assert.True(waiter.Join(TimeSpan.FromSeconds(10)), "SETLKW did not return after the unlock");
+        Assert.Equal(Errno.OK, waited);
+        fs.Dispose();
+    }
+
     [Fact]
     public void VmmDisconnectingMidRequestEndsTheDaemonCleanly()
     {

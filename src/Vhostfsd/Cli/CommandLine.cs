@@ -37,7 +37,7 @@ internal static class CommandLine
         public readonly Option<string> Socket = new("--socket") { Description = "Deprecated alias of --socket-path", Hidden = true };
         public readonly Option<string> SocketGroup = new("--socket-group") { Description = "Give this group ownership of the socket and let it connect (not with --fd)", HelpName = "GROUP" };
         public readonly Option<string> Fd = new("--fd") { Description = "Serve an already-listening UNIX stream socket passed as this fd (socket activation, libvirt, Kata)", HelpName = "N" };
-        public readonly Option<string> ThreadPoolSize = new("--thread-pool-size") { Description = "Worker threads for blocking requests; 0 runs requests on the queue threads [default: 0]", HelpName = "N" };
+        public readonly Option<string> ThreadPoolSize = new("--thread-pool-size") { Description = "Threads started for blocking requests (SETLKW, FSYNC, FLUSH...); one more is added whenever all are busy, up to 64 more; 0 starts one [default: 0]", HelpName = "N" };
         public readonly Option<bool> Xattr = new("--xattr") { Description = "Serve extended attributes (otherwise the xattr requests fail with ENOSYS)" };
         public readonly Option<bool> PosixAcl = new("--posix-acl") { Description = "Support POSIX ACLs; the guest must offer POSIX_ACL (implies --xattr)" };
         public readonly Option<string> XattrMap = new("--xattrmap") { Description = "Rules that rename extended attributes between guest and host, e.g. :map::user.virtiofs.: (implies --xattr)", HelpName = "RULES" };

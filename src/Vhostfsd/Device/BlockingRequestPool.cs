@@ -4,17 +4,27 @@ using Vhostfsd.Virtqueue;
 
 namespace Vhostfsd.Device;
 
-/// <summary>A fixed set of threads for requests that may block for long (SETLKW, FSYNC, FLUSH…), so
-/// that a lock wait or a slow sync never stalls its ring. Work items live in a preallocated ring
-/// buffer: no allocation per request. When the buffer is full the caller runs the request itself.</summary>
+/// <summary>Threads for requests that may block for long (SETLKW, FSYNC, FLUSH…), so that a lock wait
+/// or a slow sync never stalls its ring. Starts with the configured number of threads and adds one
+/// whenever a request is queued while no thread is idle, up to <see cref="MaxExtraThreads"/> more:
+/// a SETLKW holds its thread until the lock is free, and the FLUSH or FSYNC of the process that
+/// holds the lock must not queue behind it (that would deadlock the two). Threads that were added
+/// stay. Work items live in a preallocated ring buffer: no allocation per request. When the buffer
+/// is full the caller runs the request itself.</summary>
 public sealed class BlockingRequestPool : IDisposable
 {
     private readonly FuseServer _server;
     private readonly (Vring Ring, DescriptorChain Chain)[] _items;
-    private readonly Thread[] _threads;
+    /// <summary>Threads added beyond the configured count at most (so at most this many lock
+    /// waits can be parked before a further request queues behind them).</summary>
+    public const int MaxExtraThreads = 64;
+
+    private readonly List<Thread> _threads;
+    private readonly int _maxThreads;
     private readonly object _lock = new();
     private int _head;
     private int _count;
+    private int _idle;
     private bool _stopping;
 
     public BlockingRequestPool(FuseServer server, int threads, int capacity = 1024)
@@ -25,15 +35,35 @@ public sealed class BlockingRequestPool : IDisposable
         }
         _server = server;
         _items = new (Vring, DescriptorChain)[capacity];
-        _threads = new Thread[threads];
-        for (int i = 0; i < threads; i++)
+        _threads = new List<Thread>(threads);
+        _maxThreads = threads + MaxExtraThreads;
+        lock (_lock)
         {
-            _threads[i] = new Thread(Run) { IsBackground = true, Name = $"vhostfsd-pool-{i}" };
-            _threads[i].Start();
+            for (int i = 0; i < threads; i++)
+            {
+                StartThreadLocked();
+            }
         }
     }
 
-    public int ThreadCount => _threads.Length;
+    /// <summary>Threads started so far.</summary>
+    public int ThreadCount
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _threads.Count;
+            }
+        }
+    }
+
+    private void StartThreadLocked()
+    {
+        var thread = new Thread(Run) { IsBackground = true, Name = $"vhostfsd-pool-{_threads.Count}" };
+        _threads.Add(thread);
+        thread.Start();
+    }
 
     /// <summary>Queues a chain; false when the pool is full or stopping (the caller then runs it inline).</summary>
     public bool TryEnqueue(Vring ring, DescriptorChain chain)
@@ -46,6 +76,10 @@ public sealed class BlockingRequestPool : IDisposable
             }
             _items[(_head + _count) % _items.Length] = (ring, chain);
             _count++;
+            if (_count > _idle && _threads.Count < _maxThreads)
+            {
+                StartThreadLocked();
+            }
             Monitor.Pulse(_lock);
             return true;
         }
@@ -61,7 +95,9 @@ public sealed class BlockingRequestPool : IDisposable
             {
                 while (_count == 0 && !_stopping)
                 {
+                    _idle++;
                     Monitor.Wait(_lock);
+                    _idle--;
                 }
                 if (_count == 0)
                 {
@@ -85,7 +121,12 @@ public sealed class BlockingRequestPool : IDisposable
             _stopping = true;
             Monitor.PulseAll(_lock);
         }
-        foreach (var thread in _threads)
+        Thread[] threads;
+        lock (_lock)
+        {
+            threads = [.. _threads];
+        }
+        foreach (var thread in threads)
         {
             thread.Join(TimeSpan.FromSeconds(5));
         }

@@ -95,6 +95,12 @@ public sealed class RawFuse
         return rc;
     }
 
+    public Errno Fsync(ulong node, ulong fh)
+    {
+        var args = new FuseFsyncIn { Fh = fh };
+        return Conn.Send(FuseOpcode.Fsync, node, Caller, new FuseArgs(Bytes(args)), default).Errno;
+    }
+
     /// <summary>SETLK / SETLKW (POSIX record lock) on an open file.</summary>
     public Errno Lock(ulong node, ulong fh, ulong owner, short type, bool wait, CancellationToken cancellation = default)
     {
