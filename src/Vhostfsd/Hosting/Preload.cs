@@ -8,9 +8,8 @@ namespace Vhostfsd.Hosting;
 /// first use. Loaded assemblies are mapped into memory and stay usable. Native libraries are
 /// already loaded by then: every P/Invoke goes through src/Posix's "libc", which the start-up
 /// code has used. A few runtime services open files on first use and keep them: the random
-/// source (/dev/urandom, behind RandomNumberGenerator, Guid and System.Diagnostics.Activity,
-/// which Serilog reads for every event) and the local time zone (/etc/localtime); they are
-/// started here too.</summary>
+/// source (/dev/urandom, behind Guid and System.Diagnostics.Activity, which Serilog reads for
+/// every event) and the local time zone (/etc/localtime); they are started here too.</summary>
 internal static class Preload
 {
     /// <summary>Loads the transitive closure of the entry assembly's references and initialises
@@ -48,9 +47,9 @@ internal static class Preload
                 }
             }
         }
-        // The random source keeps /dev/urandom open once it has read it.
-        Span<byte> random = stackalloc byte[16];
-        System.Security.Cryptography.RandomNumberGenerator.Fill(random);
+        // The runtime's random source (Guid, Random, Activity ids) keeps /dev/urandom open once it
+        // has read it. System.Security.Cryptography's RandomNumberGenerator is another source
+        // (OpenSSL, a 4 MiB library) that nothing in the daemon uses: it is not started.
         _ = Guid.NewGuid();
         // Serilog asks for the current Activity on every event; its type initializer draws random ids.
         _ = System.Diagnostics.Activity.Current;
