@@ -12,8 +12,19 @@ namespace Vhostfsd.Hosting;
 /// every event) and the local time zone (/etc/localtime); they are started here too.</summary>
 internal static class Preload
 {
-    /// <summary>Loads the transitive closure of the entry assembly's references and initialises
-    /// the console streams. Returns how many assemblies are loaded afterwards.</summary>
+    /// <summary>References of a library that the daemon never reaches through that library, so
+    /// they are not followed from it (each loaded assembly stays resident: about its file size
+    /// of idle memory). Serilog uses System.Text.RegularExpressions only to read its settings
+    /// from key-value pairs (ReadFrom.KeyValuePairs), and the daemon configures it in code. A
+    /// reference from the daemon's own assemblies is always followed.</summary>
+    internal static readonly (string Library, string Reference)[] NotFollowed =
+    [
+        ("Serilog", "System.Text.RegularExpressions"),
+    ];
+
+    /// <summary>Loads the transitive closure of the entry assembly's references (less
+    /// <see cref="NotFollowed"/>) and initialises the console streams. Returns how many
+    /// assemblies are loaded afterwards.</summary>
     public static int BeforeSandbox()
     {
         var seen = new HashSet<string>(StringComparer.Ordinal);
@@ -32,7 +43,7 @@ internal static class Preload
             }
             foreach (AssemblyName reference in assembly.GetReferencedAssemblies())
             {
-                if (seen.Contains(reference.FullName))
+                if (seen.Contains(reference.FullName) || IsNotFollowed(assembly.GetName().Name, reference.Name))
                 {
                     continue;
                 }
@@ -61,5 +72,17 @@ internal static class Preload
             stderr.Write(ReadOnlySpan<byte>.Empty);
         }
         return AppDomain.CurrentDomain.GetAssemblies().Length;
+    }
+
+    private static bool IsNotFollowed(string? library, string? reference)
+    {
+        foreach (var (notFrom, name) in NotFollowed)
+        {
+            if (library == notFrom && reference == name)
+            {
+                return true;
+            }
+        }
+        return false;
     }
 }
