@@ -15,11 +15,17 @@ internal static class Preload
     /// <summary>References of a library that the daemon never reaches through that library, so
     /// they are not followed from it (each loaded assembly stays resident: about its file size
     /// of idle memory). Serilog uses System.Text.RegularExpressions only to read its settings
-    /// from key-value pairs (ReadFrom.KeyValuePairs), and the daemon configures it in code. A
-    /// reference from the daemon's own assemblies is always followed.</summary>
+    /// from key-value pairs (ReadFrom.KeyValuePairs), and the daemon configures it in code.
+    /// System.Diagnostics.DiagnosticSource uses System.Collections.Concurrent only for metrics
+    /// and its event source, not in Activity, the one type of it Serilog reads;
+    /// System.Runtime.InteropServices only in the COM marshalling cache (DefaultCaching). A
+    /// reference from the daemon's own assemblies, or from any other library, is still
+    /// followed.</summary>
     internal static readonly (string Library, string Reference)[] NotFollowed =
     [
         ("Serilog", "System.Text.RegularExpressions"),
+        ("System.Diagnostics.DiagnosticSource", "System.Collections.Concurrent"),
+        ("System.Runtime.InteropServices", "System.Collections.Concurrent"),
     ];
 
     /// <summary>Loads the transitive closure of the entry assembly's references (less
