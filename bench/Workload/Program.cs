@@ -14,7 +14,8 @@ var daemonOption = new Option<string[]>("--daemon")
     AllowMultipleArgumentsPerToken = false,
 };
 var dirKindOption = new Option<string>("--dir-kind") { Description = "Shared directory: tmpfs (a fresh tmpfs mount; needs root), disk (a temp dir under /var/tmp), or both comma-separated [default: tmpfs,disk; --quick: tmpfs]", HelpName = "tmpfs|disk" };
-var workloadsOption = new Option<string>("--workloads") { Description = "Comma-separated: " + string.Join(",", Workload.AllNames) + " [default: all]", HelpName = "LIST" };
+var workloadsOption = new Option<string>("--workloads") { Description = "Comma-separated: " + string.Join(",", Workload.AllNames) + " [default: all]. randread, randwrite, seqread and seqwrite " +
+    "read into / write from a per-caller buffer in guest memory (direct I/O as with cache=none: the daemon uses the caller's pages, no copy in the shim; native: pread/pwrite into a process buffer)", HelpName = "LIST" };
 var callersOption = new Option<string>("--callers") { Description = "Concurrent callers (queue depth), comma-separated [default: 1,16]", HelpName = "LIST" };
 var queuesOption = new Option<string>("--queues") { Description = "Request queues the shim asks for, comma-separated; a daemon that offers fewer is run with what it offers [default: 1,4]", HelpName = "LIST" };
 var repeatOption = new Option<int?>("--repeat") { Description = "Repetitions (daemons alternate within each); the table shows medians [default: 3; --quick: 1]", HelpName = "N" };

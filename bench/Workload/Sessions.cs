@@ -97,6 +97,27 @@ public sealed class FuseOps
         return (int)output.Length;
     }
 
+    /// <summary>A buffer in guest memory (a guest process's own pages) for direct I/O: READ and WRITE with it carry no
+    /// copy in the shim, as a Linux guest with cache=none pins the caller's pages into the request.</summary>
+    public GuestBuffer AllocateUserBuffer(int bytes) => _conn.AllocateUserBuffer(bytes);
+
+    /// <summary>READ of <paramref name="length"/> bytes at <paramref name="offset"/> straight into <paramref name="buffer"/>; the bytes read.</summary>
+    public int Read(ulong node, ulong fh, long offset, GuestBuffer buffer, int length)
+    {
+        var reply = _conn.Read(node, fh, offset, buffer, 0, length, _caller, Libc.O_RDONLY);
+        Check(reply, FuseOpcode.Read);
+        return reply.Length;
+    }
+
+    /// <summary>WRITE of the first <paramref name="length"/> bytes of <paramref name="buffer"/> at <paramref name="offset"/>,
+    /// the daemon reading them from the buffer; the bytes written.</summary>
+    public int Write(ulong node, ulong fh, long offset, GuestBuffer buffer, int length, int openFlags)
+    {
+        var reply = _conn.Write(node, fh, offset, buffer, 0, length, _caller, out int written, (uint)openFlags);
+        Check(reply, FuseOpcode.Write);
+        return written;
+    }
+
     /// <summary>CREATE: the new entry and its open handle.</summary>
     public (FuseEntryOut Entry, ulong Fh) Create(ulong parent, ReadOnlySpan<byte> nameWithNul, int flags, uint mode)
     {

@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using Vhostfsd.FusePassthrough.Protocol;
+using Vhostfsd.GuestKernelShim;
 using Vhostfsd.Posix;
 
 namespace Vhostfsd.Bench;
@@ -384,7 +385,7 @@ public sealed class RandomIoWorkload(bool write) : Workload
 
     public override string Name => _write ? "randwrite" : "randread";
     public override string Unit => "ops/s";
-    public override string Description => $"4 KiB {(_write ? "WRITE" : "READ")} at a random offset of the big file";
+    public override string Description => $"4 KiB {(_write ? "WRITE from" : "READ into")} a per-caller buffer in guest memory (direct I/O, no shim copy) at a random offset of the big file";
 
     private int OpenFlags => _write ? Libc.O_WRONLY : Libc.O_RDONLY;
 
@@ -397,7 +398,8 @@ public sealed class RandomIoWorkload(bool write) : Workload
         private readonly RandomIoWorkload _w;
         private readonly FuseSession _s;
         private readonly ulong _fh;
-        private readonly byte[] _buffer = new byte[BlockSize];
+        // The caller's own pages in guest memory: the daemon reads / writes them directly (no copy in the shim).
+        private readonly GuestBuffer _buffer;
         private readonly int _blocks;
         private FastRandom _random;
 
@@ -407,13 +409,14 @@ public sealed class RandomIoWorkload(bool write) : Workload
             _s = s;
             _random = new FastRandom(caller);
             _blocks = (int)(s.Dataset.Shape.BigFileBytes / BlockSize);
+            _buffer = s.Ops.AllocateUserBuffer(BlockSize);
             _fh = s.Ops.Open(s.BigNode, w.OpenFlags);
         }
 
         public override long Step()
         {
             long offset = (long)_random.Next(_blocks) * BlockSize;
-            int n = _w._write ? _s.Ops.Write(_s.BigNode, _fh, offset, _buffer, _w.OpenFlags) : _s.Ops.Read(_s.BigNode, _fh, offset, _buffer);
+            int n = _w._write ? _s.Ops.Write(_s.BigNode, _fh, offset, _buffer, BlockSize, _w.OpenFlags) : _s.Ops.Read(_s.BigNode, _fh, offset, _buffer, BlockSize);
             if (n != BlockSize)
             {
                 throw new BenchFailure($"short {_w.Name}: {n} bytes");
@@ -421,7 +424,11 @@ public sealed class RandomIoWorkload(bool write) : Workload
             return 1;
         }
 
-        public override void Dispose() => _s.Ops.Release(_s.BigNode, _fh, _w.OpenFlags);
+        public override void Dispose()
+        {
+            _s.Ops.Release(_s.BigNode, _fh, _w.OpenFlags);
+            _buffer.Dispose();
+        }
     }
 
     private sealed class NativeWork : CallerWork
@@ -466,7 +473,7 @@ public sealed class SequentialIoWorkload(bool write) : Workload
     public override string Name => _write ? "seqwrite" : "seqread";
     public override string Unit => "MiB/s";
     public override double UnitDivisor => 1 << 20;
-    public override string Description => $"1 MiB {(_write ? "WRITE" : "READ")} sequentially through the caller's slice of the big file";
+    public override string Description => $"1 MiB {(_write ? "WRITE from" : "READ into")} a per-caller buffer in guest memory (direct I/O, no shim copy) sequentially through the caller's slice of the big file";
 
     private int OpenFlags => _write ? Libc.O_WRONLY : Libc.O_RDONLY;
 
@@ -487,7 +494,9 @@ public sealed class SequentialIoWorkload(bool write) : Workload
         private readonly SequentialIoWorkload _w;
         private readonly FuseSession _s;
         private readonly ulong _fh;
-        private readonly byte[] _buffer;
+        // The caller's own pages in guest memory: the daemon reads / writes them directly (no copy in the shim).
+        private readonly GuestBuffer _buffer;
+        private readonly int _size;
         private readonly long _start;
         private readonly long _length;
         private long _cursor;
@@ -496,28 +505,32 @@ public sealed class SequentialIoWorkload(bool write) : Workload
         {
             _w = w;
             _s = s;
-            int size = w.Size(s);
-            _buffer = new byte[size];
-            new Random(caller).NextBytes(_buffer);
-            long slice = s.Dataset.Shape.BigFileBytes / callers / size * size;
+            _size = w.Size(s);
+            _buffer = s.Ops.AllocateUserBuffer(_size);
+            new Random(caller).NextBytes(_buffer.Span);
+            long slice = s.Dataset.Shape.BigFileBytes / callers / _size * _size;
             _start = slice * caller;
-            _length = Math.Max(size, slice);
+            _length = Math.Max(_size, slice);
             _fh = s.Ops.Open(s.BigNode, w.OpenFlags);
         }
 
         public override long Step()
         {
             long offset = _start + _cursor;
-            _cursor = (_cursor + _buffer.Length) % _length;
-            int n = _w._write ? _s.Ops.Write(_s.BigNode, _fh, offset, _buffer, _w.OpenFlags) : _s.Ops.Read(_s.BigNode, _fh, offset, _buffer);
-            if (n != _buffer.Length)
+            _cursor = (_cursor + _size) % _length;
+            int n = _w._write ? _s.Ops.Write(_s.BigNode, _fh, offset, _buffer, _size, _w.OpenFlags) : _s.Ops.Read(_s.BigNode, _fh, offset, _buffer, _size);
+            if (n != _size)
             {
                 throw new BenchFailure($"short {_w.Name}: {n} bytes at {offset}");
             }
             return n;
         }
 
-        public override void Dispose() => _s.Ops.Release(_s.BigNode, _fh, _w.OpenFlags);
+        public override void Dispose()
+        {
+            _s.Ops.Release(_s.BigNode, _fh, _w.OpenFlags);
+            _buffer.Dispose();
+        }
     }
 
     private sealed class NativeWork : CallerWork

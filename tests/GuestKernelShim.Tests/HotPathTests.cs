@@ -64,6 +64,45 @@ public class HotPathTests
     }
 
     [Fact]
+    public void DirectIoWithAUserBufferAllocatesNothingPerRequest()
+    {
+        using var device = new TestFsDevice(requestQueues: 1);
+        File.WriteAllBytes(Path.Combine(device.Dir, "f"), new byte[1 << 20]);
+        using var fs = FuseFs.Mount(VirtioFsBackend.Connect(device.SocketPath, Options(1)));
+        Assert.Equal(Errno.OK, fs.Walk("f", out var node));
+        Assert.Equal(Errno.OK, fs.Open(node, Libc.O_RDWR, out var file));
+        using var buffer = fs.AllocateUserBuffer(65536);
+        int failures = 0;
+        void Round()
+        {
+            if (fs.Conn.Read(node.NodeId, file!.Fh, 4096, buffer, 0, 65536, FuseCaller.Root).Length != 65536)
+            {
+                failures++;
+            }
+            if (!fs.Conn.Write(node.NodeId, file.Fh, 8192, buffer, 4096, 4096, FuseCaller.Root, out int written).IsOk || written != 4096)
+            {
+                failures++;
+            }
+        }
+        for (int i = 0; i < 300; i++)
+        {
+            Round();
+        }
+        const int rounds = 2000;
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < rounds; i++)
+        {
+            Round();
+        }
+        long perRequest = (GC.GetAllocatedBytesForCurrentThread() - before) / (rounds * 2);
+        _output.WriteLine($"{perRequest} bytes allocated per direct-I/O request on the sending thread");
+        Assert.Equal(0, failures);
+        Assert.True(perRequest < 8, $"{perRequest} bytes per request");
+        Assert.Equal(0, buffer.RequestsInFlight);
+        fs.Release(file!);
+    }
+
+    [Fact]
     public void SixteenThreadsOverFourQueues()
     {
         using var device = new TestFsDevice(requestQueues: 4);

@@ -62,8 +62,11 @@ public sealed unsafe class TestFsDevice : IVhostUserDevice, IDisposable
     public ConcurrentQueue<(int Queue, FuseOpcode Opcode, ulong Unique)> Seen { get; } = new();
 
     /// <summary>A chain as the device received it: its queue, opcode and unique, the bytes it lets the device read
-    /// and write (all segments), and up to <see cref="ArgsRecorded"/> bytes of its arguments (after fuse_in_header).</summary>
-    public readonly record struct SeenChain(int Queue, FuseOpcode Opcode, ulong Unique, ulong ReadableBytes, ulong WritableBytes, byte[] Args);
+    /// and write (all segments), and up to <see cref="ArgsRecorded"/> bytes of its arguments (after fuse_in_header).
+    /// <see cref="ReadableSegments"/> and <see cref="WritableSegments"/> are the chain's buffers as guest-physical ranges
+    /// (translated back from the device's mapping), so a test can see which guest memory the driver offered.</summary>
+    public readonly record struct SeenChain(int Queue, FuseOpcode Opcode, ulong Unique, ulong ReadableBytes, ulong WritableBytes, byte[] Args,
+        (ulong Gpa, ulong Length)[] ReadableSegments, (ulong Gpa, ulong Length)[] WritableSegments);
 
     /// <summary>Argument bytes kept per <see cref="SeenChain"/>.</summary>
     public const int ArgsRecorded = 256;
@@ -166,7 +169,8 @@ public sealed unsafe class TestFsDevice : IVhostUserDevice, IDisposable
                 header = MemoryMarshal.Read<FuseInHeader>(new ReadOnlySpan<byte>(readable[0].Base, FuseInHeader.Size));
             }
             var opcode = (FuseOpcode)header.Opcode;
-            _device.Chains.Enqueue(new SeenChain(_index, opcode, header.Unique, chain.ReadableBytes, chain.WritableBytes, CopyArgs(readable)));
+            _device.Chains.Enqueue(new SeenChain(_index, opcode, header.Unique, chain.ReadableBytes, chain.WritableBytes, CopyArgs(readable),
+                _device.ToGuestRanges(readable), _device.ToGuestRanges(chain.Writable)));
             _device.Seen.Enqueue((_index, opcode, header.Unique));
             if (_device.Hold?.Invoke(_index, opcode) == true)
             {
@@ -176,6 +180,30 @@ public sealed unsafe class TestFsDevice : IVhostUserDevice, IDisposable
             }
             vring.Complete(chain, (uint)_device.Handle(chain));
         }
+    }
+
+    /// <summary>Each segment's guest-physical address: where its host pointer lies in the device's mapping of guest
+    /// memory (ulong.MaxValue when in no region).</summary>
+    private (ulong Gpa, ulong Length)[] ToGuestRanges(ReadOnlySpan<IoVec> segments)
+    {
+        var regions = _backend?.Memory.GetRegions() ?? [];
+        var ranges = new (ulong Gpa, ulong Length)[segments.Length];
+        for (int i = 0; i < segments.Length; i++)
+        {
+            ulong host = (ulong)segments[i].Base;
+            ulong gpa = ulong.MaxValue;
+            foreach (var region in regions)
+            {
+                ulong start = (ulong)region.HostAddress;
+                if (host >= start && host - start < region.Size)
+                {
+                    gpa = region.GuestPhysAddr + (host - start);
+                    break;
+                }
+            }
+            ranges[i] = (gpa, segments[i].Length);
+        }
+        return ranges;
     }
 
     /// <summary>The first <see cref="ArgsRecorded"/> bytes after fuse_in_header, gathered across the readable segments.</summary>

@@ -86,15 +86,22 @@ public sealed class InProcessChannelBackend : IFuseTransport
 
     public int Submit(FuseRequest request, ReadOnlySpan<byte> header, scoped in FuseArgs args)
     {
-        int length = header.Length + args.TotalLength;
+        // WRITE data from a user buffer follows the arguments, as it does in the message read from /dev/fuse.
+        int userData = request.UserBuffer != null && !request.UserIsReply ? request.UserLength : 0;
+        int length = header.Length + args.TotalLength + userData;
         if (request.ChannelRequest.Length < length)
         {
             request.ChannelRequest = new byte[Math.Max(length, 256)];
         }
         header.CopyTo(request.ChannelRequest);
-        args.CopyTo(request.ChannelRequest.AsSpan(header.Length));
+        int written = header.Length + args.CopyTo(request.ChannelRequest.AsSpan(header.Length));
+        if (userData > 0)
+        {
+            request.UserBuffer!.PayloadSpan(request.UserOffset, userData).CopyTo(request.ChannelRequest.AsSpan(written));
+        }
         request.RequestLength = length;
-        if (request.ReplyCapacity > 0 && request.ChannelReply.Length < request.ReplyCapacity)
+        // A READ into a user buffer: the reply is written straight into it (no reply array).
+        if (request.ReplyCapacity > 0 && !request.UserIsReply && request.ChannelReply.Length < request.ReplyCapacity)
         {
             request.ChannelReply = new byte[request.ReplyCapacity];
         }
@@ -304,7 +311,8 @@ public sealed class InProcessChannelBackend : IFuseTransport
             }
             if (payload > 0)
             {
-                message[FuseOutHeader.Size..].CopyTo(request.ChannelReply);
+                var destination = request.UserIsReply ? request.UserBuffer!.PayloadSpan(request.UserOffset, request.UserLength) : request.ChannelReply;
+                message[FuseOutHeader.Size..].CopyTo(destination);
             }
         }
         Connection.Complete(request, header.Error, payload);

@@ -364,8 +364,92 @@ public sealed class FuseConn : IDisposable
         FuseReplyShape shape = FuseReplyShape.Variable, CancellationToken cancellation = default)
         => Send(opcode, nodeId, caller, default(FuseArgs), reply, shape, cancellation);
 
+    // ---------------------------------------------------------------- direct I/O with user buffers
+
+    /// <summary>Allocates a buffer of <paramref name="bytes"/> bytes that READ and WRITE can use as their payload with no
+    /// copy (<see cref="Read(ulong, ulong, long, GuestBuffer, int, int, in FuseCaller, uint, CancellationToken)"/>,
+    /// <see cref="Write"/>): guest memory on virtio-fs, a pinned host buffer on transports without guest memory.
+    /// The buffer starts zeroed. Throws <see cref="InvalidOperationException"/> when guest memory has no free range
+    /// that large.</summary>
+    public GuestBuffer AllocateUserBuffer(int bytes)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(bytes);
+        if (_transport is not IUserMemory guest)
+        {
+            return new GuestBuffer(this, bytes);
+        }
+        if (!guest.TryAllocateUserMemory(bytes, out ulong gpa, out ulong reserved, out nint host))
+        {
+            throw new InvalidOperationException($"{_transport.Name}: guest memory has no free range of {bytes} bytes for a user buffer");
+        }
+        var buffer = new GuestBuffer(this, guest, gpa, reserved, host, bytes);
+        // Fresh pages of a process are zero; the range may hold an earlier buffer's data.
+        buffer.Span.Clear();
+        return buffer;
+    }
+
+    /// <summary>One READ of <paramref name="length"/> bytes at <paramref name="offset"/> of handle <paramref name="fh"/>
+    /// straight into <paramref name="buffer"/> at <paramref name="bufferOffset"/> (fuse_send_read of direct I/O): the
+    /// daemon writes the data there, nothing is copied. <paramref name="length"/> is at most <see cref="MaxReadSize"/>.
+    /// The reply's <see cref="FuseReply.Length"/> is the bytes read (short at end of file). EFAULT when the buffer
+    /// was disposed. Otherwise as <see cref="Send(FuseOpcode, ulong, in FuseCaller, scoped in FuseArgs, Span{byte}, FuseReplyShape, CancellationToken)"/>.</summary>
+    public FuseReply Read(ulong nodeId, ulong fh, long offset, GuestBuffer buffer, int bufferOffset, int length, in FuseCaller caller,
+        uint openFlags = 0, CancellationToken cancellation = default)
+    {
+        CheckUserRange(buffer, bufferOffset, length, MaxReadSize);
+        var arg = new FuseReadIn { Fh = fh, Offset = (ulong)offset, Length = (uint)length, Flags = openFlags };
+        var args = new FuseArgs(MemoryMarshal.AsBytes(new ReadOnlySpan<FuseReadIn>(in arg)));
+        return SendCore(FuseOpcode.Read, nodeId, caller, args, Span<byte>.Empty, FuseReplyShape.Variable, cancellation, bypassInit: false,
+            buffer, bufferOffset, length, userIsReply: true);
+    }
+
+    /// <summary>One WRITE of <paramref name="length"/> bytes of <paramref name="buffer"/> from <paramref name="bufferOffset"/>
+    /// at <paramref name="offset"/> of handle <paramref name="fh"/> (fuse_send_write of direct I/O): the daemon reads
+    /// the data from the buffer, nothing is copied. <paramref name="length"/> is at most <see cref="MaxWriteSize"/>.
+    /// <paramref name="bytesWritten"/> is fuse_write_out.size; a daemon claiming more than was sent is EIO. EFAULT when
+    /// the buffer was disposed.</summary>
+    public FuseReply Write(ulong nodeId, ulong fh, long offset, GuestBuffer buffer, int bufferOffset, int length, in FuseCaller caller,
+        out int bytesWritten, uint openFlags = 0, uint writeFlags = 0, CancellationToken cancellation = default)
+    {
+        CheckUserRange(buffer, bufferOffset, length, MaxWriteSize);
+        bytesWritten = 0;
+        var arg = new FuseWriteIn { Fh = fh, Offset = (ulong)offset, Length = (uint)length, WriteFlags = writeFlags, Flags = openFlags };
+        FuseWriteOut output = default;
+        var reply = SendCore(FuseOpcode.Write, nodeId, caller, new FuseArgs(MemoryMarshal.AsBytes(new ReadOnlySpan<FuseWriteIn>(in arg))),
+            MemoryMarshal.AsBytes(new Span<FuseWriteOut>(ref output)), FuseReplyShape.Fixed, cancellation, bypassInit: false,
+            buffer, bufferOffset, length, userIsReply: false);
+        if (!reply.IsOk)
+        {
+            return reply;
+        }
+        if (output.Length > (uint)length)
+        {
+            return FuseReply.Fail(Errno.EIO);
+        }
+        bytesWritten = (int)output.Length;
+        return reply;
+    }
+
+    private void CheckUserRange(GuestBuffer buffer, int bufferOffset, int length, int limit)
+    {
+        ArgumentNullException.ThrowIfNull(buffer);
+        if (!ReferenceEquals(buffer.Owner, this))
+        {
+            throw new ArgumentException("the user buffer belongs to another connection", nameof(buffer));
+        }
+        if (bufferOffset < 0 || length < 0 || bufferOffset > buffer.Length || length > buffer.Length - bufferOffset)
+        {
+            throw new ArgumentOutOfRangeException(nameof(length), length, $"[{bufferOffset}, +{length}) is not inside the buffer of {buffer.Length} bytes");
+        }
+        if (length > limit)
+        {
+            throw new ArgumentOutOfRangeException(nameof(length), length, $"one request carries at most {limit} bytes on this connection");
+        }
+    }
+
     private FuseReply SendCore(FuseOpcode opcode, ulong nodeId, in FuseCaller caller, scoped in FuseArgs args, Span<byte> reply,
-        FuseReplyShape shape, CancellationToken cancellation, bool bypassInit)
+        FuseReplyShape shape, CancellationToken cancellation, bool bypassInit,
+        GuestBuffer? user = null, int userOffset = 0, int userLength = 0, bool userIsReply = false)
     {
         if (!bypassInit)
         {
@@ -387,6 +471,23 @@ public sealed class FuseConn : IDisposable
         request.ReplyShape = shape;
         request.BypassInit = bypassInit;
         request.Caller = caller;
+        if (user != null && userLength > 0)
+        {
+            if (!user.TryAcquire())
+            {
+                // The memory is gone: I/O on an unmapped address.
+                Release(request);
+                return FuseReply.Fail(Errno.EFAULT);
+            }
+            request.UserBuffer = user;
+            request.UserOffset = userOffset;
+            request.UserLength = userLength;
+            request.UserIsReply = userIsReply;
+            if (userIsReply)
+            {
+                request.ReplyCapacity = userLength;
+            }
+        }
         request.Unique = NextUnique();
         int error = Dispatch(request, caller, args);
         if (error != 0)
@@ -401,7 +502,8 @@ public sealed class FuseConn : IDisposable
         if (result == 0)
         {
             length = request.ReplyLength;
-            if (length > 0)
+            // A reply into a user buffer is already there.
+            if (length > 0 && !request.UserIsReply)
             {
                 _transport.CopyReply(request, reply[..length]);
             }
@@ -414,7 +516,7 @@ public sealed class FuseConn : IDisposable
     /// could not be sent (the request is then not pending and the caller still owns it).</summary>
     private int Dispatch(FuseRequest request, in FuseCaller caller, scoped in FuseArgs args)
     {
-        long length = FuseInHeader.Size + (long)args.TotalLength;
+        long length = FuseInHeader.Size + (long)args.TotalLength + (request.UserBuffer != null && !request.UserIsReply ? request.UserLength : 0);
         if (length > int.MaxValue)
         {
             return -(int)Errno.E2BIG;
@@ -908,6 +1010,12 @@ public sealed class FuseConn : IDisposable
             Interlocked.Decrement(ref _noReplyInFlight);
         }
         _transport.ReleaseBuffers(request);
+        if (request.UserBuffer != null)
+        {
+            // The transport is done with the user pages (Linux: the pages are unpinned when the request is freed).
+            request.UserBuffer.ReleaseUse();
+            request.UserBuffer = null;
+        }
         if (t_cached == null)
         {
             t_cached = request;

@@ -65,13 +65,20 @@ public sealed class FuseRequest
     internal byte[] ChannelReply = Array.Empty<byte>();
     internal bool ChannelRead;
 
+    // Direct I/O: a user buffer range that is the payload itself (WRITE data read from it, or READ data landing in
+    // it when UserIsReply). The request holds a use of the buffer until its last reference goes.
+    internal GuestBuffer? UserBuffer;
+    internal int UserOffset;
+    internal int UserLength;
+    internal bool UserIsReply;
+
     // VirtioFsBackend: queue, chain head and the guest buffers of the chain.
     internal int VirtioQueue = -1;
     internal int VirtioHead = -1;
-    internal GuestBuffer VirtioIn;
-    internal GuestBuffer VirtioInData;
-    internal GuestBuffer VirtioOut;
-    internal GuestBuffer VirtioOutData;
+    internal GuestBlock VirtioIn;
+    internal GuestBlock VirtioInData;
+    internal GuestBlock VirtioOut;
+    internal GuestBlock VirtioOutData;
 
     internal ManualResetEventSlim Done => _done;
 
@@ -97,6 +104,10 @@ public sealed class FuseRequest
         ArgLength = 0;
         Caller = default;
         ChannelRead = false;
+        UserBuffer = null;
+        UserOffset = 0;
+        UserLength = 0;
+        UserIsReply = false;
         VirtioQueue = -1;
         VirtioHead = -1;
         VirtioIn = default;
@@ -132,9 +143,9 @@ public sealed class FuseRequest
 }
 
 /// <summary>A block of guest memory owned by a request (offset into the guest memory file and length).</summary>
-internal readonly struct GuestBuffer
+internal readonly struct GuestBlock
 {
-    public GuestBuffer(ulong gpa, int length, int sizeClass)
+    public GuestBlock(ulong gpa, int length, int sizeClass)
     {
         Gpa = gpa;
         Length = length;

@@ -17,7 +17,11 @@ public interface IFuseTransport : IDisposable
     /// transport's buffers, reserves room for the reply (<see cref="FuseRequest.ReplyCapacity"/>) and hands
     /// the request to the daemon. May block while the transport is full; never fails for lack of room.
     /// Returns 0, or a negative errno (ENOTCONN once stopped). On success the transport calls
-    /// <see cref="FuseConn.Complete"/> when the reply arrives (not for <see cref="FuseRequest.NoReply"/> requests).</summary>
+    /// <see cref="FuseConn.Complete"/> when the reply arrives (not for <see cref="FuseRequest.NoReply"/> requests).
+    /// A direct-I/O request also names a range of a <see cref="GuestBuffer"/>: WRITE data that follows the arguments,
+    /// or the place READ data goes (then <see cref="FuseRequest.ReplyCapacity"/> is its length and the reply is
+    /// not copied with <see cref="CopyReply"/>). A transport with guest memory passes that range to the daemon as it
+    /// is; others copy from / into it.</summary>
     int Submit(FuseRequest request, ReadOnlySpan<byte> header, scoped in FuseArgs args);
 
     /// <summary>Copies the first <paramref name="destination"/>.Length bytes of the reply payload

@@ -508,6 +508,108 @@ public sealed partial class FuseFs
         }
     }
 
+    /// <summary>A buffer whose memory READ and WRITE use directly (see <see cref="FuseConn.AllocateUserBuffer"/>).</summary>
+    public GuestBuffer AllocateUserBuffer(int bytes) => Conn.AllocateUserBuffer(bytes);
+
+    /// <summary>pread(2) with direct I/O into a user buffer: READ requests of at most min(max_read, max_pages pages)
+    /// each, split as <see cref="Read(FuseFile, Span{byte}, long, out int, FuseCaller?)"/> splits, the daemon writing
+    /// the data straight into <paramref name="buffer"/>[<paramref name="bufferOffset"/>, +<paramref name="length"/>)
+    /// with no copy. Stops at a short reply (end of file).</summary>
+    public Errno Read(FuseFile file, GuestBuffer buffer, int bufferOffset, int length, long offset, out int bytesRead, FuseCaller? caller = null)
+    {
+        CheckRange(buffer, bufferOffset, length);
+        var c = Who(caller);
+        bytesRead = 0;
+        var rc = CheckFileIo(file, file.CanRead, offset);
+        if (rc != Errno.OK)
+        {
+            return rc;
+        }
+        int chunk = Conn.MaxReadSize;
+        while (bytesRead < length)
+        {
+            int size = Math.Min(chunk, length - bytesRead);
+            var reply = Conn.Read(file.Node.NodeId, file.Fh, offset + bytesRead, buffer, bufferOffset + bytesRead, size, c, (uint)file.Flags);
+            if (!reply.IsOk)
+            {
+                return bytesRead == 0 ? reply.Errno : Errno.OK;
+            }
+            bytesRead += reply.Length;
+            if (reply.Length < size)
+            {
+                break;
+            }
+        }
+        return Errno.OK;
+    }
+
+    /// <summary>pwrite(2) with direct I/O from a user buffer: WRITE requests of at most min(max_write, max_pages pages)
+    /// each, split as <see cref="Write(FuseFile, ReadOnlySpan{byte}, long, out int, FuseCaller?)"/> splits, the daemon
+    /// reading the data straight from <paramref name="buffer"/>[<paramref name="bufferOffset"/>, +<paramref name="length"/>).</summary>
+    public Errno Write(FuseFile file, GuestBuffer buffer, int bufferOffset, int length, long offset, out int bytesWritten, FuseCaller? caller = null)
+    {
+        CheckRange(buffer, bufferOffset, length);
+        var c = Who(caller);
+        bytesWritten = 0;
+        var rc = CheckFileIo(file, file.CanWrite, offset);
+        if (rc != Errno.OK)
+        {
+            return rc;
+        }
+        int chunk = Conn.MaxWriteSize;
+        uint writeFlags = Conn.Has(FuseInitFlags.HandleKillprivV2) && !c.IsRoot ? (uint)FuseWriteFlags.KillSuidgid : 0;
+        try
+        {
+            while (bytesWritten < length)
+            {
+                int size = Math.Min(chunk, length - bytesWritten);
+                var reply = Conn.Write(file.Node.NodeId, file.Fh, offset + bytesWritten, buffer, bufferOffset + bytesWritten, size, c,
+                    out int written, (uint)file.Flags, writeFlags);
+                if (!reply.IsOk)
+                {
+                    return bytesWritten == 0 ? reply.Errno : Errno.OK;
+                }
+                bytesWritten += written;
+                if (written < size)
+                {
+                    break;
+                }
+            }
+            return Errno.OK;
+        }
+        finally
+        {
+            file.Node.InvalidateAttr();
+        }
+    }
+
+    private static void CheckRange(GuestBuffer buffer, int bufferOffset, int length)
+    {
+        ArgumentNullException.ThrowIfNull(buffer);
+        if (bufferOffset < 0 || length < 0 || bufferOffset > buffer.Length || length > buffer.Length - bufferOffset)
+        {
+            throw new ArgumentOutOfRangeException(nameof(length), length, $"[{bufferOffset}, +{length}) is not inside the buffer of {buffer.Length} bytes");
+        }
+    }
+
+    private Errno CheckFileIo(FuseFile file, bool modeAllows, long offset)
+    {
+        var rc = CheckLive(file.Node);
+        if (rc != Errno.OK)
+        {
+            return rc;
+        }
+        if (file.IsDirectory)
+        {
+            return Errno.EISDIR;
+        }
+        if (!modeAllows || file.IsClosed)
+        {
+            return Errno.EBADF;
+        }
+        return offset < 0 ? Errno.EINVAL : Errno.OK;
+    }
+
     // ---------------------------------------------------------------- fallocate / lseek / copy_file_range
 
     /// <summary>fallocate(2): FALLOCATE; EOPNOTSUPP once the daemon answered ENOSYS.</summary>

@@ -10,6 +10,7 @@ namespace Vhostfsd.GuestKernelShim;
 internal sealed class GuestHeap
 {
     public const int MinBlock = 64;
+    public const ulong PageSize = 4096;
     private const int MinShift = 6;
 
     private readonly object _lock = new();
@@ -21,6 +22,9 @@ internal sealed class GuestHeap
     private bool _closed;
     private int _waiters;
     private long _inUse;
+    // Page ranges given back by user buffers (address order, adjacent ones merged); reused first-fit by later ones.
+    private readonly List<(ulong Gpa, ulong Length)> _freeRanges = new();
+    private long _pagesInUse;
 
     /// <param name="start">First guest-physical address of the heap (page aligned).</param>
     /// <param name="length">Bytes in the heap.</param>
@@ -59,7 +63,7 @@ internal sealed class GuestHeap
 
     /// <summary>Allocates a block of at least <paramref name="length"/> bytes, waiting while memory is exhausted.
     /// False once the heap was closed (the device is going away).</summary>
-    public bool TryAllocate(int length, out GuestBuffer buffer)
+    public bool TryAllocate(int length, out GuestBlock buffer)
     {
         if (length <= 0 || length > MaxBlock)
         {
@@ -79,7 +83,7 @@ internal sealed class GuestHeap
                 if (_freeCount[sizeClass] > 0)
                 {
                     ulong gpa = _free[sizeClass][--_freeCount[sizeClass]];
-                    buffer = new GuestBuffer(gpa, length, sizeClass);
+                    buffer = new GuestBlock(gpa, length, sizeClass);
                     _inUse += size;
                     return true;
                 }
@@ -88,7 +92,7 @@ internal sealed class GuestHeap
                 if (aligned + (ulong)size <= _end)
                 {
                     _bump = aligned + (ulong)size;
-                    buffer = new GuestBuffer(aligned, length, sizeClass);
+                    buffer = new GuestBlock(aligned, length, sizeClass);
                     _inUse += size;
                     return true;
                 }
@@ -106,7 +110,7 @@ internal sealed class GuestHeap
     }
 
     /// <summary>Returns a block (empty buffers are ignored).</summary>
-    public void Free(GuestBuffer buffer)
+    public void Free(GuestBlock buffer)
     {
         if (buffer.IsEmpty)
         {
@@ -127,6 +131,106 @@ internal sealed class GuestHeap
             list[count] = buffer.Gpa;
             _freeCount[buffer.SizeClass] = count + 1;
             _inUse -= ClassSize(buffer.SizeClass);
+            if (_waiters > 0)
+            {
+                Monitor.PulseAll(_lock);
+            }
+        }
+    }
+
+    /// <summary>Bytes of page ranges held by user buffers.</summary>
+    public long PageBytesInUse => Interlocked.Read(ref _pagesInUse);
+
+    /// <summary>Reserves a page-aligned, contiguous range of at least <paramref name="length"/> bytes (rounded up to
+    /// whole pages) for a user buffer: what a guest process's own pages are. Unlike a block it never waits: a buffer
+    /// is set up once, and waiting for requests to free blocks could take forever. False when no range is free or the
+    /// heap was closed.</summary>
+    public bool TryAllocatePages(long length, out ulong gpa, out ulong reserved)
+    {
+        gpa = 0;
+        reserved = ((ulong)length + PageSize - 1) & ~(PageSize - 1);
+        if (length <= 0)
+        {
+            return false;
+        }
+        lock (_lock)
+        {
+            if (_closed)
+            {
+                return false;
+            }
+            for (int i = 0; i < _freeRanges.Count; i++)
+            {
+                var range = _freeRanges[i];
+                if (range.Length >= reserved)
+                {
+                    gpa = range.Gpa;
+                    if (range.Length == reserved)
+                    {
+                        _freeRanges.RemoveAt(i);
+                    }
+                    else
+                    {
+                        _freeRanges[i] = (range.Gpa + reserved, range.Length - reserved);
+                    }
+                    _pagesInUse += (long)reserved;
+                    return true;
+                }
+            }
+            ulong aligned = (_bump + PageSize - 1) & ~(PageSize - 1);
+            if (aligned > _end || _end - aligned < reserved)
+            {
+                return false;
+            }
+            gpa = aligned;
+            _bump = aligned + reserved;
+            _pagesInUse += (long)reserved;
+            return true;
+        }
+    }
+
+    /// <summary>Returns a range from <see cref="TryAllocatePages"/>. A range that ends at the bump pointer goes back
+    /// to it (so blocks can use it again); others are kept, merged with their neighbours, for later user buffers.</summary>
+    public void FreePages(ulong gpa, ulong reserved)
+    {
+        if (reserved == 0)
+        {
+            return;
+        }
+        if (gpa < _start || gpa >= _end || _end - gpa < reserved)
+        {
+            throw new ArgumentException($"range 0x{gpa:x}+{reserved} is not in this heap", nameof(gpa));
+        }
+        lock (_lock)
+        {
+            _pagesInUse -= (long)reserved;
+            int at = 0;
+            while (at < _freeRanges.Count && _freeRanges[at].Gpa < gpa)
+            {
+                at++;
+            }
+            ulong start = gpa;
+            ulong length = reserved;
+            if (at < _freeRanges.Count && _freeRanges[at].Gpa == start + length)
+            {
+                length += _freeRanges[at].Length;
+                _freeRanges.RemoveAt(at);
+            }
+            if (at > 0 && _freeRanges[at - 1].Gpa + _freeRanges[at - 1].Length == start)
+            {
+                at--;
+                start = _freeRanges[at].Gpa;
+                length += _freeRanges[at].Length;
+                _freeRanges.RemoveAt(at);
+            }
+            if (start + length == _bump)
+            {
+                _bump = start;
+            }
+            else
+            {
+                _freeRanges.Insert(at, (start, length));
+            }
             if (_waiters > 0)
             {
                 Monitor.PulseAll(_lock);

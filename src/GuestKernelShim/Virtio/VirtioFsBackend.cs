@@ -46,11 +46,13 @@ public sealed class VirtioFsBackendOptions
 /// A request is one chain: device-readable fuse_in_header + arguments (a large last argument, such as WRITE
 /// data, in its own buffer), then device-writable fuse_out_header + reply sized for that request (a large
 /// reply, such as READ data, in its own buffer). Buffers come from the guest memory heap; the caller's data is
-/// copied in once and the reply copied out once. A sender picks the request queue of its thread; when the
+/// copied in once and the reply copied out once — except for direct I/O with a <see cref="GuestBuffer"/>, whose
+/// guest pages are the data descriptor itself (WRITE data read by the daemon from them, READ data written into
+/// them), as Linux does with the pinned user pages of an O_DIRECT / cache=none read or write. A sender picks the request queue of its thread; when the
 /// queue has no free descriptor it waits for the completion thread to free some. When the daemon's socket
 /// hangs up (the daemon died), the connection is aborted: every request ends with ENOTCONN.
 /// </remarks>
-public sealed unsafe class VirtioFsBackend : IFuseTransport
+public sealed unsafe class VirtioFsBackend : IFuseTransport, IUserMemory
 {
     private const ulong GuestUserBase = 0x7F00_0000_0000;
     private const int InlineLimit = 4096;
@@ -71,6 +73,7 @@ public sealed unsafe class VirtioFsBackend : IFuseTransport
     private FuseConn? _connection;
     private volatile bool _stopping;
     private volatile bool _daemonGone;
+    private volatile bool _unmapped;
     private bool _queuesStopped;
     private bool _disposed;
     private int _nextQueue;
@@ -153,6 +156,27 @@ public sealed unsafe class VirtioFsBackend : IFuseTransport
 
     /// <summary>Guest-memory bytes currently allocated to requests.</summary>
     public long HeapBytesInUse => _heap.BytesInUse;
+
+    /// <summary>Guest-memory bytes held by user buffers (whole pages), including disposed ones a request still pins.</summary>
+    public long UserBufferBytesInUse => _heap.PageBytesInUse;
+
+    bool IUserMemory.TryAllocateUserMemory(int length, out ulong gpa, out ulong reserved, out nint host)
+    {
+        host = 0;
+        if (_unmapped || !_heap.TryAllocatePages(length, out gpa, out reserved))
+        {
+            gpa = 0;
+            reserved = 0;
+            return false;
+        }
+        // SAFETY: the heap hands out ranges inside guest memory, which is mapped at _base for _memorySize bytes.
+        host = (nint)(_base + gpa);
+        return true;
+    }
+
+    void IUserMemory.FreeUserMemory(ulong gpa, ulong reserved) => _heap.FreePages(gpa, reserved);
+
+    bool IUserMemory.IsMapped => !_unmapped;
 
     /// <summary>Connects to a vhost-user-fs daemon at <paramref name="socketPath"/> and brings the device up as
     /// QEMU and the guest driver do: handshake, config (tag, num_request_queues) when offered, features,
@@ -318,9 +342,9 @@ public sealed unsafe class VirtioFsBackend : IFuseTransport
         return _queues[1 + (ticket - 1) % requestQueues];
     }
 
-    private Span<byte> Memory(GuestBuffer buffer)
+    private Span<byte> Memory(GuestBlock buffer)
     {
-        // SAFETY: every GuestBuffer comes from the heap, which lies inside the mapped region of _memorySize bytes.
+        // SAFETY: every GuestBlock comes from the heap, which lies inside the mapped region of _memorySize bytes.
         if (buffer.Gpa + (ulong)buffer.Length > _memorySize)
         {
             throw new InvalidOperationException("a guest buffer lies outside guest memory");
@@ -333,6 +357,22 @@ public sealed unsafe class VirtioFsBackend : IFuseTransport
         if (_stopping)
         {
             return -(int)Errno.ENOTCONN;
+        }
+        // Direct I/O: the user buffer's own guest pages are the data descriptor (readable for WRITE, writable for READ).
+        var user = request.UserBuffer;
+        bool userData = user != null && request.UserLength > 0;
+        ulong userGpa = 0;
+        if (userData)
+        {
+            if (!user!.IsGuestMemory)
+            {
+                return -(int)Errno.EFAULT;
+            }
+            userGpa = user.GpaAt(request.UserOffset);
+            if (userGpa > _memorySize || (ulong)request.UserLength > _memorySize - userGpa)
+            {
+                return -(int)Errno.EFAULT;
+            }
         }
         int total = header.Length + args.TotalLength;
         int lastIndex = args.Count - 1;
@@ -371,7 +411,7 @@ public sealed unsafe class VirtioFsBackend : IFuseTransport
         bool wantsReply = !request.NoReply || request.IsInterrupt;
         if (wantsReply)
         {
-            int capacity = request.ReplyCapacity;
+            int capacity = userData && request.UserIsReply ? 0 : request.ReplyCapacity;
             if (FuseOutHeader.Size + capacity <= InlineLimit || capacity == 0)
             {
                 if (!_heap.TryAllocate(FuseOutHeader.Size + capacity, out var outBuffer))
@@ -397,14 +437,18 @@ public sealed unsafe class VirtioFsBackend : IFuseTransport
             Memory(request.VirtioOut)[..FuseOutHeader.Size].Clear();
         }
 
-        Span<(ulong Gpa, uint Len)> readable = stackalloc (ulong, uint)[2];
-        Span<(ulong Gpa, uint Len)> writable = stackalloc (ulong, uint)[2];
+        Span<(ulong Gpa, uint Len)> readable = stackalloc (ulong, uint)[3];
+        Span<(ulong Gpa, uint Len)> writable = stackalloc (ulong, uint)[3];
         int readableCount = 0;
         int writableCount = 0;
         readable[readableCount++] = (request.VirtioIn.Gpa, (uint)request.VirtioIn.Length);
         if (!request.VirtioInData.IsEmpty)
         {
             readable[readableCount++] = (request.VirtioInData.Gpa, (uint)request.VirtioInData.Length);
+        }
+        if (userData && !request.UserIsReply)
+        {
+            readable[readableCount++] = (userGpa, (uint)request.UserLength);
         }
         if (!request.VirtioOut.IsEmpty)
         {
@@ -413,6 +457,10 @@ public sealed unsafe class VirtioFsBackend : IFuseTransport
         if (!request.VirtioOutData.IsEmpty)
         {
             writable[writableCount++] = (request.VirtioOutData.Gpa, (uint)request.VirtioOutData.Length);
+        }
+        if (userData && request.UserIsReply)
+        {
+            writable[writableCount++] = (userGpa, (uint)request.UserLength);
         }
 
         var queue = PickQueue(request);
@@ -563,7 +611,8 @@ public sealed unsafe class VirtioFsBackend : IFuseTransport
             return;
         }
         var header = MemoryMarshal.Read<FuseOutHeader>(Memory(request.VirtioOut));
-        int capacity = request.VirtioOutData.IsEmpty ? request.VirtioOut.Length - FuseOutHeader.Size : request.VirtioOutData.Length;
+        int capacity = request.UserBuffer != null && request.UserIsReply ? request.UserLength
+            : request.VirtioOutData.IsEmpty ? request.VirtioOut.Length - FuseOutHeader.Size : request.VirtioOutData.Length;
         if (header.Unique != request.Unique || header.Len < FuseOutHeader.Size || header.Len - FuseOutHeader.Size > (uint)capacity)
         {
             _options.Log?.Invoke($"virtio-fs: malformed reply to {request.Opcode} (unique {request.Unique}): out header len {header.Len}, unique {header.Unique}, used {usedLength}");
@@ -705,6 +754,7 @@ public sealed unsafe class VirtioFsBackend : IFuseTransport
             queue.Kick.Dispose();
             queue.Call.Dispose();
         }
+        _unmapped = true;
         _memory.Dispose();
         _memFd.Dispose();
         _stop.Dispose();

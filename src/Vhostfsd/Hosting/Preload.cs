@@ -8,13 +8,23 @@ namespace Vhostfsd.Hosting;
 /// first use. Loaded assemblies are mapped into memory and stay usable. Native libraries are
 /// already loaded by then: every P/Invoke goes through src/Posix's "libc", which the start-up
 /// code has used. A few runtime services open files on first use and keep them: the random
-/// source (/dev/urandom, behind RandomNumberGenerator, Guid and System.Diagnostics.Activity,
-/// which Serilog reads for every event) and the local time zone (/etc/localtime); they are
-/// started here too.</summary>
+/// source (/dev/urandom, behind Guid and System.Diagnostics.Activity, which Serilog reads for
+/// every event) and the local time zone (/etc/localtime); they are started here too.</summary>
 internal static class Preload
 {
-    /// <summary>Loads the transitive closure of the entry assembly's references and initialises
-    /// the console streams. Returns how many assemblies are loaded afterwards.</summary>
+    /// <summary>References of a library that the daemon never reaches through that library, so
+    /// they are not followed from it (each loaded assembly stays resident: about its file size
+    /// of idle memory). Serilog uses System.Text.RegularExpressions only to read its settings
+    /// from key-value pairs (ReadFrom.KeyValuePairs), and the daemon configures it in code. A
+    /// reference from the daemon's own assemblies is always followed.</summary>
+    internal static readonly (string Library, string Reference)[] NotFollowed =
+    [
+        ("Serilog", "System.Text.RegularExpressions"),
+    ];
+
+    /// <summary>Loads the transitive closure of the entry assembly's references (less
+    /// <see cref="NotFollowed"/>) and initialises the console streams. Returns how many
+    /// assemblies are loaded afterwards.</summary>
     public static int BeforeSandbox()
     {
         var seen = new HashSet<string>(StringComparer.Ordinal);
@@ -33,7 +43,7 @@ internal static class Preload
             }
             foreach (AssemblyName reference in assembly.GetReferencedAssemblies())
             {
-                if (seen.Contains(reference.FullName))
+                if (seen.Contains(reference.FullName) || IsNotFollowed(assembly.GetName().Name, reference.Name))
                 {
                     continue;
                 }
@@ -48,9 +58,9 @@ internal static class Preload
                 }
             }
         }
-        // The random source keeps /dev/urandom open once it has read it.
-        Span<byte> random = stackalloc byte[16];
-        System.Security.Cryptography.RandomNumberGenerator.Fill(random);
+        // The runtime's random source (Guid, Random, Activity ids) keeps /dev/urandom open once it
+        // has read it. System.Security.Cryptography's RandomNumberGenerator is another source
+        // (OpenSSL, a 4 MiB library) that nothing in the daemon uses: it is not started.
         _ = Guid.NewGuid();
         // Serilog asks for the current Activity on every event; its type initializer draws random ids.
         _ = System.Diagnostics.Activity.Current;
@@ -62,5 +72,17 @@ internal static class Preload
             stderr.Write(ReadOnlySpan<byte>.Empty);
         }
         return AppDomain.CurrentDomain.GetAssemblies().Length;
+    }
+
+    private static bool IsNotFollowed(string? library, string? reference)
+    {
+        foreach (var (notFrom, name) in NotFollowed)
+        {
+            if (library == notFrom && reference == name)
+            {
+                return true;
+            }
+        }
+        return false;
     }
 }

@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Runtime.CompilerServices;
 using Serilog;
 using Vhostfsd.Posix;
 
@@ -66,24 +67,29 @@ internal static unsafe class TestProbe
         log.Information("test-probe: reopen through ProcSelfFd {Result}", reopen);
 
         // Runtime services that open files on first use (see Preload) must still work.
-        string services;
-        try
-        {
-            Span<byte> random = stackalloc byte[16];
-            System.Security.Cryptography.RandomNumberGenerator.Fill(random);
-            _ = Guid.NewGuid();
-            _ = System.Diagnostics.Activity.Current;
-            services = "ok (time zone " + TimeZoneInfo.Local.Id + ")";
-        }
-        catch (Exception e)
-        {
-            services = "failed (" + e.GetType().Name + ": " + e.Message + ")";
-        }
+        string services = CheckRuntimeServices();
         log.Information("test-probe: runtime services {Result}", services);
         log.Information("test-probe: pid {Pid} euid {Euid} effective-caps 0x{Effective} bounding-caps 0x{Bounding} rlimit-nofile {Limit} shared-root {Root}",
             System.Environment.ProcessId, Libc.GetEuid(),
             Capabilities.EffectiveOfCurrentThread().ToString("x", CultureInfo.InvariantCulture),
             Capabilities.BoundingOfCurrentThread(lastCap).ToString("x", CultureInfo.InvariantCulture),
             ResourceLimits.CurrentNofile(), settings.SharedRoot);
+    }
+
+    /// <summary>Uses what <see cref="Preload"/> started. A method of its own: compiling it loads
+    /// System.Diagnostics.DiagnosticSource, which a daemon without the probe must not pay for.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static string CheckRuntimeServices()
+    {
+        try
+        {
+            _ = Guid.NewGuid();
+            _ = System.Diagnostics.Activity.Current;
+            return "ok (time zone " + TimeZoneInfo.Local.Id + ")";
+        }
+        catch (Exception e)
+        {
+            return "failed (" + e.GetType().Name + ": " + e.Message + ")";
+        }
     }
 }
