@@ -18,6 +18,8 @@ public sealed record BenchSettings
     /// <summary>A command run during each daemon cell's measured phase ({pid} = the daemon), stopped with SIGINT.</summary>
     public string? ProfileCommand { get; init; }
     public TimeSpan StartTimeout { get; init; } = TimeSpan.FromSeconds(60);
+    /// <summary>Extend a daemon cell's warm-up while the daemon's background JIT is busy (not with --quick).</summary>
+    public bool WarmupUntilJitIdle { get; init; } = true;
 }
 
 /// <summary>One measured cell: a workload run by one daemon (or natively) at one caller count and queue count.</summary>
@@ -213,7 +215,7 @@ public sealed class BenchRun
                         switchesAfter = daemon.ContextSwitches();
                         StopProfiler(profiler);
                     },
-                    JitIdle);
+                    _settings.WarmupUntilJitIdle ? JitIdle : null);
                 long peak = daemon.PeakRssBytes();
                 return new CellResult
                 {
