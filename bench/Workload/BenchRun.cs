@@ -18,6 +18,8 @@ public sealed record BenchSettings
     /// <summary>A command run during each daemon cell's measured phase ({pid} = the daemon), stopped with SIGINT.</summary>
     public string? ProfileCommand { get; init; }
     public TimeSpan StartTimeout { get; init; } = TimeSpan.FromSeconds(60);
+    /// <summary>Extend a daemon cell's warm-up while the daemon's background JIT is busy (not with --quick).</summary>
+    public bool WarmupUntilJitIdle { get; init; } = true;
 }
 
 /// <summary>One measured cell: a workload run by one daemon (or natively) at one caller count and queue count.</summary>
@@ -39,6 +41,8 @@ public sealed record CellResult
     public required double P99Us { get; init; }
     public required long Steps { get; init; }
     public required double ElapsedSeconds { get; init; }
+    /// <summary>Warm-up run before the measured phase (extended until the daemon's JIT was idle).</summary>
+    public double WarmupSeconds { get; init; }
     /// <summary>Daemon CPU (user + system) during the measured phase; NaN for native.</summary>
     public required double CpuSeconds { get; init; }
     /// <summary>Voluntary context switches of the daemon's threads per step (how often it slept); NaN for native.</summary>
@@ -120,7 +124,7 @@ public sealed class BenchRun
     {
         _results.Add(result);
         string cpu = double.IsNaN(result.CpuSeconds) ? "" : $", daemon cpu {result.CpuSeconds:F2} s ({result.CpuSeconds * 1e6 / Math.Max(1, result.Steps):F1} us/step), " +
-            $"{result.SleepsPerStep:F2} sleeps/step, peak rss {result.PeakRssBytes >> 20} MiB";
+            $"{result.SleepsPerStep:F2} sleeps/step, peak rss {result.PeakRssBytes >> 20} MiB, warm-up {result.WarmupSeconds:F1} s";
         _log($"[{result.DirKind} rep {result.Repetition + 1}/{_settings.Repeat}] {result.Workload,-11} {result.Daemon,-10} callers {result.Callers,2} " +
             $"queues {result.QueuesUsed}: {Report.FormatRate(result.Rate)} {result.Unit}, p50 {result.P50Us:F1} us, p99 {result.P99Us:F1} us{cpu}" +
             (result.Note != null ? $" ({result.Note})" : ""));
@@ -189,6 +193,15 @@ public sealed class BenchRun
                 long switchesBefore = 0;
                 long switchesAfter = 0;
                 Process? profiler = null;
+                double jitCpu = daemon.JitCpuSeconds();
+                bool JitIdle()
+                {
+                    // Settled once the runtime's background JIT used no CPU tick since the last look.
+                    double now = daemon.JitCpuSeconds();
+                    bool idle = now - jitCpu < 0.015;
+                    jitCpu = now;
+                    return idle;
+                }
                 var measurement = CallerRunner.Run(callers, caller => workload.CreateFuse(session, caller, callers), _settings.Budget,
                     () =>
                     {
@@ -201,7 +214,8 @@ public sealed class BenchRun
                         cpuAfter = daemon.CpuSeconds();
                         switchesAfter = daemon.ContextSwitches();
                         StopProfiler(profiler);
-                    });
+                    },
+                    _settings.WarmupUntilJitIdle ? JitIdle : null);
                 long peak = daemon.PeakRssBytes();
                 return new CellResult
                 {
@@ -217,6 +231,7 @@ public sealed class BenchRun
                     P50Us = measurement.Latency.Quantile(0.50) / 1000,
                     P99Us = measurement.Latency.Quantile(0.99) / 1000,
                     Steps = measurement.Steps,
+                    WarmupSeconds = measurement.WarmupSeconds,
                     ElapsedSeconds = measurement.ElapsedSeconds,
                     CpuSeconds = cpuAfter - cpuBefore,
                     SleepsPerStep = (switchesAfter - switchesBefore) / (double)Math.Max(1, measurement.Steps),

@@ -12,6 +12,8 @@ public sealed record Budget(TimeSpan Warmup, TimeSpan Duration, long Ops)
 public sealed class Measurement
 {
     public long Steps { get; init; }
+    /// <summary>Warm-up actually run (longer than asked when the daemon was still compiling).</summary>
+    public double WarmupSeconds { get; init; }
     public long Units { get; init; }
     public double ElapsedSeconds { get; init; }
     public required LatencyHistogram Latency { get; init; }
@@ -20,10 +22,17 @@ public sealed class Measurement
 /// <summary>Runs N caller threads over a workload: each thread creates its <see cref="CallerWork"/> (so queue
 /// selection and per-thread pools are the thread's own for the whole cell), then a warm-up phase and a measured
 /// phase start on a barrier. Each step is timed; the measured phase's elapsed time runs from the first caller's
-/// start to the last caller's end.</summary>
+/// start to the last caller's end.
+/// <para>The warm-up lasts at least its budget, then goes on in <see cref="WarmupSlice"/> steps while
+/// <c>settled</c> says the daemon is not yet in its steady state (a .NET daemon's JIT recompiles its hot
+/// methods in the background for a few seconds after start), for at most <see cref="MaxExtraWarmup"/>.</para></summary>
 public static class CallerRunner
 {
-    public static Measurement Run(int callers, Func<int, CallerWork> create, Budget budget, Action? beforeMeasure = null, Action? afterMeasure = null)
+    public static readonly TimeSpan WarmupSlice = TimeSpan.FromSeconds(0.5);
+    public static readonly TimeSpan MaxExtraWarmup = TimeSpan.FromSeconds(15);
+
+    public static Measurement Run(int callers, Func<int, CallerWork> create, Budget budget, Action? beforeMeasure = null, Action? afterMeasure = null,
+        Func<bool>? settled = null)
     {
         var works = new CallerWork?[callers];
         var histograms = new LatencyHistogram[callers];
@@ -39,6 +48,7 @@ public static class CallerRunner
         var failed = new StrongBox<bool>();
         long deadline = 0;
         long perCallerOps = 0;
+        bool done = false;
         using var gate = new Barrier(callers + 1);
 
         void Fail(Exception e)
@@ -62,9 +72,13 @@ public static class CallerRunner
                     Fail(e);
                 }
                 gate.SignalAndWait();
-                for (int phase = 0; phase < 2; phase++)
+                while (true)
                 {
                     gate.SignalAndWait();
+                    if (Volatile.Read(ref done))
+                    {
+                        break;
+                    }
                     if (!Volatile.Read(ref failed.Value) && works[caller] is CallerWork work)
                     {
                         try
@@ -93,10 +107,22 @@ public static class CallerRunner
         }
 
         gate.SignalAndWait(); // created
-        // Warm-up.
+        // Warm-up, extended while the daemon is not settled.
+        long warmupStart = Stopwatch.GetTimestamp();
         SetPhase(budget.Warmup, budget.ByOps ? Math.Max(1, budget.Ops / 10 / callers) : 0);
         gate.SignalAndWait();
         gate.SignalAndWait();
+        if (settled != null && !budget.ByOps)
+        {
+            long extraDeadline = Stopwatch.GetTimestamp() + (long)(MaxExtraWarmup.TotalSeconds * Stopwatch.Frequency);
+            while (!Volatile.Read(ref failed.Value) && Stopwatch.GetTimestamp() < extraDeadline && !settled())
+            {
+                SetPhase(WarmupSlice, 0);
+                gate.SignalAndWait();
+                gate.SignalAndWait();
+            }
+        }
+        double warmupSeconds = (Stopwatch.GetTimestamp() - warmupStart) / (double)Stopwatch.Frequency;
         foreach (var h in histograms)
         {
             h.Clear();
@@ -107,6 +133,8 @@ public static class CallerRunner
         gate.SignalAndWait();
         gate.SignalAndWait();
         afterMeasure?.Invoke();
+        Volatile.Write(ref done, true);
+        gate.SignalAndWait();
         foreach (var t in threads)
         {
             t.Join();
@@ -128,6 +156,7 @@ public static class CallerRunner
         {
             Steps = steps.Sum(),
             Units = units.Sum(),
+            WarmupSeconds = warmupSeconds,
             ElapsedSeconds = (last - first) / (double)Stopwatch.Frequency,
             Latency = total,
         };

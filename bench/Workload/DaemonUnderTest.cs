@@ -214,6 +214,10 @@ public sealed class DaemonUnderTest : IDisposable
     /// thread of the daemon and its descendants.</summary>
     public long ContextSwitches() => ProcStats.TreeContextSwitches(Pid);
 
+    /// <summary>CPU seconds of the .NET runtime's background JIT threads (".NET Tiered Com") in the tree;
+    /// 0 for a daemon that has none.</summary>
+    public double JitCpuSeconds() => ProcStats.TreeThreadCpuSeconds(Pid, ".NET Tiered");
+
     /// <summary>Threads of the daemon and its descendants.</summary>
     public int Threads() => (int)ProcStats.TreeStatusBytes(Pid, "Threads:", 1);
 
@@ -271,9 +275,38 @@ public static class ProcStats
         return total;
     }
 
-    public static double CpuSeconds(int pid)
+    /// <summary>CPU seconds of the tree's threads whose name starts with <paramref name="namePrefix"/>.</summary>
+    public static double TreeThreadCpuSeconds(int pid, string namePrefix)
     {
-        string? stat = TryRead($"/proc/{pid}/stat");
+        double total = 0;
+        foreach (int p in Tree(pid))
+        {
+            List<string> tasks;
+            try
+            {
+                tasks = Directory.EnumerateDirectories($"/proc/{p}/task").ToList();
+            }
+            catch (IOException)
+            {
+                continue;
+            }
+            foreach (string task in tasks)
+            {
+                string? comm = TryRead(Path.Combine(task, "comm"));
+                if (comm != null && comm.StartsWith(namePrefix, StringComparison.Ordinal))
+                {
+                    total += CpuSecondsOfStat(Path.Combine(task, "stat"));
+                }
+            }
+        }
+        return total;
+    }
+
+    public static double CpuSeconds(int pid) => CpuSecondsOfStat($"/proc/{pid}/stat");
+
+    private static double CpuSecondsOfStat(string path)
+    {
+        string? stat = TryRead(path);
         if (stat == null)
         {
             return 0;

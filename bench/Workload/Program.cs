@@ -20,7 +20,7 @@ var callersOption = new Option<string>("--callers") { Description = "Concurrent 
 var queuesOption = new Option<string>("--queues") { Description = "Request queues the shim asks for, comma-separated; a daemon that offers fewer is run with what it offers [default: 1,4]", HelpName = "LIST" };
 var repeatOption = new Option<int?>("--repeat") { Description = "Repetitions (daemons alternate within each); the table shows medians [default: 3; --quick: 1]", HelpName = "N" };
 var durationOption = new Option<double?>("--duration") { Description = "Seconds measured per cell [default: 2; --quick: 0.4]", HelpName = "SECONDS" };
-var warmupOption = new Option<double?>("--warmup") { Description = "Seconds of warm-up per cell [default: 1; --quick: 0.1]", HelpName = "SECONDS" };
+var warmupOption = new Option<double?>("--warmup") { Description = "Seconds of warm-up per cell, at least; a daemon cell warms up longer (in 0.5 s steps, up to 15 s more) until the daemon's background JIT threads used no CPU for a step (not with --quick). 3 s by default: a fresh .NET daemon reaches its steady-state code (tiered JIT) 2-3 s after its first requests [default: 3; --quick: 0.1]", HelpName = "SECONDS" };
 var opsOption = new Option<long?>("--ops") { Description = "Measure a fixed number of operations per cell (shared by the callers) instead of a duration", HelpName = "N" };
 var quickOption = new Option<bool>("--quick") { Description = "CI-size run: small data set (1,000 files, 64 MiB file), tmpfs only, 1 repetition, short cells" };
 var noNativeOption = new Option<bool>("--no-native") { Description = "Skip the native (direct syscall) floor" };
@@ -99,13 +99,14 @@ root.SetAction(parse =>
         Queues = queues,
         Repeat = Math.Max(1, parse.GetValue(repeatOption) ?? (quick ? 1 : 3)),
         Budget = new Budget(
-            TimeSpan.FromSeconds(parse.GetValue(warmupOption) ?? (quick ? 0.1 : 1)),
+            TimeSpan.FromSeconds(parse.GetValue(warmupOption) ?? (quick ? 0.1 : 3)),
             TimeSpan.FromSeconds(parse.GetValue(durationOption) ?? (quick ? 0.4 : 2)),
             parse.GetValue(opsOption) ?? 0),
         Shape = quick ? DatasetShape.Quick : DatasetShape.Full,
         Native = !parse.GetValue(noNativeOption),
         JsonPath = parse.GetValue(jsonOption),
         ProfileCommand = parse.GetValue(profileOption),
+        WarmupUntilJitIdle = !quick,
     };
 
     string machine = Machine.Describe();

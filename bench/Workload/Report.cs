@@ -235,6 +235,7 @@ public static class Report
             json.WriteNumber("p99Us", Round(c.P99Us));
             json.WriteNumber("steps", c.Steps);
             json.WriteNumber("elapsedSeconds", Round(c.ElapsedSeconds));
+            json.WriteNumber("warmupSeconds", Round(c.WarmupSeconds));
             WriteNumberOrNull(json, "daemonCpuSeconds", c.CpuSeconds);
             WriteNumberOrNull(json, "sleepsPerOp", c.SleepsPerStep);
             json.WriteNumber("peakRssBytes", c.PeakRssBytes);
