@@ -279,24 +279,12 @@ public static class ProcStats
     public static double TreeThreadCpuSeconds(int pid, string namePrefix)
     {
         double total = 0;
-        foreach (int p in Tree(pid))
+        foreach (string task in TreeTasks(pid))
         {
-            List<string> tasks;
-            try
+            string? comm = TryRead(Path.Combine(task, "comm"));
+            if (comm != null && comm.StartsWith(namePrefix, StringComparison.Ordinal))
             {
-                tasks = Directory.EnumerateDirectories($"/proc/{p}/task").ToList();
-            }
-            catch (IOException)
-            {
-                continue;
-            }
-            foreach (string task in tasks)
-            {
-                string? comm = TryRead(Path.Combine(task, "comm"));
-                if (comm != null && comm.StartsWith(namePrefix, StringComparison.Ordinal))
-                {
-                    total += CpuSecondsOfStat(Path.Combine(task, "stat"));
-                }
+                total += CpuSecondsOfStat(Path.Combine(task, "stat"));
             }
         }
         return total;
@@ -380,34 +368,40 @@ public static class ProcStats
     public static long TreeContextSwitches(int pid)
     {
         long total = 0;
-        foreach (int p in Tree(pid))
+        foreach (string task in TreeTasks(pid))
         {
-            IEnumerable<string> tasks;
-            try
-            {
-                tasks = Directory.EnumerateDirectories($"/proc/{p}/task").ToList();
-            }
-            catch (IOException)
+            string? status = TryRead(Path.Combine(task, "status"));
+            if (status == null)
             {
                 continue;
             }
-            foreach (string task in tasks)
+            foreach (string line in status.Split('\n'))
             {
-                string? status = TryRead(Path.Combine(task, "status"));
-                if (status == null)
+                if (line.StartsWith("voluntary_ctxt_switches:", StringComparison.Ordinal))
                 {
-                    continue;
-                }
-                foreach (string line in status.Split('\n'))
-                {
-                    if (line.StartsWith("voluntary_ctxt_switches:", StringComparison.Ordinal))
-                    {
-                        total += long.Parse(line["voluntary_ctxt_switches:".Length..].Trim(), CultureInfo.InvariantCulture);
-                    }
+                    total += long.Parse(line["voluntary_ctxt_switches:".Length..].Trim(), CultureInfo.InvariantCulture);
                 }
             }
         }
         return total;
+    }
+
+    /// <summary>/proc/PID/task/TID of every thread of the tree's processes (a process that is gone is skipped).</summary>
+    private static List<string> TreeTasks(int pid)
+    {
+        var tasks = new List<string>();
+        foreach (int p in Tree(pid))
+        {
+            try
+            {
+                tasks.AddRange(Directory.EnumerateDirectories($"/proc/{p}/task"));
+            }
+            catch (IOException)
+            {
+                // The process exited since Tree() listed it.
+            }
+        }
+        return tasks;
     }
 
     /// <summary>Sum over the tree of a "Key: N kB" line of /proc/PID/status, in bytes (or in units of

@@ -496,7 +496,6 @@ public sealed class SequentialIoWorkload(bool write) : Workload
         private readonly ulong _fh;
         // The caller's own pages in guest memory: the daemon reads / writes them directly (no copy in the shim).
         private readonly GuestBuffer _buffer;
-        private readonly int _size;
         private readonly long _start;
         private readonly long _length;
         private long _cursor;
@@ -505,21 +504,22 @@ public sealed class SequentialIoWorkload(bool write) : Workload
         {
             _w = w;
             _s = s;
-            _size = w.Size(s);
-            _buffer = s.Ops.AllocateUserBuffer(_size);
+            int size = w.Size(s);
+            _buffer = s.Ops.AllocateUserBuffer(size);
             new Random(caller).NextBytes(_buffer.Span);
-            long slice = s.Dataset.Shape.BigFileBytes / callers / _size * _size;
+            long slice = s.Dataset.Shape.BigFileBytes / callers / size * size;
             _start = slice * caller;
-            _length = Math.Max(_size, slice);
+            _length = Math.Max(size, slice);
             _fh = s.Ops.Open(s.BigNode, w.OpenFlags);
         }
 
         public override long Step()
         {
             long offset = _start + _cursor;
-            _cursor = (_cursor + _size) % _length;
-            int n = _w._write ? _s.Ops.Write(_s.BigNode, _fh, offset, _buffer, _size, _w.OpenFlags) : _s.Ops.Read(_s.BigNode, _fh, offset, _buffer, _size);
-            if (n != _size)
+            int size = _buffer.Length;
+            _cursor = (_cursor + size) % _length;
+            int n = _w._write ? _s.Ops.Write(_s.BigNode, _fh, offset, _buffer, size, _w.OpenFlags) : _s.Ops.Read(_s.BigNode, _fh, offset, _buffer, size);
+            if (n != size)
             {
                 throw new BenchFailure($"short {_w.Name}: {n} bytes at {offset}");
             }

@@ -336,23 +336,30 @@ public sealed unsafe partial class FuseServer
     /// /proc/self/fd for an O_PATH fd, or open_by_handle_at for a file handle. Returns fd or -errno.</summary>
     private int Reopen(Node node, int flags)
     {
-        flags = (flags | Libc.O_CLOEXEC) & ~(Libc.O_CREAT | Libc.O_EXCL | Libc.O_NOCTTY);
-        if (node.Fd < 0)
+        if (node.Fd >= 0)
         {
-            byte[]? handle = node.FileHandle;
-            if (handle is null)
-            {
-                return -(int)Errno.EBADF;
-            }
-            fixed (byte* p = handle)
-            {
-                int hfd = Libc.OpenByHandleAt(node.MountFd, (FileHandleHeader*)p, flags);
-                return hfd < 0 ? Libc.NegErrno : hfd;
-            }
+            return ReopenPathFd(node.Fd, flags);
         }
+        byte[]? handle = node.FileHandle;
+        if (handle is null)
+        {
+            return -(int)Errno.EBADF;
+        }
+        fixed (byte* p = handle)
+        {
+            int fd = Libc.OpenByHandleAt(node.MountFd, (FileHandleHeader*)p, (flags | Libc.O_CLOEXEC) & ~(Libc.O_CREAT | Libc.O_EXCL | Libc.O_NOCTTY));
+            return fd < 0 ? Libc.NegErrno : fd;
+        }
+    }
+
+    /// <summary>Opens the inode an O_PATH <paramref name="pathFd"/> pins again, through /proc/self/fd, with real
+    /// access <paramref name="flags"/> (creation flags and O_NOFOLLOW dropped: the /proc link is itself a
+    /// symlink). Returns fd or -errno.</summary>
+    private int ReopenPathFd(int pathFd, int flags)
+    {
         byte* name = stackalloc byte[16];
-        FormatFd(node.Fd, new Span<byte>(name, 16));
-        int fd = Libc.OpenAt(_procSelfFd, name, flags, 0);
+        FormatFd(pathFd, new Span<byte>(name, 16));
+        int fd = Libc.OpenAt(_procSelfFd, name, (flags | Libc.O_CLOEXEC) & ~(Libc.O_CREAT | Libc.O_EXCL | Libc.O_NOCTTY | Libc.O_NOFOLLOW), 0);
         return fd < 0 ? Libc.NegErrno : fd;
     }
 }

@@ -294,7 +294,6 @@ public sealed unsafe partial class FuseServer
     private int CreateOrOpenRegular(int parentFd, byte* name, int flags, uint mode, out bool created)
     {
         created = false;
-        byte* fdName = stackalloc byte[16];
         for (int attempt = 0; attempt < 8; attempt++)
         {
             int fd = OpenBelow(parentFd, name, flags | Libc.O_EXCL, mode);
@@ -331,9 +330,7 @@ public sealed unsafe partial class FuseServer
                     default:
                         return -(int)Errno.EACCES;
                 }
-                FormatFd(pathFd, new Span<byte>(fdName, 16));
-                int reopened = Libc.OpenAt(_procSelfFd, fdName, (flags | Libc.O_CLOEXEC) & ~(Libc.O_CREAT | Libc.O_EXCL | Libc.O_NOFOLLOW), 0);
-                return reopened < 0 ? Libc.NegErrno : reopened;
+                return ReopenPathFd(pathFd, flags);
             }
             finally
             {

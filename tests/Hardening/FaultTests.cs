@@ -50,6 +50,30 @@ public sealed class FaultTests : IDisposable
         Assert.DoesNotContain("Unhandled exception", daemon.Output);
     }
 
+    /// <summary>A file "locked" write-locked through one handle (owner 1) and a SETLKW for the same range through
+    /// a second handle (owner 2) on its own thread, checked to be parked in the daemon (a pool thread retries it).</summary>
+    private sealed class ParkedLockWait
+    {
+        public required ulong NodeId { get; init; }
+        public required ulong HolderFh { get; init; }
+        public required Thread Waiter { get; init; }
+        /// <summary>The SETLKW's answer; read it after <see cref="Waiter"/> was joined (null before it ended).</summary>
+        public Errno? Result { get; private set; }
+
+        public static ParkedLockWait Start(RawFuse raw)
+        {
+            Assert.Equal(Errno.OK, raw.Create(FuseConstants.RootId, "locked", Libc.O_RDWR, 0x1A4, out var entry, out ulong holder));
+            Assert.Equal(Errno.OK, raw.Open(entry.NodeId, Libc.O_RDWR, out ulong waiterFh));
+            Assert.Equal(Errno.OK, raw.Lock(entry.NodeId, holder, owner: 1, Libc.F_WRLCK, wait: false));
+            ParkedLockWait? wait = null;
+            var thread = new Thread(() => wait!.Result = raw.Lock(entry.NodeId, waiterFh, owner: 2, Libc.F_WRLCK, wait: true)) { IsBackground = true };
+            wait = new ParkedLockWait { NodeId = entry.NodeId, HolderFh = holder, Waiter = thread };
+            thread.Start();
+            Assert.False(thread.Join(500), "SETLKW returned although the lock is held");
+            return wait;
+        }
+    }
+
     // With the default pool (one thread), a SETLKW parked in the daemon must not keep the lock
     // holder's FSYNC (or FLUSH) waiting behind it: the holder would never get to unlock.
     [Fact]
@@ -58,21 +82,15 @@ public sealed class FaultTests : IDisposable
         using var daemon = Start();
         var fs = Observe.Mount(daemon, queues: 2);
         var raw = new RawFuse(fs.Conn);
-        Assert.Equal(Errno.OK, raw.Create(FuseConstants.RootId, "locked", Libc.O_RDWR, 0x1A4, out var entry, out ulong holder));
-        Assert.Equal(Errno.OK, raw.Open(entry.NodeId, Libc.O_RDWR, out ulong waiterFh));
-        Assert.Equal(Errno.OK, raw.Lock(entry.NodeId, holder, owner: 1, Libc.F_WRLCK, wait: false));
-        Errno waited = Errno.EIO;
-        var waiter = new Thread(() => waited = raw.Lock(entry.NodeId, waiterFh, owner: 2, Libc.F_WRLCK, wait: true)) { IsBackground = true };
-        waiter.Start();
-        Assert.False(waiter.Join(500), "SETLKW returned although the lock is held");
+        var wait = ParkedLockWait.Start(raw);
         Errno synced = Errno.EIO;
-        var sync = new Thread(() => synced = raw.Fsync(entry.NodeId, holder)) { IsBackground = true };
+        var sync = new Thread(() => synced = raw.Fsync(wait.NodeId, wait.HolderFh)) { IsBackground = true };
         sync.Start();
         Assert.True(sync.Join(TimeSpan.FromSeconds(10)), "the lock holder's FSYNC waited behind the SETLKW");
         Assert.Equal(Errno.OK, synced);
-        Assert.Equal(Errno.OK, raw.Lock(entry.NodeId, holder, owner: 1, Libc.F_UNLCK, wait: false));
-        Assert.True(waiter.Join(TimeSpan.FromSeconds(10)), "SETLKW did not return after the unlock");
-        Assert.Equal(Errno.OK, waited);
+        Assert.Equal(Errno.OK, raw.Lock(wait.NodeId, wait.HolderFh, owner: 1, Libc.F_UNLCK, wait: false));
+        Assert.True(wait.Waiter.Join(TimeSpan.FromSeconds(10)), "SETLKW did not return after the unlock");
+        Assert.Equal(Errno.OK, wait.Result);
         fs.Dispose();
     }
 
@@ -152,18 +170,10 @@ public sealed class FaultTests : IDisposable
     {
         using var daemon = Start("--thread-pool-size=2");
         var fs = Observe.Mount(daemon, queues: 2);
-        var raw = new RawFuse(fs.Conn);
-        Assert.Equal(Errno.OK, raw.Create(FuseConstants.RootId, "locked", Libc.O_RDWR, 0x1A4, out var entry, out ulong fh1));
-        Assert.Equal(Errno.OK, raw.Open(entry.NodeId, Libc.O_RDWR, out ulong fh2));
-        Assert.Equal(Errno.OK, raw.Lock(entry.NodeId, fh1, owner: 1, Libc.F_WRLCK, wait: false));
-        Errno waited = Errno.OK;
-        var waiter = new Thread(() => waited = raw.Lock(entry.NodeId, fh2, owner: 2, Libc.F_WRLCK, wait: true)) { IsBackground = true };
-        waiter.Start();
-        // The SETLKW is parked in the daemon (a pool thread retries it).
-        Assert.False(waiter.Join(500), "SETLKW returned although the lock is held");
+        var wait = ParkedLockWait.Start(new RawFuse(fs.Conn));
         Abrupt.Disconnect(fs);
-        Assert.True(waiter.Join(TimeSpan.FromSeconds(20)), "the waiting guest caller never returned");
-        Assert.NotEqual(Errno.OK, waited);
+        Assert.True(wait.Waiter.Join(TimeSpan.FromSeconds(20)), "the waiting guest caller never returned");
+        Assert.NotEqual(Errno.OK, wait.Result);
         AssertCleanExit(daemon, 0, TimeSpan.FromSeconds(20));
         fs.Dispose();
     }

@@ -87,7 +87,7 @@ public sealed class InProcessChannelBackend : IFuseTransport
     public int Submit(FuseRequest request, ReadOnlySpan<byte> header, scoped in FuseArgs args)
     {
         // WRITE data from a user buffer follows the arguments, as it does in the message read from /dev/fuse.
-        int userData = request.UserBuffer != null && !request.UserIsReply ? request.UserLength : 0;
+        int userData = request.UserPayloadLength;
         int length = header.Length + args.TotalLength + userData;
         if (request.ChannelRequest.Length < length)
         {
@@ -101,7 +101,7 @@ public sealed class InProcessChannelBackend : IFuseTransport
         }
         request.RequestLength = length;
         // A READ into a user buffer: the reply is written straight into it (no reply array).
-        if (request.ReplyCapacity > 0 && !request.UserIsReply && request.ChannelReply.Length < request.ReplyCapacity)
+        if (request.ReplyCapacity > 0 && !request.RepliesIntoUserBuffer && request.ChannelReply.Length < request.ReplyCapacity)
         {
             request.ChannelReply = new byte[request.ReplyCapacity];
         }
@@ -311,7 +311,7 @@ public sealed class InProcessChannelBackend : IFuseTransport
             }
             if (payload > 0)
             {
-                var destination = request.UserIsReply ? request.UserBuffer!.PayloadSpan(request.UserOffset, request.UserLength) : request.ChannelReply;
+                var destination = request.RepliesIntoUserBuffer ? request.UserBuffer!.PayloadSpan(request.UserOffset, request.UserLength) : request.ChannelReply;
                 message[FuseOutHeader.Size..].CopyTo(destination);
             }
         }

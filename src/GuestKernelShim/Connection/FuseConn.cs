@@ -437,10 +437,7 @@ public sealed class FuseConn : IDisposable
         {
             throw new ArgumentException("the user buffer belongs to another connection", nameof(buffer));
         }
-        if (bufferOffset < 0 || length < 0 || bufferOffset > buffer.Length || length > buffer.Length - bufferOffset)
-        {
-            throw new ArgumentOutOfRangeException(nameof(length), length, $"[{bufferOffset}, +{length}) is not inside the buffer of {buffer.Length} bytes");
-        }
+        buffer.CheckRange(bufferOffset, length);
         if (length > limit)
         {
             throw new ArgumentOutOfRangeException(nameof(length), length, $"one request carries at most {limit} bytes on this connection");
@@ -503,7 +500,7 @@ public sealed class FuseConn : IDisposable
         {
             length = request.ReplyLength;
             // A reply into a user buffer is already there.
-            if (length > 0 && !request.UserIsReply)
+            if (length > 0 && !request.RepliesIntoUserBuffer)
             {
                 _transport.CopyReply(request, reply[..length]);
             }
@@ -516,7 +513,7 @@ public sealed class FuseConn : IDisposable
     /// could not be sent (the request is then not pending and the caller still owns it).</summary>
     private int Dispatch(FuseRequest request, in FuseCaller caller, scoped in FuseArgs args)
     {
-        long length = FuseInHeader.Size + (long)args.TotalLength + (request.UserBuffer != null && !request.UserIsReply ? request.UserLength : 0);
+        long length = FuseInHeader.Size + (long)args.TotalLength + request.UserPayloadLength;
         if (length > int.MaxValue)
         {
             return -(int)Errno.E2BIG;

@@ -72,6 +72,12 @@ public sealed class FuseRequest
     internal int UserLength;
     internal bool UserIsReply;
 
+    /// <summary>WRITE data taken from a user buffer (follows the arguments); 0 otherwise.</summary>
+    internal int UserPayloadLength => UserBuffer != null && !UserIsReply ? UserLength : 0;
+
+    /// <summary>The reply payload lands in a user buffer (a direct-I/O READ), not in the transport's reply buffers.</summary>
+    internal bool RepliesIntoUserBuffer => UserBuffer != null && UserIsReply;
+
     // VirtioFsBackend: queue, chain head and the guest buffers of the chain.
     internal int VirtioQueue = -1;
     internal int VirtioHead = -1;

@@ -101,6 +101,16 @@ public sealed unsafe class GuestBuffer : IDisposable
     /// <summary>The part [<paramref name="start"/>, start + <paramref name="length"/>) of <see cref="Span"/>.</summary>
     public Span<byte> AsSpan(int start, int length) => Span.Slice(start, length);
 
+    /// <summary>Throws <see cref="ArgumentOutOfRangeException"/> unless [<paramref name="offset"/>, +<paramref name="length"/>)
+    /// lies inside the buffer.</summary>
+    internal void CheckRange(int offset, int length)
+    {
+        if (offset < 0 || length < 0 || offset > Length || length > Length - offset)
+        {
+            throw new ArgumentOutOfRangeException(nameof(length), length, $"[{offset}, +{length}) is not inside the buffer of {Length} bytes");
+        }
+    }
+
     /// <summary>Guest-physical address of byte <paramref name="offset"/> (the transport checked the range).</summary>
     internal ulong GpaAt(int offset) => _gpa + (ulong)offset;
 
@@ -108,10 +118,7 @@ public sealed unsafe class GuestBuffer : IDisposable
     /// the buffer, which keeps the memory even after Dispose.</summary>
     internal Span<byte> PayloadSpan(int offset, int length)
     {
-        if ((uint)offset > (uint)Length || (uint)length > (uint)(Length - offset))
-        {
-            throw new ArgumentOutOfRangeException(nameof(offset));
-        }
+        CheckRange(offset, length);
         // SAFETY: the range lies inside the buffer (checked above), and a request's use keeps the memory.
         return new Span<byte>(_pointer + offset, length);
     }

@@ -517,7 +517,8 @@ public sealed partial class FuseFs
     /// with no copy. Stops at a short reply (end of file).</summary>
     public Errno Read(FuseFile file, GuestBuffer buffer, int bufferOffset, int length, long offset, out int bytesRead, FuseCaller? caller = null)
     {
-        CheckRange(buffer, bufferOffset, length);
+        ArgumentNullException.ThrowIfNull(buffer);
+        buffer.CheckRange(bufferOffset, length);
         var c = Who(caller);
         bytesRead = 0;
         var rc = CheckFileIo(file, file.CanRead, offset);
@@ -548,7 +549,8 @@ public sealed partial class FuseFs
     /// reading the data straight from <paramref name="buffer"/>[<paramref name="bufferOffset"/>, +<paramref name="length"/>).</summary>
     public Errno Write(FuseFile file, GuestBuffer buffer, int bufferOffset, int length, long offset, out int bytesWritten, FuseCaller? caller = null)
     {
-        CheckRange(buffer, bufferOffset, length);
+        ArgumentNullException.ThrowIfNull(buffer);
+        buffer.CheckRange(bufferOffset, length);
         var c = Who(caller);
         bytesWritten = 0;
         var rc = CheckFileIo(file, file.CanWrite, offset);
@@ -580,15 +582,6 @@ public sealed partial class FuseFs
         finally
         {
             file.Node.InvalidateAttr();
-        }
-    }
-
-    private static void CheckRange(GuestBuffer buffer, int bufferOffset, int length)
-    {
-        ArgumentNullException.ThrowIfNull(buffer);
-        if (bufferOffset < 0 || length < 0 || bufferOffset > buffer.Length || length > buffer.Length - bufferOffset)
-        {
-            throw new ArgumentOutOfRangeException(nameof(length), length, $"[{bufferOffset}, +{length}) is not inside the buffer of {buffer.Length} bytes");
         }
     }
 

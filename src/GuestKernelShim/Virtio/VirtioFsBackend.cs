@@ -360,11 +360,10 @@ public sealed unsafe class VirtioFsBackend : IFuseTransport, IUserMemory
         }
         // Direct I/O: the user buffer's own guest pages are the data descriptor (readable for WRITE, writable for READ).
         var user = request.UserBuffer;
-        bool userData = user != null && request.UserLength > 0;
         ulong userGpa = 0;
-        if (userData)
+        if (user != null)
         {
-            if (!user!.IsGuestMemory)
+            if (!user.IsGuestMemory)
             {
                 return -(int)Errno.EFAULT;
             }
@@ -411,7 +410,7 @@ public sealed unsafe class VirtioFsBackend : IFuseTransport, IUserMemory
         bool wantsReply = !request.NoReply || request.IsInterrupt;
         if (wantsReply)
         {
-            int capacity = userData && request.UserIsReply ? 0 : request.ReplyCapacity;
+            int capacity = request.RepliesIntoUserBuffer ? 0 : request.ReplyCapacity;
             if (FuseOutHeader.Size + capacity <= InlineLimit || capacity == 0)
             {
                 if (!_heap.TryAllocate(FuseOutHeader.Size + capacity, out var outBuffer))
@@ -446,7 +445,7 @@ public sealed unsafe class VirtioFsBackend : IFuseTransport, IUserMemory
         {
             readable[readableCount++] = (request.VirtioInData.Gpa, (uint)request.VirtioInData.Length);
         }
-        if (userData && !request.UserIsReply)
+        if (request.UserPayloadLength > 0)
         {
             readable[readableCount++] = (userGpa, (uint)request.UserLength);
         }
@@ -458,7 +457,7 @@ public sealed unsafe class VirtioFsBackend : IFuseTransport, IUserMemory
         {
             writable[writableCount++] = (request.VirtioOutData.Gpa, (uint)request.VirtioOutData.Length);
         }
-        if (userData && request.UserIsReply)
+        if (request.RepliesIntoUserBuffer)
         {
             writable[writableCount++] = (userGpa, (uint)request.UserLength);
         }
@@ -611,7 +610,7 @@ public sealed unsafe class VirtioFsBackend : IFuseTransport, IUserMemory
             return;
         }
         var header = MemoryMarshal.Read<FuseOutHeader>(Memory(request.VirtioOut));
-        int capacity = request.UserBuffer != null && request.UserIsReply ? request.UserLength
+        int capacity = request.RepliesIntoUserBuffer ? request.UserLength
             : request.VirtioOutData.IsEmpty ? request.VirtioOut.Length - FuseOutHeader.Size : request.VirtioOutData.Length;
         if (header.Unique != request.Unique || header.Len < FuseOutHeader.Size || header.Len - FuseOutHeader.Size > (uint)capacity)
         {
