@@ -20,8 +20,12 @@ build: restore
 	$(DOTNET) build $(SLN) -c $(CONFIG) --no-restore
 
 # The README's test command. Installs what it needs first.
+# The projects run in parallel and their output interleaves; the failed tests are listed again
+# at the end (scripts/failed-tests.sh), where a CI log's tail shows them.
 test: deps build
-	$(DOTNET) test $(SLN) -c $(CONFIG) --no-build --logger "console;verbosity=normal"
+	@mkdir -p $(OUT)
+	@set -o pipefail; $(DOTNET) test $(SLN) -c $(CONFIG) --no-build --logger "console;verbosity=normal" 2>&1 | tee $(OUT)/test-console.log; \
+	status=$$?; if [ $$status -ne 0 ]; then scripts/failed-tests.sh $(OUT)/test-console.log; fi; exit $$status
 
 # Unit and integration tests only (no real guest).
 test-unit: build

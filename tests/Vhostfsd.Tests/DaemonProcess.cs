@@ -37,7 +37,8 @@ internal sealed class DaemonProcess : IDisposable
     public bool HasExited => _process.HasExited;
 
     /// <summary>Starts "dotnet vhostfsd.dll ARGS" (or, with <paramref name="shellPrefix"/>, through
-    /// bash -c "PREFIX exec dotnet vhostfsd.dll ARGS"; bash because dash cannot redirect fds above 9).</summary>
+    /// bash -c "PREFIX exec dotnet vhostfsd.dll ARGS"; bash because dash cannot redirect fds above 9)
+    /// with SIGHUP, SIGINT and SIGTERM at their default disposition.</summary>
     public static DaemonProcess Start(IEnumerable<string> args, IReadOnlyDictionary<string, string?>? environment = null, string? shellPrefix = null)
     {
         var start = new ProcessStartInfo
@@ -47,9 +48,15 @@ internal sealed class DaemonProcess : IDisposable
             RedirectStandardInput = false,
             UseShellExecute = false,
         };
+        // Through env(1), which resets the termination signals to their default action: an
+        // ignored disposition survives exec, so a test run started under nohup, or as a
+        // background job of a script (SIGINT ignored), would hand its ignores to the daemon, and
+        // vhostfsd (like libfuse) leaves an inherited ignore alone.
+        start.FileName = "/usr/bin/env";
+        start.ArgumentList.Add("--default-signal=HUP,INT,TERM");
         if (shellPrefix == null)
         {
-            start.FileName = "dotnet";
+            start.ArgumentList.Add("dotnet");
             start.ArgumentList.Add(Dll);
             foreach (string arg in args)
             {
@@ -58,7 +65,7 @@ internal sealed class DaemonProcess : IDisposable
         }
         else
         {
-            start.FileName = "/bin/bash";
+            start.ArgumentList.Add("/bin/bash");
             start.ArgumentList.Add("-c");
             var line = new StringBuilder(shellPrefix).Append(" exec dotnet ").Append(Quote(Dll));
             foreach (string arg in args)
