@@ -14,21 +14,21 @@ internal sealed class Handle
     /// <summary>The guest's open flags as given to OPEN/CREATE (for O_APPEND on WRITE).</summary>
     public int GuestFlags;
     public bool IsDirectory;
+    /// <summary>1 while in the table plus one per request using it (changed with Interlocked).</summary>
     public int Refs;
     /// <summary>Serializes lseek + getdents64 of one directory handle.</summary>
     public readonly object DirectoryLock = new();
 }
 
 /// <summary>The fh numbers handed to the guest. An fh is only valid together with the node it was
-/// opened on; ids come from a counter and are not reused. Handle objects are pooled.</summary>
+/// opened on; ids come from a counter and are not reused. Handle objects are pooled. Striped like
+/// <see cref="NodeTable"/>: READ and WRITE on different queues do not share a lock.</summary>
 internal sealed class HandleTable
 {
-    private readonly object _lock = new();
-    private readonly Dictionary<ulong, Handle> _byId = new(1024);
-    private readonly Stack<Handle> _pool = new(256);
+    private readonly Stripes<ulong, Handle> _byId = new(1024);
     private readonly FdBudget _budget;
     private readonly NodeTable _nodes;
-    private ulong _nextId = 1;
+    private long _lastId;
 
     public HandleTable(FdBudget budget, NodeTable nodes)
     {
@@ -40,10 +40,15 @@ internal sealed class HandleTable
     {
         get
         {
-            lock (_lock)
+            int count = 0;
+            foreach (var stripe in _byId.All)
             {
-                return _byId.Count;
+                lock (stripe)
+                {
+                    count += stripe.Map.Count;
+                }
             }
+            return count;
         }
     }
 
@@ -52,17 +57,19 @@ internal sealed class HandleTable
     public Handle Add(Node node, int fd, int openFlags, int guestFlags, bool isDirectory)
     {
         _nodes.AddRef(node);
-        lock (_lock)
+        ulong id = (ulong)Interlocked.Increment(ref _lastId);
+        var stripe = _byId.For(id);
+        lock (stripe)
         {
-            Handle h = _pool.Count > 0 ? _pool.Pop() : new Handle();
-            h.Id = _nextId++;
+            Handle h = stripe.Pool.Count > 0 ? stripe.Pool.Pop() : new Handle();
+            h.Id = id;
             h.Node = node;
             h.Fd = fd;
             h.OpenFlags = openFlags;
             h.GuestFlags = guestFlags;
             h.IsDirectory = isDirectory;
-            h.Refs = 1;
-            _byId[h.Id] = h;
+            Volatile.Write(ref h.Refs, 1);
+            stripe.Map[id] = h;
             return h;
         }
     }
@@ -71,25 +78,21 @@ internal sealed class HandleTable
     /// <paramref name="nodeId"/>; null otherwise.</summary>
     public Handle? Acquire(ulong fh, ulong nodeId)
     {
-        lock (_lock)
+        var stripe = _byId.For(fh);
+        lock (stripe)
         {
-            if (!_byId.TryGetValue(fh, out Handle? h) || h.Node.Id != nodeId)
+            if (!stripe.Map.TryGetValue(fh, out Handle? h) || h.Node.Id != nodeId)
             {
                 return null;
             }
-            h.Refs++;
+            Interlocked.Increment(ref h.Refs);
             return h;
         }
     }
 
     public void Release(Handle h)
     {
-        bool last;
-        lock (_lock)
-        {
-            last = --h.Refs == 0;
-        }
-        if (last)
+        if (Interlocked.Decrement(ref h.Refs) == 0)
         {
             Destroy(h);
         }
@@ -99,46 +102,40 @@ internal sealed class HandleTable
     /// false when there is no such handle.</summary>
     public bool Remove(ulong fh, ulong nodeId, bool directory)
     {
-        Handle? drop = null;
-        lock (_lock)
+        Handle? h;
+        var stripe = _byId.For(fh);
+        lock (stripe)
         {
-            if (!_byId.TryGetValue(fh, out Handle? h) || h.Node.Id != nodeId || h.IsDirectory != directory)
+            if (!stripe.Map.TryGetValue(fh, out h) || h.Node.Id != nodeId || h.IsDirectory != directory)
             {
                 return false;
             }
-            _byId.Remove(fh);
-            if (--h.Refs == 0)
-            {
-                drop = h;
-            }
+            stripe.Map.Remove(fh);
         }
-        if (drop is not null)
-        {
-            Destroy(drop);
-        }
+        Release(h);
         return true;
     }
 
     /// <summary>Closes every handle (DESTROY, device reset, disconnect).</summary>
     public void Clear()
     {
-        List<Handle>? drops = null;
-        lock (_lock)
+        List<Handle>? removed = null;
+        foreach (var stripe in _byId.All)
         {
-            foreach (Handle h in _byId.Values)
+            lock (stripe)
             {
-                if (--h.Refs == 0)
+                foreach (Handle h in stripe.Map.Values)
                 {
-                    (drops ??= new List<Handle>()).Add(h);
+                    (removed ??= new List<Handle>()).Add(h);
                 }
+                stripe.Map.Clear();
             }
-            _byId.Clear();
         }
-        if (drops is not null)
+        if (removed is not null)
         {
-            foreach (Handle h in drops)
+            foreach (Handle h in removed)
             {
-                Destroy(h);
+                Release(h);
             }
         }
     }
@@ -154,11 +151,12 @@ internal sealed class HandleTable
         Node node = h.Node;
         h.Node = null!;
         _nodes.Release(node);
-        lock (_lock)
+        var stripe = _byId.For(h.Id);
+        lock (stripe)
         {
-            if (_pool.Count < 4096)
+            if (stripe.Pool.Count < Stripe<ulong, Handle>.PoolLimit)
             {
-                _pool.Push(h);
+                stripe.Pool.Push(h);
             }
         }
     }

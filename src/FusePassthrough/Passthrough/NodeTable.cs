@@ -20,9 +20,11 @@ internal sealed class Node
     public byte[]? FileHandle;
     /// <summary>fd on the same mount for open_by_handle_at (owned by the table's mount list).</summary>
     public int MountFd = -1;
-    /// <summary>Guest lookups not yet forgotten (guarded by the table lock).</summary>
+    /// <summary>Guest lookups not yet forgotten; 0 once the node has left the table (guarded by
+    /// the lock of the key stripe of <see cref="Key"/>).</summary>
     public long Lookups;
-    /// <summary>1 while in the table plus one per request or handle using it.</summary>
+    /// <summary>1 while in the id map plus one per request or handle using it (changed with
+    /// Interlocked: taking one needs the id or key stripe lock, dropping one needs none).</summary>
     public int Refs;
     /// <summary>The node is the share root (never forgotten).</summary>
     public bool IsRoot;
@@ -39,15 +41,20 @@ internal sealed class Node
 
 /// <summary>The node ids handed to the guest. Node ids come from a counter and are never reused
 /// within a server's life (generation is always 0). Node objects are pooled, so a lookup of a
-/// new inode does not allocate in the steady state.</summary>
+/// new inode does not allocate in the steady state.
+///
+/// Two striped maps, by id and by inode key, so that the workers of different request queues do
+/// not share a lock: LOOKUP takes the parent's id stripe and the child's key stripe, a request on
+/// a node its id stripe, each for a dictionary lookup and an interlocked increment. A node enters
+/// the key map and then the id map while its key stripe is held (so an id found through the key
+/// is already valid), and leaves the key map before the id map (so a node found through the key
+/// still holds the id map's reference). Locks are never taken in the other order.</summary>
 internal sealed class NodeTable
 {
-    private readonly object _lock = new();
-    private readonly Dictionary<ulong, Node> _byId = new(1024);
-    private readonly Dictionary<InodeKey, Node> _byKey = new(1024);
-    private readonly Stack<Node> _pool = new(256);
+    private readonly Stripes<ulong, Node> _byId = new(1024);
+    private readonly Stripes<InodeKey, Node> _byKey = new(1024);
     private readonly FdBudget _budget;
-    private ulong _nextId = Protocol.FuseConstants.RootId + 1;
+    private long _lastId = (long)Protocol.FuseConstants.RootId;
     private Node? _root;
 
     public NodeTable(FdBudget budget)
@@ -62,58 +69,50 @@ internal sealed class NodeTable
     {
         get
         {
-            lock (_lock)
+            int count = 0;
+            foreach (var stripe in _byId.All)
             {
-                return _byId.Count;
+                lock (stripe)
+                {
+                    count += stripe.Map.Count;
+                }
             }
+            return count;
         }
     }
 
     /// <summary>Installs the root node (id 1) holding <paramref name="fd"/>; the table owns the fd.</summary>
     public void SetRoot(int fd, in InodeKey key)
     {
-        lock (_lock)
-        {
-            var root = new Node { Id = Protocol.FuseConstants.RootId, Key = key, FileType = Libc.S_IFDIR, Fd = fd, Lookups = 1, Refs = 1, IsRoot = true };
-            _root = root;
-            _byId[root.Id] = root;
-            _byKey[key] = root;
-        }
+        var root = new Node { Id = Protocol.FuseConstants.RootId, Key = key, FileType = Libc.S_IFDIR, Fd = fd, Lookups = 1, Refs = 1, IsRoot = true };
+        _root = root;
+        AddToMaps(root);
     }
 
     /// <summary>Takes a reference on node <paramref name="id"/>; null for an id the guest was never
     /// given or has forgotten. Release it with <see cref="Release"/>.</summary>
     public Node? Acquire(ulong id)
     {
-        lock (_lock)
+        var stripe = _byId.For(id);
+        lock (stripe)
         {
-            if (!_byId.TryGetValue(id, out Node? node))
+            if (!stripe.Map.TryGetValue(id, out Node? node))
             {
                 return null;
             }
-            node.Refs++;
+            // In the id map, so the map's reference keeps Refs above 0.
+            Interlocked.Increment(ref node.Refs);
             return node;
         }
     }
 
     /// <summary>Adds a reference to a node the caller already holds.</summary>
-    public void AddRef(Node node)
-    {
-        lock (_lock)
-        {
-            node.Refs++;
-        }
-    }
+    public void AddRef(Node node) => Interlocked.Increment(ref node.Refs);
 
     /// <summary>Drops a reference; the last one closes the fd and recycles the node.</summary>
     public void Release(Node node)
     {
-        bool last;
-        lock (_lock)
-        {
-            last = --node.Refs == 0;
-        }
-        if (last)
+        if (Interlocked.Decrement(ref node.Refs) == 0)
         {
             Destroy(node);
         }
@@ -123,12 +122,13 @@ internal sealed class NodeTable
     /// for the caller and returns true.</summary>
     public bool TryLookupExisting(in InodeKey key, out Node node)
     {
-        lock (_lock)
+        var stripe = _byKey.For(key);
+        lock (stripe)
         {
-            if (_byKey.TryGetValue(key, out node!))
+            if (stripe.Map.TryGetValue(key, out node!))
             {
                 node.Lookups++;
-                node.Refs++;
+                Interlocked.Increment(ref node.Refs);
                 return true;
             }
         }
@@ -140,33 +140,39 @@ internal sealed class NodeTable
     /// caller took from the budget) is closed and returned to the budget here.</summary>
     public Node Insert(in InodeKey key, uint fileType, int fd, byte[]? fileHandle, int mountFd)
     {
-        Node? existing;
         Node node;
-        lock (_lock)
+        bool existed;
+        var stripe = _byKey.For(key);
+        lock (stripe)
         {
-            if (_byKey.TryGetValue(key, out existing))
+            existed = stripe.Map.TryGetValue(key, out node!);
+            if (existed)
             {
-                existing.Lookups++;
-                existing.Refs++;
-                node = existing;
+                node.Lookups++;
+                Interlocked.Increment(ref node.Refs);
             }
             else
             {
-                node = _pool.Count > 0 ? _pool.Pop() : new Node();
-                node.Id = _nextId++;
+                node = stripe.Pool.Count > 0 ? stripe.Pool.Pop() : new Node();
+                node.Id = (ulong)Interlocked.Increment(ref _lastId);
                 node.Key = key;
                 node.FileType = fileType;
                 node.Fd = fd;
                 node.FileHandle = fileHandle;
                 node.MountFd = mountFd;
                 node.Lookups = 1;
-                node.Refs = 2;
                 node.IsRoot = false;
-                _byId[node.Id] = node;
-                _byKey[key] = node;
+                // The id map's reference and the caller's.
+                Volatile.Write(ref node.Refs, 2);
+                stripe.Map[key] = node;
+                var ids = _byId.For(node.Id);
+                lock (ids)
+                {
+                    ids.Map[node.Id] = node;
+                }
             }
         }
-        if (existing is not null && fd >= 0)
+        if (existed && fd >= 0)
         {
             Libc.Close(fd);
             _budget.Return();
@@ -178,62 +184,90 @@ internal sealed class NodeTable
     /// node leaves the table (its fd closes once no request uses it). Unknown ids are ignored.</summary>
     public void Forget(ulong id, ulong count)
     {
-        Node? drop = null;
-        lock (_lock)
+        Node? node = Acquire(id);
+        if (node is null)
         {
-            if (!_byId.TryGetValue(id, out Node? node) || node.IsRoot)
+            return;
+        }
+        bool gone = false;
+        if (!node.IsRoot)
+        {
+            var keys = _byKey.For(node.Key);
+            lock (keys)
             {
-                return;
-            }
-            node.Lookups = count >= (ulong)node.Lookups ? 0 : node.Lookups - (long)count;
-            if (node.Lookups == 0)
-            {
-                _byId.Remove(id);
-                _byKey.Remove(node.Key);
-                if (--node.Refs == 0)
+                // 0: another FORGET of the same id (or a Clear) got there first.
+                if (node.Lookups > 0)
                 {
-                    drop = node;
+                    node.Lookups = count >= (ulong)node.Lookups ? 0 : node.Lookups - (long)count;
+                    if (node.Lookups == 0)
+                    {
+                        gone = true;
+                        if (keys.Map.TryGetValue(node.Key, out Node? mapped) && ReferenceEquals(mapped, node))
+                        {
+                            keys.Map.Remove(node.Key);
+                        }
+                    }
                 }
             }
         }
-        if (drop is not null)
+        if (gone)
         {
-            Destroy(drop);
+            var ids = _byId.For(id);
+            bool removed;
+            lock (ids)
+            {
+                removed = ids.Map.TryGetValue(id, out Node? mapped) && ReferenceEquals(mapped, node) && ids.Map.Remove(id);
+            }
+            if (removed)
+            {
+                Release(node);
+            }
         }
+        Release(node);
     }
 
     /// <summary>Drops every node except the root (DESTROY, device reset, disconnect).</summary>
     public void Clear()
     {
-        List<Node>? drops = null;
-        lock (_lock)
+        foreach (var stripe in _byKey.All)
         {
-            foreach (Node node in _byId.Values)
+            lock (stripe)
             {
-                if (node.IsRoot)
+                foreach (Node node in stripe.Map.Values)
                 {
-                    continue;
+                    if (!node.IsRoot)
+                    {
+                        node.Lookups = 0;
+                    }
                 }
-                node.Lookups = 0;
-                if (--node.Refs == 0)
-                {
-                    (drops ??= new List<Node>()).Add(node);
-                }
-            }
-            _byId.Clear();
-            _byKey.Clear();
-            if (_root is not null)
-            {
-                _root.Lookups = 1;
-                _byId[_root.Id] = _root;
-                _byKey[_root.Key] = _root;
+                stripe.Map.Clear();
             }
         }
-        if (drops is not null)
+        List<Node>? dropped = null;
+        foreach (var stripe in _byId.All)
         {
-            foreach (Node node in drops)
+            lock (stripe)
             {
-                Destroy(node);
+                foreach (Node node in stripe.Map.Values)
+                {
+                    if (!node.IsRoot)
+                    {
+                        (dropped ??= new List<Node>()).Add(node);
+                    }
+                }
+                stripe.Map.Clear();
+            }
+        }
+        if (_root is not null)
+        {
+            _root.Lookups = 1;
+            AddToMaps(_root);
+        }
+        if (dropped is not null)
+        {
+            foreach (Node node in dropped)
+            {
+                Release(node);
             }
         }
     }
@@ -241,13 +275,21 @@ internal sealed class NodeTable
     /// <summary>Closes the root too (server disposal).</summary>
     public void CloseRoot()
     {
-        Node? root;
-        lock (_lock)
+        Node? root = _root;
+        _root = null;
+        foreach (var stripe in _byKey.All)
         {
-            root = _root;
-            _root = null;
-            _byId.Clear();
-            _byKey.Clear();
+            lock (stripe)
+            {
+                stripe.Map.Clear();
+            }
+        }
+        foreach (var stripe in _byId.All)
+        {
+            lock (stripe)
+            {
+                stripe.Map.Clear();
+            }
         }
         if (root is not null && root.Fd >= 0)
         {
@@ -274,6 +316,20 @@ internal sealed class NodeTable
         }
     }
 
+    private void AddToMaps(Node node)
+    {
+        var keys = _byKey.For(node.Key);
+        lock (keys)
+        {
+            keys.Map[node.Key] = node;
+            var ids = _byId.For(node.Id);
+            lock (ids)
+            {
+                ids.Map[node.Id] = node;
+            }
+        }
+    }
+
     private void Destroy(Node node)
     {
         lock (node.OwnersLock)
@@ -293,15 +349,17 @@ internal sealed class NodeTable
             Libc.Close(node.Fd);
             _budget.Return();
         }
+        // Back to the pool of the stripe its key came from (any stripe would do; this one spreads them).
+        var stripe = _byKey.For(node.Key);
         node.Fd = -1;
         node.FileHandle = null;
         node.MountFd = -1;
         node.Key = default;
-        lock (_lock)
+        lock (stripe)
         {
-            if (_pool.Count < 4096)
+            if (stripe.Pool.Count < Stripe<InodeKey, Node>.PoolLimit)
             {
-                _pool.Push(node);
+                stripe.Pool.Push(node);
             }
         }
     }

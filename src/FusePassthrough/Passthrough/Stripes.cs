@@ -1,0 +1,52 @@
+namespace Vhostfsd.FusePassthrough.Passthrough;
+
+/// <summary>One stripe of a <see cref="Stripes{TKey, TValue}"/>: a dictionary, the pool of
+/// recycled values that belong to it, and itself as the lock that guards both.</summary>
+internal sealed class Stripe<TKey, TValue>(int capacity)
+    where TKey : notnull
+    where TValue : class
+{
+    public const int PoolLimit = 64;
+
+    public readonly Dictionary<TKey, TValue> Map = new(capacity);
+
+    /// <summary>Values whose life ended, kept for reuse so that adding does not allocate in the
+    /// steady state (at most <see cref="PoolLimit"/>).</summary>
+    public readonly Stack<TValue> Pool = new(PoolLimit);
+}
+
+/// <summary>A map split into a fixed number of stripes, each with its own lock. The request
+/// workers of different queues look up nodes and handles on every request; with one lock for the
+/// whole table they would all take the same lock (and bounce its cache line between CPUs), with
+/// stripes two workers meet only when their keys fall in the same stripe.</summary>
+internal sealed class Stripes<TKey, TValue>
+    where TKey : notnull
+    where TValue : class
+{
+    /// <summary>A power of two, well above the number of request queues a guest asks for.</summary>
+    public const int Count = 64;
+
+    private readonly Stripe<TKey, TValue>[] _stripes = new Stripe<TKey, TValue>[Count];
+
+    public Stripes(int capacity)
+    {
+        for (int i = 0; i < Count; i++)
+        {
+            _stripes[i] = new Stripe<TKey, TValue>(Math.Max(4, capacity / Count));
+        }
+    }
+
+    /// <summary>The stripe that holds <paramref name="key"/>; lock it around every use.</summary>
+    public Stripe<TKey, TValue> For(in TKey key)
+    {
+        // Node and handle ids are consecutive, so their low bits spread evenly; inode keys hash
+        // all three fields. The high half is folded in for hashes that vary only there.
+        // EqualityComparer<TKey>.Default called directly is devirtualized by the JIT.
+        uint hash = (uint)EqualityComparer<TKey>.Default.GetHashCode(key);
+        hash ^= hash >> 16;
+        return _stripes[hash & (Count - 1)];
+    }
+
+    /// <summary>Every stripe, in a fixed order (lock them one at a time).</summary>
+    public ReadOnlySpan<Stripe<TKey, TValue>> All => _stripes;
+}
