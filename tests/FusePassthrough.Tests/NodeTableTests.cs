@@ -15,12 +15,42 @@ public class NodeTableTests
     private const int Threads = 4;
     private const int Steps = 20_000;
 
+    /// <summary>The name of every fd this test creates: other test classes run in parallel and open
+    /// and close fds of their own, so only these are counted.</summary>
+    private const string FdName = "vhostfsd-node-table-test";
+
     private static int NewFd(FdBudget budget)
     {
         Assert.True(budget.TryTake());
-        int fd = Libc.EventFdCreate(0, Libc.EFD_CLOEXEC);
+        return NewUncountedFd();
+    }
+
+    private static int NewUncountedFd()
+    {
+        int fd = Libc.MemfdCreate(FdName, Libc.MFD_CLOEXEC);
         Assert.True(fd >= 0);
         return fd;
+    }
+
+    /// <summary>Open fds made by <see cref="NewFd"/> (their /proc/self/fd link names the memfd).</summary>
+    private static int OwnFdCount()
+    {
+        int count = 0;
+        foreach (string entry in Directory.GetFiles("/proc/self/fd"))
+        {
+            try
+            {
+                if (new FileInfo(entry).LinkTarget?.Contains(FdName, StringComparison.Ordinal) == true)
+                {
+                    count++;
+                }
+            }
+            catch (IOException)
+            {
+                // Closed by another test between the listing and the readlink.
+            }
+        }
+        return count;
     }
 
     private static InodeKey Key(int i) => new(Dev: 42, Ino: (ulong)i, MntId: 7);
@@ -37,11 +67,11 @@ public class NodeTableTests
     [Fact]
     public void RacingLookupsRequestsHandlesAndForgetsLeaveOnlyTheRootAndNoFd()
     {
-        int fdsBefore = ShareFixture.OpenFdCount();
+        int fdsBefore = OwnFdCount();
         var budget = new FdBudget(1_000_000);
         var nodes = new NodeTable(budget);
         var handles = new HandleTable(budget, nodes);
-        int rootFd = Libc.EventFdCreate(0, Libc.EFD_CLOEXEC);
+        int rootFd = NewUncountedFd();
         nodes.SetRoot(rootFd, Key(-1));
         var failures = new List<string>();
         var workers = new Thread[Threads];
@@ -154,7 +184,7 @@ public class NodeTableTests
         Assert.Equal(1, nodes.Count);
         Assert.Equal(0, handles.Count);
         Assert.Equal(0, budget.Used);
-        Assert.Equal(fdsBefore + 1, ShareFixture.OpenFdCount());
+        Assert.Equal(fdsBefore + 1, OwnFdCount());
         // The root is still served, and Clear keeps it.
         Node? root = nodes.Acquire(Protocol.FuseConstants.RootId);
         Assert.NotNull(root);
@@ -167,7 +197,7 @@ public class NodeTableTests
         Assert.Null(nodes.Acquire(leftover.Id));
         Assert.Equal(0, budget.Used);
         nodes.CloseRoot();
-        Assert.Equal(fdsBefore, ShareFixture.OpenFdCount());
+        Assert.Equal(fdsBefore, OwnFdCount());
     }
 
     [Fact]
@@ -175,7 +205,7 @@ public class NodeTableTests
     {
         var budget = new FdBudget(1000);
         var nodes = new NodeTable(budget);
-        int rootFd = Libc.EventFdCreate(0, Libc.EFD_CLOEXEC);
+        int rootFd = NewUncountedFd();
         nodes.SetRoot(rootFd, Key(-1));
         Node a = LookUp(nodes, budget, Key(1));
         nodes.Release(a);

@@ -61,7 +61,7 @@ internal sealed class HandleTable
         var stripe = _byId.For(id);
         lock (stripe)
         {
-            Handle h = stripe.Pool.Count > 0 ? stripe.Pool.Pop() : new Handle();
+            Handle h = _byId.TakePooled(stripe) ?? new Handle();
             h.Id = id;
             h.Node = node;
             h.Fd = fd;

@@ -153,7 +153,7 @@ internal sealed class NodeTable
             }
             else
             {
-                node = stripe.Pool.Count > 0 ? stripe.Pool.Pop() : new Node();
+                node = _byKey.TakePooled(stripe) ?? new Node();
                 node.Id = (ulong)Interlocked.Increment(ref _lastId);
                 node.Key = key;
                 node.FileType = fileType;
@@ -349,7 +349,7 @@ internal sealed class NodeTable
             Libc.Close(node.Fd);
             _budget.Return();
         }
-        // Back to the pool of the stripe its key came from (any stripe would do; this one spreads them).
+        // Back to the pool of the stripe its key came from; Insert takes from any stripe's pool.
         var stripe = _byKey.For(node.Key);
         node.Fd = -1;
         node.FileHandle = null;

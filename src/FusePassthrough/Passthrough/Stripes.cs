@@ -47,6 +47,40 @@ internal sealed class Stripes<TKey, TValue>
         return _stripes[hash & (Count - 1)];
     }
 
+    /// <summary>A recycled value from the pool of its stripe, or else of any other stripe, or null
+    /// when every pool is empty. The caller holds the lock of <paramref name="held"/>; other
+    /// stripes are only tried (Monitor.TryEnter), never waited for, so two callers that each hold
+    /// a stripe cannot deadlock. Values are returned to the stripe of their key, which is rarely
+    /// the stripe the next new key falls in (a re-created file gets another inode number), so
+    /// without this a pool could be empty while the others are full.</summary>
+    public TValue? TakePooled(Stripe<TKey, TValue> held)
+    {
+        if (held.Pool.Count > 0)
+        {
+            return held.Pool.Pop();
+        }
+        foreach (var stripe in _stripes)
+        {
+            // Count read without the lock: only a hint, checked again under it.
+            if (ReferenceEquals(stripe, held) || stripe.Pool.Count == 0 || !Monitor.TryEnter(stripe))
+            {
+                continue;
+            }
+            try
+            {
+                if (stripe.Pool.Count > 0)
+                {
+                    return stripe.Pool.Pop();
+                }
+            }
+            finally
+            {
+                Monitor.Exit(stripe);
+            }
+        }
+        return null;
+    }
+
     /// <summary>Every stripe, in a fixed order (lock them one at a time).</summary>
     public ReadOnlySpan<Stripe<TKey, TValue>> All => _stripes;
 }
