@@ -303,6 +303,14 @@ public sealed class VirtioUserBufferTests : UserBufferSuite
             done += (int)chain.WritableSegments[1].Length;
         }
         Assert.Equal(length, done);
+
+        // A zero-length READ carries no data descriptor (FuseConn attaches a user buffer only for a
+        // non-empty range): only fuse_out_header is writable.
+        _device.Chains.Clear();
+        Assert.Equal(0, _fs.Conn.Read(file!.Node.NodeId, file.Fh, 0, target, 0, 0, FuseCaller.Root).Length);
+        var empty = Assert.Single(_device.Chains, c => c.Opcode == FuseOpcode.Read);
+        Assert.Equal((ulong)FuseOutHeader.Size, Assert.Single(empty.WritableSegments).Length);
+
         Assert.Equal(Errno.OK, _fs.Release(file!));
         Assert.True(_fs.Conn.Quiesce(Timeout));
         // No staging block of the payload's size was taken from the request heap either.
