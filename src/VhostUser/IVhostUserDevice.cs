@@ -30,6 +30,11 @@ public interface IVhostUserDevice
     /// <summary>The handler for a ring's chains; asked each time the ring starts processing.</summary>
     IVringHandler GetVringHandler(int queueIndex);
 
+    /// <summary>Whether the ring's worker may poll the ring for a while after it ran dry
+    /// (<see cref="VhostUserBackendOptions.PollMax"/>) instead of sleeping at once. Polling pays off
+    /// where a caller waits for each reply; a queue whose requests nobody waits for should say no.</summary>
+    bool MayPoll(int queueIndex) => true;
+
     /// <summary>RESET_DEVICE, or the end of the session: every ring is stopped and has no chain in
     /// flight when this is called. The device drops its session state.</summary>
     void Reset();

@@ -19,6 +19,11 @@ public sealed class VhostUserBackendOptions
 
     /// <summary>How long to wait for a worker thread to leave a handler when it is told to stop.</summary>
     public TimeSpan WorkerStopTimeout { get; init; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>Longest a ring's worker keeps checking the avail ring, with the driver's kicks
+    /// suppressed, after the ring ran dry and before it sleeps on the kick fd. The worker adapts its
+    /// window up to this (<see cref="PollWindow"/>); zero never polls.</summary>
+    public TimeSpan PollMax { get; init; } = TimeSpan.Zero;
 }
 
 /// <summary>How a session ended.</summary>

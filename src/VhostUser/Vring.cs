@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using Serilog;
 using Serilog.Events;
 using Vhostfsd.Posix;
@@ -482,7 +483,7 @@ public sealed class Vring : IDisposable
         bool shouldRun = _started && _enabled && !_broken && _queue is { IsConfigured: true };
         if (shouldRun && _worker == null && _handler != null)
         {
-            var worker = new Worker(this, _queue!, _handler, _kick, _kickPolling);
+            var worker = new Worker(this, _queue!, _handler, _kick, _kickPolling, _device.MayPoll(Index) ? _options.PollMax : TimeSpan.Zero);
             _worker = worker;
             worker.Thread.Start();
         }
@@ -556,10 +557,12 @@ public sealed class Vring : IDisposable
         private readonly IVringHandler _handler;
         private readonly EventFd? _kick;
         private readonly bool _polling;
+        private readonly TimeSpan _pollMax;
         private DescriptorChain? _spare;
 
-        public Worker(Vring ring, DeviceQueue queue, IVringHandler handler, EventFd? kick, bool polling)
+        public Worker(Vring ring, DeviceQueue queue, IVringHandler handler, EventFd? kick, bool polling, TimeSpan pollMax)
         {
+            _pollMax = pollMax;
             _ring = ring;
             _queue = queue;
             _handler = handler;
@@ -597,8 +600,16 @@ public sealed class Vring : IDisposable
         private unsafe void KickLoop()
         {
             Span<PollFd> fds = stackalloc PollFd[2];
+            var window = new PollWindow(_pollMax);
             while (!StopRequested && !_ring._broken)
             {
+                // The ring just ran dry (or the worker just started).
+                long dryAt = Stopwatch.GetTimestamp();
+                if (window.Ticks > 0 && PollForMore(dryAt + window.Ticks))
+                {
+                    Drain();
+                    continue;
+                }
                 fds[0] = new PollFd { Fd = _kick!.Fd, Events = Libc.POLLIN };
                 fds[1] = new PollFd { Fd = _ring._stopEvent.Fd, Events = Libc.POLLIN };
                 int n;
@@ -627,10 +638,42 @@ public sealed class Vring : IDisposable
                 }
                 if ((fds[0].REvents & Libc.POLLIN) != 0)
                 {
+                    window.Waited(Stopwatch.GetTimestamp() - dryAt);
                     _kick.Consume();
                     Drain();
                 }
             }
+        }
+
+        /// <summary>Checks the avail ring until <paramref name="deadline"/> (a <see cref="Stopwatch"/>
+        /// timestamp) with the driver's kicks suppressed. True when chains are there to drain; false
+        /// when none came: notifications are enabled again and the worker may sleep.</summary>
+        private bool PollForMore(long deadline)
+        {
+            _queue.DisableNotifications();
+            int round = 0;
+            while (!StopRequested && !_ring._broken)
+            {
+                if (_queue.HasAvailable())
+                {
+                    return true;
+                }
+                if (Stopwatch.GetTimestamp() >= deadline)
+                {
+                    break;
+                }
+                // Give the CPU away now and then: the driver may be waiting for it.
+                if ((++round & 3) == 0)
+                {
+                    Thread.Yield();
+                }
+                else
+                {
+                    Thread.SpinWait(20);
+                }
+            }
+            // A chain published just before the driver saw notifications enabled again is drained, not slept on.
+            return _queue.EnableNotifications();
         }
 
         private unsafe void PollLoop()

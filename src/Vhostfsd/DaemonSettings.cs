@@ -22,6 +22,9 @@ public sealed class DaemonSettings
     /// <summary>Worker threads for blocking requests; 0 runs every request on its queue thread.</summary>
     public int ThreadPoolSize { get; init; }
 
+    /// <summary>--poll-max-us: how long a queue thread may poll its ring before it sleeps (zero: never).</summary>
+    public TimeSpan PollMax { get; init; }
+
     /// <summary>--cache.</summary>
     public CacheMode Cache { get; init; } = CacheMode.Auto;
 

@@ -423,7 +423,13 @@ public sealed unsafe class DeviceQueue
             return;
         }
         _notificationsEnabled = false;
-        if (!_eventIdx)
+        if (_eventIdx)
+        {
+            // SAFETY: see the ring accessors. Only this thread writes avail_event. One behind the next
+            // index: the driver's next publish does not cross it, so it does not kick.
+            Volatile.Write(ref *AvailEvent, (ushort)(_nextAvail - 1));
+        }
+        else
         {
             // SAFETY: see the ring accessors. Only this thread writes used.flags.
             Volatile.Write(ref *UsedFlags, (ushort)(*UsedFlags | VirtqRingHeader.UsedFlagNoNotify));

@@ -237,6 +237,20 @@ public sealed unsafe class DriverQueue : IDisposable
         return (Volatile.Read(ref *UsedFlags) & VirtqRingHeader.UsedFlagNoNotify) == 0;
     }
 
+    /// <summary>Whether the device asks for a kick after the next chain published now (avail_event at the
+    /// published index with EVENT_IDX, else no VRING_USED_F_NO_NOTIFY): false while it polls the ring.</summary>
+    public bool WouldKickNext()
+    {
+        Interlocked.MemoryBarrier();
+        if (_eventIdx)
+        {
+            // SAFETY: see the ring accessors.
+            return Volatile.Read(ref *AvailEvent) == _availPublished;
+        }
+        // SAFETY: see the ring accessors.
+        return (Volatile.Read(ref *UsedFlags) & VirtqRingHeader.UsedFlagNoNotify) == 0;
+    }
+
     /// <summary>True when the device has published used elements not yet reaped.</summary>
     public bool HasUsed()
         // SAFETY: see the ring accessors.

@@ -36,6 +36,11 @@ public sealed class VhostUserTestDevice : IVhostUserDevice
 
     public Func<int, IVringHandler> HandlerFactory { get; set; } = _ => new EchoVringHandler();
 
+    /// <summary>Answers <see cref="IVhostUserDevice.MayPoll"/> (default: every queue may poll).</summary>
+    public Func<int, bool> PollingAllowed { get; set; } = _ => true;
+
+    public bool MayPoll(int queueIndex) => PollingAllowed(queueIndex);
+
     /// <summary>What happened, in order: "handler N", "config-write OFFSET LEN FLAGS", "reset".</summary>
     public ConcurrentQueue<string> Events { get; } = new();
 

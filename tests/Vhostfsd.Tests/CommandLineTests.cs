@@ -28,6 +28,7 @@ public class CommandLineTests
         Assert.Equal("/tmp/s", o.SocketPath);
         Assert.Null(o.Fd);
         Assert.Equal(0, o.ThreadPoolSize);
+        Assert.Equal(64, o.PollMaxUs);
         Assert.Equal(CacheMode.Auto, o.Cache);
         Assert.Equal(SandboxMode.Namespace, o.Sandbox);
         Assert.Equal(InodeFileHandlesMode.Prefer, o.InodeFileHandles);
@@ -46,7 +47,7 @@ public class CommandLineTests
     {
         var o = Parse(
             "--shared-dir=/srv/share", "--tag=myfs", "--socket-path=/run/v.sock", "--socket-group=kvm",
-            "--thread-pool-size=16", "--xattr", "--posix-acl", "--xattrmap=:map::user.virtiofs.:",
+            "--thread-pool-size=16", "--poll-max-us=100", "--xattr", "--posix-acl", "--xattrmap=:map::user.virtiofs.:",
             "--sandbox=chroot", "--readonly", "--seccomp=none", "--no-announce-submounts",
             "--inode-file-handles=mandatory", "--cache=metadata", "--allow-mmap", "--no-readdirplus",
             "--writeback", "--allow-direct-io", "--modcaps=+sys_admin:-mknod", "--log-level=trace",
@@ -56,6 +57,7 @@ public class CommandLineTests
         Assert.Equal("/run/v.sock", o.SocketPath);
         Assert.Equal("kvm", o.SocketGroup);
         Assert.Equal(16, o.ThreadPoolSize);
+        Assert.Equal(100, o.PollMaxUs);
         Assert.True(o.Xattr);
         Assert.True(o.PosixAcl);
         Assert.Equal(":map::user.virtiofs.:", o.XattrMap);
@@ -262,6 +264,8 @@ public class CommandLineTests
     [InlineData("invalid value 'maybe' for --inode-file-handles", "--shared-dir=/a", "--fd=3", "--inode-file-handles=maybe")]
     [InlineData("invalid value 'loud' for --log-level", "--shared-dir=/a", "--fd=3", "--log-level=loud")]
     [InlineData("invalid value 'abc' for --thread-pool-size", "--shared-dir=/a", "--fd=3", "--thread-pool-size=abc")]
+    [InlineData("invalid value '1001' for --poll-max-us (expected a whole number from 0 to 1000)", "--shared-dir=/a", "--fd=3", "--poll-max-us=1001")]
+    [InlineData("invalid value 'fast' for --poll-max-us", "--shared-dir=/a", "--fd=3", "--poll-max-us=fast")]
     [InlineData("invalid value '-1' for --fd", "--shared-dir=/a", "--fd=-1")]
     [InlineData("invalid value 'x' for --rlimit-nofile", "--shared-dir=/a", "--fd=3", "--rlimit-nofile=x")]
     [InlineData("--seccomp=kill is not available", "--shared-dir=/a", "--fd=3", "--seccomp=kill")]

@@ -359,12 +359,19 @@ public unsafe class DeviceQueueTests : IDisposable
         _driver.PushAvail(0);
         _driver.PushAvail(0);
         queue.DisableNotifications();
+        // Disabled: avail_event one behind the next entry (0), so publishing it does not kick.
+        Assert.Equal(0xFFFF, _driver.AvailEvent);
+        Assert.False(SplitRing.NeedEvent(_driver.AvailEvent, 1, 0));
         Assert.Equal(PopResult.Popped, queue.TryPop(_chain));
         Assert.Equal(PopResult.Popped, queue.TryPop(_chain));
-        // Disabled: an empty pop leaves avail_event alone, and the flag is never used with EVENT_IDX.
+        // An empty pop leaves avail_event alone, and the flag is never used with EVENT_IDX.
         Assert.Equal(PopResult.Empty, queue.TryPop(_chain));
-        Assert.Equal(0, _driver.AvailEvent);
+        Assert.Equal(0xFFFF, _driver.AvailEvent);
         Assert.Equal(0, _driver.UsedFlags);
+        // Disabling again after popping two: one behind entry 2, and the driver publishing it does not kick.
+        queue.DisableNotifications();
+        Assert.Equal(1, _driver.AvailEvent);
+        Assert.False(SplitRing.NeedEvent(_driver.AvailEvent, 3, 2));
         Assert.False(queue.EnableNotifications());
         Assert.Equal(2, _driver.AvailEvent);
         // The driver publishing entry 2 passes avail_event 2: it would kick.

@@ -38,6 +38,7 @@ internal static class CommandLine
         public readonly Option<string> SocketGroup = new("--socket-group") { Description = "Give this group ownership of the socket and let it connect (not with --fd)", HelpName = "GROUP" };
         public readonly Option<string> Fd = new("--fd") { Description = "Serve an already-listening UNIX stream socket passed as this fd (socket activation, libvirt, Kata)", HelpName = "N" };
         public readonly Option<string> ThreadPoolSize = new("--thread-pool-size") { Description = "Threads started for blocking requests (SETLKW, FSYNC, FLUSH...); one more is added whenever all are busy, up to 64 more; 0 starts one [default: 0]", HelpName = "N" };
+        public readonly Option<string> PollMaxUs = new("--poll-max-us") { Description = "Longest a queue thread keeps checking its ring for the next request, before it sleeps, in microseconds; adapts to how soon requests come (0 to this), 0 turns polling off [default: 64]", HelpName = "N" };
         public readonly Option<bool> Xattr = new("--xattr") { Description = "Serve extended attributes (otherwise the xattr requests fail with ENOSYS)" };
         public readonly Option<bool> PosixAcl = new("--posix-acl") { Description = "Support POSIX ACLs; the guest must offer POSIX_ACL (implies --xattr)" };
         public readonly Option<string> XattrMap = new("--xattrmap") { Description = "Rules that rename extended attributes between guest and host, e.g. :map::user.virtiofs.: (implies --xattr)", HelpName = "RULES" };
@@ -89,7 +90,7 @@ internal static class CommandLine
             Root.Directives.Clear();
             Option[] all =
             [
-                SharedDir, Tag, SocketPath, Socket, SocketGroup, Fd, ThreadPoolSize, Xattr, PosixAcl, XattrMap,
+                SharedDir, Tag, SocketPath, Socket, SocketGroup, Fd, ThreadPoolSize, PollMaxUs, Xattr, PosixAcl, XattrMap,
                 Sandbox, ReadOnly, Seccomp, AnnounceSubmounts, NoAnnounceSubmounts, InodeFileHandles, Cache,
                 AllowMmap, NoReaddirplus, Writeback, AllowDirectIo, PrintCapabilities, ModCaps, LogLevel, Syslog,
                 RlimitNofile, Compat, Debug, Foreground, KillprivV2, NoKillprivV2, SecurityLabel, PreserveNoatime,
@@ -159,6 +160,10 @@ internal static class CommandLine
         if (Given(result, d.ThreadPoolSize))
         {
             o.ThreadPoolSize = (int)ParseUnsigned(result.GetValue(d.ThreadPoolSize), "--thread-pool-size", 1024);
+        }
+        if (Given(result, d.PollMaxUs))
+        {
+            o.PollMaxUs = (int)ParseUnsigned(result.GetValue(d.PollMaxUs), "--poll-max-us", DaemonOptions.MaxPollMaxUs);
         }
         o.Xattr = result.GetValue(d.Xattr);
         o.PosixAcl = result.GetValue(d.PosixAcl);

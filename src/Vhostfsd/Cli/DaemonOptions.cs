@@ -10,6 +10,13 @@ internal sealed class DaemonOptions
     public string? SocketGroup { get; set; }
     public int? Fd { get; set; }
     public int ThreadPoolSize { get; set; }
+
+    /// <summary>--poll-max-us. 64 µs: a depth-1 caller's next request, in the benchmark, comes 20–60 µs
+    /// after the reply (docs/performance.md, "Polling the ring"); QEMU's IOThreads use 32 µs.</summary>
+    public int PollMaxUs { get; set; } = 64;
+
+    /// <summary>Largest --poll-max-us: a millisecond of polling is already longer than a sleep and wake-up.</summary>
+    public const int MaxPollMaxUs = 1000;
     public bool Xattr { get; set; }
     public bool PosixAcl { get; set; }
     public string? XattrMap { get; set; }

@@ -24,7 +24,7 @@ public static class FsDaemon
             init.GuestMajor, init.GuestMinor, init.AnsweredMinor, init.Granted);
         using var pool = new BlockingRequestPool(server, Math.Max(1, settings.ThreadPoolSize));
         var device = new VirtioFsDevice(server, settings.Tag, DefaultRequestQueues, pool);
-        using var backend = new VhostUserBackend(connection, device, new VhostUserBackendOptions(), log);
+        using var backend = new VhostUserBackend(connection, device, new VhostUserBackendOptions { PollMax = settings.PollMax }, log);
         log.Information("virtio-fs device: {Queues} request queue(s), tag {Tag}, shared root {Root}, {Pool} blocking-request thread(s), names resolved with {Resolver}, inodes held as {Inodes}",
             device.RequestQueues, settings.Tag ?? "(none: CONFIG not offered)", settings.SharedRoot, pool.ThreadCount,
             server.UsesOpenat2 ? "openat2 RESOLVE_BENEATH" : "openat O_NOFOLLOW", server.UsesFileHandles ? "file handles" : "O_PATH fds");

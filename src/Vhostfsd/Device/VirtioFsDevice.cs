@@ -60,6 +60,10 @@ public sealed class VirtioFsDevice : IVhostUserDevice
     // The back-end only asks for indices below QueueCount.
     public IVringHandler GetVringHandler(int queueIndex) => _handler;
 
+    // Nobody waits on hiprio (FORGET and BATCH_FORGET have no reply; INTERRUPTs are rare): polling it
+    // would only take CPU from the request queues and the guest.
+    public bool MayPoll(int queueIndex) => queueIndex != 0;
+
     /// <summary>RESET_DEVICE or the end of the session: the guest's inodes and handles go away.</summary>
     public void Reset() => _server.Reset();
 }

@@ -179,6 +179,7 @@ internal static unsafe class DaemonHost
             SharedDirOnHost = sharedDir,
             Tag = options.Tag,
             ThreadPoolSize = options.ThreadPoolSize,
+            PollMax = TimeSpan.FromMicroseconds(options.PollMaxUs),
             Cache = options.Cache,
             Xattr = options.EffectiveXattr,
             PosixAcl = options.PosixAcl,

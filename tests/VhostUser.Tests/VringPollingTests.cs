@@ -1,0 +1,182 @@
+using System.Diagnostics;
+using Vhostfsd.Testing;
+using Vhostfsd.VhostUser;
+using Xunit;
+
+namespace Vhostfsd.VhostUser.Tests;
+
+/// <summary>A worker that polls its ring for a while after it ran dry (VhostUserBackendOptions.PollMax):
+/// the driver is told not to kick meanwhile, so a request it publishes without a kick must still be
+/// served; and the window adapts as <see cref="PollWindow"/> says.</summary>
+public sealed class VringPollingTests : IDisposable
+{
+    private readonly VhostUserTestDevice _device = new(queueCount: 2, maxQueueSize: 1024);
+    private readonly VhostUserTestGuest _guest = new(queueCount: 2, queueSize: 64);
+    private VhostUserBackendHarness? _h;
+
+    public void Dispose()
+    {
+        _h?.Dispose();
+        _guest.Dispose();
+    }
+
+    private void Start(TimeSpan pollMax)
+    {
+        // Echo handler (the test device's default): each chain is completed inline with its bytes transformed.
+        _h = new VhostUserBackendHarness(_device, new VhostUserBackendOptions { PollMax = pollMax, WorkerStopTimeout = TimeSpan.FromMinutes(1) });
+        _h.Frontend.Initialize(2);
+        _h.Frontend.Start(_guest.RingFeatures, _guest.MemoryRegions, _guest.Setups);
+    }
+
+    /// <summary>Publishes a 16-byte request in <paramref name="slot"/>; kicks only when told to and the
+    /// ring asks for it. Returns whether the ring asked for a kick.</summary>
+    private bool Publish(int slot, bool kick)
+    {
+        var q = _guest.Queue(0);
+        ulong rd = _guest.SlotGpa(0, slot, false), wr = _guest.SlotGpa(0, slot, true);
+        _guest.Bytes(rd, 16).Fill((byte)slot);
+        Assert.True(q.TryAdd([(rd, 16u)], [(wr, 16u)]) >= 0);
+        bool wanted = q.PublishAndCheckKick();
+        if (kick && wanted)
+        {
+            _guest.Kick(0).Signal();
+        }
+        return wanted;
+    }
+
+    private bool TryReap(int slot, TimeSpan within)
+    {
+        var q = _guest.Queue(0);
+        var deadline = DateTime.UtcNow + within;
+        while (!q.TryReapUsed(out _, out uint len))
+        {
+            if (DateTime.UtcNow >= deadline)
+            {
+                return false;
+            }
+            _guest.WaitCall(0, 20);
+        }
+        Assert.Equal(EchoVringHandler.Transform((byte)slot, 1), _guest.Bytes(_guest.SlotGpa(0, slot, true), 2)[1]);
+        return true;
+    }
+
+    /// <summary>Waits until the ring's next publish would (or would not) ask for a kick, and has for
+    /// 100 ms: the worker has gone to sleep on its kick fd, or is polling. (While it drains, kicks
+    /// are suppressed for a moment whatever it does next: a glimpse of that state proves nothing.)</summary>
+    private void WaitUntilKickWanted(bool wanted)
+    {
+        var q = _guest.Queue(0);
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        var steady = Stopwatch.StartNew();
+        while (steady.ElapsedMilliseconds < 100)
+        {
+            if (q.WouldKickNext() != wanted)
+            {
+                steady.Restart();
+            }
+            Assert.True(DateTime.UtcNow < deadline, wanted ? "the worker never asked for kicks again" : "the worker never suppressed kicks");
+            Thread.Sleep(1);
+        }
+    }
+
+    [Fact]
+    public void WhileTheWorkerPollsARequestPublishedWithoutAKickIsServed()
+    {
+        // A window far longer than the test: the worker is still polling when the second request comes.
+        Start(TimeSpan.FromSeconds(30));
+        Publish(0, kick: true);
+        Assert.True(TryReap(0, TimeSpan.FromSeconds(10)), "the kicked request was not served");
+        WaitUntilKickWanted(false);
+        Assert.False(Publish(1, kick: false), "the driver was asked to kick while the worker polls");
+        Assert.True(TryReap(1, TimeSpan.FromSeconds(10)), "an unkicked request was not served while the worker polled");
+    }
+
+    [Fact]
+    public void WithoutPollingAnUnkickedRequestWaitsForItsKick()
+    {
+        Start(TimeSpan.Zero);
+        Publish(0, kick: true);
+        Assert.True(TryReap(0, TimeSpan.FromSeconds(10)));
+        WaitUntilKickWanted(true);
+        // The worker sleeps on its kick fd: a request published without a kick waits for one.
+        Assert.True(Publish(1, kick: false));
+        Assert.False(TryReap(1, TimeSpan.FromMilliseconds(300)), "served without a kick although the worker does not poll");
+        _guest.Kick(0).Signal();
+        Assert.True(TryReap(1, TimeSpan.FromSeconds(10)), "not served after the kick");
+    }
+
+    [Fact]
+    public void ARingTheDeviceKeepsFromPollingSleepsAtOnce()
+    {
+        _device.PollingAllowed = index => index != 0;
+        Start(TimeSpan.FromSeconds(30));
+        Publish(0, kick: true);
+        Assert.True(TryReap(0, TimeSpan.FromSeconds(10)));
+        WaitUntilKickWanted(true);
+        Assert.True(Publish(1, kick: false));
+        Assert.False(TryReap(1, TimeSpan.FromMilliseconds(300)), "served without a kick although the ring may not poll");
+        _guest.Kick(0).Signal();
+        Assert.True(TryReap(1, TimeSpan.FromSeconds(10)), "not served after the kick");
+    }
+
+    [Fact]
+    public void StoppingARingWhoseWorkerPollsDoesNotWaitForTheWindowToEnd()
+    {
+        Start(TimeSpan.FromSeconds(30));
+        Publish(0, kick: true);
+        Assert.True(TryReap(0, TimeSpan.FromSeconds(10)));
+        var watch = Stopwatch.StartNew();
+        Assert.Equal(1u, _h!.Frontend.GetVringBase(0));
+        // Far below the 30 s window (and the one-minute worker stop timeout): the poll loop saw the stop.
+        Assert.True(watch.Elapsed < TimeSpan.FromSeconds(10), $"GET_VRING_BASE took {watch.Elapsed}");
+        Assert.False(_h.Backend.Vrings[0].IsProcessing);
+    }
+}
+
+/// <summary>The adaptive polling window, on its own.</summary>
+public sealed class PollWindowTests
+{
+    private static long Ticks(double microseconds) => (long)(microseconds * Stopwatch.Frequency / 1_000_000);
+
+    [Fact]
+    public void StartsAtTheMaximumAndDropsToZeroAfterAWaitLongerThanIt()
+    {
+        var window = new PollWindow(TimeSpan.FromMicroseconds(50));
+        Assert.Equal(Ticks(50), window.Ticks, Ticks(0.01));
+        window.Waited(Ticks(20));
+        Assert.Equal(Ticks(50), window.Ticks, Ticks(0.01));
+        window.Waited(Ticks(51));
+        Assert.Equal(0, window.Ticks);
+    }
+
+    [Fact]
+    public void ShortWaitsGrowItFromTheSmallestStepByDoublingUpToTheMaximum()
+    {
+        var window = new PollWindow(TimeSpan.FromMicroseconds(50));
+        window.Waited(Ticks(1000));
+        Assert.Equal(0, window.Ticks);
+        window.Waited(Ticks(30));
+        Assert.Equal(Ticks(PollWindow.Smallest.TotalMicroseconds), window.Ticks, Ticks(0.01));
+        window.Waited(Ticks(30));
+        Assert.Equal(2 * Ticks(PollWindow.Smallest.TotalMicroseconds), window.Ticks, Ticks(0.02));
+        // A wait the window already covers (the worker was woken for another reason) changes nothing.
+        window.Waited(Ticks(1));
+        Assert.Equal(2 * Ticks(PollWindow.Smallest.TotalMicroseconds), window.Ticks, Ticks(0.02));
+        for (int i = 0; i < 10; i++)
+        {
+            window.Waited(Ticks(49));
+        }
+        Assert.Equal(Ticks(50), window.Ticks, Ticks(0.01));
+    }
+
+    [Fact]
+    public void AZeroMaximumNeverPolls()
+    {
+        var window = new PollWindow(TimeSpan.Zero);
+        Assert.Equal(0, window.Ticks);
+        window.Waited(0);
+        Assert.Equal(0, window.Ticks);
+        window.Waited(Ticks(1));
+        Assert.Equal(0, window.Ticks);
+    }
+}
