@@ -91,14 +91,13 @@ public sealed class VringPollingTests : IDisposable
         Assert.True(TryReap(1, TimeSpan.FromSeconds(10)), "an unkicked request was not served while the worker polled");
     }
 
-    [Fact]
-    public void WithoutPollingAnUnkickedRequestWaitsForItsKick()
+    /// <summary>After a first request, the worker sleeps on its kick fd: a request published without
+    /// a kick waits for one.</summary>
+    private void AssertAnUnkickedRequestWaitsForItsKick()
     {
-        Start(TimeSpan.Zero);
         Publish(0, kick: true);
         Assert.True(TryReap(0, TimeSpan.FromSeconds(10)));
         WaitUntilKickWanted(true);
-        // The worker sleeps on its kick fd: a request published without a kick waits for one.
         Assert.True(Publish(1, kick: false));
         Assert.False(TryReap(1, TimeSpan.FromMilliseconds(300)), "served without a kick although the worker does not poll");
         _guest.Kick(0).Signal();
@@ -106,17 +105,19 @@ public sealed class VringPollingTests : IDisposable
     }
 
     [Fact]
+    public void WithoutPollingAnUnkickedRequestWaitsForItsKick()
+    {
+        Start(TimeSpan.Zero);
+        AssertAnUnkickedRequestWaitsForItsKick();
+    }
+
+    [Fact]
     public void ARingTheDeviceKeepsFromPollingSleepsAtOnce()
     {
+        // Ring 0 may not poll although the back-end's maximum is far longer than the test.
         _device.PollingAllowed = index => index != 0;
         Start(TimeSpan.FromSeconds(30));
-        Publish(0, kick: true);
-        Assert.True(TryReap(0, TimeSpan.FromSeconds(10)));
-        WaitUntilKickWanted(true);
-        Assert.True(Publish(1, kick: false));
-        Assert.False(TryReap(1, TimeSpan.FromMilliseconds(300)), "served without a kick although the ring may not poll");
-        _guest.Kick(0).Signal();
-        Assert.True(TryReap(1, TimeSpan.FromSeconds(10)), "not served after the kick");
+        AssertAnUnkickedRequestWaitsForItsKick();
     }
 
     [Fact]
