@@ -414,8 +414,8 @@ public sealed unsafe class DeviceQueue
         }
     }
 
-    /// <summary>Asks the driver not to kick (VRING_USED_F_NO_NOTIFY, or with EVENT_IDX by no longer moving
-    /// avail_event). Worker thread.</summary>
+    /// <summary>Asks the driver not to kick (VRING_USED_F_NO_NOTIFY, or with EVENT_IDX by putting avail_event
+    /// one behind the next entry, where no publish crosses it). Worker thread.</summary>
     public void DisableNotifications()
     {
         if (_used == null)
