@@ -32,9 +32,6 @@ public struct PollWindow
     /// <summary>The current window, in <see cref="Stopwatch"/> ticks.</summary>
     public readonly long Ticks => _ticks;
 
-    /// <summary>The current window.</summary>
-    public readonly TimeSpan Current => TimeSpan.FromSeconds((double)_ticks / Stopwatch.Frequency);
-
     /// <summary>Adapts the window to a wait that ended with a kick: <paramref name="waitedTicks"/>
     /// from the moment the ring ran dry (polling included) to the kick.</summary>
     public void Waited(long waitedTicks)

@@ -36,21 +36,7 @@ internal sealed class HandleTable
         _nodes = nodes;
     }
 
-    public int Count
-    {
-        get
-        {
-            int count = 0;
-            foreach (var stripe in _byId.All)
-            {
-                lock (stripe)
-                {
-                    count += stripe.Map.Count;
-                }
-            }
-            return count;
-        }
-    }
+    public int Count => _byId.CountEntries();
 
     /// <summary>Registers an open fd (already taken from the budget) for <paramref name="node"/>;
     /// the handle takes its own reference on the node.</summary>
@@ -151,13 +137,6 @@ internal sealed class HandleTable
         Node node = h.Node;
         h.Node = null!;
         _nodes.Release(node);
-        var stripe = _byId.For(h.Id);
-        lock (stripe)
-        {
-            if (stripe.Pool.Count < Stripe<ulong, Handle>.PoolLimit)
-            {
-                stripe.Pool.Push(h);
-            }
-        }
+        _byId.Recycle(h.Id, h);
     }
 }

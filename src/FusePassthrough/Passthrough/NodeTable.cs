@@ -65,21 +65,7 @@ internal sealed class NodeTable
     public Node Root => _root ?? throw new InvalidOperationException("no root node");
 
     /// <summary>Number of nodes in the table (root included).</summary>
-    public int Count
-    {
-        get
-        {
-            int count = 0;
-            foreach (var stripe in _byId.All)
-            {
-                lock (stripe)
-                {
-                    count += stripe.Map.Count;
-                }
-            }
-            return count;
-        }
-    }
+    public int Count => _byId.CountEntries();
 
     /// <summary>Installs the root node (id 1) holding <paramref name="fd"/>; the table owns the fd.</summary>
     public void SetRoot(int fd, in InodeKey key)
@@ -164,12 +150,7 @@ internal sealed class NodeTable
                 node.IsRoot = false;
                 // The id map's reference and the caller's.
                 Volatile.Write(ref node.Refs, 2);
-                stripe.Map[key] = node;
-                var ids = _byId.For(node.Id);
-                lock (ids)
-                {
-                    ids.Map[node.Id] = node;
-                }
+                AddToMaps(node);
             }
         }
         if (existed && fd >= 0)
@@ -277,20 +258,8 @@ internal sealed class NodeTable
     {
         Node? root = _root;
         _root = null;
-        foreach (var stripe in _byKey.All)
-        {
-            lock (stripe)
-            {
-                stripe.Map.Clear();
-            }
-        }
-        foreach (var stripe in _byId.All)
-        {
-            lock (stripe)
-            {
-                stripe.Map.Clear();
-            }
-        }
+        _byKey.ClearMaps();
+        _byId.ClearMaps();
         if (root is not null && root.Fd >= 0)
         {
             Libc.Close(root.Fd);
@@ -316,6 +285,7 @@ internal sealed class NodeTable
         }
     }
 
+    /// <summary>Key map, then id map, under the key stripe (re-entered when Insert already holds it).</summary>
     private void AddToMaps(Node node)
     {
         var keys = _byKey.For(node.Key);
@@ -350,17 +320,11 @@ internal sealed class NodeTable
             _budget.Return();
         }
         // Back to the pool of the stripe its key came from; Insert takes from any stripe's pool.
-        var stripe = _byKey.For(node.Key);
+        InodeKey key = node.Key;
         node.Fd = -1;
         node.FileHandle = null;
         node.MountFd = -1;
         node.Key = default;
-        lock (stripe)
-        {
-            if (stripe.Pool.Count < Stripe<InodeKey, Node>.PoolLimit)
-            {
-                stripe.Pool.Push(node);
-            }
-        }
+        _byKey.Recycle(key, node);
     }
 }

@@ -81,6 +81,46 @@ internal sealed class Stripes<TKey, TValue>
         return null;
     }
 
+    /// <summary>Keeps <paramref name="value"/>, whose life ended, in the pool of the stripe of
+    /// <paramref name="key"/> for reuse, unless that pool is full. The caller holds no stripe lock.</summary>
+    public void Recycle(in TKey key, TValue value)
+    {
+        var stripe = For(key);
+        lock (stripe)
+        {
+            if (stripe.Pool.Count < Stripe<TKey, TValue>.PoolLimit)
+            {
+                stripe.Pool.Push(value);
+            }
+        }
+    }
+
+    /// <summary>Entries in every stripe's map (each stripe locked in turn: a snapshot, not an atomic count).</summary>
+    public int CountEntries()
+    {
+        int count = 0;
+        foreach (var stripe in _stripes)
+        {
+            lock (stripe)
+            {
+                count += stripe.Map.Count;
+            }
+        }
+        return count;
+    }
+
+    /// <summary>Empties every stripe's map (pools are kept).</summary>
+    public void ClearMaps()
+    {
+        foreach (var stripe in _stripes)
+        {
+            lock (stripe)
+            {
+                stripe.Map.Clear();
+            }
+        }
+    }
+
     /// <summary>Every stripe, in a fixed order (lock them one at a time).</summary>
     public ReadOnlySpan<Stripe<TKey, TValue>> All => _stripes;
 }
