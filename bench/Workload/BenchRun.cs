@@ -45,6 +45,9 @@ public sealed record CellResult
     public double WarmupSeconds { get; init; }
     /// <summary>Daemon CPU (user + system) during the measured phase; NaN for native.</summary>
     public required double CpuSeconds { get; init; }
+    /// <summary>CPU (user + system) of this benchmark process during the measured phase: the driver (callers,
+    /// completion threads: the guest's share of the work) in a daemon cell, the operations themselves in a native cell.</summary>
+    public required double DriverCpuSeconds { get; init; }
     /// <summary>Voluntary context switches of the daemon's threads per step (how often it slept); NaN for native.</summary>
     public required double SleepsPerStep { get; init; }
     /// <summary>Daemon VmHWM at the end of the cell; 0 for native.</summary>
@@ -190,6 +193,8 @@ public sealed class BenchRun
                 int threads = daemon.Threads();
                 double cpuBefore = 0;
                 double cpuAfter = 0;
+                double driverCpuBefore = 0;
+                double driverCpuAfter = 0;
                 long switchesBefore = 0;
                 long switchesAfter = 0;
                 Process? profiler = null;
@@ -207,11 +212,13 @@ public sealed class BenchRun
                     {
                         profiler = StartProfiler(daemon.Pid, $"{workload.Name}-{spec.Name}-c{callers}-q{queues}-r{rep}");
                         cpuBefore = daemon.CpuSeconds();
+                        driverCpuBefore = ProcStats.CpuSeconds(Environment.ProcessId);
                         switchesBefore = daemon.ContextSwitches();
                     },
                     () =>
                     {
                         cpuAfter = daemon.CpuSeconds();
+                        driverCpuAfter = ProcStats.CpuSeconds(Environment.ProcessId);
                         switchesAfter = daemon.ContextSwitches();
                         StopProfiler(profiler);
                     },
@@ -234,6 +241,7 @@ public sealed class BenchRun
                     WarmupSeconds = measurement.WarmupSeconds,
                     ElapsedSeconds = measurement.ElapsedSeconds,
                     CpuSeconds = cpuAfter - cpuBefore,
+                    DriverCpuSeconds = driverCpuAfter - driverCpuBefore,
                     SleepsPerStep = (switchesAfter - switchesBefore) / (double)Math.Max(1, measurement.Steps),
                     PeakRssBytes = peak,
                     ListenMs = daemon.TimeToListen.TotalMilliseconds,
@@ -288,7 +296,11 @@ public sealed class BenchRun
             dataset.CleanSmall();
         }
         using var native = new NativeSession(dataset);
-        var measurement = CallerRunner.Run(callers, caller => workload.CreateNative(native, caller, callers), _settings.Budget);
+        double cpuBefore = 0;
+        double cpuAfter = 0;
+        var measurement = CallerRunner.Run(callers, caller => workload.CreateNative(native, caller, callers), _settings.Budget,
+            () => cpuBefore = ProcStats.CpuSeconds(Environment.ProcessId),
+            () => cpuAfter = ProcStats.CpuSeconds(Environment.ProcessId));
         return new CellResult
         {
             DirKind = dataset.Kind,
@@ -305,6 +317,7 @@ public sealed class BenchRun
             Steps = measurement.Steps,
             ElapsedSeconds = measurement.ElapsedSeconds,
             CpuSeconds = double.NaN,
+            DriverCpuSeconds = cpuAfter - cpuBefore,
             SleepsPerStep = double.NaN,
             PeakRssBytes = 0,
         };

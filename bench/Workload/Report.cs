@@ -6,7 +6,7 @@ namespace Vhostfsd.Bench;
 
 /// <summary>The medians of one (directory kind, workload, daemon, callers, queues) over the repetitions.</summary>
 public sealed record SummaryRow(string DirKind, string Workload, string Unit, string Daemon, int Callers, int Queues, int Samples,
-    double Rate, double P50Us, double P99Us, double CpuSeconds, double CpuUsPerUnit, double SleepsPerStep, long PeakRssBytes,
+    double Rate, double P50Us, double P99Us, double CpuSeconds, double CpuUsPerUnit, double DriverCpuUsPerUnit, double SleepsPerStep, long PeakRssBytes,
     double? VsBaseline, double? VsNative, string? Note);
 
 /// <summary>Turns cell results into the table (Markdown, so it can go into the README as printed) and JSON.</summary>
@@ -48,6 +48,7 @@ public static class Report
                     rate, Median(cells.Select(c => c.P50Us)), Median(cells.Select(c => c.P99Us)),
                     Median(cells.Select(c => c.CpuSeconds)),
                     Median(cells.Select(c => c.CpuSeconds * 1e6 / Math.Max(1e-9, c.Rate * c.ElapsedSeconds))),
+                    Median(cells.Select(c => c.DriverCpuSeconds * 1e6 / Math.Max(1e-9, c.Rate * c.ElapsedSeconds))),
                     Median(cells.Select(c => c.SleepsPerStep)),
                     cells.Max(c => c.PeakRssBytes), null, null, cells.Select(c => c.Note).FirstOrDefault(n => n != null));
             })
@@ -105,8 +106,8 @@ public static class Report
         {
             sb.AppendLine($"Directory: {kind}");
             sb.AppendLine();
-            sb.AppendLine($"| workload | daemon | callers | queues | rate | unit | p50 µs | p99 µs | daemon CPU s | CPU µs/unit | sleeps/op | peak RSS MiB | {vs} | vs native |");
-            sb.AppendLine("|---|---|--:|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|");
+            sb.AppendLine($"| workload | daemon | callers | queues | rate | unit | p50 µs | p99 µs | daemon CPU s | CPU µs/unit | driver CPU µs/unit | sleeps/op | peak RSS MiB | {vs} | vs native |");
+            sb.AppendLine("|---|---|--:|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
             foreach (var r in rows.Where(r => r.DirKind == kind))
             {
                 bool native = r.Daemon == "native";
@@ -121,6 +122,7 @@ public static class Report
                     .Append(" | ").Append(r.P99Us.ToString("F1", CultureInfo.InvariantCulture))
                     .Append(" | ").Append(native ? "-" : r.CpuSeconds.ToString("F2", CultureInfo.InvariantCulture))
                     .Append(" | ").Append(native ? "-" : r.CpuUsPerUnit.ToString("F1", CultureInfo.InvariantCulture) + "/" + TrimUnit(unitName))
+                    .Append(" | ").Append(r.DriverCpuUsPerUnit.ToString("F1", CultureInfo.InvariantCulture) + "/" + TrimUnit(unitName))
                     .Append(" | ").Append(native ? "-" : r.SleepsPerStep.ToString("F2", CultureInfo.InvariantCulture))
                     .Append(" | ").Append(native ? "-" : (r.PeakRssBytes / 1048576.0).ToString("F0", CultureInfo.InvariantCulture))
                     .Append(" | ").Append(r.VsBaseline is double b ? b.ToString("F2", CultureInfo.InvariantCulture) + "×" : "-")
@@ -208,6 +210,7 @@ public static class Report
             json.WriteNumber("p99Us", Round(r.P99Us));
             WriteNumberOrNull(json, "daemonCpuSeconds", r.CpuSeconds);
             WriteNumberOrNull(json, "cpuUsPerUnit", r.CpuUsPerUnit);
+            WriteNumberOrNull(json, "driverCpuUsPerUnit", r.DriverCpuUsPerUnit);
             WriteNumberOrNull(json, "sleepsPerOp", r.SleepsPerStep);
             json.WriteNumber("peakRssBytes", r.PeakRssBytes);
             WriteNumberOrNull(json, "vsBaseline", r.VsBaseline ?? double.NaN);
@@ -237,6 +240,7 @@ public static class Report
             json.WriteNumber("elapsedSeconds", Round(c.ElapsedSeconds));
             json.WriteNumber("warmupSeconds", Round(c.WarmupSeconds));
             WriteNumberOrNull(json, "daemonCpuSeconds", c.CpuSeconds);
+            WriteNumberOrNull(json, "driverCpuSeconds", c.DriverCpuSeconds);
             WriteNumberOrNull(json, "sleepsPerOp", c.SleepsPerStep);
             json.WriteNumber("peakRssBytes", c.PeakRssBytes);
             json.WriteNumber("listenMs", Round(c.ListenMs));
