@@ -212,6 +212,24 @@ public sealed unsafe partial class FuseServer : IDisposable
             or FuseOpcode.Syncfs or FuseOpcode.Flush or FuseOpcode.CopyFileRange or FuseOpcode.Fallocate;
     }
 
+    /// <summary>Cheap check for the device loop: the byte count a READ asks for (fuse_read_in.size),
+    /// 0 for any other request or one too short to say. Reads only the header's opcode and that
+    /// field; the request is validated when it runs.</summary>
+    public static int ReadSize(ReadOnlySpan<IoVec> readable)
+    {
+        var r = new RequestReader(readable, RequestReader.TotalLength(readable));
+        if (!r.Skip(4) || !r.TryRead(out uint opcode) || (FuseOpcode)opcode != FuseOpcode.Read)
+        {
+            return 0;
+        }
+        // The rest of the header, then fuse_read_in's fh and offset, then its 32-bit size.
+        if (!r.Skip(FuseInHeader.Size - 8 + 16) || !r.TryRead(out uint size))
+        {
+            return 0;
+        }
+        return (int)Math.Min(size, int.MaxValue);
+    }
+
     /// <summary>Drops every node (except the root) and every handle, and forgets the negotiated
     /// session: what DESTROY, a device reset or a disconnect needs. A new INIT starts over.</summary>
     public void Reset()

@@ -113,6 +113,19 @@ public sealed class Vring : IDisposable
     public bool HasCall { get { lock (_lock) { return _call != null; } } }
     public bool HasErr { get { lock (_lock) { return _err != null; } } }
 
+    /// <summary>True when more chains wait in the avail ring behind the one being handled. Only
+    /// meaningful on this ring's worker thread inside <see cref="IVringHandler.HandleChain"/> (false
+    /// anywhere else): a handler asks it before handing a long request to another thread, which pays
+    /// off only when the worker has other requests to get on with meanwhile.</summary>
+    public bool HasMoreAvailable
+    {
+        get
+        {
+            var worker = _worker;
+            return worker != null && worker.Thread == Thread.CurrentThread && _handling != null && worker.HasAvailable();
+        }
+    }
+
     // ---- completion (any thread) ----
 
     /// <summary>Publishes <paramref name="chain"/> as used with <paramref name="bytesWritten"/> bytes
@@ -570,6 +583,9 @@ public sealed class Vring : IDisposable
             _polling = polling;
             Thread = new Thread(Run) { Name = $"vring-{ring.Index}", IsBackground = true };
         }
+
+        /// <summary>Worker thread only.</summary>
+        public bool HasAvailable() => _queue.HasAvailable();
 
         private void Run()
         {

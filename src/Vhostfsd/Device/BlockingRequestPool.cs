@@ -26,6 +26,7 @@ public sealed class BlockingRequestPool : IDisposable
     private int _count;
     private int _idle;
     private bool _stopping;
+    private long _handedOffWhileIdle;
 
     public BlockingRequestPool(FuseServer server, int threads, int capacity = 1024)
     {
@@ -84,6 +85,28 @@ public sealed class BlockingRequestPool : IDisposable
             return true;
         }
     }
+
+    /// <summary>Queues a chain only when a thread is idle to take it at once, and never starts a
+    /// thread: for work that would run fine inline but goes faster beside the ring's worker (a big
+    /// copy while more requests wait). False otherwise; the caller then runs it itself.</summary>
+    public bool TryEnqueueIfIdle(Vring ring, DescriptorChain chain)
+    {
+        lock (_lock)
+        {
+            if (_stopping || _count >= _idle || _count == _items.Length)
+            {
+                return false;
+            }
+            _items[(_head + _count) % _items.Length] = (ring, chain);
+            _count++;
+            Interlocked.Increment(ref _handedOffWhileIdle);
+            Monitor.Pulse(_lock);
+            return true;
+        }
+    }
+
+    /// <summary>Chains taken by <see cref="TryEnqueueIfIdle"/> so far.</summary>
+    public long HandedOffWhileIdle => Interlocked.Read(ref _handedOffWhileIdle);
 
     private void Run()
     {

@@ -93,4 +93,50 @@ internal sealed unsafe class QueueFuseTransport
             return (int)usedLength;
         }
     }
+
+    /// <summary>Puts every request of <paramref name="requests"/> on <paramref name="queue"/> at once
+    /// (slot i for request i), publishes them together with one kick, and waits for all of them: a
+    /// batch as a guest with several requests in flight makes. Returns each request's reply bytes.</summary>
+    public byte[][] Batch(int queue, IReadOnlyList<byte[]> requests, int replyCapacity)
+    {
+        lock (_lock)
+        {
+            var q = _guest.Queue(queue);
+            var slotOfHead = new Dictionary<ushort, int>();
+            for (int i = 0; i < requests.Count; i++)
+            {
+                ulong inGpa = _guest.SlotGpa(queue, i, writable: false);
+                ulong outGpa = _guest.SlotGpa(queue, i, writable: true);
+                requests[i].CopyTo(_guest.Bytes(inGpa, requests[i].Length));
+                int head = q.TryAdd([(inGpa, (uint)requests[i].Length)], [(outGpa, (uint)replyCapacity)]);
+                if (head < 0)
+                {
+                    throw new InvalidOperationException("no free descriptors");
+                }
+                slotOfHead[(ushort)head] = i;
+            }
+            if (q.PublishAndCheckKick())
+            {
+                _guest.Kick(queue).Signal();
+            }
+            var replies = new byte[requests.Count][];
+            var deadline = DateTime.UtcNow.AddSeconds(20);
+            for (int done = 0; done < requests.Count;)
+            {
+                if (q.TryReapUsed(out ushort head, out uint length))
+                {
+                    int slot = slotOfHead[head];
+                    replies[slot] = _guest.Bytes(_guest.SlotGpa(queue, slot, writable: true), (int)length).ToArray();
+                    done++;
+                    continue;
+                }
+                if (DateTime.UtcNow > deadline)
+                {
+                    throw new TimeoutException($"queue {queue}: {requests.Count - done} replies missing after 20 s");
+                }
+                _guest.WaitCall(queue, 100);
+            }
+            return replies;
+        }
+    }
 }

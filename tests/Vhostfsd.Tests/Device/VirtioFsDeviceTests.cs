@@ -111,6 +111,64 @@ public sealed class VirtioFsDeviceTests : IDisposable
         Assert.Equal(8192, new FileInfo(Path.Combine(_share, "synced")).Length);
     }
 
+    [Fact]
+    public void BigReadsWaitingTogetherRunOnAnIdlePoolThreadAlongsideTheWorker()
+    {
+        var q1 = Client(1);
+        q1.Init();
+        byte[] content = new byte[600 * 1024];
+        new Random(5).NextBytes(content);
+        File.WriteAllBytes(Path.Combine(_share, "big"), content);
+        var entry = q1.LookupOk(FuseConstants.RootId, "big");
+        ulong fh = q1.Open(entry.NodeId, Libc.O_RDONLY).Ok().Read<FuseOpenOut>().Fh;
+        const int Big = 200 * 1024;
+        const int Small = 4096;
+        Assert.True(Big >= FuseRequestHandler.LargeReadBytes && Small < FuseRequestHandler.LargeReadBytes);
+        // The pool's two threads are idle: nothing was queued to them yet.
+        long before = _pool.HandedOffWhileIdle;
+
+        // One big READ alone: nothing else waits, so the worker copies it itself.
+        byte[][] alone = _transport.Batch(1, [ReadRequest(entry.NodeId, fh, 0, Big, unique: 100)], Big + 64);
+        AssertRead(alone[0], content, 0, Big);
+        Assert.Equal(before, _pool.HandedOffWhileIdle);
+
+        // Small READs together stay on the worker too.
+        byte[][] small = _transport.Batch(1, [ReadRequest(entry.NodeId, fh, 0, Small, 102), ReadRequest(entry.NodeId, fh, Small, Small, 104)], Small + 64);
+        AssertRead(small[0], content, 0, Small);
+        AssertRead(small[1], content, Small, Small);
+        Assert.Equal(before, _pool.HandedOffWhileIdle);
+
+        // Three big READs published together: each one with another behind it goes to an idle pool
+        // thread (two threads), the last one runs on the worker. Every reply carries its own range.
+        byte[][] three = _transport.Batch(1,
+            [ReadRequest(entry.NodeId, fh, 0, Big, 106), ReadRequest(entry.NodeId, fh, Big, Big, 108), ReadRequest(entry.NodeId, fh, 2 * Big, Big, 110)],
+            Big + 64);
+        for (int i = 0; i < 3; i++)
+        {
+            AssertRead(three[i], content, i * Big, Big);
+        }
+        Assert.Equal(before + 2, _pool.HandedOffWhileIdle);
+        q1.Release(entry.NodeId, fh).Ok();
+    }
+
+    private static byte[] ReadRequest(ulong nodeId, ulong fh, long offset, int size, ulong unique)
+    {
+        var header = new FuseInHeader { Len = FuseInHeader.Size + FuseReadIn.Size, Opcode = (uint)FuseOpcode.Read, Unique = unique, NodeId = nodeId };
+        var read = new FuseReadIn { Fh = fh, Offset = (ulong)offset, Length = (uint)size };
+        byte[] bytes = new byte[FuseInHeader.Size + FuseReadIn.Size];
+        System.Runtime.InteropServices.MemoryMarshal.Write(bytes, in header);
+        System.Runtime.InteropServices.MemoryMarshal.Write(bytes.AsSpan(FuseInHeader.Size), in read);
+        return bytes;
+    }
+
+    private static void AssertRead(byte[] reply, byte[] content, int offset, int size)
+    {
+        var header = System.Runtime.InteropServices.MemoryMarshal.Read<FuseOutHeader>(reply);
+        Assert.Equal(0, header.Error);
+        Assert.Equal(FuseOutHeader.Size + size, reply.Length);
+        Assert.True(content.AsSpan(offset, size).SequenceEqual(reply.AsSpan(FuseOutHeader.Size)), $"bytes of the READ at {offset}");
+    }
+
     public void Dispose()
     {
         _harness.Dispose();
