@@ -201,33 +201,33 @@ public sealed unsafe partial class FuseServer : IDisposable
     /// <summary>Cheap check for the device loop: true when the request is one that may block for a
     /// long time (lock waits, syncs, flush, big copies or allocations), so that it can be handed to a
     /// pool instead of stalling the queue. Reads only the opcode.</summary>
-    public static bool MayBlock(ReadOnlySpan<IoVec> readable)
+    public static bool MayBlock(ReadOnlySpan<IoVec> readable) => Triage(readable, int.MaxValue) == RequestTriage.MayBlock;
+
+    /// <summary>Sorts a request for the device loop from its opcode (and a READ's size) alone, in one
+    /// pass over the header: <see cref="RequestTriage.MayBlock"/> for the opcodes of
+    /// <see cref="MayBlock"/>, <see cref="RequestTriage.LargeRead"/> for a READ of at least
+    /// <paramref name="largeReadBytes"/> (fuse_read_in.size), <see cref="RequestTriage.Short"/> for the
+    /// rest and for anything too short to say. The request is validated when it runs.</summary>
+    public static RequestTriage Triage(ReadOnlySpan<IoVec> readable, int largeReadBytes)
     {
         var r = new RequestReader(readable, RequestReader.TotalLength(readable));
         if (!r.Skip(4) || !r.TryRead(out uint opcode))
         {
-            return false;
+            return RequestTriage.Short;
         }
-        return (FuseOpcode)opcode is FuseOpcode.Setlkw or FuseOpcode.Fsync or FuseOpcode.Fsyncdir
-            or FuseOpcode.Syncfs or FuseOpcode.Flush or FuseOpcode.CopyFileRange or FuseOpcode.Fallocate;
-    }
-
-    /// <summary>Cheap check for the device loop: the byte count a READ asks for (fuse_read_in.size),
-    /// 0 for any other request or one too short to say. Reads only the header's opcode and that
-    /// field; the request is validated when it runs.</summary>
-    public static int ReadSize(ReadOnlySpan<IoVec> readable)
-    {
-        var r = new RequestReader(readable, RequestReader.TotalLength(readable));
-        if (!r.Skip(4) || !r.TryRead(out uint opcode) || (FuseOpcode)opcode != FuseOpcode.Read)
+        switch ((FuseOpcode)opcode)
         {
-            return 0;
+            case FuseOpcode.Setlkw or FuseOpcode.Fsync or FuseOpcode.Fsyncdir or FuseOpcode.Syncfs
+                or FuseOpcode.Flush or FuseOpcode.CopyFileRange or FuseOpcode.Fallocate:
+                return RequestTriage.MayBlock;
+            case FuseOpcode.Read:
+                // The rest of the header, then fuse_read_in's fh and offset, then its 32-bit size.
+                return r.Skip(FuseInHeader.Size - 8 + 16) && r.TryRead(out uint size) && size >= (uint)Math.Max(0, largeReadBytes)
+                    ? RequestTriage.LargeRead
+                    : RequestTriage.Short;
+            default:
+                return RequestTriage.Short;
         }
-        // The rest of the header, then fuse_read_in's fh and offset, then its 32-bit size.
-        if (!r.Skip(FuseInHeader.Size - 8 + 16) || !r.TryRead(out uint size))
-        {
-            return 0;
-        }
-        return (int)Math.Min(size, int.MaxValue);
     }
 
     /// <summary>Drops every node (except the root) and every handle, and forgets the negotiated

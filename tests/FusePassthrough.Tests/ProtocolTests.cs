@@ -280,9 +280,9 @@ public class ProtocolTests
     }
 
     [Fact]
-    public void ReadSizeReadsTheSizeOfAReadOnly()
+    public void TriageFindsBigReadsBySizeAndSlowOpcodes()
     {
-        static int Check(FuseOpcode op, byte[] args, int split)
+        static RequestTriage Check(FuseOpcode op, byte[] args, int split, int largeRead = 1 << 20)
         {
             byte[] req = Request(op, 1, args);
             unsafe
@@ -290,25 +290,26 @@ public class ProtocolTests
                 fixed (byte* p = req)
                 {
                     // Split inside the header or inside the size field: the reader must join segments.
-                    return FuseServer.ReadSize([new IoVec(p, (nuint)split), new IoVec(p + split, (nuint)(req.Length - split))]);
+                    return FuseServer.Triage([new IoVec(p, (nuint)split), new IoVec(p + split, (nuint)(req.Length - split))], largeRead);
                 }
             }
         }
         var read = new FuseReadIn { Fh = 3, Offset = 1 << 30, Length = 1 << 20 };
         byte[] readArgs = new byte[FuseReadIn.Size];
         MemoryMarshal.Write(readArgs, in read);
-        Assert.Equal(1 << 20, Check(FuseOpcode.Read, readArgs, 5));
+        Assert.Equal(RequestTriage.LargeRead, Check(FuseOpcode.Read, readArgs, 5));
+        Assert.Equal(RequestTriage.LargeRead, Check(FuseOpcode.Read, readArgs, FuseInHeader.Size + 18));
+        Assert.Equal(RequestTriage.Short, Check(FuseOpcode.Read, readArgs, 5, largeRead: (1 << 20) + 1));
 
-        var write = new FuseWriteIn { Fh = 3, Offset = 4096, Length = 200_000 };
+        // A WRITE, or another opcode, with the same size in the same place.
+        var write = new FuseWriteIn { Fh = 3, Offset = 4096, Length = 1 << 20 };
         byte[] writeArgs = new byte[FuseWriteIn.Size + 64];
         MemoryMarshal.Write(writeArgs, in write);
-        Assert.Equal(1 << 20, Check(FuseOpcode.Read, readArgs, FuseInHeader.Size + 18));
-        // A WRITE, or another opcode, with a size in the same place.
-        Assert.Equal(0, Check(FuseOpcode.Write, writeArgs, FuseInHeader.Size + 18));
-        Assert.Equal(0, Check(FuseOpcode.Getattr, readArgs, 5));
-        Assert.Equal(0, Check(FuseOpcode.Setxattr, readArgs, 5));
+        Assert.Equal(RequestTriage.Short, Check(FuseOpcode.Write, writeArgs, FuseInHeader.Size + 18));
+        Assert.Equal(RequestTriage.Short, Check(FuseOpcode.Getattr, readArgs, 5));
+        Assert.Equal(RequestTriage.MayBlock, Check(FuseOpcode.Fsync, readArgs, 5));
         // A READ cut short before its size field says nothing.
-        Assert.Equal(0, Check(FuseOpcode.Read, readArgs[..16], 5));
+        Assert.Equal(RequestTriage.Short, Check(FuseOpcode.Read, readArgs[..16], 5));
     }
 
     [Fact]

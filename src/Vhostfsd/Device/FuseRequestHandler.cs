@@ -33,17 +33,11 @@ public sealed class FuseRequestHandler : IVringHandler
     {
         if (_pool is not null)
         {
-            if (FuseServer.MayBlock(chain.Readable))
+            switch (FuseServer.Triage(chain.Readable, LargeReadBytes))
             {
-                if (_pool.TryEnqueue(vring, chain))
-                {
+                case RequestTriage.MayBlock when _pool.TryEnqueue(vring, chain):
+                case RequestTriage.LargeRead when vring.HasMoreAvailable && _pool.TryEnqueueIfIdle(vring, chain):
                     return;
-                }
-            }
-            else if (FuseServer.ReadSize(chain.Readable) >= LargeReadBytes && vring.HasMoreAvailable
-                && _pool.TryEnqueueIfIdle(vring, chain))
-            {
-                return;
             }
         }
         Execute(_server, vring, chain);
