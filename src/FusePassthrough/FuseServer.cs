@@ -198,14 +198,10 @@ public sealed unsafe partial class FuseServer : IDisposable
         }
     }
 
-    /// <summary>Cheap check for the device loop: true when the request is one that may block for a
-    /// long time (lock waits, syncs, flush, big copies or allocations), so that it can be handed to a
-    /// pool instead of stalling the queue. Reads only the opcode.</summary>
-    public static bool MayBlock(ReadOnlySpan<IoVec> readable) => Triage(readable, int.MaxValue) == RequestTriage.MayBlock;
-
-    /// <summary>Sorts a request for the device loop from its opcode (and a READ's size) alone, in one
-    /// pass over the header: <see cref="RequestTriage.MayBlock"/> for the opcodes of
-    /// <see cref="MayBlock"/>, <see cref="RequestTriage.LargeRead"/> for a READ of at least
+    /// <summary>Cheap check for the device loop: sorts a request from its opcode (and a READ's size)
+    /// alone, in one pass over the header, so that one that may block for a long time can be handed
+    /// to a pool instead of stalling the queue: <see cref="RequestTriage.MayBlock"/> for lock waits,
+    /// syncs, flush, big copies or allocations, <see cref="RequestTriage.LargeRead"/> for a READ of at least
     /// <paramref name="largeReadBytes"/> (fuse_read_in.size), <see cref="RequestTriage.Short"/> for the
     /// rest and for anything too short to say. The request is validated when it runs.</summary>
     public static RequestTriage Triage(ReadOnlySpan<IoVec> readable, int largeReadBytes)

@@ -261,7 +261,7 @@ public class ProtocolTests
             {
                 fixed (byte* p = req)
                 {
-                    return FuseServer.MayBlock([new IoVec(p, 5), new IoVec(p + 5, (nuint)(req.Length - 5))]);
+                    return FuseServer.Triage([new IoVec(p, 5), new IoVec(p + 5, (nuint)(req.Length - 5))], int.MaxValue) == RequestTriage.MayBlock;
                 }
             }
         }
@@ -275,7 +275,7 @@ public class ProtocolTests
         unsafe
         {
             byte b = 0;
-            Assert.False(FuseServer.MayBlock([new IoVec(&b, 1)]));
+            Assert.Equal(RequestTriage.Short, FuseServer.Triage([new IoVec(&b, 1)], int.MaxValue));
         }
     }
 

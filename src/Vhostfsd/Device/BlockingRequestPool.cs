@@ -75,13 +75,11 @@ public sealed class BlockingRequestPool : IDisposable
             {
                 return false;
             }
-            _items[(_head + _count) % _items.Length] = (ring, chain);
-            _count++;
+            AddLocked(ring, chain);
             if (_count > _idle && _threads.Count < _maxThreads)
             {
                 StartThreadLocked();
             }
-            Monitor.Pulse(_lock);
             return true;
         }
     }
@@ -97,12 +95,19 @@ public sealed class BlockingRequestPool : IDisposable
             {
                 return false;
             }
-            _items[(_head + _count) % _items.Length] = (ring, chain);
-            _count++;
+            AddLocked(ring, chain);
             Interlocked.Increment(ref _handedOffWhileIdle);
-            Monitor.Pulse(_lock);
             return true;
         }
+    }
+
+    /// <summary>Appends a chain to the work ring and wakes one waiting thread (the pulse reaches
+    /// nobody when all are busy; the next one to finish finds the item).</summary>
+    private void AddLocked(Vring ring, DescriptorChain chain)
+    {
+        _items[(_head + _count) % _items.Length] = (ring, chain);
+        _count++;
+        Monitor.Pulse(_lock);
     }
 
     /// <summary>Chains taken by <see cref="TryEnqueueIfIdle"/> so far.</summary>
