@@ -50,6 +50,9 @@ public sealed record CellResult
     public required double DriverCpuSeconds { get; init; }
     /// <summary>Voluntary context switches of the daemon's threads per step (how often it slept); NaN for native.</summary>
     public required double SleepsPerStep { get; init; }
+    /// <summary>Share of the machine's CPU time the hypervisor stole during the measured phase, in per cent:
+    /// a repetition far from its neighbours with a high figure ran on a busy host.</summary>
+    public required double StealPercent { get; init; }
     /// <summary>Daemon VmHWM at the end of the cell; 0 for native.</summary>
     public required long PeakRssBytes { get; init; }
     public double ListenMs { get; init; }
@@ -129,7 +132,7 @@ public sealed class BenchRun
         string cpu = double.IsNaN(result.CpuSeconds) ? "" : $", daemon cpu {result.CpuSeconds:F2} s ({result.CpuSeconds * 1e6 / Math.Max(1, result.Steps):F1} us/step), " +
             $"{result.SleepsPerStep:F2} sleeps/step, peak rss {result.PeakRssBytes >> 20} MiB, warm-up {result.WarmupSeconds:F1} s";
         _log($"[{result.DirKind} rep {result.Repetition + 1}/{_settings.Repeat}] {result.Workload,-11} {result.Daemon,-10} callers {result.Callers,2} " +
-            $"queues {result.QueuesUsed}: {Report.FormatRate(result.Rate)} {result.Unit}, p50 {result.P50Us:F1} us, p99 {result.P99Us:F1} us{cpu}" +
+            $"queues {result.QueuesUsed}: {Report.FormatRate(result.Rate)} {result.Unit}, p50 {result.P50Us:F1} us, p99 {result.P99Us:F1} us{cpu}, steal {result.StealPercent:F1}%" +
             (result.Note != null ? $" ({result.Note})" : ""));
     }
 
@@ -197,6 +200,8 @@ public sealed class BenchRun
                 double driverCpuAfter = 0;
                 long switchesBefore = 0;
                 long switchesAfter = 0;
+                (long, long) hostBefore = default;
+                (long, long) hostAfter = default;
                 Process? profiler = null;
                 double jitCpu = daemon.JitCpuSeconds();
                 bool JitIdle()
@@ -214,12 +219,14 @@ public sealed class BenchRun
                         cpuBefore = daemon.CpuSeconds();
                         driverCpuBefore = ProcStats.CpuSeconds(Environment.ProcessId);
                         switchesBefore = daemon.ContextSwitches();
+                        hostBefore = ProcStats.HostCpuTicks();
                     },
                     () =>
                     {
                         cpuAfter = daemon.CpuSeconds();
                         driverCpuAfter = ProcStats.CpuSeconds(Environment.ProcessId);
                         switchesAfter = daemon.ContextSwitches();
+                        hostAfter = ProcStats.HostCpuTicks();
                         StopProfiler(profiler);
                     },
                     _settings.WarmupUntilJitIdle ? JitIdle : null);
@@ -243,6 +250,7 @@ public sealed class BenchRun
                     CpuSeconds = cpuAfter - cpuBefore,
                     DriverCpuSeconds = driverCpuAfter - driverCpuBefore,
                     SleepsPerStep = (switchesAfter - switchesBefore) / (double)Math.Max(1, measurement.Steps),
+                    StealPercent = ProcStats.StealPercent(hostBefore, hostAfter),
                     PeakRssBytes = peak,
                     ListenMs = daemon.TimeToListen.TotalMilliseconds,
                     IdleRssBytes = idleRss,
@@ -298,9 +306,19 @@ public sealed class BenchRun
         using var native = new NativeSession(dataset);
         double cpuBefore = 0;
         double cpuAfter = 0;
+        (long, long) hostBefore = default;
+        (long, long) hostAfter = default;
         var measurement = CallerRunner.Run(callers, caller => workload.CreateNative(native, caller, callers), _settings.Budget,
-            () => cpuBefore = ProcStats.CpuSeconds(Environment.ProcessId),
-            () => cpuAfter = ProcStats.CpuSeconds(Environment.ProcessId));
+            () =>
+            {
+                cpuBefore = ProcStats.CpuSeconds(Environment.ProcessId);
+                hostBefore = ProcStats.HostCpuTicks();
+            },
+            () =>
+            {
+                cpuAfter = ProcStats.CpuSeconds(Environment.ProcessId);
+                hostAfter = ProcStats.HostCpuTicks();
+            });
         return new CellResult
         {
             DirKind = dataset.Kind,
@@ -319,6 +337,7 @@ public sealed class BenchRun
             CpuSeconds = double.NaN,
             DriverCpuSeconds = cpuAfter - cpuBefore,
             SleepsPerStep = double.NaN,
+            StealPercent = ProcStats.StealPercent(hostBefore, hostAfter),
             PeakRssBytes = 0,
         };
     }

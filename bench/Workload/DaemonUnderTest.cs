@@ -292,6 +292,31 @@ public static class ProcStats
 
     public static double CpuSeconds(int pid) => CpuSecondsOfStat($"/proc/{pid}/stat");
 
+    /// <summary>The machine's CPU time so far from the first line of /proc/stat, in clock ticks: all of
+    /// it, and the part stolen by the hypervisor (a vCPU that was runnable while the host ran
+    /// something else). (0, 0) when unreadable.</summary>
+    public static (long Total, long Steal) HostCpuTicks()
+    {
+        string? stat = TryRead("/proc/stat");
+        if (stat == null || !stat.StartsWith("cpu ", StringComparison.Ordinal))
+        {
+            return (0, 0);
+        }
+        // cpu user nice system idle iowait irq softirq steal guest guest_nice; guest time is already in user.
+        string[] fields = stat[..stat.IndexOf('\n')].Split(' ', StringSplitOptions.RemoveEmptyEntries);
+        long total = 0;
+        for (int i = 1; i <= Math.Min(8, fields.Length - 1); i++)
+        {
+            total += long.Parse(fields[i], CultureInfo.InvariantCulture);
+        }
+        long steal = fields.Length > 8 ? long.Parse(fields[8], CultureInfo.InvariantCulture) : 0;
+        return (total, steal);
+    }
+
+    /// <summary>Percentage of the machine's CPU time stolen between two <see cref="HostCpuTicks"/> readings.</summary>
+    public static double StealPercent((long Total, long Steal) before, (long Total, long Steal) after) =>
+        after.Total > before.Total ? 100.0 * (after.Steal - before.Steal) / (after.Total - before.Total) : 0;
+
     private static double CpuSecondsOfStat(string path)
     {
         string? stat = TryRead(path);

@@ -133,6 +133,13 @@ root.SetAction(parse =>
     {
         Console.WriteLine($"Load average on {kind}: {start} at start, {end} at end");
     }
+    if (run.Results.Count > 0)
+    {
+        var steals = run.Results.Select(c => c.StealPercent).Order().ToList();
+        var worst = run.Results.MaxBy(c => c.StealPercent)!;
+        Console.WriteLine($"Host CPU stolen by the hypervisor in the measured phases: median {steals[steals.Count / 2]:F1}%, " +
+            $"highest {worst.StealPercent:F1}% ({worst.DirKind} {worst.Workload} {worst.Daemon} callers {worst.Callers} queues {worst.QueuesUsed} rep {worst.Repetition + 1})");
+    }
     foreach (var d in daemons)
     {
         Console.WriteLine($"{d.Name}: {d.Display}");

@@ -242,6 +242,7 @@ public static class Report
             WriteNumberOrNull(json, "daemonCpuSeconds", c.CpuSeconds);
             WriteNumberOrNull(json, "driverCpuSeconds", c.DriverCpuSeconds);
             WriteNumberOrNull(json, "sleepsPerOp", c.SleepsPerStep);
+            json.WriteNumber("stealPercent", Round(c.StealPercent));
             json.WriteNumber("peakRssBytes", c.PeakRssBytes);
             json.WriteNumber("listenMs", Round(c.ListenMs));
             json.WriteNumber("idleRssBytes", c.IdleRssBytes);

@@ -617,11 +617,15 @@ public sealed class Vring : IDisposable
         {
             Span<PollFd> fds = stackalloc PollFd[2];
             var window = new PollWindow(_pollMax);
+            // When the last drain began: the window stretches after long ones.
+            long drainStart = Stopwatch.GetTimestamp();
             while (!StopRequested && !_ring._broken)
             {
                 // The ring just ran dry (or the worker just started).
                 long dryAt = Stopwatch.GetTimestamp();
-                if (window.Ticks > 0 && PollForMore(dryAt + window.Ticks))
+                long busy = dryAt - drainStart;
+                long windowTicks = window.After(busy);
+                if (windowTicks > 0 && PollForMore(dryAt, dryAt + windowTicks, out drainStart))
                 {
                     Drain();
                     continue;
@@ -638,6 +642,8 @@ public sealed class Vring : IDisposable
                 {
                     if (Libc.LastErrno == Errno.EINTR)
                     {
+                        // Nothing was drained: the next window is not stretched by this sleep.
+                        drainStart = Stopwatch.GetTimestamp();
                         continue;
                     }
                     _ring.MarkBroken("poll on its kick fd failed: " + PosixException.Describe(Libc.LastErrno));
@@ -654,19 +660,23 @@ public sealed class Vring : IDisposable
                 }
                 if ((fds[0].REvents & Libc.POLLIN) != 0)
                 {
-                    window.Waited(Stopwatch.GetTimestamp() - dryAt);
+                    drainStart = Stopwatch.GetTimestamp();
+                    window.Waited(drainStart - dryAt, busy);
                     _kick.Consume();
                     Drain();
                 }
             }
         }
 
-        /// <summary>Checks the avail ring until <paramref name="deadline"/> (a <see cref="Stopwatch"/>
-        /// timestamp) with the driver's kicks suppressed. True when chains are there to drain; false
-        /// when none came: notifications are enabled again and the worker may sleep.</summary>
-        private bool PollForMore(long deadline)
+        /// <summary>Checks the avail ring from <paramref name="start"/> until <paramref name="deadline"/>
+        /// (<see cref="Stopwatch"/> timestamps) with the driver's kicks suppressed. True when chains
+        /// are there to drain; false when none came: notifications are enabled again and the worker
+        /// may sleep. <paramref name="now"/>: the last timestamp it read, when chains were seen to
+        /// within one round.</summary>
+        private bool PollForMore(long start, long deadline, out long now)
         {
             _queue.DisableNotifications();
+            now = start;
             int round = 0;
             while (!StopRequested && !_ring._broken)
             {
@@ -674,7 +684,8 @@ public sealed class Vring : IDisposable
                 {
                     return true;
                 }
-                if (Stopwatch.GetTimestamp() >= deadline)
+                now = Stopwatch.GetTimestamp();
+                if (now >= deadline)
                 {
                     break;
                 }

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Vhostfsd.Testing;
 using Vhostfsd.VhostUser;
+using Vhostfsd.Virtqueue;
 using Xunit;
 
 namespace Vhostfsd.VhostUser.Tests;
@@ -121,6 +122,43 @@ public sealed class VringPollingTests : IDisposable
     }
 
     [Fact]
+    public void AfterALongRequestTheWorkerPollsLongerThanTheWindow()
+    {
+        // Each request keeps the worker busy 400 ms; the window is 20 ms, at most halved once by
+        // the wait for the first request, and stretches up to 16 times (320 ms) after that work.
+        _device.HandlerFactory = _ => new SlowEchoHandler(TimeSpan.FromMilliseconds(400));
+        Start(TimeSpan.FromMilliseconds(20));
+        Publish(0, kick: true);
+        Assert.True(TryReap(0, TimeSpan.FromSeconds(10)));
+        // Four 20 ms windows later the worker still polls: an unkicked request is served.
+        Thread.Sleep(80);
+        Assert.False(Publish(1, kick: false), "the driver was asked to kick 80 ms after a 400 ms request: the window did not stretch");
+        Assert.True(TryReap(1, TimeSpan.FromSeconds(10)), "an unkicked request was not served while the worker polled");
+    }
+
+    [Fact]
+    public void AfterAShortRequestTheWindowDoesNotStretch()
+    {
+        Start(TimeSpan.FromMilliseconds(20));
+        Publish(0, kick: true);
+        Assert.True(TryReap(0, TimeSpan.FromSeconds(10)));
+        Thread.Sleep(80);
+        Assert.True(Publish(1, kick: false), "80 ms after a short request the worker still polled a 20 ms window");
+        _guest.Kick(0).Signal();
+        Assert.True(TryReap(1, TimeSpan.FromSeconds(10)));
+    }
+
+    /// <summary>Echoes each chain after keeping the worker busy for <paramref name="busy"/>.</summary>
+    private sealed class SlowEchoHandler(TimeSpan busy) : IVringHandler
+    {
+        public void HandleChain(Vring vring, DescriptorChain chain)
+        {
+            Thread.Sleep(busy);
+            vring.Complete(chain, EchoVringHandler.Echo(chain));
+        }
+    }
+
+    [Fact]
     public void StoppingARingWhoseWorkerPollsDoesNotWaitForTheWindowToEnd()
     {
         Start(TimeSpan.FromSeconds(30));
@@ -140,13 +178,23 @@ public sealed class PollWindowTests
     private static long Ticks(double microseconds) => (long)(microseconds * Stopwatch.Frequency / 1_000_000);
 
     [Fact]
-    public void StartsAtTheMaximumAndDropsToZeroAfterAWaitLongerThanIt()
+    public void StartsAtTheMaximumAndHalvesAfterEachWaitLongerThanItUntilZero()
     {
         var window = new PollWindow(TimeSpan.FromMicroseconds(50));
         Assert.Equal(Ticks(50), window.Ticks, Ticks(0.01));
         window.Waited(Ticks(20));
         Assert.Equal(Ticks(50), window.Ticks, Ticks(0.01));
+        // One late request halves the window; it does not throw it away.
         window.Waited(Ticks(51));
+        Assert.Equal(Ticks(25), window.Ticks, Ticks(0.01));
+        window.Waited(Ticks(1000));
+        Assert.Equal(Ticks(12.5), window.Ticks, Ticks(0.01));
+        window.Waited(Ticks(1000));
+        Assert.Equal(Ticks(6.25), window.Ticks, Ticks(0.01));
+        // Half of 6.25 µs is below the smallest step (4 µs): polling stops.
+        window.Waited(Ticks(1000));
+        Assert.Equal(0, window.Ticks);
+        window.Waited(Ticks(1000));
         Assert.Equal(0, window.Ticks);
     }
 
@@ -154,8 +202,10 @@ public sealed class PollWindowTests
     public void ShortWaitsGrowItFromTheSmallestStepByDoublingUpToTheMaximum()
     {
         var window = new PollWindow(TimeSpan.FromMicroseconds(50));
-        window.Waited(Ticks(1000));
-        Assert.Equal(0, window.Ticks);
+        while (window.Ticks > 0)
+        {
+            window.Waited(Ticks(1000));
+        }
         window.Waited(Ticks(30));
         Assert.Equal(Ticks(PollWindow.Smallest.TotalMicroseconds), window.Ticks, Ticks(0.01));
         window.Waited(Ticks(30));
@@ -171,6 +221,40 @@ public sealed class PollWindowTests
     }
 
     [Fact]
+    public void AfterLongWorkTheWindowStretchesWithItUpToSixteenTimes()
+    {
+        var window = new PollWindow(TimeSpan.FromMicroseconds(50));
+        // Work no longer than the maximum: the window as it is.
+        Assert.Equal(Ticks(50), window.After(0), Ticks(0.01));
+        Assert.Equal(Ticks(50), window.After(Ticks(40)), Ticks(0.01));
+        // A 1 MiB request's 200 µs: four times the window.
+        Assert.Equal(Ticks(200), window.After(Ticks(200)), Ticks(0.05));
+        Assert.Equal(Ticks(50) * PollWindow.LongestStretch, window.After(Ticks(1_000_000)), Ticks(0.5));
+        // A halved window stretches by as much.
+        window.Waited(Ticks(51));
+        Assert.Equal(Ticks(100), window.After(Ticks(200)), Ticks(0.05));
+    }
+
+    [Fact]
+    public void AWaitAfterLongWorkIsJudgedAgainstTheStretchedWindow()
+    {
+        var window = new PollWindow(TimeSpan.FromMicroseconds(50));
+        // 150 µs after 200 µs of work is within the stretched 200 µs: the window stays.
+        window.Waited(Ticks(150), Ticks(200));
+        Assert.Equal(Ticks(50), window.Ticks, Ticks(0.01));
+        // The same wait after short work is longer than the maximum: halved.
+        window.Waited(Ticks(150), Ticks(10));
+        Assert.Equal(Ticks(25), window.Ticks, Ticks(0.01));
+        // Again 150 µs after 200 µs of work: longer than the halved window stretched (100 µs),
+        // within the maximum stretched (200 µs): the window doubles back.
+        window.Waited(Ticks(150), Ticks(200));
+        Assert.Equal(Ticks(50), window.Ticks, Ticks(0.01));
+        // Longer than the stretched maximum: halved.
+        window.Waited(Ticks(250), Ticks(200));
+        Assert.Equal(Ticks(25), window.Ticks, Ticks(0.01));
+    }
+
+    [Fact]
     public void AZeroMaximumNeverPolls()
     {
         var window = new PollWindow(TimeSpan.Zero);
@@ -178,6 +262,9 @@ public sealed class PollWindowTests
         window.Waited(0);
         Assert.Equal(0, window.Ticks);
         window.Waited(Ticks(1));
+        Assert.Equal(0, window.Ticks);
+        Assert.Equal(0, window.After(Ticks(1000)));
+        window.Waited(Ticks(1), Ticks(1000));
         Assert.Equal(0, window.Ticks);
     }
 }
