@@ -671,8 +671,8 @@ public sealed class Vring : IDisposable
         /// <summary>Checks the avail ring from <paramref name="start"/> until <paramref name="deadline"/>
         /// (<see cref="Stopwatch"/> timestamps) with the driver's kicks suppressed. True when chains
         /// are there to drain; false when none came: notifications are enabled again and the worker
-        /// may sleep. <paramref name="now"/>: the last timestamp it read, when chains were seen to
-        /// within one round.</summary>
+        /// may sleep. <paramref name="now"/>: the last timestamp it read, just before the check
+        /// that saw chains.</summary>
         private bool PollForMore(long start, long deadline, out long now)
         {
             _queue.DisableNotifications();
@@ -684,7 +684,6 @@ public sealed class Vring : IDisposable
                 {
                     return true;
                 }
-                now = Stopwatch.GetTimestamp();
                 if (now >= deadline)
                 {
                     break;
@@ -698,6 +697,9 @@ public sealed class Vring : IDisposable
                 {
                     Thread.SpinWait(20);
                 }
+                // Read after the yield, which may have lasted a time slice: when chains are seen
+                // next, now is when, and the drain that follows is not charged for the yield.
+                now = Stopwatch.GetTimestamp();
             }
             // A chain published just before the driver saw notifications enabled again is drained, not slept on.
             return _queue.EnableNotifications();
