@@ -55,14 +55,13 @@ public struct PollWindow
     /// <summary>Adapts the window to a wait that ended with a kick, after <paramref name="busyTicks"/>
     /// of work: <paramref name="waitedTicks"/> from the moment the ring ran dry (polling included)
     /// to the kick, measured against the window stretched as <see cref="After"/> stretches it.</summary>
-    public void Waited(long waitedTicks, long busyTicks) => Waited((long)(waitedTicks / Stretch(busyTicks)));
+    public void Waited(long waitedTicks, long busyTicks) => Adapt((long)(waitedTicks / Stretch(busyTicks)));
 
     private readonly double Stretch(long busyTicks) =>
         _maxTicks == 0 ? 1 : Math.Max(1, Math.Min(busyTicks, _longestTicks) / (double)_maxTicks);
 
-    /// <summary>Adapts the window to a wait that ended with a kick: <paramref name="waitedTicks"/>
-    /// from the moment the ring ran dry (polling included) to the kick.</summary>
-    public void Waited(long waitedTicks)
+    /// <summary>Adapts the window to a wait already measured against the unstretched maximum.</summary>
+    private void Adapt(long waitedTicks)
     {
         if (waitedTicks > _maxTicks)
         {

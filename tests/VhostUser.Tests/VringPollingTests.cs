@@ -182,19 +182,19 @@ public sealed class PollWindowTests
     {
         var window = new PollWindow(TimeSpan.FromMicroseconds(50));
         Assert.Equal(Ticks(50), window.Ticks, Ticks(0.01));
-        window.Waited(Ticks(20));
+        window.Waited(Ticks(20), 0);
         Assert.Equal(Ticks(50), window.Ticks, Ticks(0.01));
         // One late request halves the window; it does not throw it away.
-        window.Waited(Ticks(51));
+        window.Waited(Ticks(51), 0);
         Assert.Equal(Ticks(25), window.Ticks, Ticks(0.01));
-        window.Waited(Ticks(1000));
+        window.Waited(Ticks(1000), 0);
         Assert.Equal(Ticks(12.5), window.Ticks, Ticks(0.01));
-        window.Waited(Ticks(1000));
+        window.Waited(Ticks(1000), 0);
         Assert.Equal(Ticks(6.25), window.Ticks, Ticks(0.01));
         // Half of 6.25 µs is below the smallest step (4 µs): polling stops.
-        window.Waited(Ticks(1000));
+        window.Waited(Ticks(1000), 0);
         Assert.Equal(0, window.Ticks);
-        window.Waited(Ticks(1000));
+        window.Waited(Ticks(1000), 0);
         Assert.Equal(0, window.Ticks);
     }
 
@@ -204,18 +204,18 @@ public sealed class PollWindowTests
         var window = new PollWindow(TimeSpan.FromMicroseconds(50));
         while (window.Ticks > 0)
         {
-            window.Waited(Ticks(1000));
+            window.Waited(Ticks(1000), 0);
         }
-        window.Waited(Ticks(30));
+        window.Waited(Ticks(30), 0);
         Assert.Equal(Ticks(PollWindow.Smallest.TotalMicroseconds), window.Ticks, Ticks(0.01));
-        window.Waited(Ticks(30));
+        window.Waited(Ticks(30), 0);
         Assert.Equal(2 * Ticks(PollWindow.Smallest.TotalMicroseconds), window.Ticks, Ticks(0.02));
         // A wait the window already covers (the worker was woken for another reason) changes nothing.
-        window.Waited(Ticks(1));
+        window.Waited(Ticks(1), 0);
         Assert.Equal(2 * Ticks(PollWindow.Smallest.TotalMicroseconds), window.Ticks, Ticks(0.02));
         for (int i = 0; i < 10; i++)
         {
-            window.Waited(Ticks(49));
+            window.Waited(Ticks(49), 0);
         }
         Assert.Equal(Ticks(50), window.Ticks, Ticks(0.01));
     }
@@ -231,7 +231,7 @@ public sealed class PollWindowTests
         Assert.Equal(Ticks(200), window.After(Ticks(200)), Ticks(0.05));
         Assert.Equal(Ticks(50) * PollWindow.LongestStretch, window.After(Ticks(1_000_000)), Ticks(0.5));
         // A halved window stretches by as much.
-        window.Waited(Ticks(51));
+        window.Waited(Ticks(51), 0);
         Assert.Equal(Ticks(100), window.After(Ticks(200)), Ticks(0.05));
     }
 
@@ -259,9 +259,9 @@ public sealed class PollWindowTests
     {
         var window = new PollWindow(TimeSpan.Zero);
         Assert.Equal(0, window.Ticks);
-        window.Waited(0);
+        window.Waited(0, 0);
         Assert.Equal(0, window.Ticks);
-        window.Waited(Ticks(1));
+        window.Waited(Ticks(1), 0);
         Assert.Equal(0, window.Ticks);
         Assert.Equal(0, window.After(Ticks(1000)));
         window.Waited(Ticks(1), Ticks(1000));

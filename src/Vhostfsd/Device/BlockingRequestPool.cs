@@ -96,7 +96,7 @@ public sealed class BlockingRequestPool : IDisposable
                 return false;
             }
             AddLocked(ring, chain);
-            Interlocked.Increment(ref _handedOffWhileIdle);
+            _handedOffWhileIdle++;
             return true;
         }
     }
