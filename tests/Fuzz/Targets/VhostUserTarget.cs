@@ -47,7 +47,10 @@ public sealed class VhostUserTarget
 
     public VhostUserTarget()
     {
-        _fdBaseline = ProcessFds.Current();
+        // Snapshot, not Current: the runtime's lazily opened fds (the SIGCHLD pipe pair, at the
+        // first Process.Start of any test in this process) would otherwise show up as a leak
+        // of whichever case was running when they appeared.
+        _fdBaseline = ProcessFds.Snapshot();
     }
 
     public void RunCase(FuzzCase c)
