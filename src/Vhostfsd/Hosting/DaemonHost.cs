@@ -145,7 +145,11 @@ internal static unsafe class DaemonHost
         {
             using var handlers = InstallShutdownSignals();
             // Blocked since before execve: a signal sent meanwhile is delivered now, to this thread.
-            Libc.ChangeSignalMask(Libc.SIG_UNBLOCK, SandboxSpawner.TerminationSignals);
+            int unblocked = Libc.ChangeSignalMask(Libc.SIG_UNBLOCK, SandboxSpawner.TerminationSignals);
+            if (unblocked != 0)
+            {
+                throw new StartupException("cannot unblock the termination signals (pthread_sigmask): " + PosixException.Describe((Errno)unblocked));
+            }
             SandboxSpawner.RemoveReplacedRuntimeSocket();
             log.Debug("Sandbox: serving from process {Pid}, re-executed in place with the narrowed capability set", Environment.ProcessId);
             using DaemonListener replaced = DaemonListener.AdoptReplaced(marker.ListenFd, options.SocketPath, marker.PidFileFd, marker.DirectoryFd);

@@ -298,12 +298,12 @@ internal static unsafe class SandboxSpawner
         {
             // The runtime's diagnostics server would create its IPC socket in the host's /tmp
             // and could never remove it from inside the sandbox; leave it off unless asked for.
-            environment.Add(DiagnosticsOff);
+            environment.Add(DiagnosticsIpc + "=0");
         }
         return environment;
     }
 
-    private const string DiagnosticsOff = "DOTNET_EnableDiagnostics_IPC=0";
+    private const string DiagnosticsIpc = "DOTNET_EnableDiagnostics_IPC";
 
     /// <summary>In a process re-executed in place: removes the diagnostics IPC socket the runtime
     /// of the replaced program created in the temporary directory (a runtime removes its own only
@@ -312,7 +312,7 @@ internal static unsafe class SandboxSpawner
     /// socket with this pid may be this runtime's own.</summary>
     public static void RemoveReplacedRuntimeSocket()
     {
-        if ("DOTNET_EnableDiagnostics_IPC=" + Environment.GetEnvironmentVariable("DOTNET_EnableDiagnostics_IPC") != DiagnosticsOff)
+        if (Environment.GetEnvironmentVariable(DiagnosticsIpc) != "0")
         {
             return;
         }
