@@ -21,13 +21,6 @@ public static unsafe partial class Libc
     public const int SIGTERM = 15;
     public const int SIGCHLD = 17;
 
-    // pthread_sigmask how.
-    public const int SIG_BLOCK = 0;
-    public const int SIG_UNBLOCK = 1;
-
-    /// <summary>Words of the kernel-sized sigset_t glibc uses (1024 bits).</summary>
-    public const int SigSetWords = 16;
-
     // waitpid options.
     public const int WNOHANG = 1;
 
@@ -59,35 +52,6 @@ public static unsafe partial class Libc
     /// NULL-terminated arrays of NUL-terminated strings. Returns 0 or an errno value (not -1).</summary>
     [LibraryImport(Lib, EntryPoint = "posix_spawn")]
     public static partial int PosixSpawn(int* pid, byte* path, void* fileActions, void* attributes, byte** argv, byte** envp);
-
-    /// <summary>execve(2): replaces the process image. Called from any thread of a multithreaded
-    /// process, the kernel ends the other threads and the caller continues, with the process's
-    /// pid, its own credentials (capability bounding set included), its signal mask and its
-    /// pending signals, as the new program's only thread. Returns only on failure (-1).</summary>
-    [LibraryImport(Lib, EntryPoint = "execve", SetLastError = true)]
-    public static partial int Execve(byte* path, byte** argv, byte** envp);
-
-    /// <summary>pthread_sigmask(3) on the calling thread; <paramref name="set"/> and
-    /// <paramref name="old"/> point at <see cref="SigSetWords"/> words (old may be null).
-    /// Returns 0 or an errno value (not -1).</summary>
-    [LibraryImport(Lib, EntryPoint = "pthread_sigmask")]
-    public static partial int PthreadSigmask(int how, ulong* set, ulong* old);
-
-    /// <summary>tgkill(2): a signal for one thread of a process.</summary>
-    [LibraryImport(Lib, EntryPoint = "tgkill", SetLastError = true)]
-    public static partial int Tgkill(int tgid, int tid, int signal);
-
-    /// <summary>Changes the calling thread's mask for the given signals (1..64) only.</summary>
-    public static int ChangeSignalMask(int how, ReadOnlySpan<int> signals)
-    {
-        ulong* set = stackalloc ulong[SigSetWords];
-        new Span<ulong>(set, SigSetWords).Clear();
-        foreach (int signal in signals)
-        {
-            set[(signal - 1) / 64] |= 1UL << ((signal - 1) % 64);
-        }
-        return PthreadSigmask(how, set, null);
-    }
 
     /// <summary>prctl(2) with every argument spelled out (the C prototype is variadic; integer
     /// arguments are passed the same way on the supported ABIs).</summary>

@@ -34,20 +34,6 @@ internal sealed class DaemonProcess : IDisposable
 
     public int Pid => _process.Id;
 
-    /// <summary>The started process's children now (every thread's /proc children list).</summary>
-    public IReadOnlyList<int> Children()
-    {
-        var children = new List<int>();
-        foreach (string task in Directory.GetDirectories($"/proc/{Pid}/task"))
-        {
-            foreach (string pid in File.ReadAllText(Path.Combine(task, "children")).Split(' ', StringSplitOptions.RemoveEmptyEntries))
-            {
-                children.Add(int.Parse(pid, System.Globalization.CultureInfo.InvariantCulture));
-            }
-        }
-        return children;
-    }
-
     public bool HasExited => _process.HasExited;
 
     /// <summary>Starts "dotnet vhostfsd.dll ARGS" (or, with <paramref name="shellPrefix"/>, through

@@ -114,17 +114,10 @@ internal static unsafe class DaemonHost
             ulong bounding = keep;
             if (options.Sandbox == SandboxMode.Chroot)
             {
-                // The re-executed program chroots itself, then drops these two on its main thread.
+                // The copy chroots itself, then drops these two on its main thread.
                 bounding |= (1UL << Capabilities.SysChroot) | (1UL << Capabilities.Setpcap);
             }
             log.Information("Listening on {Socket}", Describe(listener));
-            if (options.Sandbox != SandboxMode.Namespace)
-            {
-                // Returns only if a termination signal came before the process was replaced.
-                int cancelled = SandboxSpawner.ExecInPlace(options.Sandbox, listener, bounding, lastCap);
-                log.Information("Shutting down on {Reason} before a front-end connected", ShutdownSignal.Reason ?? "request");
-                return cancelled;
-            }
             int code = SandboxSpawner.SpawnAndWait(options.Sandbox, listener.Socket.Fd, sharedDir, bounding, lastCap, log);
             log.Information("Exiting with code {Code}", code);
             return code;
@@ -136,33 +129,10 @@ internal static unsafe class DaemonHost
         }
     }
 
-    /// <summary>The process spawned by <see cref="SandboxSpawner"/> (namespace sandbox) or the
-    /// program that replaced the daemon in place (chroot, none), holding the listening socket
-    /// created before and no capability outside its bounding set.</summary>
+    /// <summary>The process spawned by <see cref="SandboxSpawner"/>, holding the listening socket
+    /// the parent created and no capability outside its bounding set.</summary>
     private static int RunSandboxChild(DaemonOptions options, SandboxSpawner.ChildMarker marker, ILogger log)
     {
-        if (marker.ExecutedInPlace)
-        {
-            using var handlers = InstallShutdownSignals();
-            // Blocked since before execve: a signal sent meanwhile is delivered now, to this thread.
-            int unblocked = Libc.ChangeSignalMask(Libc.SIG_UNBLOCK, SandboxSpawner.TerminationSignals);
-            if (unblocked != 0)
-            {
-                throw new StartupException("cannot unblock the termination signals (pthread_sigmask): " + PosixException.Describe((Errno)unblocked));
-            }
-            SandboxSpawner.RemoveReplacedRuntimeSocket();
-            log.Debug("Sandbox: serving from process {Pid}, re-executed in place with the narrowed capability set", Environment.ProcessId);
-            using DaemonListener replaced = DaemonListener.AdoptReplaced(marker.ListenFd, options.SocketPath, marker.PidFileFd, marker.DirectoryFd);
-            try
-            {
-                return ServeInSandbox(options, marker, replaced, log);
-            }
-            finally
-            {
-                replaced.RemoveFiles();
-            }
-        }
-
         // SIGTERM when the parent's spawning thread (and so the parent) goes away.
         Libc.Prctl(Libc.PR_SET_PDEATHSIG, Libc.SIGTERM, 0, 0, 0);
         using var signals = InstallShutdownSignals();
@@ -172,14 +142,9 @@ internal static unsafe class DaemonHost
         {
             SandboxSpawner.VerifyInsideNewNamespaces(marker);
         }
-        using DaemonListener listener = DaemonListener.Adopt(marker.ListenFd);
-        return ServeInSandbox(options, marker, listener, log);
-    }
-
-    private static int ServeInSandbox(DaemonOptions options, SandboxSpawner.ChildMarker marker, DaemonListener listener, ILogger log)
-    {
         string sharedDir = CheckSharedDir(options.SharedDir!);
         int lastCap = Capabilities.KernelLastCap();
+        using DaemonListener listener = DaemonListener.Adopt(marker.ListenFd);
         SandboxResult result;
         switch (marker.Mode)
         {

@@ -39,12 +39,6 @@ internal sealed unsafe class DaemonListener : IDisposable
 
     public string? PidFilePath { get; }
 
-    /// <summary>The fd holding the lock on <see cref="PidFilePath"/>, or null.</summary>
-    public int? PidFileFd => _pidFile?.Fd;
-
-    /// <summary>The fd of the socket's directory, or null.</summary>
-    public int? DirectoryFd => _directory?.Fd;
-
     /// <summary>Creates the socket at <paramref name="path"/>. Takes PATH.pid with an exclusive
     /// flock first: if another daemon holds it, the socket is live and start-up fails. A socket
     /// file left by a dead daemon (nothing accepts on it) is removed and replaced; any other
@@ -74,7 +68,7 @@ internal sealed unsafe class DaemonListener : IDisposable
             gid = ResolveGroup(group);
         }
 
-        string pidPath = PidFilePathFor(path);
+        string pidPath = path + ".pid";
         SafeFd pidFile = LockPidFile(pidPath, path);
         try
         {
@@ -155,24 +149,6 @@ internal sealed unsafe class DaemonListener : IDisposable
         Libc.Fcntl(fd, Libc.F_SETFD, Libc.FD_CLOEXEC);
         return new DaemonListener(new UnixSocket(new SafeFd(fd)), null, null, null, null);
     }
-
-    /// <summary>Takes over, in a process that replaced the daemon in place, what the replaced
-    /// program created: the listening socket, and for --socket-path the locked lock file and the
-    /// socket's directory (fds -1 for --fd), so that this process removes the files at exit. The
-    /// fds are made close-on-exec again.</summary>
-    public static DaemonListener AdoptReplaced(int listenFd, string? socketPath, int pidFileFd, int directoryFd)
-    {
-        DaemonListener listener = Adopt(listenFd);
-        if (socketPath == null || pidFileFd < 0 || directoryFd < 0)
-        {
-            return listener;
-        }
-        Libc.Fcntl(pidFileFd, Libc.F_SETFD, Libc.FD_CLOEXEC);
-        Libc.Fcntl(directoryFd, Libc.F_SETFD, Libc.FD_CLOEXEC);
-        return new DaemonListener(listener.Socket, socketPath, PidFilePathFor(socketPath), new SafeFd(pidFileFd), new SafeFd(directoryFd));
-    }
-
-    private static string PidFilePathFor(string socketPath) => socketPath + ".pid";
 
     /// <summary>systemd socket activation (sd_listen_fds): when LISTEN_PID is this process and
     /// LISTEN_FDS is at least 1, the first passed fd (3). The variables are removed so nothing

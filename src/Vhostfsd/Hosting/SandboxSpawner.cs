@@ -8,36 +8,35 @@ using Vhostfsd.Posix;
 
 namespace Vhostfsd.Hosting;
 
-/// <summary>Starts the program that serves, with its capabilities already narrowed.
+/// <summary>Starts the process that serves, with its capabilities already narrowed.
 ///
 /// A .NET process is multithreaded from its first instruction, and both unshare(2) and
 /// capability sets act on one thread only: dropping capabilities in a running .NET process
-/// leaves the runtime's own threads with all of them. So one dedicated thread narrows its
-/// capability bounding set and starts the program afresh; a root execve grants exactly the
-/// bounding set, so every thread of the new program, the runtime's included, starts with it and
-/// nothing more.
+/// leaves the runtime's own threads with all of them. So the daemon started by the user is a
+/// small supervisor. One dedicated thread of it narrows its capability bounding set and
+/// posix_spawn()s a fresh copy of this program; a root execve grants exactly the bounding set,
+/// so every thread of the copy, the runtime's included, starts with it and nothing more.
 ///
-/// --sandbox=chroot and --sandbox=none: the thread execve()s in place (<see cref="ExecInPlace"/>):
-/// one process, with the pid the user started, as the reference daemons run in these modes.
-/// Under chroot the new program also gets CAP_SYS_CHROOT and CAP_SETPCAP, chroots itself and
+/// --sandbox=namespace: before spawning, the thread also unshares mount, pid and network
+/// namespaces and makes the new mount tree a slave of the host's. The copy is pid 1 of the new
+/// pid namespace and holds only the kept capabilities — it could not change mounts even if it
+/// wanted to. It loads what it needs from disk (<see cref="Preload"/>) and then follows a pipe
+/// handshake while the spawning thread, still privileged and in the same mount namespace,
+/// binds the copy's /proc/PID/fd over /proc and pivots the namespace's root into the share
+/// (<see cref="Sandbox.BuildNamespaceSandbox"/>); then the thread returns to the original
+/// namespaces.
+///
+/// --sandbox=chroot: the copy also gets CAP_SYS_CHROOT and CAP_SETPCAP, chroots itself and
 /// drops both on its main thread (the device's threads are created from it).
 ///
-/// --sandbox=namespace: the thread unshares mount, pid and network namespaces, makes the new
-/// mount tree a slave of the host's and posix_spawn()s the copy (<see cref="SpawnAndWait"/>).
-/// The copy is pid 1 of the new pid namespace, so a parent has to stay outside it: the started
-/// process becomes a supervisor that forwards SIGTERM/SIGINT/SIGHUP, exits with the copy's exit
-/// code and removes the socket and lock files. The copy holds only the kept capabilities — it
-/// could not change mounts even if it wanted to. It loads what it needs from disk
-/// (<see cref="Preload"/>) and then follows a pipe handshake while the spawning thread, still
-/// privileged and in the same mount namespace, binds the copy's /proc/PID/fd over /proc and
-/// pivots the namespace's root into the share (<see cref="Sandbox.BuildNamespaceSandbox"/>);
-/// then the thread returns to the original namespaces.</summary>
+/// --sandbox=none: the copy gets the kept set and does nothing else.
+///
+/// The supervisor forwards SIGTERM/SIGINT/SIGHUP to the copy, exits with its exit code and
+/// removes the socket and lock files it created.</summary>
 internal static unsafe class SandboxSpawner
 {
-    /// <summary>Marks the spawned or re-executed process: "MODE,LISTEN,TOPARENT,FROMPARENT,PIDFILE,DIRECTORY,MNTNS"
-    /// — the sandbox mode, inherited fds (-1 when unused) and the mount namespace the parent
-    /// started in. A process re-executed in place has no parent pipes; it owns the socket's lock
-    /// file and the directory fd it removes the files through.</summary>
+    /// <summary>Marks the spawned process: "MODE,LISTEN,TOPARENT,FROMPARENT,MNTNS" — the sandbox
+    /// mode, inherited fds (-1 when unused) and the mount namespace the parent started in.</summary>
     public const string ChildEnvironment = "VHOSTFSD_SANDBOX_CHILD";
 
     // Handshake bytes.
@@ -49,13 +48,7 @@ internal static unsafe class SandboxSpawner
     public const byte ParentPivoted = (byte)'P';
     public const byte ParentFailed = (byte)'E';
 
-    public sealed record ChildMarker(SandboxMode Mode, int ListenFd, int ToParentFd, int FromParentFd, int PidFileFd, int DirectoryFd,
-        string ParentMountNamespace)
-    {
-        /// <summary>True in a process that replaced the one the user started (<see cref="ExecInPlace"/>);
-        /// false in a spawned copy, which has a parent waiting for it.</summary>
-        public bool ExecutedInPlace => ToParentFd < 0;
-    }
+    public sealed record ChildMarker(SandboxMode Mode, int ListenFd, int ToParentFd, int FromParentFd, string ParentMountNamespace);
 
     /// <summary>Reads and removes the marker; null in a process that was not spawned by us.</summary>
     public static ChildMarker? TakeChildMarker()
@@ -66,24 +59,17 @@ internal static unsafe class SandboxSpawner
             return null;
         }
         Environment.SetEnvironmentVariable(ChildEnvironment, null);
-        string[] parts = value.Split(',', 7);
-        var fds = new int[5];
-        if (parts.Length != 7 || !Enum.TryParse(parts[0], out SandboxMode mode))
+        string[] parts = value.Split(',', 5);
+        if (parts.Length != 5
+            || !Enum.TryParse(parts[0], out SandboxMode mode)
+            || !int.TryParse(parts[1], NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out int listen)
+            || !int.TryParse(parts[2], NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out int toParent)
+            || !int.TryParse(parts[3], NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out int fromParent))
         {
             throw new StartupException($"malformed {ChildEnvironment}; it is set only by vhostfsd itself");
         }
-        for (int i = 0; i < fds.Length; i++)
-        {
-            if (!int.TryParse(parts[1 + i], NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out fds[i]))
-            {
-                throw new StartupException($"malformed {ChildEnvironment}; it is set only by vhostfsd itself");
-            }
-        }
-        return new ChildMarker(mode, fds[0], fds[1], fds[2], fds[3], fds[4], parts[6]);
+        return new ChildMarker(mode, listen, toParent, fromParent, parts[4]);
     }
-
-    private static string Marker(SandboxMode mode, int listen, int toParent, int fromParent, int pidFile, int directory) =>
-        $"{ChildEnvironment}={mode},{listen},{toParent},{fromParent},{pidFile},{directory},{CurrentMountNamespace()}";
 
     /// <summary>The mount namespace of the calling thread, as the /proc link reads ("mnt:[4026531841]").</summary>
     public static string CurrentMountNamespace()
@@ -157,7 +143,23 @@ internal static unsafe class SandboxSpawner
     public static int SpawnAndWait(SandboxMode mode, int listenFd, string sharedDir, ulong bounding, int lastCap, ILogger log)
     {
         string[] argv = ChildArguments();
-        List<string> environment = ChildEnvironmentVariables();
+        var environment = new List<string>();
+        bool diagnosticsChosen = false;
+        foreach (DictionaryEntry entry in Environment.GetEnvironmentVariables())
+        {
+            string key = (string)entry.Key;
+            diagnosticsChosen |= key.StartsWith("DOTNET_EnableDiagnostics", StringComparison.Ordinal);
+            if (key != ChildEnvironment)
+            {
+                environment.Add(key + "=" + (string?)entry.Value);
+            }
+        }
+        if (!diagnosticsChosen)
+        {
+            // The runtime's diagnostics server would create its IPC socket in the host's /tmp
+            // and could never remove it from inside the sandbox; leave it off unless asked for.
+            environment.Add("DOTNET_EnableDiagnostics_IPC=0");
+        }
 
         // Pipes for the handshake (close-on-exec), and inheritable duplicates of the child's
         // ends and of the listening socket (dup() does not set FD_CLOEXEC).
@@ -176,7 +178,7 @@ internal static unsafe class SandboxSpawner
             bool handshake = mode == SandboxMode.Namespace;
             int childWrites = InheritableCopy(fromChildWrite.Fd, inherited);
             int childReads = handshake ? InheritableCopy(toChildRead.Fd, inherited) : -1;
-            environment.Add(Marker(mode, listen, childWrites, childReads, -1, -1));
+            environment.Add($"{ChildEnvironment}={mode},{listen},{childWrites},{childReads},{CurrentMountNamespace()}");
 
             // Every termination signal the supervisor gets (ShutdownSignal is set by its handlers,
             // whenever they run) goes to the child; Register runs at once if it already came.
@@ -229,166 +231,6 @@ internal static unsafe class SandboxSpawner
             foreach (int fd in inherited)
             {
                 Libc.Close(fd);
-            }
-        }
-    }
-
-    /// <summary>--sandbox=chroot and --sandbox=none: replaces this process with a fresh copy of
-    /// the program, keeping the pid the user (QEMU, libvirt, systemd) knows. One dedicated thread
-    /// narrows its capability bounding set, blocks the termination signals and execve()s; the
-    /// kernel ends every other thread, and the new program starts with that thread's
-    /// credentials and signal mask, so all of its threads hold the narrowed set and a signal sent
-    /// meanwhile waits, pending, until the new program has its handlers. No second process stays
-    /// behind (a namespace sandbox still needs one: the serving process is pid 1 of a new pid
-    /// namespace). Returns only when it did not replace the process: 0 when a termination
-    /// signal came first; otherwise it throws.</summary>
-    public static int ExecInPlace(SandboxMode mode, DaemonListener listener, ulong bounding, int lastCap)
-    {
-        string[] argv = ChildArguments();
-        List<string> environment = ChildEnvironmentVariables();
-        var inherited = new List<int>();
-        try
-        {
-            int listen = InheritableCopy(listener.Socket.Fd, inherited);
-            int pidFile = listener.PidFileFd is int lockFd ? InheritableCopy(lockFd, inherited) : -1;
-            int directory = listener.DirectoryFd is int dirFd ? InheritableCopy(dirFd, inherited) : -1;
-            environment.Add(Marker(mode, listen, -1, -1, pidFile, directory));
-            var exec = new ExecThread(argv, environment, bounding, lastCap);
-            // A signal whose handler runs after the thread's last look goes to the thread
-            // itself: blocked there, it stays pending through execve.
-            using var forwarding = ShutdownSignal.Token.Register(() => exec.Forward(SignalNumber(ShutdownSignal.Reason)));
-            var thread = new Thread(exec.Run) { Name = "sandbox-exec", IsBackground = true };
-            thread.Start();
-            thread.Join();
-            if (exec.SignalCameFirst)
-            {
-                return ExitCodes.Success;
-            }
-            throw new StartupException("sandbox: " + exec.Error);
-        }
-        finally
-        {
-            foreach (int fd in inherited)
-            {
-                Libc.Close(fd);
-            }
-        }
-    }
-
-    /// <summary>The termination signals a re-executed process receives blocked (and unblocks on
-    /// its main thread once its handlers are installed).</summary>
-    public static ReadOnlySpan<int> TerminationSignals => [Libc.SIGTERM, Libc.SIGINT, Libc.SIGHUP];
-
-    /// <summary>The environment of the copy: this process's, less a marker it may have had, and
-    /// with the runtime's diagnostics socket off unless the user chose otherwise.</summary>
-    private static List<string> ChildEnvironmentVariables()
-    {
-        var environment = new List<string>();
-        bool diagnosticsChosen = false;
-        foreach (DictionaryEntry entry in Environment.GetEnvironmentVariables())
-        {
-            string key = (string)entry.Key;
-            diagnosticsChosen |= key.StartsWith("DOTNET_EnableDiagnostics", StringComparison.Ordinal);
-            if (key != ChildEnvironment)
-            {
-                environment.Add(key + "=" + (string?)entry.Value);
-            }
-        }
-        if (!diagnosticsChosen)
-        {
-            // The runtime's diagnostics server would create its IPC socket in the host's /tmp
-            // and could never remove it from inside the sandbox; leave it off unless asked for.
-            environment.Add(DiagnosticsIpc + "=0");
-        }
-        return environment;
-    }
-
-    private const string DiagnosticsIpc = "DOTNET_EnableDiagnostics_IPC";
-
-    /// <summary>In a process re-executed in place: removes the diagnostics IPC socket the runtime
-    /// of the replaced program created in the temporary directory (a runtime removes its own only
-    /// when it exits normally, and that one never will). Only when this program runs with the
-    /// diagnostics server off, as <see cref="ChildEnvironmentVariables"/> arranges: otherwise the
-    /// socket with this pid may be this runtime's own.</summary>
-    public static void RemoveReplacedRuntimeSocket()
-    {
-        if (Environment.GetEnvironmentVariable(DiagnosticsIpc) != "0")
-        {
-            return;
-        }
-        string directory = Environment.GetEnvironmentVariable("TMPDIR") is { Length: > 0 } tmp ? tmp : "/tmp";
-        try
-        {
-            foreach (string socket in Directory.EnumerateFiles(directory, $"dotnet-diagnostic-{Environment.ProcessId}-*-socket"))
-            {
-                File.Delete(socket);
-            }
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            // Best effort: a leftover socket file is untidy, not harmful.
-        }
-    }
-
-    /// <summary>The work of the thread that re-executes the program (<see cref="ExecInPlace"/>).</summary>
-    private sealed class ExecThread(string[] argv, List<string> environment, ulong bounding, int lastCap)
-    {
-        private readonly object _sync = new();
-        private int _threadId;
-        public string? Error;
-        public bool SignalCameFirst;
-
-        public void Run()
-        {
-            var allocations = new List<nint>();
-            try
-            {
-                byte** nativeArgv = ToNative(argv, allocations);
-                byte** nativeEnv = ToNative(environment, allocations);
-                byte* path = nativeArgv[0];
-                Capabilities.NarrowBoundingSet(bounding, lastCap);
-                int rc = Libc.ChangeSignalMask(Libc.SIG_BLOCK, TerminationSignals);
-                if (rc != 0)
-                {
-                    Error = "pthread_sigmask: " + PosixException.Describe((Errno)rc);
-                    return;
-                }
-                lock (_sync)
-                {
-                    _threadId = Libc.GetTid();
-                }
-                if (ShutdownSignal.IsRequested)
-                {
-                    SignalCameFirst = true;
-                    return;
-                }
-                // Log lines written so far must reach their destination before the image goes.
-                Console.Error.Flush();
-                Console.Out.Flush();
-                Libc.Execve(path, nativeArgv, nativeEnv);
-                Error = $"cannot re-execute {argv[0]} (execve): {PosixException.Describe(Libc.LastErrno)}";
-            }
-            catch (Exception e)
-            {
-                Error = e.Message;
-            }
-            finally
-            {
-                foreach (nint p in allocations)
-                {
-                    Marshal.FreeCoTaskMem(p);
-                }
-            }
-        }
-
-        public void Forward(int signal)
-        {
-            lock (_sync)
-            {
-                if (_threadId != 0)
-                {
-                    Libc.Tgkill(Environment.ProcessId, _threadId, signal);
-                }
             }
         }
     }
@@ -628,20 +470,18 @@ internal static unsafe class SandboxSpawner
                 return new SafeFd(fd);
             }
         }
-    }
 
-    /// <summary>A NULL-terminated array of NUL-terminated UTF-8 strings (argv, envp); every block
-    /// allocated goes to <paramref name="allocations"/> for the caller to free.</summary>
-    private static byte** ToNative(IReadOnlyList<string> strings, List<nint> allocations)
-    {
-        var array = (byte**)Marshal.AllocCoTaskMem((strings.Count + 1) * sizeof(nint));
-        allocations.Add((nint)array);
-        for (int i = 0; i < strings.Count; i++)
+        private static byte** ToNative(IReadOnlyList<string> strings, List<nint> allocations)
         {
-            array[i] = (byte*)Marshal.StringToCoTaskMemUTF8(strings[i]);
-            allocations.Add((nint)array[i]);
+            var array = (byte**)Marshal.AllocCoTaskMem((strings.Count + 1) * sizeof(nint));
+            allocations.Add((nint)array);
+            for (int i = 0; i < strings.Count; i++)
+            {
+                array[i] = (byte*)Marshal.StringToCoTaskMemUTF8(strings[i]);
+                allocations.Add((nint)array[i]);
+            }
+            array[strings.Count] = null;
+            return array;
         }
-        array[strings.Count] = null;
-        return array;
     }
 }
