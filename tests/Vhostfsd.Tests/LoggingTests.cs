@@ -137,4 +137,48 @@ public class LoggingTests
         Assert.Equal($"<{priority}>{stamp} vhostfsd[42]: hello world", text);
         Assert.Matches(new Regex(@"^<\d+>\w{3} [ \d]\d "), text);
     }
+
+    private sealed class CapturingSink : Serilog.Core.ILogEventSink
+    {
+        public List<LogEvent> Events { get; } = [];
+
+        public void Emit(LogEvent logEvent) => Events.Add(logEvent);
+    }
+
+    /// <summary>The daemon's events carry no trace ids (its logger never reads Activity.Current,
+    /// whose initialisation costs each process 0.8 MiB), and otherwise are what Serilog makes:
+    /// the level gate, the bound properties, the exception, the generic overloads.</summary>
+    [Fact]
+    public void Daemon_events_carry_no_trace_id_even_inside_an_activity()
+    {
+        var plainSink = new CapturingSink();
+        var untracedSink = new CapturingSink();
+        using Serilog.Core.Logger plain = new Serilog.LoggerConfiguration().WriteTo.Sink(plainSink).CreateLogger();
+        using var untraced = new UntracedLogger(new Serilog.LoggerConfiguration().MinimumLevel.Information().WriteTo.Sink(untracedSink).CreateLogger());
+        Serilog.ILogger log = untraced;
+        using (var activity = new System.Diagnostics.Activity("request").SetIdFormat(System.Diagnostics.ActivityIdFormat.W3C).Start())
+        {
+            plain.Information("traced {Value}", 1);
+            log.Debug("dropped {Value}", 2);
+            log.Information("kept {Value} and {Name}", 3, "three");
+            log.Warning(new InvalidOperationException("boom"), "with an exception");
+            log.Error("generic {Value}", 4L);
+        }
+
+        // Serilog's own logger would have stamped the activity's ids: the contrast shows the check can fail.
+        Assert.NotNull(Assert.Single(plainSink.Events).TraceId);
+        Assert.Equal(3, untracedSink.Events.Count);
+        Assert.All(untracedSink.Events, e =>
+        {
+            Assert.Null(e.TraceId);
+            Assert.Null(e.SpanId);
+        });
+        LogEvent kept = untracedSink.Events[0];
+        Assert.Equal(LogEventLevel.Information, kept.Level);
+        Assert.Equal("kept 3 and \"three\"", kept.RenderMessage(CultureInfo.InvariantCulture));
+        Assert.Equal("with an exception", untracedSink.Events[1].RenderMessage(CultureInfo.InvariantCulture));
+        Assert.IsType<InvalidOperationException>(untracedSink.Events[1].Exception);
+        Assert.Equal(LogEventLevel.Error, untracedSink.Events[2].Level);
+        Assert.Equal(new ScalarValue(4L), untracedSink.Events[2].Properties["Value"]);
+    }
 }

@@ -35,7 +35,8 @@ internal static unsafe class DaemonHost
         SandboxSpawner.ChildMarker? child = SandboxSpawner.TakeChildMarker();
         var notes = new List<string>();
         DaemonLogLevel level = LogSetup.EffectiveLevel(options.LogLevel, out string? levelNote);
-        using Logger log = LogSetup.Create(level, options.Syslog, HostPid(), Console.Error, notes);
+        using UntracedLogger logger = LogSetup.Create(level, options.Syslog, HostPid(), Console.Error, notes);
+        ILogger log = logger;
         try
         {
             if (child == null)

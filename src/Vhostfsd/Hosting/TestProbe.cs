@@ -76,8 +76,9 @@ internal static unsafe class TestProbe
             ResourceLimits.CurrentNofile(), settings.SharedRoot);
     }
 
-    /// <summary>Uses what <see cref="Preload"/> started. A method of its own: compiling it loads
-    /// System.Diagnostics.DiagnosticSource, which a daemon without the probe must not pay for.</summary>
+    /// <summary>Uses what <see cref="Preload"/> started, and System.Diagnostics.Activity, which it
+    /// leaves to first use (the daemon never reads it; its ids come from the random source
+    /// started there). A method of its own, so that only the probe runs Activity's initializer.</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
     private static string CheckRuntimeServices()
     {

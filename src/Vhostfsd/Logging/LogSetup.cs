@@ -48,7 +48,10 @@ internal static class LogSetup
 
     /// <summary>Creates the logger. <paramref name="syslogPid"/> is the pid written in syslog lines
     /// (the host pid, even inside a pid namespace).</summary>
-    public static Logger Create(DaemonLogLevel level, bool syslog, int syslogPid, TextWriter stderr, List<string> notes)
+    public static UntracedLogger Create(DaemonLogLevel level, bool syslog, int syslogPid, TextWriter stderr, List<string> notes) =>
+        new(CreateSerilog(level, syslog, syslogPid, stderr, notes));
+
+    private static Logger CreateSerilog(DaemonLogLevel level, bool syslog, int syslogPid, TextWriter stderr, List<string> notes)
     {
         LogEventLevel? minimum = ToSerilog(level);
         var configuration = new LoggerConfiguration();
