@@ -163,11 +163,12 @@ public class LoggingTests
             log.Information("kept {Value} and {Name}", 3, "three");
             log.Warning(new InvalidOperationException("boom"), "with an exception");
             log.Error("generic {Value}", 4L);
+            log.Information("names {Names}", new[] { "a", "b" });
         }
 
         // Serilog's own logger would have stamped the activity's ids: the contrast shows the check can fail.
         Assert.NotNull(Assert.Single(plainSink.Events).TraceId);
-        Assert.Equal(3, untracedSink.Events.Count);
+        Assert.Equal(4, untracedSink.Events.Count);
         Assert.All(untracedSink.Events, e =>
         {
             Assert.Null(e.TraceId);
@@ -180,5 +181,7 @@ public class LoggingTests
         Assert.IsType<InvalidOperationException>(untracedSink.Events[1].Exception);
         Assert.Equal(LogEventLevel.Error, untracedSink.Events[2].Level);
         Assert.Equal(new ScalarValue(4L), untracedSink.Events[2].Properties["Value"]);
+        // A string[] alone is one value (a sequence), not the list of values.
+        Assert.Equal("names [\"a\", \"b\"]", untracedSink.Events[3].RenderMessage(CultureInfo.InvariantCulture));
     }
 }
