@@ -36,6 +36,7 @@ internal static unsafe class DaemonHost
         var notes = new List<string>();
         DaemonLogLevel level = LogSetup.EffectiveLevel(options.LogLevel, out string? levelNote);
         using UntracedLogger logger = LogSetup.Create(level, options.Syslog, HostPid(), Console.Error, notes);
+        // Information, Warning, ... are default members of ILogger: reachable through the interface.
         ILogger log = logger;
         try
         {
