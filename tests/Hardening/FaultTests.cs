@@ -94,6 +94,52 @@ public sealed class FaultTests : IDisposable
         fs.Dispose();
     }
 
+    // A big READ with more requests waiting may be handed to the pool (so that two copies run at
+    // once); it must never queue behind a SETLKW parked on the pool's only thread, or the READs would
+    // wait for an unlock that comes from this test only after they are done.
+    [Fact]
+    public void BigReadsAreServedWhileThePoolsOnlyThreadWaitsForALock()
+    {
+        using var daemon = Start();
+        var fs = Observe.Mount(daemon, queues: 1);
+        var raw = new RawFuse(fs.Conn);
+        Assert.Equal(Errno.OK, fs.Create(fs.Root, "big", Libc.O_RDWR, 0x1A4, out _, out var file));
+        var data = new byte[1 << 20];
+        Random.Shared.NextBytes(data);
+        Assert.Equal(Errno.OK, fs.Write(file!, data, 0, out _));
+        var wait = ParkedLockWait.Start(raw);
+
+        int matched = 0;
+        var readers = new Thread[8];
+        for (int i = 0; i < readers.Length; i++)
+        {
+            readers[i] = new Thread(() =>
+            {
+                var buffer = new byte[data.Length];
+                for (int round = 0; round < 20; round++)
+                {
+                    if (fs.Read(file!, buffer, 0, out int n) != Errno.OK || n != data.Length || !buffer.AsSpan().SequenceEqual(data))
+                    {
+                        return;
+                    }
+                }
+                Interlocked.Increment(ref matched);
+            }) { IsBackground = true };
+            readers[i].Start();
+        }
+        foreach (var reader in readers)
+        {
+            Assert.True(reader.Join(TimeSpan.FromSeconds(30)), "a big READ waited behind the parked SETLKW");
+        }
+        Assert.Equal(readers.Length, matched);
+        Assert.True(wait.Waiter.IsAlive, "the SETLKW returned although the lock is still held");
+
+        Assert.Equal(Errno.OK, raw.Lock(wait.NodeId, wait.HolderFh, owner: 1, Libc.F_UNLCK, wait: false));
+        Assert.True(wait.Waiter.Join(TimeSpan.FromSeconds(10)), "SETLKW did not return after the unlock");
+        Assert.Equal(Errno.OK, wait.Result);
+        fs.Dispose();
+    }
+
     [Fact]
     public void VmmDisconnectingMidRequestEndsTheDaemonCleanly()
     {

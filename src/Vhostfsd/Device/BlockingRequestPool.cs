@@ -14,7 +14,7 @@ namespace Vhostfsd.Device;
 public sealed class BlockingRequestPool : IDisposable
 {
     private readonly FuseServer _server;
-    private readonly (Vring Ring, DescriptorChain Chain)[] _items;
+    private readonly (Vring Ring, DescriptorChain Chain, bool Copy)[] _items;
     /// <summary>Threads added beyond the configured count at most (so at most this many lock
     /// waits can be parked before a further request queues behind them).</summary>
     public const int MaxExtraThreads = 64;
@@ -25,8 +25,13 @@ public sealed class BlockingRequestPool : IDisposable
     private int _head;
     private int _count;
     private int _idle;
+    /// <summary>Chains from <see cref="TryEnqueueCopy"/> queued or running.</summary>
+    private int _copies;
+    /// <summary>Chains from <see cref="TryEnqueue"/> queued or running: each holds (or will hold) a
+    /// thread for as long as its wait lasts.</summary>
+    private int _blocking;
     private bool _stopping;
-    private long _handedOffWhileIdle;
+    private long _handedOffCopies;
 
     public BlockingRequestPool(FuseServer server, int threads, int capacity = 1024)
     {
@@ -35,7 +40,7 @@ public sealed class BlockingRequestPool : IDisposable
             throw new ArgumentOutOfRangeException(nameof(threads), threads, "a pool needs at least one thread");
         }
         _server = server;
-        _items = new (Vring, DescriptorChain)[capacity];
+        _items = new (Vring, DescriptorChain, bool)[capacity];
         _threads = new List<Thread>(threads);
         _maxThreads = threads + MaxExtraThreads;
         lock (_lock)
@@ -75,7 +80,8 @@ public sealed class BlockingRequestPool : IDisposable
             {
                 return false;
             }
-            AddLocked(ring, chain);
+            AddLocked(ring, chain, copy: false);
+            _blocking++;
             if (_count > _idle && _threads.Count < _maxThreads)
             {
                 StartThreadLocked();
@@ -84,43 +90,62 @@ public sealed class BlockingRequestPool : IDisposable
         }
     }
 
-    /// <summary>Queues a chain only when a thread is idle to take it at once, and never starts a
-    /// thread: for work that would run fine inline but goes faster beside the ring's worker (a big
-    /// copy while more requests wait). False otherwise; the caller then runs it itself.</summary>
-    public bool TryEnqueueIfIdle(Vring ring, DescriptorChain chain)
+    /// <summary>Queues a chain that would run fine inline but goes faster beside the ring's worker (a
+    /// big copy while more requests wait), when the threads not taken by blocking requests can run
+    /// it soon: at most two such chains per free thread, one running and one waiting. The waiting
+    /// one keeps the thread fed: with hand-offs to idle threads only, the thread sat idle until the
+    /// worker finished its own copy and came back to the ring (a third of a CPU unused at 16 callers
+    /// on one queue). A copy never queues behind a lock wait or a sync: threads holding those do not
+    /// count. Never starts a thread. False otherwise; the caller then runs it itself.</summary>
+    public bool TryEnqueueCopy(Vring ring, DescriptorChain chain)
     {
         lock (_lock)
         {
-            if (_stopping || _count >= _idle || _count == _items.Length)
+            if (_stopping || _copies >= 2 * (_threads.Count - _blocking) || _count == _items.Length)
             {
                 return false;
             }
-            AddLocked(ring, chain);
-            _handedOffWhileIdle++;
+            AddLocked(ring, chain, copy: true);
+            _copies++;
+            _handedOffCopies++;
             return true;
         }
     }
 
     /// <summary>Appends a chain to the work ring and wakes one waiting thread (the pulse reaches
     /// nobody when all are busy; the next one to finish finds the item).</summary>
-    private void AddLocked(Vring ring, DescriptorChain chain)
+    private void AddLocked(Vring ring, DescriptorChain chain, bool copy)
     {
-        _items[(_head + _count) % _items.Length] = (ring, chain);
+        _items[(_head + _count) % _items.Length] = (ring, chain, copy);
         _count++;
         Monitor.Pulse(_lock);
     }
 
-    /// <summary>Chains taken by <see cref="TryEnqueueIfIdle"/> so far.</summary>
-    public long HandedOffWhileIdle => Interlocked.Read(ref _handedOffWhileIdle);
+    /// <summary>Chains taken by <see cref="TryEnqueueCopy"/> so far.</summary>
+    public long HandedOffCopies => Interlocked.Read(ref _handedOffCopies);
 
     private void Run()
     {
+        bool ranOne = false;
+        bool copy = false;
         while (true)
         {
             Vring ring;
             DescriptorChain chain;
             lock (_lock)
             {
+                // The chain this thread ran last is done: count it out here rather than take the lock twice.
+                if (ranOne)
+                {
+                    if (copy)
+                    {
+                        _copies--;
+                    }
+                    else
+                    {
+                        _blocking--;
+                    }
+                }
                 while (_count == 0 && !_stopping)
                 {
                     _idle++;
@@ -131,7 +156,8 @@ public sealed class BlockingRequestPool : IDisposable
                 {
                     return;
                 }
-                (ring, chain) = _items[_head];
+                (ring, chain, copy) = _items[_head];
+                ranOne = true;
                 _items[_head] = default;
                 _head = (_head + 1) % _items.Length;
                 _count--;

@@ -7,8 +7,8 @@ namespace Vhostfsd.Device;
 /// <summary>Joins one ring to the FUSE server. Requests run inline on the ring's worker thread —
 /// the published measurements favour no hand-off at low queue depth — except those that may block
 /// for long (lock waits, syncs, flushes, copy_file_range, fallocate), which go to the pool so that
-/// the ring keeps moving, and big READs while more requests wait, which go to an idle
-/// pool thread (if one is idle) so that the copy runs beside the worker on another CPU.</summary>
+/// the ring keeps moving, and big READs while more requests wait, which go to a pool thread
+/// that is idle or about to finish a copy, so that copies run beside the worker on another CPU.</summary>
 public sealed class FuseRequestHandler : IVringHandler
 {
     private readonly FuseServer _server;
@@ -20,7 +20,7 @@ public sealed class FuseRequestHandler : IVringHandler
         _pool = pool;
     }
 
-    /// <summary>A READ of at least this many bytes is handed to an idle pool thread when more
+    /// <summary>A READ of at least this many bytes is handed to the pool when more
     /// requests wait on the ring. Its copy takes ~30 µs or more (at a few GB/s), several times the
     /// cost of the hand-off, and with one request queue (what QEMU, libvirt and Kata configure by
     /// default) it would otherwise hold every request behind it on the one worker thread. WRITEs stay
@@ -36,7 +36,7 @@ public sealed class FuseRequestHandler : IVringHandler
             switch (FuseServer.Triage(chain.Readable, LargeReadBytes))
             {
                 case RequestTriage.MayBlock when _pool.TryEnqueue(vring, chain):
-                case RequestTriage.LargeRead when vring.HasMoreAvailable && _pool.TryEnqueueIfIdle(vring, chain):
+                case RequestTriage.LargeRead when vring.HasMoreAvailable && _pool.TryEnqueueCopy(vring, chain):
                     return;
             }
         }
