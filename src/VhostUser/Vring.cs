@@ -109,6 +109,8 @@ public sealed class Vring : IDisposable
     /// <summary>Avail index the ring starts from (SET_VRING_BASE, or where GET_VRING_BASE stopped it).</summary>
     public ushort Base => _base;
     public bool HasAddress => _hasAddress;
+    /// <summary>The ring addresses SET_VRING_ADDR gave (VMM user addresses); meaningful when <see cref="HasAddress"/>.</summary>
+    public VringAddress Address => _address;
     public bool HasKick => _kick != null || _kickPolling;
     public bool HasCall { get { lock (_lock) { return _call != null; } } }
     public bool HasErr { get { lock (_lock) { return _err != null; } } }
