@@ -450,7 +450,7 @@ public sealed class VhostUserTarget
         cuts.Add(bytes.Length);
         // Two equal cuts would make an empty piece; one byte sent in its place would shift the stream.
         cuts = cuts.Distinct().ToList();
-        // At most 8 fds per sendmsg: more ride on later pieces (or on an empty extra piece).
+        // At most 8 fds per sendmsg: more ride on later pieces (or on an extra one-byte piece, below).
         int fdAt = 0;
         try
         {
