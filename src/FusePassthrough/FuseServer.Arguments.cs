@@ -201,10 +201,18 @@ public sealed unsafe partial class FuseServer
         public bool Groups;
     }
 
+    /// <summary>True once the calling thread holds no supplementary group (set by the raw setgroups,
+    /// which changes only this thread). A thread acting for the guest must hold exactly the
+    /// request's groups or none: a group it kept from the daemon (root's group 0, a sudo login's
+    /// groups) lets the kernel keep S_ISGID on a file the guest user creates in a setgid directory
+    /// of that group (CVE-2022-0358), or grants group permissions the guest user does not have.</summary>
+    [ThreadStatic]
+    private static bool t_noGroups;
+
     /// <summary>Switches the calling thread's file-system credentials to the requester's (setfsuid,
-    /// setfsgid and, with the CREATE_SUPP_GROUP extension, the thread's supplementary groups) so that
-    /// the host creates files owned by them and checks their permissions. Only when the daemon runs
-    /// as root; otherwise files are created as the daemon user. Returns 0 or -errno.</summary>
+    /// setfsgid, and exactly the supplementary groups of the CREATE_SUPP_GROUP extension, or none)
+    /// so that the host creates files owned by them and checks their permissions. Only when the
+    /// daemon runs as root; otherwise files are created as the daemon user. Returns 0 or -errno.</summary>
     private int EnterCredentials(in FuseInHeader h, scoped in RequestExtensions ext, out CredentialState state)
     {
         state = default;
@@ -227,7 +235,16 @@ public sealed unsafe partial class FuseServer
             {
                 return Libc.NegErrno;
             }
+            t_noGroups = false;
             state.Groups = true;
+        }
+        else if (!t_noGroups)
+        {
+            int rc = DropThreadGroups();
+            if (rc < 0)
+            {
+                return rc;
+            }
         }
         if (h.Gid != 0)
         {
@@ -255,11 +272,19 @@ public sealed unsafe partial class FuseServer
         }
         if (state.Groups)
         {
-            fixed (uint* groups = _daemonGroups)
-            {
-                Libc.SetGroupsThread(_daemonGroups.Length, groups);
-            }
+            // The daemon's own state between requests is no group at all, never the daemon's groups.
+            DropThreadGroups();
         }
+    }
+
+    private static int DropThreadGroups()
+    {
+        if (Libc.SetGroupsThread(0, null) < 0)
+        {
+            return Libc.NegErrno;
+        }
+        t_noGroups = true;
+        return 0;
     }
 
     /// <summary>The mode to create with: with DONT_MASK negotiated the guest left the umask to us, and

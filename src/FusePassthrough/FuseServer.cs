@@ -32,7 +32,6 @@ public sealed unsafe partial class FuseServer : IDisposable
     private readonly bool _useOpenat2;
     private readonly bool _hasXattrAt;
     private readonly bool _privileged;
-    private readonly uint[] _daemonGroups;
     private readonly ulong _entryValidSec;
     private readonly uint _entryValidNsec;
     private readonly ulong _attrValidSec;
@@ -59,7 +58,6 @@ public sealed unsafe partial class FuseServer : IDisposable
         _nodes = new NodeTable(_budget);
         _handles = new HandleTable(_budget, _nodes);
         _privileged = Libc.GetEuid() == 0;
-        _daemonGroups = ReadDaemonGroups();
         (_entryValidSec, _entryValidNsec) = SplitTimeout(options.EffectiveEntryTimeout);
         (_attrValidSec, _attrValidNsec) = SplitTimeout(options.EffectiveAttrTimeout);
 
@@ -585,21 +583,6 @@ public sealed unsafe partial class FuseServer : IDisposable
             }
             return fd;
         }
-    }
-
-    private static uint[] ReadDaemonGroups()
-    {
-        int n = Libc.GetGroups(0, null);
-        if (n <= 0)
-        {
-            return [];
-        }
-        var groups = new uint[n];
-        fixed (uint* p = groups)
-        {
-            n = Libc.GetGroups(n, p);
-        }
-        return n < 0 ? [] : groups[..n];
     }
 
     private static bool ProbeOpenat2(int rootFd)

@@ -45,6 +45,12 @@ public static unsafe partial class Libc
     public static int SetResGidThread(uint rgid, uint egid, uint sgid)
         => (int)RawSyscall(SYS_setresgid, (nint)rgid, (nint)egid, (nint)sgid);
 
+    /// <summary>glibc's setgroups(2): changes the supplementary groups of every thread of the process
+    /// (glibc broadcasts it), which is what start-up wants before any thread acts for the guest.
+    /// Needs CAP_SETGID.</summary>
+    [LibraryImport(Lib, EntryPoint = "setgroups", SetLastError = true)]
+    public static partial int SetGroupsProcess(nuint count, uint* groups);
+
     /// <summary>setgroups for the calling thread only (raw system call; needs CAP_SETGID).</summary>
     public static int SetGroupsThread(int count, uint* groups)
         => (int)RawSyscall(SYS_setgroups, count, (nint)groups);

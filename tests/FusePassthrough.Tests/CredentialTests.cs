@@ -99,6 +99,87 @@ public class CredentialTests
         f.Client.TotalExtLen = 0;
     }
 
+    /// <summary>The supplementary groups of the calling thread, from /proc/thread-self/status.</summary>
+    private static uint[] ThreadGroups()
+    {
+        string line = File.ReadAllLines("/proc/thread-self/status").First(l => l.StartsWith("Groups:", StringComparison.Ordinal));
+        return line["Groups:".Length..].Split([' ', '\t'], StringSplitOptions.RemoveEmptyEntries).Select(uint.Parse).ToArray();
+    }
+
+    /// <summary>CVE-2022-0358's class: a daemon thread still in group 0 (root login, sudo, setpriv
+    /// --groups 0) that creates a file for guest uid/gid 1000 in a root:root 2777 directory lets the
+    /// kernel keep S_ISGID — a setgid-root file owned by the guest user. The requests run on a thread
+    /// that holds group 0 (set with the thread-only setgroups, as the daemon's threads would have
+    /// inherited it); the new entries must not be setgid and the thread must hold no group afterwards.</summary>
+    [Fact]
+    public void AGuestUserCannotKeepSetgidOfAGroupTheDaemonThreadHeld()
+    {
+        RequireRoot();
+        using var f = new ShareFixture();
+        Directory.CreateDirectory(f.HostPath("sgid"));
+        ShareFixture.Chmod(f.HostPath("sgid"), 0x5FF); // 02777 root:root
+        FuseEntryOut dir = f.Client.LookupOk(Root, "sgid");
+        Exception? failure = null;
+        uint[] groupsAfter = [];
+        var worker = new Thread(() =>
+        {
+            try
+            {
+                unsafe
+                {
+                    uint zero = 0;
+                    Assert.Equal(0, Libc.SetGroupsThread(1, &zero));
+                }
+                Assert.Equal([0u], ThreadGroups());
+                f.Client.Uid = 1000;
+                f.Client.Gid = 1000;
+                f.Client.Create(dir.NodeId, "created", Libc.O_RDWR | Libc.O_CREAT, 0x5ED).Ok(); // 02755
+                f.Client.Mknod(dir.NodeId, "made", Libc.S_IFREG | 0x5ED).Ok();
+                groupsAfter = ThreadGroups();
+            }
+            catch (Exception e)
+            {
+                failure = e;
+            }
+        });
+        worker.Start();
+        worker.Join();
+        Assert.Null(failure);
+        foreach (string name in new[] { "created", "made" })
+        {
+            Statx st = ShareFixture.HostStat(f.HostPath("sgid/" + name));
+            Assert.Equal((1000u, 0u), (st.Uid, st.Gid)); // the setgid directory's group, as the kernel gives it
+            Assert.True((st.Mode & Libc.S_ISGID) == 0, $"{name} kept S_ISGID of group 0 for guest uid 1000: mode {Convert.ToString(st.Mode & 0xFFF, 8)}");
+        }
+        Assert.Empty(groupsAfter);
+    }
+
+    /// <summary>The CREATE_SUPP_GROUP extension's groups hold for that request only: afterwards the
+    /// thread is back to no group at all (never to the daemon's own groups).</summary>
+    [Fact]
+    public void ExtensionGroupsDoNotOutliveTheRequest()
+    {
+        RequireRoot();
+        using var f = new ShareFixture();
+        Directory.CreateDirectory(f.HostPath("team"));
+        ShareFixture.Chown(f.HostPath("team"), 0, 3000);
+        ShareFixture.Chmod(f.HostPath("team"), 0x5F8); // 02770 root:3000
+        FuseEntryOut dir = f.Client.LookupOk(Root, "team");
+        f.Client.Uid = 1000;
+        f.Client.Gid = 1000;
+        var ext = new FuseArgs().Add(new FuseExtHeader { Length = 16, Type = (uint)FuseExtType.Groups }).Add(new FuseSuppGroups { NrGroups = 1 }).Add(3000u);
+        f.Client.TotalExtLen = 2;
+        f.Client.Create(dir.NodeId, "a", Libc.O_RDWR | Libc.O_CREAT, 0x5ED, extensions: ext).Ok();
+        f.Client.TotalExtLen = 0;
+        // In group 3000 for this request: the kernel keeps S_ISGID of the directory's group.
+        Statx st = ShareFixture.HostStat(f.HostPath("team/a"));
+        Assert.Equal(3000u, st.Gid);
+        Assert.NotEqual(0u, st.Mode & Libc.S_ISGID);
+        Assert.Empty(ThreadGroups());
+        // Without the extension the next request of the same user is in no group: EACCES.
+        Assert.Equal(Errno.EACCES, f.Client.Create(dir.NodeId, "b", Libc.O_RDWR | Libc.O_CREAT).Errno);
+    }
+
     [Fact]
     public void ModesAreExactlyWhatTheGuestAsks()
     {

@@ -76,12 +76,23 @@ public sealed class DaemonProcess : IDisposable
     /// <summary>Starts vhostfsd (the build next to the test assembly, run with dotnet) with --socket-path and
     /// --shared-dir plus <paramref name="extraArgs"/>.</summary>
     public static DaemonProcess StartVhostfsd(string? sharedDir = null, params string[] extraArgs)
+        => StartVhostfsdUnder([], sharedDir, extraArgs);
+
+    /// <summary>Starts vhostfsd as <see cref="StartVhostfsd"/> does, through the command
+    /// <paramref name="wrapper"/> (e.g. "setpriv", "--groups", "0", "--"), which must exec it.</summary>
+    public static DaemonProcess StartVhostfsdUnder(string[] wrapper, string? sharedDir, params string[] extraArgs)
     {
         string dll = FindVhostfsd();
         string dotnet = Environment.ProcessPath is string host && Path.GetFileNameWithoutExtension(host) == "dotnet" ? host : "dotnet";
-        return Start("vhostfsd", dotnet, sharedDir, (socket, dir) =>
+        string program = wrapper.Length > 0 ? wrapper[0] : dotnet;
+        return Start("vhostfsd", program, sharedDir, (socket, dir) =>
         {
-            var args = new List<string> { dll, "--socket-path", socket, "--shared-dir", dir };
+            var args = new List<string>(wrapper.Skip(1));
+            if (wrapper.Length > 0)
+            {
+                args.Add(dotnet);
+            }
+            args.AddRange([dll, "--socket-path", socket, "--shared-dir", dir]);
             args.AddRange(extraArgs);
             return args;
         });

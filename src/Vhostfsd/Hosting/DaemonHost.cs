@@ -113,6 +113,8 @@ internal static unsafe class DaemonHost
                 SandboxResult result = Sandbox.EnterNone(sharedDir);
                 return Serve(options, sharedDir, result, listener, fdLimit, lastCap, log);
             }
+            // Before the copy is spawned: it inherits the empty list.
+            SupplementaryGroups.DropAll(log);
             ulong bounding = keep;
             if (options.Sandbox == SandboxMode.Chroot)
             {
@@ -170,6 +172,9 @@ internal static unsafe class DaemonHost
     {
         if (Libc.GetEuid() == 0)
         {
+            // Inherited empty from the supervisor; checked again here, while CAP_SETGID is still held,
+            // because this process is the one that acts for the guest.
+            SupplementaryGroups.DropAll(log);
             ulong keep = Capabilities.KeptMask(options.InodeFileHandles, options.ModCaps);
             Capabilities.DropOnCurrentThread(keep, lastCap);
             log.Debug("Capabilities kept: {Caps}", Capabilities.Describe(keep));

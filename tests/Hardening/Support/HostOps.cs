@@ -59,11 +59,27 @@ public static unsafe class HostOps
 
     public static (ulong Ino, ulong Dev) Inode(string path)
     {
+        Statx st = Stat(path);
+        return (st.Ino, st.Dev);
+    }
+
+    /// <summary>chmod(2), setuid/setgid/sticky bits included.</summary>
+    public static void Chmod(string path, uint mode)
+    {
+        fixed (byte* p = Z(path))
+        {
+            PosixException.Check(Libc.FchmodAt(Libc.AT_FDCWD, p, mode, 0), "chmod " + path);
+        }
+    }
+
+    /// <summary>statx of <paramref name="path"/> without following a final symlink.</summary>
+    public static Statx Stat(string path)
+    {
         Statx st;
         fixed (byte* p = Z(path))
         {
             PosixException.Check(Libc.StatxAt(Libc.AT_FDCWD, p, Libc.AT_SYMLINK_NOFOLLOW, Libc.STATX_BASIC_STATS, &st), "statx " + path);
         }
-        return (st.Ino, st.Dev);
+        return st;
     }
 }
