@@ -163,7 +163,11 @@ public sealed unsafe partial class FuseServer
                     {
                         return Malformed();
                     }
-                    ext.SecctxName = rest[..(nul + 1)];
+                    int mapped = MapSecurityContextName(rest[..nul], out ext.SecctxName);
+                    if (mapped < 0)
+                    {
+                        return mapped;
+                    }
                     ext.SecctxValue = rest.Slice(nul + 1, (int)labelSize);
                 }
             }
@@ -184,6 +188,37 @@ public sealed unsafe partial class FuseServer
             // Unknown extension types are only sent when negotiated; skip them.
             area = area[(int)size..];
         }
+        return 0;
+    }
+
+    [ThreadStatic]
+    private static byte[]? t_secctxName;
+
+    private static ReadOnlySpan<byte> SecurityPrefix => "security."u8;
+
+    private static ReadOnlySpan<byte> FileCapability => "security.capability"u8;
+
+    /// <summary>The host name of a security context that came with a creating request: a context is
+    /// an LSM's label (security.selinux, security.SMACK64, ...), so only security.* names are taken,
+    /// and never security.capability (file capabilities are not a label; as root the daemon could set
+    /// them). The name then goes through the same --xattrmap rules as SETXATTR, so a deny rule
+    /// refuses the request and a prefix rule renames it. <paramref name="hostName"/> (NUL-terminated)
+    /// is valid until the next request on this thread. Returns 0 or -errno.</summary>
+    private int MapSecurityContextName(ReadOnlySpan<byte> name, out ReadOnlySpan<byte> hostName)
+    {
+        hostName = default;
+        if (!name.StartsWith(SecurityPrefix) || name.Length == SecurityPrefix.Length || name.SequenceEqual(FileCapability))
+        {
+            Interlocked.Increment(ref Stats._malformed);
+            return -(int)Errno.EPERM;
+        }
+        byte[] buffer = t_secctxName ??= GC.AllocateArray<byte>(Libc.XATTR_NAME_MAX + 2, pinned: true);
+        int length = MapXattrName(name, buffer, forGet: false);
+        if (length < 0)
+        {
+            return length;
+        }
+        hostName = buffer.AsSpan(0, length + 1);
         return 0;
     }
 

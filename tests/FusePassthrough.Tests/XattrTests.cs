@@ -172,6 +172,27 @@ public class SecurityLabelTests
         }
     }
 
+    /// <summary>Sends MKDIR, CREATE, MKNOD and SYMLINK named <paramref name="prefix"/>-kind, each with
+    /// the security context <paramref name="ctx"/>; returns the four errnos.</summary>
+    private static Errno[] CreateEveryKind(ShareFixture f, string prefix, FuseArgs ctx, ushort units)
+    {
+        f.Client.TotalExtLen = units;
+        var results = new[]
+        {
+            f.Client.Send(FuseOpcode.Mkdir, Root, new FuseArgs().Add(new FuseMkdirIn { Mode = 0x1ED }).Name(prefix + "-dir").Bytes(ctx.ToArray())).Errno,
+            f.Client.Create(Root, prefix + "-file", Libc.O_RDWR | Libc.O_CREAT | Libc.O_EXCL, extensions: ctx).Errno,
+            f.Client.Send(FuseOpcode.Mknod, Root, new FuseArgs().Add(new FuseMknodIn { Mode = Libc.S_IFIFO | 0x1A4 }).Name(prefix + "-fifo").Bytes(ctx.ToArray())).Errno,
+            f.Client.Send(FuseOpcode.Symlink, Root, new FuseArgs().Name(prefix + "-link").Name("target").Bytes(ctx.ToArray())).Errno,
+        };
+        f.Client.TotalExtLen = 0;
+        return results;
+    }
+
+    private static readonly string[] Kinds = ["dir", "file", "fifo", "link"];
+
+    private static bool HostEntryExists(ShareFixture f, string name) =>
+        File.Exists(f.HostPath(name)) || Directory.Exists(f.HostPath(name)) || new FileInfo(f.HostPath(name)).LinkTarget is not null;
+
     [Theory]
     [InlineData(false)]
     [InlineData(true)]
@@ -179,24 +200,64 @@ public class SecurityLabelTests
     {
         using var f = new ShareFixture(makeOptions: s => new PassthroughOptions { SharedDir = s, SecurityLabel = true, AvoidXattrAt = legacy });
         Assert.True(FuseConstants.JoinInitFlags(f.Init.Flags, f.Init.Flags2).HasFlag(FuseInitFlags.SecurityCtx));
-        FuseArgs ctx = SecurityContext("trusted.label", "system_u:object_r:test_t:s0", out ushort units);
-        f.Client.TotalExtLen = units;
-        Assert.Equal(0, f.Client.Create(Root, "file", Libc.O_RDWR | Libc.O_CREAT, extensions: ctx).Error);
-        var mkdir = new FuseArgs().Add(new FuseMkdirIn { Mode = 0x1ED }).Name("dir").Bytes(ctx.ToArray());
-        Assert.Equal(0, f.Client.Send(FuseOpcode.Mkdir, Root, mkdir).Error);
-        var symlink = new FuseArgs().Name("link").Name("file").Bytes(ctx.ToArray());
-        Assert.Equal(0, f.Client.Send(FuseOpcode.Symlink, Root, symlink).Error);
-        f.Client.TotalExtLen = 0;
-        foreach (string name in new[] { "file", "dir", "link" })
+        FuseArgs ctx = SecurityContext("security.label", "system_u:object_r:test_t:s0", out ushort units);
+        Assert.All(CreateEveryKind(f, "labelled", ctx, units), e => Assert.Equal(Errno.OK, e));
+        foreach (string kind in Kinds)
         {
-            Assert.Equal("system_u:object_r:test_t:s0", HostLabel(f.HostPath(name), "trusted.label"));
+            Assert.Equal("system_u:object_r:test_t:s0", HostLabel(f.HostPath("labelled-" + kind), "security.label"));
         }
-        // A label that cannot be set (user.* on a symlink) undoes the creation.
-        FuseArgs bad = SecurityContext("user.label", "x", out units);
+    }
+
+    /// <summary>A label the host refuses (here an --xattrmap rule sends it to user.*, which symlinks
+    /// cannot have) undoes the creation.</summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void ALabelTheHostRefusesUndoesTheCreation(bool legacy)
+    {
+        using var f = new ShareFixture(makeOptions: s => new PassthroughOptions
+        {
+            SharedDir = s, SecurityLabel = true, AvoidXattrAt = legacy, XattrMap = ":prefix:client:security.:user.virtiofs.: :ok:all:::",
+        });
+        FuseArgs ctx = SecurityContext("security.label", "x", out ushort units);
         f.Client.TotalExtLen = units;
-        Assert.Equal(Errno.EPERM, f.Client.Send(FuseOpcode.Symlink, Root, new FuseArgs().Name("link2").Name("file").Bytes(bad.ToArray())).Errno);
+        Assert.Equal(Errno.EPERM, f.Client.Send(FuseOpcode.Symlink, Root, new FuseArgs().Name("link").Name("file").Bytes(ctx.ToArray())).Errno);
         f.Client.TotalExtLen = 0;
-        Assert.False(File.Exists(f.HostPath("link2")) || Directory.Exists(f.HostPath("link2")) || new FileInfo(f.HostPath("link2")).LinkTarget is not null);
+        Assert.False(HostEntryExists(f, "link"));
+    }
+
+    /// <summary>A security context is an LSM's label: only security.* names, never security.capability
+    /// (a file capability, which the daemon as root could set), and it goes through --xattrmap like
+    /// SETXATTR — a deny rule refuses the request, a prefix rule renames the host attribute. Every
+    /// creating opcode, both ways of setting the label.</summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void SecurityContextNamesGoThroughTheXattrMap(bool legacy)
+    {
+        using var f = new ShareFixture(makeOptions: s => new PassthroughOptions
+        {
+            SharedDir = s, SecurityLabel = true, AvoidXattrAt = legacy, XattrMap = ":bad:all:security.denied:: :map::user.virtiofs.:",
+        });
+        // A file capability granting CAP_SYS_ADMIN (vfs_cap_data revision 2).
+        string capability = Encoding.Latin1.GetString([0, 0, 0, 2, 0, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        foreach (var (name, prefix) in new[] { ("security.capability", "cap"), ("user.hostile", "user"), ("trusted.hostile", "trusted"), ("security.", "empty"), ("security.denied", "denied") })
+        {
+            FuseArgs ctx = SecurityContext(name, capability, out ushort units);
+            Assert.All(CreateEveryKind(f, prefix, ctx, units), e => Assert.Equal(Errno.EPERM, e));
+            foreach (string kind in Kinds)
+            {
+                Assert.False(HostEntryExists(f, prefix + "-" + kind), $"{prefix}-{kind} was created");
+            }
+        }
+        FuseArgs label = SecurityContext("security.selinux", "system_u:object_r:test_t:s0", out ushort n);
+        Assert.All(CreateEveryKind(f, "mapped", label, n)[..2], e => Assert.Equal(Errno.OK, e));
+        foreach (string kind in new[] { "dir", "file" })
+        {
+            string path = f.HostPath("mapped-" + kind);
+            Assert.Equal("system_u:object_r:test_t:s0", HostLabel(path, "user.virtiofs.security.selinux"));
+            Assert.Null(HostLabel(path, "security.selinux"));
+        }
     }
 
     [Theory]
@@ -204,18 +265,24 @@ public class SecurityLabelTests
     [InlineData(true)]
     public void CreateOfAnExistingFileNeitherRelabelsNorRemovesIt(bool legacy)
     {
-        using var f = new ShareFixture(makeOptions: s => new PassthroughOptions { SharedDir = s, SecurityLabel = true, AvoidXattrAt = legacy });
+        // security.unset is sent to a namespace the host does not have: setting it fails.
+        using var f = new ShareFixture(makeOptions: s => new PassthroughOptions
+        {
+            SharedDir = s, SecurityLabel = true, AvoidXattrAt = legacy, XattrMap = ":prefix:client:security.unset:nonamespace.: :ok:all:::",
+        });
         File.WriteAllText(f.HostPath("existing"), "kept");
         // CREATE without O_EXCL of a name that exists opens that file: a label that cannot be set
-        // (no such namespace) must not take the file away, and a good one is not applied to it.
-        FuseArgs bad = SecurityContext("nonamespace", "x", out ushort units);
+        // must not take the file away, and a good one is not applied to it.
+        FuseArgs bad = SecurityContext("security.unset", "x", out ushort units);
         f.Client.TotalExtLen = units;
         Assert.Equal(0, f.Client.Create(Root, "existing", Libc.O_RDWR | Libc.O_CREAT, extensions: bad).Error);
-        FuseArgs good = SecurityContext("trusted.label", "system_u:object_r:test_t:s0", out units);
+        Assert.Equal(Errno.EOPNOTSUPP, f.Client.Create(Root, "new", Libc.O_RDWR | Libc.O_CREAT, extensions: bad).Errno);
+        Assert.False(HostEntryExists(f, "new"));
+        FuseArgs good = SecurityContext("security.label", "system_u:object_r:test_t:s0", out units);
         f.Client.TotalExtLen = units;
         Assert.Equal(0, f.Client.Create(Root, "existing", Libc.O_RDONLY | Libc.O_CREAT, extensions: good).Error);
         f.Client.TotalExtLen = 0;
         Assert.Equal("kept", File.ReadAllText(f.HostPath("existing")));
-        Assert.Null(HostLabel(f.HostPath("existing"), "trusted.label"));
+        Assert.Null(HostLabel(f.HostPath("existing"), "security.label"));
     }
 }
