@@ -350,13 +350,33 @@ public sealed unsafe partial class FuseServer
         return mode & ~umask;
     }
 
-    /// <summary>Writes "/proc/self/fd/N\0" into <paramref name="buffer"/> (for path-only calls).</summary>
-    private static void FormatProcPath(int fd, Span<byte> buffer)
+    /// <summary>True once the calling thread has its own fs_struct (unshare(CLONE_FS)): its working
+    /// directory can then move without moving any other thread's.</summary>
+    [ThreadStatic]
+    private static bool t_ownWorkingDirectory;
+
+    /// <summary>For the path-only xattr calls of kernels without the *xattrat calls (before 6.13):
+    /// makes the /proc/self/fd directory fd (opened before the sandbox) the calling thread's working
+    /// directory, so that a relative "N" names fd N's inode. An absolute "/proc/self/fd/N" would be
+    /// resolved in the sandbox's root — the share, where the guest can create proc/self/fd/N itself
+    /// as a symlink to a file of its choosing. The thread first gets its own fs_struct, so no other
+    /// thread's working directory moves. Returns 0 or -errno; pair with <see cref="LeaveProcFdDirectory"/>.</summary>
+    private int EnterProcFdDirectory()
     {
-        ReadOnlySpan<byte> prefix = "/proc/self/fd/"u8;
-        prefix.CopyTo(buffer);
-        FormatFd(fd, buffer[prefix.Length..]);
+        if (!t_ownWorkingDirectory)
+        {
+            if (Libc.Unshare(Libc.CLONE_FS) < 0)
+            {
+                return Libc.NegErrno;
+            }
+            t_ownWorkingDirectory = true;
+        }
+        return Libc.Fchdir(_procSelfFd) < 0 ? Libc.NegErrno : 0;
     }
+
+    /// <summary>Leaves the /proc/self/fd directory for the share's root, so that no relative name used
+    /// later on this thread reaches the daemon's descriptors.</summary>
+    private void LeaveProcFdDirectory() => Libc.Fchdir(_nodes.Root.Fd);
 
     /// <summary>An fd usable with *at() calls for <paramref name="node"/>: its O_PATH fd, or a
     /// temporary one opened from its file handle (returned in <paramref name="temporary"/>, to be

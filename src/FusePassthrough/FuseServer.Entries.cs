@@ -758,18 +758,24 @@ public sealed unsafe partial class FuseServer
             }
             return result;
         }
+        // "N/name" relative to the /proc/self/fd directory (see EnterProcFdDirectory): the parent through
+        // its magic link, then the new entry, not followed if it is a symlink.
         int nameLength = new ReadOnlySpan<byte>(name, (int)NameMax + 1).IndexOf((byte)0);
-        Span<byte> path = stackalloc byte[32 + (int)NameMax + 2];
-        FormatProcPath(parentFd, path);
+        Span<byte> path = stackalloc byte[16 + (int)NameMax + 2];
+        FormatFd(parentFd, path);
         int at = path.IndexOf((byte)0);
         path[at++] = (byte)'/';
         new ReadOnlySpan<byte>(name, nameLength + 1).CopyTo(path[at..]);
-        int rc;
-        fixed (byte* p = path)
-        fixed (byte* xname = ext.SecctxName)
-        fixed (byte* value = ext.SecctxValue)
+        int rc = EnterProcFdDirectory();
+        if (rc == 0)
         {
-            rc = Libc.Lsetxattr(p, xname, value, (nuint)ext.SecctxValue.Length, 0) < 0 ? Libc.NegErrno : 0;
+            fixed (byte* p = path)
+            fixed (byte* xname = ext.SecctxName)
+            fixed (byte* value = ext.SecctxValue)
+            {
+                rc = Libc.Lsetxattr(p, xname, value, (nuint)ext.SecctxValue.Length, 0) < 0 ? Libc.NegErrno : 0;
+            }
+            LeaveProcFdDirectory();
         }
         if (rc < 0)
         {

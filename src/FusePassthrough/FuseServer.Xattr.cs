@@ -65,8 +65,10 @@ public sealed unsafe partial class FuseServer
     }
 
     /// <summary>Runs one xattr call on <paramref name="node"/>: with the *xattrat calls relative to the
-    /// /proc/self/fd directory fd where the kernel has them (no /proc path needed after a sandbox); else through a real fd for regular files and directories
-    /// (f*xattr refuse O_PATH fds) and through the path /proc/self/fd/N for the rest.</summary>
+    /// /proc/self/fd directory fd where the kernel has them; else through a real fd for regular files and
+    /// directories (f*xattr refuse O_PATH fds) and, for the rest, through the relative path "N" from the
+    /// /proc/self/fd directory made the thread's working directory (never an absolute /proc path, which
+    /// a sandbox would resolve inside the share).</summary>
     private nint XattrCall(Node node, XattrOp op, byte* name, byte* value, nuint size, int flags)
     {
         if (_hasXattrAt)
@@ -116,8 +118,16 @@ public sealed unsafe partial class FuseServer
         {
             return pathFd;
         }
-        byte* path = stackalloc byte[32];
-        FormatProcPath(pathFd, new Span<byte>(path, 32));
+        int entered = EnterProcFdDirectory();
+        if (entered < 0)
+        {
+            CloseTemporary(temporary);
+            return entered;
+        }
+        // "N" relative to the /proc/self/fd directory: the magic link reaches the inode itself (a
+        // symlink included, whose own attributes these are).
+        byte* path = stackalloc byte[16];
+        FormatFd(pathFd, new Span<byte>(path, 16));
         nint result = op switch
         {
             XattrOp.Get => Libc.Getxattr(path, name, value, size),
@@ -126,6 +136,7 @@ public sealed unsafe partial class FuseServer
             _ => Libc.Removexattr(path, name),
         };
         int error = result < 0 ? Libc.NegErrno : 0;
+        LeaveProcFdDirectory();
         CloseTemporary(temporary);
         return result < 0 ? error : result;
     }

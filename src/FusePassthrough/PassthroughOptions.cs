@@ -85,9 +85,10 @@ public sealed class PassthroughOptions
     /// RLIMIT_NOFILE like virtiofsd (the soft limit minus a reserve for the daemon itself).</summary>
     public int MaxGuestFds { get; init; }
 
-    /// <summary>Tests only: use the pre-6.13 xattr paths (f*xattr / /proc/self/fd/N) even where the
-    /// kernel has the *xattrat calls.</summary>
-    internal bool AvoidXattrAt { get; init; }
+    /// <summary>Use the paths of kernels before 6.13 (f*xattr on a reopened fd, path calls through the
+    /// /proc/self/fd directory) even where the kernel has the *xattrat calls: the tests use it to run
+    /// those paths on a new kernel.</summary>
+    public bool AvoidXattrAt { get; init; }
 
     /// <summary>Overrides the entry timeout the cache policy implies.</summary>
     public TimeSpan? EntryTimeout { get; init; }

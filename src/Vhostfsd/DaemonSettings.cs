@@ -15,6 +15,10 @@ public sealed class DaemonSettings
     /// <summary>The shared directory as given on the command line (absolute), for log lines.</summary>
     public string SharedDirOnHost { get; init; } = "";
 
+    /// <summary>Test switch (<see cref="Hosting.TestProbe.NoXattrAtEnvironment"/>): take the xattr paths of
+    /// kernels before 6.13 even where the *xattrat calls exist.</summary>
+    public bool AvoidXattrAt { get; init; }
+
     /// <summary>The tag served through GET_CONFIG (1–36 bytes of UTF-8), or null when --tag was not given
     /// (then PROTOCOL_F_CONFIG is not offered).</summary>
     public string? Tag { get; init; }

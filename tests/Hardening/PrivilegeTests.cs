@@ -68,4 +68,41 @@ public sealed class PrivilegeTests : IDisposable
         }
         raw.Release(FuseConstants.RootId, fh);
     }
+
+    /// <summary>Kernels before 6.13 have no *xattrat calls: the attributes of symlinks and special files
+    /// are reached by path through /proc/self/fd. Inside a sandbox an absolute /proc/self/fd/N is
+    /// resolved in the share, where a guest can plant proc/self/fd/N as a symlink to a file of its
+    /// choosing. Forced onto those paths (the test switch), the daemon must set the attribute on the
+    /// node the guest named, not on the decoy's target, and not fail for lack of /proc.</summary>
+    [Theory]
+    [InlineData("chroot")]
+    [InlineData("namespace")]
+    public void XattrsOfSpecialFilesNeverGoThroughAProcPathInTheShare(string sandbox)
+    {
+        File.WriteAllText(Path.Combine(_share, "victim"), "v");
+        string decoys = Path.Combine(_share, "proc", "self", "fd");
+        Directory.CreateDirectory(decoys);
+        for (int fd = 0; fd < 1024; fd++)
+        {
+            File.CreateSymbolicLink(Path.Combine(decoys, fd.ToString(CultureInfo.InvariantCulture)), "/victim");
+        }
+        File.CreateSymbolicLink(Path.Combine(_share, "link"), "victim");
+        using var daemon = DaemonProcess.StartVhostfsdUnder(["/usr/bin/env", "VHOSTFSD_TEST_NO_XATTRAT=1"], _share,
+            "--sandbox=" + sandbox, "--xattr", "--modcaps=+sys_admin", "--log-level=info");
+        using FuseFs fs = Observe.Mount(daemon);
+        Assert.True(SpinWait.SpinUntil(() => daemon.Output.Contains("xattrs of special files through the /proc/self/fd directory", StringComparison.Ordinal), TimeSpan.FromSeconds(10)), daemon.Output);
+        Assert.Equal(Errno.OK, fs.Lookup(fs.Root, "link", out FuseNode? link));
+        Assert.Equal(Errno.OK, fs.Mknod(fs.Root, "fifo", Libc.S_IFIFO | 0x1A4, 0, out FuseNode? fifo));
+        Span<byte> value = stackalloc byte[16];
+        // trusted.* (like security.* without an LSM that claims the name) needs CAP_SYS_ADMIN, kept here
+        // with --modcaps; user.* is not allowed on symlinks and FIFOs.
+        foreach (var (node, name) in new[] { (link!, "link"), (fifo!, "fifo") })
+        {
+            Assert.Equal(Errno.OK, fs.SetXattr(node, "trusted.mark", "m"u8));
+            Assert.Equal(Errno.OK, fs.GetXattr(node, "trusted.mark", value, out int size));
+            Assert.Equal("m", System.Text.Encoding.ASCII.GetString(value[..size]));
+            Assert.Equal("m", HostOps.GetXattr(Path.Combine(_share, name), "trusted.mark"));
+        }
+        Assert.Null(HostOps.GetXattr(Path.Combine(_share, "victim"), "trusted.mark"));
+    }
 }

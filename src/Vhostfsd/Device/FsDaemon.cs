@@ -25,9 +25,10 @@ public static class FsDaemon
         using var pool = new BlockingRequestPool(server, Math.Max(1, settings.ThreadPoolSize));
         var device = new VirtioFsDevice(server, settings.Tag, DefaultRequestQueues, pool);
         using var backend = new VhostUserBackend(connection, device, new VhostUserBackendOptions { PollMax = settings.PollMax }, log);
-        log.Information("virtio-fs device: {Queues} request queue(s), tag {Tag}, shared root {Root}, {Pool} blocking-request thread(s), names resolved with {Resolver}, inodes held as {Inodes}",
+        log.Information("virtio-fs device: {Queues} request queue(s), tag {Tag}, shared root {Root}, {Pool} blocking-request thread(s), names resolved with {Resolver}, inodes held as {Inodes}, xattrs of special files through {Xattrs}",
             device.RequestQueues, settings.Tag ?? "(none: CONFIG not offered)", settings.SharedRoot, pool.ThreadCount,
-            server.UsesOpenat2 ? "openat2 RESOLVE_BENEATH" : "openat O_NOFOLLOW", server.UsesFileHandles ? "file handles" : "O_PATH fds");
+            server.UsesOpenat2 ? "openat2 RESOLVE_BENEATH" : "openat O_NOFOLLOW", server.UsesFileHandles ? "file handles" : "O_PATH fds",
+            server.UsesXattrAt ? "the *xattrat calls" : "the /proc/self/fd directory");
         VhostUserSessionEnd end = backend.Run();
         return end == VhostUserSessionEnd.Disconnected ? 0 : 1;
     }
@@ -62,5 +63,6 @@ public static class FsDaemon
         Readdirplus = settings.Readdirplus,
         PreserveNoatime = settings.PreserveNoatime,
         ReadOnly = settings.ReadOnly,
+        AvoidXattrAt = settings.AvoidXattrAt,
     };
 }

@@ -205,6 +205,7 @@ internal static unsafe class DaemonHost
             ProcSelfFd = sandbox.ProcSelfFd,
             MountInfoFd = sandbox.MountInfoFd,
             FdLimit = fdLimit,
+            AvoidXattrAt = TestProbe.NoXattrAtRequested,
         };
         TestProbe.RunIfRequested(settings, lastCap, log);
 

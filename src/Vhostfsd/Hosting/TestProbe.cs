@@ -14,6 +14,12 @@ internal static unsafe class TestProbe
 {
     public const string Environment = "VHOSTFSD_TEST_PROBE";
 
+    /// <summary>Second test hook: when set to 1, the device takes the xattr paths of kernels before 6.13
+    /// (no *xattrat calls) on any kernel, so the tests can run them inside each sandbox.</summary>
+    public const string NoXattrAtEnvironment = "VHOSTFSD_TEST_NO_XATTRAT";
+
+    public static bool NoXattrAtRequested => System.Environment.GetEnvironmentVariable(NoXattrAtEnvironment) == "1";
+
     public static void RunIfRequested(DaemonSettings settings, int lastCap, ILogger log)
     {
         string? request = System.Environment.GetEnvironmentVariable(Environment);

@@ -63,6 +63,19 @@ public static unsafe class HostOps
         return (st.Ino, st.Dev);
     }
 
+    /// <summary>lgetxattr(2) as text; null when the attribute is absent.</summary>
+    public static string? GetXattr(string path, string name)
+    {
+        byte[] buffer = new byte[256];
+        fixed (byte* p = Z(path))
+        fixed (byte* n = Z(name))
+        fixed (byte* v = buffer)
+        {
+            nint length = Libc.Lgetxattr(p, n, v, (nuint)buffer.Length);
+            return length < 0 ? null : System.Text.Encoding.UTF8.GetString(buffer, 0, (int)length);
+        }
+    }
+
     /// <summary>chmod(2), setuid/setgid/sticky bits included.</summary>
     public static void Chmod(string path, uint mode)
     {
