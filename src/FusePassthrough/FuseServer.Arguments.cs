@@ -360,7 +360,8 @@ public sealed unsafe partial class FuseServer
     /// directory, so that a relative "N" names fd N's inode. An absolute "/proc/self/fd/N" would be
     /// resolved in the sandbox's root — the share, where the guest can create proc/self/fd/N itself
     /// as a symlink to a file of its choosing. The thread first gets its own fs_struct, so no other
-    /// thread's working directory moves. Returns 0 or -errno; pair with <see cref="LeaveProcFdDirectory"/>.</summary>
+    /// thread's working directory moves. Returns an O_PATH fd on the previous working directory (to
+    /// hand to <see cref="LeaveProcFdDirectory"/>) or -errno.</summary>
     private int EnterProcFdDirectory()
     {
         if (!t_ownWorkingDirectory)
@@ -371,12 +372,30 @@ public sealed unsafe partial class FuseServer
             }
             t_ownWorkingDirectory = true;
         }
-        return Libc.Fchdir(_procSelfFd) < 0 ? Libc.NegErrno : 0;
+        byte* dot = stackalloc byte[2];
+        dot[0] = (byte)'.';
+        dot[1] = 0;
+        int previous = Libc.OpenAt(Libc.AT_FDCWD, dot, Libc.O_PATH | Libc.O_DIRECTORY | Libc.O_CLOEXEC, 0);
+        if (previous < 0)
+        {
+            return Libc.NegErrno;
+        }
+        if (Libc.Fchdir(_procSelfFd) < 0)
+        {
+            int error = Libc.NegErrno;
+            Libc.Close(previous);
+            return error;
+        }
+        return previous;
     }
 
-    /// <summary>Leaves the /proc/self/fd directory for the share's root, so that no relative name used
-    /// later on this thread reaches the daemon's descriptors.</summary>
-    private void LeaveProcFdDirectory() => Libc.Fchdir(_nodes.Root.Fd);
+    /// <summary>Returns the thread to the working directory it had before <see cref="EnterProcFdDirectory"/>,
+    /// so that no relative name used later on this thread reaches the daemon's descriptors.</summary>
+    private static void LeaveProcFdDirectory(int previous)
+    {
+        Libc.Fchdir(previous);
+        Libc.Close(previous);
+    }
 
     /// <summary>An fd usable with *at() calls for <paramref name="node"/>: its O_PATH fd, or a
     /// temporary one opened from its file handle (returned in <paramref name="temporary"/>, to be

@@ -767,15 +767,16 @@ public sealed unsafe partial class FuseServer
         path[at++] = (byte)'/';
         new ReadOnlySpan<byte>(name, nameLength + 1).CopyTo(path[at..]);
         int rc = EnterProcFdDirectory();
-        if (rc == 0)
+        if (rc >= 0)
         {
+            int previousDirectory = rc;
             fixed (byte* p = path)
             fixed (byte* xname = ext.SecctxName)
             fixed (byte* value = ext.SecctxValue)
             {
                 rc = Libc.Lsetxattr(p, xname, value, (nuint)ext.SecctxValue.Length, 0) < 0 ? Libc.NegErrno : 0;
             }
-            LeaveProcFdDirectory();
+            LeaveProcFdDirectory(previousDirectory);
         }
         if (rc < 0)
         {

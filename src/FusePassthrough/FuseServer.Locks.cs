@@ -14,40 +14,51 @@ public sealed unsafe partial class FuseServer
     private const int LockPollFirstMs = 1;
     private const int LockPollMaxMs = 50;
 
-    /// <summary>The open file description of <paramref name="owner"/> on the inode of
-    /// <paramref name="handle"/>, opened on first use (read-write when possible, so that one
-    /// description serves all of the owner's handles). Returns fd, -1 when absent and not created, or -errno.</summary>
-    private int LockOwnerFd(Handle handle, ulong owner, bool create)
+    /// <summary>The current description of <paramref name="owner"/> on the inode of <paramref name="handle"/>
+    /// (see <see cref="LockOwnerFile"/>), with a reference the caller releases. Created on first use when
+    /// <paramref name="create"/>, with the handle's access (read-write for a writable handle, read-only
+    /// otherwise); replaced by a read-write one when <paramref name="needWrite"/> finds it read-only.
+    /// Null with <paramref name="error"/> 0 when the owner has none and none was created, else -errno.</summary>
+    private LockOwnerFile? AcquireLockOwner(Handle handle, ulong owner, bool create, bool needWrite, out int error)
     {
+        error = 0;
         Node node = handle.Node;
         lock (node.OwnersLock)
         {
-            if (node.LockOwnerFds is not null && node.LockOwnerFds.TryGetValue(owner, out int existing))
+            LockOwnerFile? current = null;
+            node.LockOwners?.TryGetValue(owner, out current);
+            if (current is not null && (!needWrite || current.Writable))
             {
-                return existing;
+                current.AddRef();
+                return current;
             }
-            if (!create)
+            if (current is null && !create)
             {
-                return -1;
+                return null;
             }
             if (!_budget.TryTake())
             {
-                return -(int)Errno.ENFILE;
+                error = -(int)Errno.ENFILE;
+                return null;
             }
+            bool writable = (handle.OpenFlags & Libc.O_ACCMODE) != Libc.O_RDONLY;
             byte* fdName = stackalloc byte[16];
             FormatFd(handle.Fd, new Span<byte>(fdName, 16));
-            int fd = Libc.OpenAt(_procSelfFd, fdName, Libc.O_RDWR | Libc.O_CLOEXEC | Libc.O_NONBLOCK, 0);
+            int fd = Libc.OpenAt(_procSelfFd, fdName, (writable ? Libc.O_RDWR : Libc.O_RDONLY) | Libc.O_CLOEXEC | Libc.O_NONBLOCK, 0);
             if (fd < 0)
             {
-                fd = Libc.OpenAt(_procSelfFd, fdName, (handle.OpenFlags & Libc.O_ACCMODE) | Libc.O_CLOEXEC | Libc.O_NONBLOCK, 0);
-            }
-            if (fd < 0)
-            {
+                error = Libc.NegErrno;
                 _budget.Return();
-                return Libc.NegErrno;
+                return null;
             }
-            (node.LockOwnerFds ??= new Dictionary<ulong, int>()).Add(owner, fd);
-            return fd;
+            var file = new LockOwnerFile(fd, writable, _budget);
+            if (current is not null)
+            {
+                file.Replace(current);
+            }
+            (node.LockOwners ??= new Dictionary<ulong, LockOwnerFile>())[owner] = file;
+            file.AddRef();
+            return file;
         }
     }
 
@@ -105,14 +116,17 @@ public sealed unsafe partial class FuseServer
         {
             return EBADF;
         }
+        LockOwnerFile? owner = null;
         try
         {
-            int fd = LockOwnerFd(handle, a.Owner, create: true);
-            if (fd < 0)
+            // An owner without a description holds no lock, so the handle's own description (which
+            // never carries one) answers exactly; otherwise the owner's own locks must not count.
+            owner = AcquireLockOwner(handle, a.Owner, create: false, needWrite: false, out int error);
+            if (error < 0)
             {
-                return fd;
+                return error;
             }
-            if (Libc.FcntlLock(fd, Libc.F_OFD_GETLK, &fl) < 0)
+            if (Libc.FcntlLock(owner?.Fd ?? handle.Fd, Libc.F_OFD_GETLK, &fl) < 0)
             {
                 return Libc.NegErrno;
             }
@@ -130,6 +144,7 @@ public sealed unsafe partial class FuseServer
         }
         finally
         {
+            owner?.Release();
             _handles.Release(handle);
         }
     }
@@ -165,23 +180,13 @@ public sealed unsafe partial class FuseServer
                     Libc.F_WRLCK => Libc.LOCK_EX,
                     _ => Libc.LOCK_UN,
                 };
-                return Retry(handle.Fd, h.Unique, wait && operation != Libc.LOCK_UN, static (fd, op) => Libc.Flock(fd, op | Libc.LOCK_NB), operation, null);
+                return SetFlock(handle.Fd, h.Unique, wait && operation != Libc.LOCK_UN, operation);
             }
             if (!AccessAllows(handle, fl.Type))
             {
                 return EBADF;
             }
-            int fd = LockOwnerFd(handle, a.Owner, create: fl.Type != Libc.F_UNLCK);
-            if (fd == -1 && fl.Type == Libc.F_UNLCK)
-            {
-                // The owner never locked anything here: nothing to release.
-                return 0;
-            }
-            if (fd < 0)
-            {
-                return fd;
-            }
-            return Retry(fd, h.Unique, wait && fl.Type != Libc.F_UNLCK, null, 0, &fl);
+            return SetPosixLock(handle, a.Owner, h.Unique, wait && fl.Type != Libc.F_UNLCK, fl);
         }
         finally
         {
@@ -189,17 +194,77 @@ public sealed unsafe partial class FuseServer
         }
     }
 
-    /// <summary>Tries a non-blocking lock; with <paramref name="wait"/>, retries (1 ms doubling to 50 ms)
-    /// until it succeeds, the guest interrupts the request (EINTR) or the session is reset. So a
-    /// SETLKW never parks a thread in the kernel where nothing could wake it.</summary>
-    private int Retry(int fd, ulong unique, bool wait, Func<int, int, int>? flockCall, int operation, FileLock* fl)
+    /// <summary>F_OFD_SETLK on the owner's current description; with <paramref name="wait"/>, retried
+    /// (see <see cref="PauseBeforeRetry"/>) until it succeeds, the guest interrupts the request (EINTR) or the
+    /// session is reset — so a SETLKW never parks a thread in the kernel where nothing could wake it.
+    /// Every attempt takes the owner's description afresh, with a reference: a FLUSH of the owner
+    /// meanwhile closes it for later attempts (which then start a new one, as the owner's next lock
+    /// would) but never under an attempt, so no attempt can lock whatever file reuses its number.</summary>
+    private int SetPosixLock(Handle handle, ulong owner, ulong unique, bool wait, FileLock fl)
+    {
+        long generation = _interrupts.Generation;
+        int delay = LockPollFirstMs;
+        bool unlock = fl.Type == Libc.F_UNLCK;
+        while (true)
+        {
+            LockOwnerFile? file = AcquireLockOwner(handle, owner, create: !unlock, needWrite: fl.Type == Libc.F_WRLCK, out int error);
+            if (file is null)
+            {
+                // 0: an unlock by an owner that never locked anything here.
+                return error;
+            }
+            int rc;
+            Errno errno = Errno.OK;
+            try
+            {
+                FileLock request = fl;
+                if (file.Retired is { } retired)
+                {
+                    // The owner's locks on the read-only description it had before must not overlap
+                    // what it takes now: locks of two descriptions conflict with each other.
+                    FileLock release = fl;
+                    release.Type = Libc.F_UNLCK;
+                    Libc.FcntlLock(retired.Fd, Libc.F_OFD_SETLK, &release);
+                }
+                rc = Libc.FcntlLock(file.Fd, Libc.F_OFD_SETLK, &request);
+                if (rc < 0)
+                {
+                    errno = Libc.LastErrno;
+                }
+            }
+            finally
+            {
+                file.Release();
+            }
+            if (rc == 0 || errno == Errno.EINTR)
+            {
+                if (rc == 0)
+                {
+                    return 0;
+                }
+                continue;
+            }
+            if (!wait || errno is not (Errno.EAGAIN or Errno.EACCES))
+            {
+                return -(int)errno;
+            }
+            int paused = PauseBeforeRetry(unique, generation, ref delay);
+            if (paused < 0)
+            {
+                return paused;
+            }
+        }
+    }
+
+    /// <summary>flock on the handle's own description, retried like <see cref="SetPosixLock"/> (the
+    /// caller holds the handle, so its descriptor stays open).</summary>
+    private int SetFlock(int fd, ulong unique, bool wait, int operation)
     {
         long generation = _interrupts.Generation;
         int delay = LockPollFirstMs;
         while (true)
         {
-            int rc = flockCall is not null ? flockCall(fd, operation) : Libc.FcntlLock(fd, Libc.F_OFD_SETLK, fl);
-            if (rc == 0)
+            if (Libc.Flock(fd, operation | Libc.LOCK_NB) == 0)
             {
                 return 0;
             }
@@ -208,16 +273,28 @@ public sealed unsafe partial class FuseServer
             {
                 continue;
             }
-            if (!wait || errno is not (Errno.EAGAIN or Errno.EACCES))
+            if (!wait || errno != Errno.EAGAIN)
             {
                 return -(int)errno;
             }
-            if (_interrupts.Contains(unique) || _interrupts.Generation != generation || _disposed)
+            int rc = PauseBeforeRetry(unique, generation, ref delay);
+            if (rc < 0)
             {
-                return -(int)Errno.EINTR;
+                return rc;
             }
-            Thread.Sleep(delay);
-            delay = Math.Min(delay * 2, LockPollMaxMs);
         }
+    }
+
+    /// <summary>Between two attempts of a waiting lock: -EINTR when the guest interrupted the request or
+    /// the session ended; otherwise sleeps (1 ms doubling to 50 ms) and returns 0.</summary>
+    private int PauseBeforeRetry(ulong unique, long generation, ref int delay)
+    {
+        if (_interrupts.Contains(unique) || _interrupts.Generation != generation || _disposed)
+        {
+            return -(int)Errno.EINTR;
+        }
+        Thread.Sleep(delay);
+        delay = Math.Min(delay * 2, LockPollMaxMs);
+        return 0;
     }
 }

@@ -118,11 +118,11 @@ public sealed unsafe partial class FuseServer
         {
             return pathFd;
         }
-        int entered = EnterProcFdDirectory();
-        if (entered < 0)
+        int previousDirectory = EnterProcFdDirectory();
+        if (previousDirectory < 0)
         {
             CloseTemporary(temporary);
-            return entered;
+            return previousDirectory;
         }
         // "N" relative to the /proc/self/fd directory: the magic link reaches the inode itself (a
         // symlink included, whose own attributes these are).
@@ -136,7 +136,7 @@ public sealed unsafe partial class FuseServer
             _ => Libc.Removexattr(path, name),
         };
         int error = result < 0 ? Libc.NegErrno : 0;
-        LeaveProcFdDirectory();
+        LeaveProcFdDirectory(previousDirectory);
         CloseTemporary(temporary);
         return result < 0 ? error : result;
     }

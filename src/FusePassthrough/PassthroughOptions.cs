@@ -71,11 +71,12 @@ public sealed class PassthroughOptions
     public bool PreserveNoatime { get; init; }
 
     /// <summary>Negotiate POSIX_LOCKS: fcntl locks are executed on the host as OFD locks, one open
-    /// file description per guest lock owner.</summary>
-    public bool PosixLocks { get; init; } = true;
+    /// file description per guest lock owner. Off by default, as in both reference daemons: without
+    /// it the guest kernel keeps POSIX locks to itself.</summary>
+    public bool PosixLocks { get; init; }
 
-    /// <summary>Negotiate FLOCK_LOCKS: flock(2) executed on the host.</summary>
-    public bool FlockLocks { get; init; } = true;
+    /// <summary>Negotiate FLOCK_LOCKS: flock(2) executed on the host. Off by default.</summary>
+    public bool FlockLocks { get; init; }
 
     /// <summary>Refuse every modifying request with EROFS and open files read-only.</summary>
     public bool ReadOnly { get; init; }

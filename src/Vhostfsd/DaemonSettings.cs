@@ -15,6 +15,12 @@ public sealed class DaemonSettings
     /// <summary>The shared directory as given on the command line (absolute), for log lines.</summary>
     public string SharedDirOnHost { get; init; } = "";
 
+    /// <summary>Forward POSIX locks to the host (--posix-lock).</summary>
+    public bool PosixLocks { get; init; }
+
+    /// <summary>Forward flock() locks to the host (--flock).</summary>
+    public bool FlockLocks { get; init; }
+
     /// <summary>Test switch (<see cref="Hosting.TestProbe.NoXattrAtEnvironment"/>): take the xattr paths of
     /// kernels before 6.13 even where the *xattrat calls exist.</summary>
     public bool AvoidXattrAt { get; init; }

@@ -83,7 +83,7 @@ public class EscapeTests
     [Fact]
     public void NodeIdsAndHandlesTheGuestWasNeverGivenAreRefused()
     {
-        using var f = new ShareFixture();
+        using var f = LockTests.Locking();
         var before = f.OutsideSnapshot();
         File.WriteAllText(f.HostPath("f"), "data");
         FuseEntryOut file = f.Client.LookupOk(Root, "f");

@@ -119,9 +119,9 @@ public sealed class VhostfsdTransportTests
     [Fact]
     public void ACancelledBlockingLockIsInterrupted()
     {
-        using var t = new VhostfsdTarget("--sandbox", "none");
+        using var t = new VhostfsdTarget("--sandbox", "none", "--posix-lock");
         var fs = t.Fs;
-        Assert.True(fs.Conn.Has(FuseInitFlags.PosixLocks), "vhostfsd grants POSIX_LOCKS");
+        Assert.True(fs.Conn.Has(FuseInitFlags.PosixLocks), "vhostfsd grants POSIX_LOCKS with --posix-lock");
         File.WriteAllText(Path.Combine(t.HostDir, "f"), "data");
         var p1 = new FuseCaller(0, 0, 3001);
         var p2 = new FuseCaller(0, 0, 3002);

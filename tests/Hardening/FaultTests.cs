@@ -33,7 +33,7 @@ public sealed class FaultTests : IDisposable
 
     private DaemonProcess Start(params string[] args)
     {
-        var all = new List<string> { "--sandbox=none", "--log-level=debug" };
+        var all = new List<string> { "--sandbox=none", "--log-level=debug", "--posix-lock", "--flock" };
         all.AddRange(args);
         return DaemonProcess.StartVhostfsd(_share, all.ToArray());
     }

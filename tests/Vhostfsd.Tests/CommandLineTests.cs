@@ -207,6 +207,28 @@ public class CommandLineTests
         Assert.True(o.Xattr);
         Assert.Equal(4, o.ThreadPoolSize);
         Assert.Equal(DaemonLogLevel.Debug, o.LogLevel);
+        Assert.False(o.PosixLock || o.Flock);
+    }
+
+    /// <summary>Lock forwarding is opt-in (off by default, as in both reference daemons), in both
+    /// dialects; the last of a pair wins. libvirt's &lt;lock posix='on' flock='on'/&gt; becomes
+    /// -o posix_lock,flock; Kata passes -o no_posix_lock.</summary>
+    [Fact]
+    public void Lock_forwarding_is_opt_in_in_both_dialects()
+    {
+        var none = Parse("--shared-dir=/a", "--fd=3");
+        Assert.False(none.PosixLock || none.Flock);
+        var libvirt = Parse("--fd=23", "-o", "source=/var/lib/libvirt/share,cache=none,sandbox=namespace,xattr,posix_lock,flock");
+        Assert.True(libvirt.PosixLock && libvirt.Flock);
+        var kata = Parse("--fd=3", "-o", "source=/a", "-o", "no_posix_lock");
+        Assert.False(kata.PosixLock || kata.Flock);
+        var longForm = Parse("--shared-dir=/a", "--fd=3", "--posix-lock", "--flock");
+        Assert.True(longForm.PosixLock && longForm.Flock);
+        var lastWins = Parse("--shared-dir=/a", "--fd=3", "--posix-lock", "--no-posix-lock", "--no-flock", "--flock");
+        Assert.False(lastWins.PosixLock);
+        Assert.True(lastWins.Flock);
+        var undone = Parse("--fd=3", "-o", "source=/a,posix_lock,flock,no_posix_lock,no_flock");
+        Assert.False(undone.PosixLock || undone.Flock);
     }
 
     [Fact]
@@ -279,8 +301,6 @@ public class CommandLineTests
     [InlineData("not supported", "--shared-dir=/a", "--fd=3", "--migration-mode=file-handles")]
     [InlineData("unknown -o option 'bogus'", "--fd=3", "-o", "source=/a,bogus")]
     [InlineData("unknown -o option 'color=blue'", "--fd=3", "-o", "source=/a,color=blue")]
-    [InlineData("-o flock is not supported", "--fd=3", "-o", "source=/a,flock")]
-    [InlineData("-o posix_lock is not supported", "--fd=3", "-o", "source=/a,posix_lock")]
     [InlineData("-o timeout= is not supported", "--fd=3", "-o", "source=/a,timeout=5")]
     [InlineData("invalid value 'fast' for -o cache=", "--fd=3", "-o", "source=/a,cache=fast")]
     [InlineData("Required argument missing", "--shared-dir=", "--fd=3")]

@@ -31,7 +31,7 @@ internal sealed class Node
     /// <summary>One open file description per guest lock owner holding POSIX (OFD) locks on this
     /// inode, created on the owner's first lock (guarded by <see cref="OwnersLock"/>). Per inode,
     /// not per handle: the guest's close() of any of the owner's files drops all its locks here.</summary>
-    public Dictionary<ulong, int>? LockOwnerFds;
+    public Dictionary<ulong, LockOwnerFile>? LockOwners;
     public readonly object OwnersLock = new();
 
     public bool IsDirectory => FileType == Libc.S_IFDIR;
@@ -270,19 +270,12 @@ internal sealed class NodeTable
     /// <summary>Closes the lock-owner description of <paramref name="owner"/> (releasing its POSIX locks).</summary>
     public void CloseLockOwner(Node node, ulong owner)
     {
-        int fd = -1;
+        LockOwnerFile? file = null;
         lock (node.OwnersLock)
         {
-            if (node.LockOwnerFds is not null && node.LockOwnerFds.Remove(owner, out int found))
-            {
-                fd = found;
-            }
+            node.LockOwners?.Remove(owner, out file);
         }
-        if (fd >= 0)
-        {
-            Libc.Close(fd);
-            _budget.Return();
-        }
+        file?.Close();
     }
 
     /// <summary>Key map, then id map, under the key stripe (re-entered when Insert already holds it).</summary>
@@ -304,14 +297,13 @@ internal sealed class NodeTable
     {
         lock (node.OwnersLock)
         {
-            if (node.LockOwnerFds is not null)
+            if (node.LockOwners is not null)
             {
-                foreach (int fd in node.LockOwnerFds.Values)
+                foreach (LockOwnerFile file in node.LockOwners.Values)
                 {
-                    Libc.Close(fd);
-                    _budget.Return();
+                    file.Close();
                 }
-                node.LockOwnerFds = null;
+                node.LockOwners = null;
             }
         }
         if (node.Fd >= 0)

@@ -58,7 +58,7 @@ internal static class CommandLine
         public readonly Option<string> LogLevel = new("--log-level") { Description = "error, warn, info, debug, trace or off [default: info]", HelpName = "LEVEL" };
         public readonly Option<bool> Syslog = new("--syslog") { Description = "Log to syslog (/dev/log) instead of stderr" };
         public readonly Option<string> RlimitNofile = new("--rlimit-nofile") { Description = "Set RLIMIT_NOFILE; 0 leaves it unchanged [default: min(1000000, fs.nr_open) when lower]", HelpName = "N" };
-        public readonly Option<string[]> Compat = new("-o") { Description = "C virtiofsd options: source=DIR,cache=,sandbox=,xattr,no_posix_lock,log_level=,... (deprecated form)", HelpName = "OPT[,OPT...]", AllowMultipleArgumentsPerToken = false };
+        public readonly Option<string[]> Compat = new("-o") { Description = "C virtiofsd options: source=DIR,cache=,sandbox=,xattr,posix_lock,flock,log_level=,... (deprecated form)", HelpName = "OPT[,OPT...]", AllowMultipleArgumentsPerToken = false };
         public readonly Option<bool> Debug = new("-d") { Description = "Same as --log-level=debug (deprecated)" };
         public readonly Option<bool> Foreground = new("-f") { Description = "No effect: vhostfsd always runs in the foreground (deprecated)" };
         public readonly Option<bool> KillprivV2 = new("--killpriv-v2") { Description = "Support FUSE_HANDLE_KILLPRIV_V2" };
@@ -66,6 +66,10 @@ internal static class CommandLine
         public readonly Option<bool> SecurityLabel = new("--security-label") { Description = "Store the security label the guest sends with new files (implies --xattr)" };
         public readonly Option<bool> PreserveNoatime = new("--preserve-noatime") { Description = "Keep the guest's O_NOATIME (otherwise it is dropped to avoid EPERM)" };
         public readonly Option<bool> Version = new("--version", "-V") { Description = "Print the version and exit" };
+        public readonly Option<bool> PosixLock = new("--posix-lock") { Description = "Forward the guest's POSIX (fcntl) locks to the host, so they conflict with other guests' and host programs' locks (C dialect: -o posix_lock)" };
+        public readonly Option<bool> NoPosixLock = new("--no-posix-lock") { Description = "Keep POSIX locks local to the guest [default]" };
+        public readonly Option<bool> Flock = new("--flock") { Description = "Forward the guest's flock() locks to the host (C dialect: -o flock)" };
+        public readonly Option<bool> NoFlock = new("--no-flock") { Description = "Keep flock() locks local to the guest [default]" };
 
         // Recognised so that they get a clear refusal instead of "unrecognized".
         public readonly Option<string[]> UidMap = new("--uid-map") { Hidden = true };
@@ -96,6 +100,7 @@ internal static class CommandLine
                 RlimitNofile, Compat, Debug, Foreground, KillprivV2, NoKillprivV2, SecurityLabel, PreserveNoatime,
                 Version, UidMap, GidMap, TranslateUid, TranslateGid, MigrationMode, MigrationOnError,
                 MigrationVerifyHandles, MigrationConfirmPaths,
+                PosixLock, NoPosixLock, Flock, NoFlock,
             ];
             foreach (Option option in all)
             {
@@ -212,6 +217,8 @@ internal static class CommandLine
             o.RlimitNofile = ParseUnsigned(result.GetValue(d.RlimitNofile), "--rlimit-nofile", long.MaxValue);
         }
         o.KillprivV2 = LastOfPair(result, d.KillprivV2, d.NoKillprivV2, defaultValue: false);
+        o.PosixLock = LastOfPair(result, d.PosixLock, d.NoPosixLock, defaultValue: false);
+        o.Flock = LastOfPair(result, d.Flock, d.NoFlock, defaultValue: false);
         o.SecurityLabel = result.GetValue(d.SecurityLabel);
         o.PreserveNoatime = result.GetValue(d.PreserveNoatime);
 

@@ -154,16 +154,13 @@ internal static class CompatOptions
             case "security_label": options.SecurityLabel = true; break;
             case "no_security_label": options.SecurityLabel = false; break;
             case "debug": options.LogLevel = DaemonLogLevel.Debug; break;
-            // Locks are never forwarded to the host; asking not to is a no-op, as in the Rust daemon.
-            case "no_posix_lock":
-            case "no_flock":
-                break;
+            case "posix_lock": options.PosixLock = true; break;
+            case "no_posix_lock": options.PosixLock = false; break;
+            case "flock": options.Flock = true; break;
+            case "no_flock": options.Flock = false; break;
             case "allow_root":
                 options.Warnings.Add("-o allow_root has no effect with virtio-fs and is ignored");
                 break;
-            case "posix_lock":
-            case "flock":
-                throw new UsageException($"-o {flag} is not supported: locks are not forwarded to the host (they stay local to the guest); use no_{flag} or drop it");
             default:
                 throw new UsageException($"unknown -o option '{flag}'");
         }

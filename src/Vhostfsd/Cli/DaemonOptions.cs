@@ -41,6 +41,13 @@ internal sealed class DaemonOptions
     public bool SecurityLabel { get; set; }
     public bool PreserveNoatime { get; set; }
 
+    /// <summary>Forward POSIX locks to the host (off by default, as in both reference daemons: the
+    /// guest keeps them local).</summary>
+    public bool PosixLock { get; set; }
+
+    /// <summary>Forward flock() locks to the host (off by default).</summary>
+    public bool Flock { get; set; }
+
     /// <summary>Deprecation notes to log once logging is up (the reference daemon warns the same way).</summary>
     public List<string> Warnings { get; } = new();
 

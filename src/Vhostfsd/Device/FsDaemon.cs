@@ -64,5 +64,7 @@ public static class FsDaemon
         PreserveNoatime = settings.PreserveNoatime,
         ReadOnly = settings.ReadOnly,
         AvoidXattrAt = settings.AvoidXattrAt,
+        PosixLocks = settings.PosixLocks,
+        FlockLocks = settings.FlockLocks,
     };
 }

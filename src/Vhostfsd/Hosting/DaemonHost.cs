@@ -206,6 +206,8 @@ internal static unsafe class DaemonHost
             MountInfoFd = sandbox.MountInfoFd,
             FdLimit = fdLimit,
             AvoidXattrAt = TestProbe.NoXattrAtRequested,
+            PosixLocks = options.PosixLock,
+            FlockLocks = options.Flock,
         };
         TestProbe.RunIfRequested(settings, lastCap, log);
 

@@ -82,7 +82,7 @@ public sealed unsafe class EndToEndTarget : IDisposable
 
     private Session Start()
     {
-        var args = new List<string> { "--sandbox=none", "--log-level=warn", "--xattr" };
+        var args = new List<string> { "--sandbox=none", "--log-level=warn", "--xattr", "--posix-lock", "--flock" };
         args.AddRange(_daemonArgs);
         var daemon = DaemonProcess.StartVhostfsd(_share, args.ToArray());
         var guest = new VhostUserTestGuest(queueCount: 2, QueueSize, SlotSize, eventIdx: true, indirect: true);

@@ -47,6 +47,8 @@ public sealed unsafe class FuseServerTarget : IDisposable
         {
             SharedDir = _share,
             Xattr = true,
+            PosixLocks = true,
+            FlockLocks = true,
             MaxGuestFds = 300,
             InodeFileHandles = fileHandles ? InodeFileHandles.Prefer : InodeFileHandles.Never,
         }, message =>
