@@ -322,6 +322,43 @@ public sealed unsafe partial class FuseServer
         return 0;
     }
 
+    /// <summary>For an operation the guest marked KILL_SUIDGID (HANDLE_KILLPRIV_V2: the guest's caller
+    /// lacks CAP_FSETID): clears CAP_FSETID from the calling thread's effective set, so that the
+    /// kernel clears S_ISUID/S_ISGID as part of the write, truncation or chown itself, exactly as it
+    /// would for that caller — not in a chmod after the operation, which left a window with the new
+    /// contents still setuid. Capability sets are per thread, so no other request is affected.
+    /// Returns true when the set changed; <see cref="RestoreFsetid"/> puts it back.</summary>
+    private bool DropFsetid()
+    {
+        if (!_privileged)
+        {
+            return false;
+        }
+        var header = new CapUserHeader { Version = Libc._LINUX_CAPABILITY_VERSION_3 };
+        CapUserData* data = stackalloc CapUserData[2];
+        if (Libc.Capget(&header, data) < 0 || (data[0].Effective & (1u << Libc.CAP_FSETID)) == 0)
+        {
+            return false;
+        }
+        data[0].Effective &= ~(1u << Libc.CAP_FSETID);
+        return Libc.Capset(&header, data) == 0;
+    }
+
+    private static void RestoreFsetid(bool dropped)
+    {
+        if (!dropped)
+        {
+            return;
+        }
+        var header = new CapUserHeader { Version = Libc._LINUX_CAPABILITY_VERSION_3 };
+        CapUserData* data = stackalloc CapUserData[2];
+        if (Libc.Capget(&header, data) == 0)
+        {
+            data[0].Effective |= 1u << Libc.CAP_FSETID;
+            Libc.Capset(&header, data);
+        }
+    }
+
     /// <summary>The mode to create with: with DONT_MASK negotiated the guest left the umask to us, and
     /// (as the host kernel would) it applies only when the parent has no default ACL.</summary>
     private uint EffectiveMode(int parentFd, uint mode, uint umask)

@@ -447,13 +447,13 @@ public sealed unsafe partial class FuseServer
         {
             uint uid = (valid & FuseSetattrValid.Uid) != 0 ? a.Uid : uint.MaxValue;
             uint gid = (valid & FuseSetattrValid.Gid) != 0 ? a.Gid : uint.MaxValue;
-            if (Libc.FchownAt(pathFd, &empty, uid, gid, Libc.AT_EMPTY_PATH | Libc.AT_SYMLINK_NOFOLLOW) < 0)
+            // chown always clears S_ISUID; S_ISGID too unless the thread may keep it.
+            bool fsetidDropped = killSuidgid && DropFsetid();
+            int rc = Libc.FchownAt(pathFd, &empty, uid, gid, Libc.AT_EMPTY_PATH | Libc.AT_SYMLINK_NOFOLLOW) < 0 ? Libc.NegErrno : 0;
+            RestoreFsetid(fsetidDropped);
+            if (rc < 0)
             {
-                return Libc.NegErrno;
-            }
-            if (killSuidgid && !node.IsDirectory)
-            {
-                ClearSuidSgid(pathFd, fdName);
+                return rc;
             }
         }
         if ((valid & FuseSetattrValid.Size) != 0)
@@ -471,6 +471,7 @@ public sealed unsafe partial class FuseServer
                 return EINVAL;
             }
             int rc;
+            bool fsetidDropped = killSuidgid && DropFsetid();
             if (handle is not null && handle.Fd >= 0 && (handle.OpenFlags & Libc.O_ACCMODE) != Libc.O_RDONLY)
             {
                 rc = Libc.FTruncate(handle.Fd, (long)a.FileSize);
@@ -479,20 +480,16 @@ public sealed unsafe partial class FuseServer
             else
             {
                 int fd = Reopen(node, Libc.O_WRONLY | Libc.O_NONBLOCK);
-                if (fd < 0)
+                rc = fd < 0 ? fd : Libc.FTruncate(fd, (long)a.FileSize) < 0 ? Libc.NegErrno : 0;
+                if (fd >= 0)
                 {
-                    return fd;
+                    Libc.Close(fd);
                 }
-                rc = Libc.FTruncate(fd, (long)a.FileSize) < 0 ? Libc.NegErrno : 0;
-                Libc.Close(fd);
             }
+            RestoreFsetid(fsetidDropped);
             if (rc < 0)
             {
                 return rc;
-            }
-            if (killSuidgid)
-            {
-                ClearSuidSgid(pathFd, fdName);
             }
         }
         if ((valid & (FuseSetattrValid.Atime | FuseSetattrValid.Mtime | FuseSetattrValid.AtimeNow | FuseSetattrValid.MtimeNow)) != 0)
@@ -525,28 +522,6 @@ public sealed unsafe partial class FuseServer
             return new Timespec { Sec = (long)seconds, Nsec = Math.Min(nanoseconds, 999_999_999u) };
         }
         return new Timespec { Sec = 0, Nsec = Libc.UTIME_OMIT };
-    }
-
-    /// <summary>Clears S_ISUID, and S_ISGID when group-executable, as the kernel does when an
-    /// unprivileged writer changes a file (HANDLE_KILLPRIV_V2 makes this the daemon's job).</summary>
-    private void ClearSuidSgid(int pathFd, byte* fdName)
-    {
-        Statx st;
-        byte empty = 0;
-        if (Libc.StatxAt(pathFd, &empty, Libc.AT_EMPTY_PATH | Libc.AT_SYMLINK_NOFOLLOW, Libc.STATX_MODE | Libc.STATX_TYPE, &st) < 0)
-        {
-            return;
-        }
-        uint mode = st.Mode;
-        uint clear = Libc.S_ISUID;
-        if ((mode & Libc.S_IXGRP) != 0)
-        {
-            clear |= Libc.S_ISGID;
-        }
-        if ((mode & clear) != 0 && (mode & Libc.S_IFMT) == Libc.S_IFREG)
-        {
-            Libc.FchmodAt(_procSelfFd, fdName, mode & 0xFFF & ~clear, 0);
-        }
     }
 
     private int DoReadlink(in FuseInHeader h, ref RequestReader r, ref ReplyWriter w)

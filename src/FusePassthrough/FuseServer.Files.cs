@@ -105,16 +105,13 @@ public sealed unsafe partial class FuseServer
             {
                 return -(int)Errno.ENFILE;
             }
+            bool fsetidDropped = (flags & Libc.O_TRUNC) != 0 && KillsPrivileges(a.OpenFlags) && DropFsetid();
             int fd = Reopen(node, flags);
+            RestoreFsetid(fsetidDropped);
             if (fd < 0)
             {
                 _budget.Return();
                 return fd;
-            }
-            if ((flags & Libc.O_TRUNC) != 0 && (a.OpenFlags & (uint)FuseOpenInFlags.KillSuidgid) != 0
-                && (_negotiated & FuseInitFlags.HandleKillprivV2) != 0)
-            {
-                ClearSuidSgidOnFd(fd);
             }
             Handle handle = _handles.Add(node, fd, flags, (int)a.Flags, isDirectory: false);
             var reply = new FuseOpenOut { Fh = handle.Id, OpenFlags = FileOpenOutFlags(directory: false) };
@@ -127,20 +124,9 @@ public sealed unsafe partial class FuseServer
         }
     }
 
-    private static void ClearSuidSgidOnFd(int fd)
-    {
-        Statx st;
-        byte empty = 0;
-        if (Libc.StatxAt(fd, &empty, Libc.AT_EMPTY_PATH, Libc.STATX_MODE | Libc.STATX_TYPE, &st) < 0)
-        {
-            return;
-        }
-        uint clear = Libc.S_ISUID | ((st.Mode & Libc.S_IXGRP) != 0 ? Libc.S_ISGID : 0);
-        if ((st.Mode & clear) != 0)
-        {
-            Libc.Fchmod(fd, st.Mode & 0xFFFu & ~clear);
-        }
-    }
+    /// <summary>OPEN/CREATE's FUSE_OPEN_KILL_SUIDGID, when HANDLE_KILLPRIV_V2 was agreed.</summary>
+    private bool KillsPrivileges(uint openFlags) =>
+        (openFlags & (uint)FuseOpenInFlags.KillSuidgid) != 0 && (_negotiated & FuseInitFlags.HandleKillprivV2) != 0;
 
     private int DoCreate(in FuseInHeader h, ref RequestReader r, ref ReplyWriter w, bool tmpfile)
     {
@@ -206,6 +192,8 @@ public sealed unsafe partial class FuseServer
             {
                 return rc;
             }
+            // O_TRUNC of an existing file: the guest's caller may not keep its setuid bits.
+            bool fsetidDropped = (flags & Libc.O_TRUNC) != 0 && KillsPrivileges(a.OpenFlags) && DropFsetid();
             try
             {
                 fixed (byte* name = names.First)
@@ -225,6 +213,7 @@ public sealed unsafe partial class FuseServer
             }
             finally
             {
+                RestoreFsetid(fsetidDropped);
                 LeaveCredentials(in saved);
             }
             if (fd < 0)
@@ -543,6 +532,10 @@ public sealed unsafe partial class FuseServer
             int total = 0;
             int first = 0;
             long offset = (long)a.Offset;
+            bool killPrivileges = ((FuseWriteFlags)a.WriteFlags & FuseWriteFlags.KillSuidgid) != 0 && (_negotiated & FuseInitFlags.HandleKillprivV2) != 0;
+            bool fsetidDropped = killPrivileges && DropFsetid();
+            try
+            {
             fixed (IoVec* p = iov)
             {
                 while (total < size)
@@ -568,9 +561,10 @@ public sealed unsafe partial class FuseServer
                     ConsumeIovecs(iov, ref first, count, (nuint)n);
                 }
             }
-            if (((FuseWriteFlags)a.WriteFlags & FuseWriteFlags.KillSuidgid) != 0 && (_negotiated & FuseInitFlags.HandleKillprivV2) != 0)
+            }
+            finally
             {
-                ClearSuidSgidOnFd(handle.Fd);
+                RestoreFsetid(fsetidDropped);
             }
             var reply = new FuseWriteOut { Length = (uint)total };
             w.TryWrite(in reply);

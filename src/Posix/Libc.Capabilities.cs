@@ -27,6 +27,9 @@ public static unsafe partial class Libc
 {
     public const uint _LINUX_CAPABILITY_VERSION_3 = 0x20080522;
 
+    /// <summary>CAP_FSETID: keep S_ISUID/S_ISGID when a file is written, truncated or chowned.</summary>
+    public const int CAP_FSETID = 4;
+
     [LibraryImport(Lib, EntryPoint = "capget", SetLastError = true)]
     public static partial int Capget(CapUserHeader* header, CapUserData* data);
 

@@ -267,6 +267,44 @@ public class FileTests
         f.Client.Setattr(e.NodeId, new FuseSetattrIn { Valid = (uint)(FuseSetattrValid.Size | FuseSetattrValid.KillSuidgid), FileSize = 0 }).Ok();
         Assert.Equal(0x1EDu, ShareFixture.HostStat(f.HostPath("suid")).Mode & 0xFFFu);
     }
+
+    /// <summary>KILL_SUIDGID means "the guest's caller lacks CAP_FSETID": the write, truncation or chown
+    /// must then drop exactly what the kernel drops for such a caller, as part of the operation —
+    /// S_ISUID, and S_ISGID even without group execute when the caller is not in the file's group
+    /// (a 02644 file of group 1234 here) — and an open without O_TRUNC or a write without the flag
+    /// keeps both.</summary>
+    [Fact]
+    public void KillprivV2DropsWhatTheKernelDropsForACallerWithoutFsetid()
+    {
+        Assert.Equal(0u, Libc.GetEuid());
+        using var f = new ShareFixture(makeOptions: s => new PassthroughOptions { SharedDir = s, KillprivV2 = true });
+        Assert.True(FuseConstants.JoinInitFlags(f.Init.Flags, f.Init.Flags2).HasFlag(FuseInitFlags.HandleKillprivV2));
+        File.WriteAllText(f.HostPath("f"), "data");
+        ShareFixture.Chown(f.HostPath("f"), 0, 1234);
+        FuseEntryOut e = f.Client.LookupOk(Root, "f");
+        ulong fh = f.Client.Open(e.NodeId, Libc.O_RDWR).Ok().Read<FuseOpenOut>().Fh;
+        uint Mode() => ShareFixture.HostStat(f.HostPath("f")).Mode & 0xFFFu;
+
+        ShareFixture.Chmod(f.HostPath("f"), 0xDA4); // 06644
+        f.Client.Write(e.NodeId, fh, 0, "y"u8).Ok();
+        Assert.Equal(0xDA4u, Mode());
+        f.Client.Write(e.NodeId, fh, 0, "y"u8, writeFlags: (uint)FuseWriteFlags.KillSuidgid).Ok();
+        Assert.Equal(0x1A4u, Mode());
+
+        ShareFixture.Chmod(f.HostPath("f"), 0xDA4);
+        f.Client.Setattr(e.NodeId, new FuseSetattrIn { Valid = (uint)(FuseSetattrValid.Size | FuseSetattrValid.KillSuidgid), FileSize = 1 }).Ok();
+        Assert.Equal(0x1A4u, Mode());
+
+        ShareFixture.Chmod(f.HostPath("f"), 0xDA4);
+        f.Client.Setattr(e.NodeId, new FuseSetattrIn { Valid = (uint)(FuseSetattrValid.Gid | FuseSetattrValid.KillSuidgid), Gid = 1235 }).Ok();
+        Assert.Equal(0x1A4u, Mode());
+
+        ShareFixture.Chmod(f.HostPath("f"), 0xDA4);
+        var open = new FuseArgs().Add(new FuseOpenIn { Flags = Libc.O_RDWR | Libc.O_TRUNC, OpenFlags = (uint)FuseOpenInFlags.KillSuidgid });
+        f.Client.Send(FuseOpcode.Open, e.NodeId, open).Ok();
+        Assert.Equal(0x1A4u, Mode());
+        Assert.Equal(0L, new FileInfo(f.HostPath("f")).Length);
+    }
 }
 
 public class OpenFlagTests
