@@ -111,7 +111,12 @@ public sealed unsafe partial class FuseServer
                 fd = -1;
             }
         }
-        Node node = _nodes.Insert(KeyOf(in st), st.Mode & Libc.S_IFMT, fd, handle, mountFd);
+        Node? node = _nodes.Insert(KeyOf(in st), st.Mode & Libc.S_IFMT, fd, handle, mountFd);
+        if (node is null)
+        {
+            // Only a node held by its handle alone is refused, so there is no fd to give back.
+            return -(int)Errno.ENFILE;
+        }
         entry = ToEntry(node.Id, in st, AttrFlagsFor(parent, in st));
         _nodes.Release(node);
         return 0;
@@ -253,12 +258,11 @@ public sealed unsafe partial class FuseServer
         {
             return Libc.NegErrno;
         }
-        if (!_nodes.TryLookupExisting(node.Key, out Node same))
+        if (!_nodes.TryAddLookup(node))
         {
             return -(int)Errno.ESTALE;
         }
-        entry = ToEntry(same.Id, in st, 0);
-        _nodes.Release(same);
+        entry = ToEntry(node.Id, in st, 0);
         return 0;
     }
 

@@ -55,7 +55,7 @@ public sealed unsafe partial class FuseServer : IDisposable
         _log = log;
         _xattrMap = options.XattrMap is null ? null : XattrMap.Parse(options.XattrMap);
         _budget = new FdBudget(FdBudget.ResolveLimit(options.MaxGuestFds));
-        _nodes = new NodeTable(_budget);
+        _nodes = new NodeTable(_budget, options.EffectiveMaxHandleOnlyNodes);
         _handles = new HandleTable(_budget, _nodes);
         _privileged = Libc.GetEuid() == 0;
         (_entryValidSec, _entryValidNsec) = SplitTimeout(options.EffectiveEntryTimeout);

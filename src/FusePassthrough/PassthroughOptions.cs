@@ -86,6 +86,18 @@ public sealed class PassthroughOptions
     /// RLIMIT_NOFILE like virtiofsd (the soft limit minus a reserve for the daemon itself).</summary>
     public int MaxGuestFds { get; init; }
 
+    /// <summary>Most nodes held by their file handle alone (--inode-file-handles=mandatory, or prefer past
+    /// half the fd budget); past it, lookups of new inodes fail with ENFILE. Each costs about 250 bytes
+    /// of daemon memory and no fd, so the fd budget does not bound them. 0: the default,
+    /// <see cref="DefaultMaxHandleOnlyNodes"/>.</summary>
+    public int MaxHandleOnlyNodes { get; init; }
+
+    /// <summary>The default bound on handle-only nodes: as many as the default fd budget allows O_PATH
+    /// nodes (RLIMIT_NOFILE is raised to 1,000,000), about 256 MiB at most.</summary>
+    public const int DefaultMaxHandleOnlyNodes = 1 << 20;
+
+    public int EffectiveMaxHandleOnlyNodes => MaxHandleOnlyNodes > 0 ? MaxHandleOnlyNodes : DefaultMaxHandleOnlyNodes;
+
     /// <summary>Use the paths of kernels before 6.13 (f*xattr on a reopened fd, path calls through the
     /// /proc/self/fd directory) even where the kernel has the *xattrat calls: the tests use it to run
     /// those paths on a new kernel.</summary>

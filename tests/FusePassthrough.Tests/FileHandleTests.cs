@@ -80,4 +80,69 @@ public class FileHandleTests
         f.Client.Forget(nodes[0], 1);
         Assert.Equal(used - 1, f.Server.FdUsage.Used);
     }
+
+    /// <summary>Nodes held by their handle alone hold no fd, so the fd budget does not bound them: a
+    /// guest that never FORGETs meets their own bound (ENFILE), and FORGET makes room again.</summary>
+    [Fact]
+    public void HandleOnlyNodesAreBounded()
+    {
+        Assert.True(Libc.GetEuid() == 0, "open_by_handle_at needs CAP_DAC_READ_SEARCH: run the tests as root");
+        using var f = new ShareFixture(makeOptions: s => new PassthroughOptions { SharedDir = s, InodeFileHandles = InodeFileHandles.Mandatory, MaxHandleOnlyNodes = 8 });
+        for (int i = 0; i < 12; i++)
+        {
+            File.WriteAllText(f.HostPath($"f{i}"), "x");
+        }
+        var nodes = new List<ulong>();
+        for (int i = 0; i < 8; i++)
+        {
+            nodes.Add(f.Client.LookupOk(Root, $"f{i}").NodeId);
+        }
+        Assert.Equal(Errno.ENFILE, f.Client.Lookup(Root, "f8").Errno);
+        Assert.Equal(9, f.Server.NodeCount);
+        // Known inodes are still found (another lookup of the same node), and still work.
+        Assert.Equal(nodes[3], f.Client.LookupOk(Root, "f3").NodeId);
+        f.Client.Getattr(nodes[5]).Ok();
+        f.Client.Forget(nodes[0], 1);
+        Assert.NotEqual(0UL, f.Client.LookupOk(Root, "f8").NodeId);
+        Assert.Equal(Errno.ENFILE, f.Client.Lookup(Root, "f9").Errno);
+    }
+
+    /// <summary>A node held by its handle alone does not keep its inode alive: once the file is deleted,
+    /// the file system may give its inode number to a new file. A lookup of that new file must make a
+    /// new node (the old one's handle names the deleted inode), not hand the guest the old node id
+    /// with the old type and a stale handle.</summary>
+    [Fact]
+    public void AReusedInodeNumberIsANewNode()
+    {
+        Assert.True(Libc.GetEuid() == 0, "open_by_handle_at needs CAP_DAC_READ_SEARCH: run the tests as root");
+        using var f = new ShareFixture(makeOptions: s => new PassthroughOptions { SharedDir = s, InodeFileHandles = InodeFileHandles.Mandatory });
+        File.WriteAllText(f.HostPath("old"), "old content");
+        FuseEntryOut old = f.Client.LookupOk(Root, "old");
+        File.Delete(f.HostPath("old"));
+        // ext4 (the temporary directory's file system here) hands a freed inode number to the next
+        // file created in the same group; try a few times.
+        bool reused = false;
+        for (int attempt = 0; attempt < 50 && !reused; attempt++)
+        {
+            File.WriteAllText(f.HostPath("new"), "new content");
+            reused = ShareFixture.HostStat(f.HostPath("new")).Ino == old.Attr.Ino;
+            if (!reused)
+            {
+                File.Delete(f.HostPath("new"));
+            }
+        }
+        Assert.True(reused, $"the file system of {f.Share} did not reuse inode {old.Attr.Ino} (the test needs one that does, like ext4)");
+        FuseEntryOut fresh = f.Client.LookupOk(Root, "new");
+        Assert.Equal(old.Attr.Ino, fresh.Attr.Ino);
+        Assert.NotEqual(old.NodeId, fresh.NodeId);
+        ulong fh = f.Client.Open(fresh.NodeId, Libc.O_RDONLY).Ok().Read<FuseOpenOut>().Fh;
+        Assert.Equal("new content", Encoding.ASCII.GetString(f.Client.Read(fresh.NodeId, fh, 0, 100).Ok().Payload));
+        f.Client.Release(fresh.NodeId, fh).Ok();
+        // The old node still names the deleted file.
+        Assert.Equal(Errno.ESTALE, f.Client.Getattr(old.NodeId).Errno);
+        // Both forgotten cleanly.
+        f.Client.Forget(old.NodeId, 1);
+        f.Client.Forget(fresh.NodeId, 1);
+        Assert.Equal(1, f.Server.NodeCount);
+    }
 }

@@ -61,7 +61,7 @@ public class NodeTableTests
         {
             return node;
         }
-        return nodes.Insert(key, Libc.S_IFREG, NewFd(budget), null, -1);
+        return nodes.Insert(key, Libc.S_IFREG, NewFd(budget), null, -1)!;
     }
 
     [Fact]

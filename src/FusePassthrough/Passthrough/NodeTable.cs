@@ -54,13 +54,22 @@ internal sealed class NodeTable
     private readonly Stripes<ulong, Node> _byId = new(1024);
     private readonly Stripes<InodeKey, Node> _byKey = new(1024);
     private readonly FdBudget _budget;
+    private readonly int _maxHandleOnly;
     private long _lastId = (long)Protocol.FuseConstants.RootId;
+    private int _handleOnly;
     private Node? _root;
 
-    public NodeTable(FdBudget budget)
+    /// <param name="maxHandleOnly">Most nodes held by their file handle alone: they hold no fd, so the
+    /// fd budget does not bound them, and a guest that never FORGETs would otherwise grow the table
+    /// without end.</param>
+    public NodeTable(FdBudget budget, int maxHandleOnly = int.MaxValue)
     {
         _budget = budget;
+        _maxHandleOnly = maxHandleOnly;
     }
+
+    /// <summary>Nodes held by their file handle alone.</summary>
+    public int HandleOnlyCount => Volatile.Read(ref _handleOnly);
 
     public Node Root => _root ?? throw new InvalidOperationException("no root node");
 
@@ -104,17 +113,37 @@ internal sealed class NodeTable
         }
     }
 
-    /// <summary>If <paramref name="key"/> is known: counts one more guest lookup, takes a reference
-    /// for the caller and returns true.</summary>
+    /// <summary>If <paramref name="key"/> is known and its node pins the inode (holds an O_PATH fd):
+    /// counts one more guest lookup, takes a reference for the caller and returns true. A node held
+    /// by its file handle alone does not keep its inode alive, so the key (device, inode number) may
+    /// now name a newer file that reused the number: such a node is only found through
+    /// <see cref="Insert"/>, which compares the file handles.</summary>
     public bool TryLookupExisting(in InodeKey key, out Node node)
     {
         var stripe = _byKey.For(key);
         lock (stripe)
         {
-            if (stripe.Map.TryGetValue(key, out node!))
+            if (stripe.Map.TryGetValue(key, out node!) && node.Fd >= 0)
             {
                 node.Lookups++;
                 Interlocked.Increment(ref node.Refs);
+                return true;
+            }
+        }
+        node = null!;
+        return false;
+    }
+
+    /// <summary>Counts one more guest lookup of <paramref name="node"/> itself (LOOKUP of "."), if the
+    /// guest still knows it.</summary>
+    public bool TryAddLookup(Node node)
+    {
+        var stripe = _byKey.For(node.Key);
+        lock (stripe)
+        {
+            if (node.Lookups > 0 || node.IsRoot)
+            {
+                node.Lookups++;
                 return true;
             }
         }
@@ -123,8 +152,12 @@ internal sealed class NodeTable
 
     /// <summary>Finds or adds the node for <paramref name="key"/>, counting one guest lookup and taking
     /// a reference for the caller. When the node already existed, <paramref name="fd"/> (which the
-    /// caller took from the budget) is closed and returned to the budget here.</summary>
-    public Node Insert(in InodeKey key, uint fileType, int fd, byte[]? fileHandle, int mountFd)
+    /// caller took from the budget) is closed and returned to the budget here. A known node held by
+    /// its file handle alone whose handle differs from <paramref name="fileHandle"/> is another,
+    /// deleted inode whose number was reused: it keeps its id for the guest until forgotten, but the
+    /// key now names a new node. Null when a new node would be held by its handle alone and
+    /// the table already holds its maximum of those (the caller answers ENFILE; nothing was taken).</summary>
+    public Node? Insert(in InodeKey key, uint fileType, int fd, byte[]? fileHandle, int mountFd)
     {
         Node node;
         bool existed;
@@ -132,6 +165,12 @@ internal sealed class NodeTable
         lock (stripe)
         {
             existed = stripe.Map.TryGetValue(key, out node!);
+            if (existed && node.Fd < 0 && node.FileHandle is not null && fileHandle is not null
+                && !node.FileHandle.AsSpan().SequenceEqual(fileHandle))
+            {
+                stripe.Map.Remove(key);
+                existed = false;
+            }
             if (existed)
             {
                 node.Lookups++;
@@ -139,6 +178,12 @@ internal sealed class NodeTable
             }
             else
             {
+                bool handleOnly = fd < 0 && fileHandle is not null;
+                if (handleOnly && Interlocked.Increment(ref _handleOnly) > _maxHandleOnly)
+                {
+                    Interlocked.Decrement(ref _handleOnly);
+                    return null;
+                }
                 node = _byKey.TakePooled(stripe) ?? new Node();
                 node.Id = (ulong)Interlocked.Increment(ref _lastId);
                 node.Key = key;
@@ -310,6 +355,10 @@ internal sealed class NodeTable
         {
             Libc.Close(node.Fd);
             _budget.Return();
+        }
+        else if (node.FileHandle is not null && !node.IsRoot)
+        {
+            Interlocked.Decrement(ref _handleOnly);
         }
         // Back to the pool of the stripe its key came from; Insert takes from any stripe's pool.
         InodeKey key = node.Key;
