@@ -121,7 +121,9 @@ public sealed unsafe class QueueHotPath : IDisposable
         {
             throw new InvalidOperationException($"pop failed: {_chain.Error}");
         }
-        int written = _server.HandleRequest(_chain.Readable, _chain.Writable);
+        var header = FuseRequestHeader.Read(_chain.Readable);
+        FuseServer.Triage(in header, int.MaxValue);
+        int written = _server.HandleRequest(in header, _chain.Readable, _chain.Writable);
         _queue.PushUsed(_chain.Head, (uint)written);
         _queue.NeedsNotification();
         _chain.Release();

@@ -128,32 +128,29 @@ public sealed unsafe partial class FuseServer : IDisposable
     public bool UsesFileHandles => _fileHandles;
 
     /// <summary>Handles one request. The request is the concatenation of <paramref name="readable"/>;
-    /// the reply is written into <paramref name="writable"/>, never past it. Returns the reply length
+    /// <paramref name="request"/> is its header, copied out of those segments by
+    /// <see cref="FuseRequestHeader.Read"/> (before <see cref="Triage"/>, when the transport routes
+    /// requests): the server acts on that copy and never reads the header from the segments again.
+    /// The reply is written into <paramref name="writable"/>, never past it. Returns the reply length
     /// (0 for FORGET, BATCH_FORGET and INTERRUPT, which get no reply, and when the writable space
     /// cannot hold even fuse_out_header). Never throws.
     /// <para>Contract: every IoVec describes memory that stays valid for the duration of the call.</para></summary>
-    public int HandleRequest(ReadOnlySpan<IoVec> readable, ReadOnlySpan<IoVec> writable)
+    public int HandleRequest(in FuseRequestHeader request, ReadOnlySpan<IoVec> readable, ReadOnlySpan<IoVec> writable)
     {
         Interlocked.Increment(ref Stats._requests);
         int capacity = RequestReader.TotalLength(writable);
         var w = new ReplyWriter(writable, capacity);
-        ulong unique = 0;
+        ulong unique = request.Unique;
         try
         {
             int total = RequestReader.TotalLength(readable);
-            var r = new RequestReader(readable, total);
-            if (!r.TryRead(out FuseInHeader h))
+            // A header copied from other segments is the transport's bug; answered like a short request.
+            if (!request.IsComplete || request.Length != total)
             {
                 Interlocked.Increment(ref Stats._malformed);
-                if (total >= 16)
-                {
-                    var peek = new RequestReader(readable, total);
-                    peek.Skip(8);
-                    peek.TryRead(out unique);
-                }
                 return Finish(ref w, unique, -(int)Errno.EINVAL);
             }
-            unique = h.Unique;
+            ref readonly FuseInHeader h = ref request.In;
             var opcode = (FuseOpcode)h.Opcode;
             bool noReply = opcode is FuseOpcode.Forget or FuseOpcode.BatchForget or FuseOpcode.Interrupt;
             if (h.Len != (uint)total || total > MaxRequestSize)
@@ -161,6 +158,8 @@ public sealed unsafe partial class FuseServer : IDisposable
                 Interlocked.Increment(ref Stats._malformed);
                 return noReply ? 0 : Finish(ref w, unique, -(int)Errno.EINVAL);
             }
+            var r = new RequestReader(readable, total);
+            r.Skip(FuseInHeader.Size);
             if (noReply)
             {
                 HandleNoReply(opcode, in h, ref r);
@@ -196,27 +195,27 @@ public sealed unsafe partial class FuseServer : IDisposable
         }
     }
 
-    /// <summary>Cheap check for the device loop: sorts a request from its opcode (and a READ's size)
-    /// alone, in one pass over the header, so that one that may block for a long time can be handed
-    /// to a pool instead of stalling the queue: <see cref="RequestTriage.MayBlock"/> for lock waits,
-    /// syncs, flush, big copies or allocations, <see cref="RequestTriage.LargeRead"/> for a READ of at least
-    /// <paramref name="largeReadBytes"/> (fuse_read_in.size), <see cref="RequestTriage.Short"/> for the
-    /// rest and for anything too short to say. The request is validated when it runs.</summary>
-    public static RequestTriage Triage(ReadOnlySpan<IoVec> readable, int largeReadBytes)
+    /// <summary>Cheap check for the device loop: sorts a request from its copied header alone, so that
+    /// one that may block for a long time can be handed to a pool instead of stalling the queue:
+    /// <see cref="RequestTriage.MayBlock"/> for lock waits, syncs, flush, big copies or allocations,
+    /// <see cref="RequestTriage.LargeRead"/> for a READ of at least <paramref name="largeReadBytes"/>
+    /// (fuse_read_in.size), <see cref="RequestTriage.Short"/> for the rest and for anything too short
+    /// to say. Pass the same <paramref name="request"/> to <see cref="HandleRequest"/>: what runs is
+    /// then what was sorted, whatever the guest writes into its buffer meanwhile. The request is
+    /// validated when it runs.</summary>
+    public static RequestTriage Triage(in FuseRequestHeader request, int largeReadBytes)
     {
-        var r = new RequestReader(readable, RequestReader.TotalLength(readable));
-        if (!r.Skip(4) || !r.TryRead(out uint opcode))
+        if (!request.IsComplete)
         {
             return RequestTriage.Short;
         }
-        switch ((FuseOpcode)opcode)
+        switch (request.Opcode)
         {
             case FuseOpcode.Setlkw or FuseOpcode.Fsync or FuseOpcode.Fsyncdir or FuseOpcode.Syncfs
                 or FuseOpcode.Flush or FuseOpcode.CopyFileRange or FuseOpcode.Fallocate:
                 return RequestTriage.MayBlock;
             case FuseOpcode.Read:
-                // The rest of the header, then fuse_read_in's fh and offset, then its 32-bit size.
-                return r.Skip(FuseInHeader.Size - 8 + 16) && r.TryRead(out uint size) && size >= (uint)Math.Max(0, largeReadBytes)
+                return request.HasReadSize && request.ReadSize >= (uint)Math.Max(0, largeReadBytes)
                     ? RequestTriage.LargeRead
                     : RequestTriage.Short;
             default:

@@ -20,6 +20,11 @@ namespace Vhostfsd.VhostUser;
 /// <para>In-flight chains are tracked by head index. A head popped while its previous chain is still
 /// in flight means the driver reused a descriptor it does not own: the ring is broken. A chain
 /// completed after its ring was stopped (and its wait for in-flight chains timed out) is dropped.</para>
+/// <para>One worker at a time: a worker told to stop is waited for while it is in the ring's own code
+/// (bounded work); one stuck in a handler past <see cref="VhostUserBackendOptions.WorkerStopTimeout"/>
+/// is given up on (detached) and, when the handler returns, exits without touching the ring, so a
+/// new worker can take the ring meanwhile. What a worker keeps about the chain in hand lives in
+/// its <see cref="Worker"/>, never in the ring.</para>
 /// </remarks>
 public sealed class Vring : IDisposable
 {
@@ -59,10 +64,6 @@ public sealed class Vring : IDisposable
     private bool _signalPending;
     private volatile bool _broken;
     private int _brokenLogged;
-
-    // The worker's own: which chain HandleChain is running on, and whether it completed inline.
-    private DescriptorChain? _handling;
-    private bool _completedInline;
 
     internal Vring(int index, IVhostUserDevice device, VhostUserBackendOptions options, ILogger log, Action<Vring>? onBroken)
     {
@@ -117,14 +118,24 @@ public sealed class Vring : IDisposable
 
     /// <summary>True when more chains wait in the avail ring behind the one being handled. Only
     /// meaningful on this ring's worker thread inside <see cref="IVringHandler.HandleChain"/> (false
-    /// anywhere else): a handler asks it before handing a long request to another thread, which pays
-    /// off only when the worker has other requests to get on with meanwhile.</summary>
+    /// anywhere else, and once the worker was given up on): a handler asks it before handing a long
+    /// request to another thread, which pays off only when the worker has other requests to get on
+    /// with meanwhile.</summary>
     public bool HasMoreAvailable
     {
         get
         {
             var worker = _worker;
-            return worker != null && worker.Thread == Thread.CurrentThread && _handling != null && worker.HasAvailable();
+            if (worker == null || worker.Thread != Thread.CurrentThread || worker.Handling == null)
+            {
+                return false;
+            }
+            // Under the lock, where StopWorker detaches: a worker given up on must not read a ring
+            // that another worker may be popping from or that may have moved.
+            lock (_lock)
+            {
+                return !worker.IsDetached && worker.HasAvailable();
+            }
         }
     }
 
@@ -138,10 +149,19 @@ public sealed class Vring : IDisposable
     public void Complete(DescriptorChain chain, uint bytesWritten)
     {
         ArgumentNullException.ThrowIfNull(chain);
-        bool inline = ReferenceEquals(chain, _handling) && _worker?.Thread == Thread.CurrentThread;
+        // Inline: the ring's worker, inside HandleChain, completing the chain it is handling; the
+        // worker then reuses the chain and signals at the end of its batch. Anything else (another
+        // thread, a kept chain, a worker that was given up on) completes as an outsider.
+        var worker = _worker;
+        bool inline = worker != null && worker.Thread == Thread.CurrentThread && ReferenceEquals(worker.Handling, chain);
         bool stale = false;
         lock (_lock)
         {
+            if (inline && worker!.IsDetached)
+            {
+                // Given up on while in the handler: it will end its batch without signalling.
+                inline = false;
+            }
             ushort head = chain.Head;
             if (head >= _inFlight.Length || !ReferenceEquals(_inFlight[head], chain))
             {
@@ -178,7 +198,7 @@ public sealed class Vring : IDisposable
         chain.Release();
         if (inline)
         {
-            _completedInline = true;
+            worker!.CompletedInline = true;
         }
         else if (!stale)
         {
@@ -508,7 +528,9 @@ public sealed class Vring : IDisposable
         }
     }
 
-    /// <summary>Asks the worker to stop and joins it. Chains it handed out stay in flight.</summary>
+    /// <summary>Asks the worker to stop and joins it, or gives up on it while it is stuck in a
+    /// handler (detached: it exits when the handler returns, touching nothing of the ring). Chains it
+    /// handed out stay in flight.</summary>
     private void StopWorker()
     {
         var worker = _worker;
@@ -518,10 +540,22 @@ public sealed class Vring : IDisposable
         }
         worker.StopRequested = true;
         _stopEvent.Signal();
-        if (!worker.Thread.Join(_options.WorkerStopTimeout))
+        while (!worker.Thread.Join(_options.WorkerStopTimeout))
         {
-            _log.Error("vring {Index}: the worker did not stop within {Timeout} (a handler is blocked); it is left behind",
-                Index, _options.WorkerStopTimeout);
+            bool detached;
+            lock (_lock)
+            {
+                detached = worker.TryDetach();
+            }
+            if (detached)
+            {
+                _log.Error("vring {Index}: the worker did not stop within {Timeout} (a handler is blocked); it is left behind and will exit when the handler returns",
+                    Index, _options.WorkerStopTimeout);
+                break;
+            }
+            // Out of a handler the worker only does bounded work and sees the stop request: a new
+            // worker must not join it in the ring's code, so wait on.
+            _log.Warning("vring {Index}: the worker has not stopped after {Timeout}; waiting on", Index, _options.WorkerStopTimeout);
         }
         _stopEvent.Consume();
         _worker = null;
@@ -563,10 +597,28 @@ public sealed class Vring : IDisposable
         _onBroken?.Invoke(this);
     }
 
+    /// <summary>One worker thread and what it keeps about the chain in hand. The ring points at its
+    /// current worker; a worker given up on keeps its own state and never reaches the ring's again.</summary>
     private sealed class Worker
     {
+        // Where the worker thread is, for StopWorker: it may give up on a worker only while that is
+        // inside a handler, and the worker checks on the way out whether it was.
+        private const int InRing = 0;
+        private const int InHandler = 1;
+        private const int Detached = 2;
+
         public readonly Thread Thread;
         public volatile bool StopRequested;
+
+        /// <summary>The chain HandleChain is running on. Written and read on the worker's thread only
+        /// (<see cref="Complete"/> looks at it there).</summary>
+        public DescriptorChain? Handling;
+
+        /// <summary>Set by <see cref="Complete"/> when the handler completed <see cref="Handling"/>
+        /// inline: the chain is then the worker's to reuse. Worker's thread only.</summary>
+        public bool CompletedInline;
+
+        private int _phase = InRing;
         private readonly Vring _ring;
         private readonly DeviceQueue _queue;
         private readonly IVringHandler _handler;
@@ -586,8 +638,17 @@ public sealed class Vring : IDisposable
             Thread = new Thread(Run) { Name = $"vring-{ring.Index}", IsBackground = true };
         }
 
-        /// <summary>Worker thread only.</summary>
+        /// <summary>Worker thread only, under the ring's lock (see <see cref="HasMoreAvailable"/>).</summary>
         public bool HasAvailable() => _queue.HasAvailable();
+
+        public bool IsDetached => Volatile.Read(ref _phase) == Detached;
+
+        /// <summary>StopWorker, under the ring's lock, after the stop request: gives up on a worker
+        /// inside a handler. False when it is in the ring's own code (it will see the stop soon).</summary>
+        public bool TryDetach() => Interlocked.CompareExchange(ref _phase, Detached, InHandler) == InHandler;
+
+        /// <summary>Back from a handler; false when the worker was given up on meanwhile.</summary>
+        private bool LeaveHandler() => Interlocked.CompareExchange(ref _phase, InRing, InHandler) == InHandler;
 
         private void Run()
         {
@@ -606,8 +667,17 @@ public sealed class Vring : IDisposable
             }
             catch (Exception e)
             {
-                // Never let an exception escape a worker: the ring is broken instead.
-                _ring.MarkBroken($"the worker failed: {e.GetType().Name}: {e.Message}");
+                if (IsDetached)
+                {
+                    // Given up on: the ring has moved on (perhaps to a new worker) and is not this one's to break.
+                    _ring._log.Error("vring {Index}: the handler a stopped worker was left in failed: {Error}: {Message}",
+                        _ring.Index, e.GetType().Name, e.Message);
+                }
+                else
+                {
+                    // Never let an exception escape a worker: the ring is broken instead.
+                    _ring.MarkBroken($"the worker failed: {e.GetType().Name}: {e.Message}");
+                }
             }
             finally
             {
@@ -757,23 +827,31 @@ public sealed class Vring : IDisposable
                         return;
                     }
                     _spare = null;
-                    _ring._handling = chain;
-                    _ring._completedInline = false;
+                    Handling = chain;
+                    CompletedInline = false;
+                    Volatile.Write(ref _phase, InHandler);
                     try
                     {
                         _handler.HandleChain(_ring, chain);
                     }
                     catch
                     {
-                        // The chain will not be completed: stop waiting for it (a late completion is dropped).
+                        Handling = null;
+                        LeaveHandler();
+                        // The chain will not be completed: stop waiting for it (a late completion is
+                        // dropped). Only this chain's own entry, as its completion would, even when
+                        // the worker was given up on meanwhile.
                         _ring.Untrack(chain);
                         throw;
                     }
-                    finally
+                    Handling = null;
+                    if (!LeaveHandler())
                     {
-                        _ring._handling = null;
+                        // Given up on while in the handler: the ring may have a new worker by now.
+                        // Leave without touching it (StopRequested is set: the loops end too).
+                        return;
                     }
-                    if (_ring._completedInline)
+                    if (CompletedInline)
                     {
                         // Completed during HandleChain on this thread: ours to reuse.
                         _spare = chain;

@@ -55,7 +55,8 @@ public unsafe class AllocationTests
             {
                 _readable[0] = new IoVec(req, (nuint)length);
                 _writable[0] = new IoVec(rep, (nuint)_reply.Length);
-                int n = _server.HandleRequest(_readable, _writable);
+                var header = FuseRequestHeader.Read(_readable);
+                int n = _server.HandleRequest(in header, _readable, _writable);
                 return n >= FuseOutHeader.Size ? MemoryMarshal.Read<FuseOutHeader>(_reply).Error : 0;
             }
         }

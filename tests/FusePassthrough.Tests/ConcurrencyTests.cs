@@ -29,7 +29,7 @@ public class ConcurrencyTests
             int seed = t;
             threads[t] = new Thread(() =>
             {
-                var client = new FuseTestClient(f.Server.HandleRequest);
+                var client = new FuseTestClient(f.Server);
                 var rng = new Random(seed);
                 var held = new List<(ulong Node, ulong Count)>();
                 try
@@ -104,7 +104,7 @@ public class ConcurrencyTests
         var errors = new System.Collections.Concurrent.ConcurrentQueue<string>();
         var forgetter = new Thread(() =>
         {
-            var client = new FuseTestClient(f.Server.HandleRequest);
+            var client = new FuseTestClient(f.Server);
             while (!stop.IsSet)
             {
                 FuseEntryOut d = client.LookupOk(Root, "d");
@@ -113,7 +113,7 @@ public class ConcurrencyTests
         });
         var user = new Thread(() =>
         {
-            var client = new FuseTestClient(f.Server.HandleRequest);
+            var client = new FuseTestClient(f.Server);
             for (int i = 0; i < 600; i++)
             {
                 FuseEntryOut d = client.LookupOk(Root, "d");

@@ -147,7 +147,7 @@ public class EntryTests
             Assert.Equal(Errno.EXDEV, f.Client.Link(f.Client.LookupOk(Root, "file").NodeId, mnt.NodeId, "l").Errno);
             // Without announce-submounts the flag is not set.
             using var quiet = new FuseServer(new PassthroughOptions { SharedDir = f.Share, AnnounceSubmounts = false });
-            var client = new FuseTestClient(quiet.HandleRequest);
+            var client = new FuseTestClient(quiet);
             client.Init();
             Assert.Equal(0u, client.LookupOk(Root, "mnt").Attr.Flags);
         }

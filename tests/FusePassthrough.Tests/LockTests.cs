@@ -75,7 +75,7 @@ public class LockTests
         using (f)
         {
             f.Client.Lock(FuseOpcode.Setlk, node, fh, owner: 1, Libc.F_WRLCK).Ok();
-            var waiter = new FuseTestClient(f.Server.HandleRequest);
+            var waiter = new FuseTestClient(f.Server);
             var task = Task.Factory.StartNew(() => waiter.Lock(FuseOpcode.Setlkw, node, fh, owner: 2, Libc.F_WRLCK), TaskCreationOptions.LongRunning);
             Thread.Sleep(150);
             Assert.False(task.IsCompleted);
@@ -95,7 +95,7 @@ public class LockTests
         using (f)
         {
             f.Client.Lock(FuseOpcode.Setlk, node, fh, owner: 1, Libc.F_WRLCK).Ok();
-            var waiter = new FuseTestClient(f.Server.HandleRequest);
+            var waiter = new FuseTestClient(f.Server);
             var task = Task.Factory.StartNew(() => waiter.Lock(FuseOpcode.Setlkw, node, fh, owner: 2, Libc.F_WRLCK), TaskCreationOptions.LongRunning);
             SpinWait.SpinUntil(() => waiter.LastUnique == 1, 5000);
             Thread.Sleep(50);

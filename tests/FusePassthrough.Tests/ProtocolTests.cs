@@ -102,7 +102,7 @@ public class ProtocolTests
     {
         using var f = new ShareFixture();
         var server = new FuseServer(new PassthroughOptions { SharedDir = f.Share });
-        var client = new FuseTestClient(server.HandleRequest);
+        var client = new FuseTestClient(server);
         Assert.Equal(Errno.EIO, client.Lookup(FuseConstants.RootId, "x").Errno);
         client.Init();
         Assert.Equal(Errno.ENOENT, client.Lookup(FuseConstants.RootId, "x").Errno);
@@ -261,7 +261,8 @@ public class ProtocolTests
             {
                 fixed (byte* p = req)
                 {
-                    return FuseServer.Triage([new IoVec(p, 5), new IoVec(p + 5, (nuint)(req.Length - 5))], int.MaxValue) == RequestTriage.MayBlock;
+                    var header = FuseRequestHeader.Read([new IoVec(p, 5), new IoVec(p + 5, (nuint)(req.Length - 5))]);
+                    return FuseServer.Triage(in header, int.MaxValue) == RequestTriage.MayBlock;
                 }
             }
         }
@@ -275,7 +276,9 @@ public class ProtocolTests
         unsafe
         {
             byte b = 0;
-            Assert.Equal(RequestTriage.Short, FuseServer.Triage([new IoVec(&b, 1)], int.MaxValue));
+            var header = FuseRequestHeader.Read([new IoVec(&b, 1)]);
+            Assert.False(header.IsComplete);
+            Assert.Equal(RequestTriage.Short, FuseServer.Triage(in header, int.MaxValue));
         }
     }
 
@@ -290,7 +293,8 @@ public class ProtocolTests
                 fixed (byte* p = req)
                 {
                     // Split inside the header or inside the size field: the reader must join segments.
-                    return FuseServer.Triage([new IoVec(p, (nuint)split), new IoVec(p + split, (nuint)(req.Length - split))], largeRead);
+                    var header = FuseRequestHeader.Read([new IoVec(p, (nuint)split), new IoVec(p + split, (nuint)(req.Length - split))]);
+                    return FuseServer.Triage(in header, largeRead);
                 }
             }
         }
@@ -310,6 +314,7 @@ public class ProtocolTests
         Assert.Equal(RequestTriage.MayBlock, Check(FuseOpcode.Fsync, readArgs, 5));
         // A READ cut short before its size field says nothing.
         Assert.Equal(RequestTriage.Short, Check(FuseOpcode.Read, readArgs[..16], 5));
+        Assert.Equal(RequestTriage.Short, Check(FuseOpcode.Read, readArgs[..16], 5, largeRead: 0));
     }
 
     [Fact]

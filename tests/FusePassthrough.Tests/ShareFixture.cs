@@ -20,7 +20,7 @@ public sealed class ShareFixture : IDisposable
         File.WriteAllText(Path.Combine(Outside, "secret"), "outside the share");
         var opts = makeOptions?.Invoke(Share) ?? options ?? new PassthroughOptions { SharedDir = Share };
         Server = new FuseServer(opts, Log.Add);
-        Client = new FuseTestClient(Server.HandleRequest);
+        Client = new FuseTestClient(Server);
         if (init)
         {
             Init = initFlags is null ? Client.Init() : Client.Init(initFlags.Value);

@@ -146,7 +146,11 @@ public sealed unsafe class TestFsDevice : IVhostUserDevice, IDisposable
         return FuseOutHeader.Size;
     }
 
-    private int Handle(DescriptorChain chain) => _server.HandleRequest(chain.Readable, chain.Writable);
+    private int Handle(DescriptorChain chain)
+    {
+        var header = FuseRequestHeader.Read(chain.Readable);
+        return _server.HandleRequest(in header, chain.Readable, chain.Writable);
+    }
 
     private sealed class Handler : IVringHandler
     {

@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Text;
+using Vhostfsd.FusePassthrough;
 using Vhostfsd.FusePassthrough.Protocol;
 using Vhostfsd.Posix;
 
@@ -93,6 +94,17 @@ public sealed unsafe class FuseTestClient
     public FuseTestClient(RequestHandler handler)
     {
         _handler = handler;
+    }
+
+    /// <summary>A client that calls <paramref name="server"/> directly, as a transport does: the
+    /// header copied out of the request once, then the request handled as that copy says.</summary>
+    public FuseTestClient(FuseServer server)
+        : this((readable, writable) =>
+        {
+            var header = FuseRequestHeader.Read(readable);
+            return server.HandleRequest(in header, readable, writable);
+        })
+    {
     }
 
     public uint Uid { get; set; }

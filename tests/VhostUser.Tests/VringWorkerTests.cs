@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Diagnostics;
 using Serilog.Events;
 using Vhostfsd.Posix;
@@ -23,13 +24,17 @@ public sealed class VringWorkerTests : IDisposable
         _guest.Dispose();
     }
 
-    private VhostUserBackendHarness Start(IVringHandler? handler = null, TimeSpan? drainTimeout = null)
+    private VhostUserBackendHarness Start(IVringHandler? handler = null, TimeSpan? drainTimeout = null, TimeSpan? stopTimeout = null)
     {
         if (handler != null)
         {
             _device.HandlerFactory = _ => handler;
         }
-        var options = new VhostUserBackendOptions { InFlightDrainTimeout = drainTimeout ?? TimeSpan.FromSeconds(5) };
+        var options = new VhostUserBackendOptions
+        {
+            InFlightDrainTimeout = drainTimeout ?? TimeSpan.FromSeconds(5),
+            WorkerStopTimeout = stopTimeout ?? TimeSpan.FromSeconds(10),
+        };
         _h = new VhostUserBackendHarness(_device, options);
         var f = _h.Frontend;
         f.Initialize(2);
@@ -244,5 +249,218 @@ public sealed class VringWorkerTests : IDisposable
         _h.Frontend.ResetOwner();
         Assert.False(_h.Backend.Vrings[0].IsStarted);
         Assert.False(_h.Backend.Vrings[1].IsProcessing);
+    }
+
+    // ---- a worker left behind in a handler (security review 22, finding 6) ----
+
+    /// <summary>Reaps <paramref name="count"/> used elements (10 s at most), then checks for 200 ms that
+    /// no other comes. Returns head → used length.</summary>
+    private Dictionary<int, uint> ReapExactly(int count)
+    {
+        var q = _guest.Queue(0);
+        var used = new Dictionary<int, uint>();
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        while (used.Count < count)
+        {
+            if (q.TryReapUsed(out ushort head, out uint len))
+            {
+                Assert.True(used.TryAdd(head, len), $"head {head} was used twice");
+                continue;
+            }
+            Assert.True(DateTime.UtcNow < deadline, $"{used.Count} of {count} used elements within 10 s");
+            _guest.WaitCall(0, 50);
+        }
+        Thread.Sleep(200);
+        Assert.False(q.TryReapUsed(out ushort extra, out _), $"head {extra} was used although nothing else was completed");
+        return used;
+    }
+
+    private void AssertEchoed(int slot) =>
+        Assert.Equal(EchoVringHandler.Transform((byte)slot, 1), _guest.Bytes(_guest.SlotGpa(0, slot, true), 2)[1]);
+
+    /// <summary>The new worker hands out fresh, distinct chains: eight held at once are eight
+    /// objects, each still holding its own bytes (a chain returned to the pool twice, or released by
+    /// someone else, would show up here), and they complete once each.</summary>
+    private void AssertChainsAreDistinctAndIntact(GatedVringHandler gated, int firstSlot)
+    {
+        gated.KeepFrom = firstSlot;
+        var heads = new List<int>();
+        for (int slot = firstSlot; slot < firstSlot + 8; slot++)
+        {
+            heads.Add(Add(slot));
+        }
+        var kept = new List<(Vring Vring, DescriptorChain Chain)>();
+        for (int i = 0; i < 8; i++)
+        {
+            kept.Add(gated.Take());
+        }
+        Assert.Equal(8, kept.Select(k => k.Chain).Distinct().Count());
+        foreach (var (vring, chain) in kept)
+        {
+            Assert.True(chain.IsHeld, $"chain of head {chain.Head} was released while its handler held it");
+            Assert.Equal(16UL, chain.ReadableBytes);
+            vring.Complete(chain, EchoVringHandler.Echo(chain));
+        }
+        var used = ReapExactly(8);
+        Assert.Equal(heads.Order(), used.Keys.Order());
+        Assert.All(used.Values, len => Assert.Equal(16u, len));
+    }
+
+    [Fact]
+    public void AWorkerLeftInAHandlerNeverTouchesTheNextWorkerOfItsRing()
+    {
+        var gated = new GatedVringHandler();
+        Start(gated, drainTimeout: TimeSpan.FromMilliseconds(200), stopTimeout: TimeSpan.FromMilliseconds(200));
+        var ring = _h!.Backend.Vrings[0];
+        gated.Gate(0);
+        Add(0);
+        gated.WaitEntered(0);
+
+        // GET_VRING_BASE gives up on the worker, then on its chain; the ring starts again.
+        Assert.Equal(1u, _h.Frontend.GetVringBase(0));
+        Assert.Contains(_h.Log.Messages(LogEventLevel.Error), m => m.Contains("left behind"));
+        _h.Frontend.SetVringCall(0, _guest.Call(0).Fd);
+        _h.Frontend.SetVringKick(0, _guest.Kick(0).Fd);
+        Assert.True(ring.IsProcessing);
+
+        // The new worker is in its handler for slot 1, slot 2 waits behind it, when the old worker's
+        // handler returns and completes a chain of the stopped ring.
+        gated.Gate(1);
+        int head1 = Add(1);
+        gated.WaitEntered(1);
+        Assert.NotSame(gated.Threads[0], gated.Threads[1]);
+        int head2 = Add(2);
+        gated.Open(0);
+        Assert.True(gated.Threads[0].Join(TimeSpan.FromSeconds(10)), "the old worker did not exit after its handler returned");
+        gated.Open(1);
+
+        // The late completion is dropped; the new worker's chains complete once each, in full, and its
+        // handler still learns that a chain waits behind it.
+        var used = ReapExactly(2);
+        Assert.Equal(new[] { head1, head2 }.Order(), used.Keys.Order());
+        Assert.All(used.Values, len => Assert.Equal(16u, len));
+        AssertEchoed(1);
+        AssertEchoed(2);
+        Assert.True(gated.MoreAvailable[1], "the new worker's state was changed by the old one: it saw nothing waiting behind slot 1");
+        Assert.False(ring.IsBroken);
+        Assert.Equal(0, ring.InFlightCount);
+        AssertChainsAreDistinctAndIntact(gated, firstSlot: 3);
+    }
+
+    [Fact]
+    public void AWorkerLeftInAHandlerAcrossDisableAndEnableCompletesItsChainOnceBesideTheNewWorker()
+    {
+        var gated = new GatedVringHandler();
+        Start(gated, stopTimeout: TimeSpan.FromMilliseconds(200));
+        var ring = _h!.Backend.Vrings[0];
+        gated.Gate(0);
+        int head0 = Add(0);
+        gated.WaitEntered(0);
+
+        // Disable gives up on the worker; the ring itself is not stopped, so its chain stays in flight.
+        _h.Frontend.SetVringEnable(0, false);
+        _h.Frontend.SetVringEnable(0, true);
+        _h.Frontend.GetQueueNum();
+        Assert.True(ring.IsProcessing);
+        Assert.Equal(1, ring.InFlightCount);
+
+        gated.Gate(1);
+        int head1 = Add(1);
+        gated.WaitEntered(1);
+        Assert.NotSame(gated.Threads[0], gated.Threads[1]);
+        int head2 = Add(2);
+        gated.Open(0);
+        Assert.True(gated.Threads[0].Join(TimeSpan.FromSeconds(10)), "the old worker did not exit after its handler returned");
+        gated.Open(1);
+
+        // The driver still waits for the old chain: it is published, once, like any other thread's completion.
+        var used = ReapExactly(3);
+        Assert.Equal(new[] { head0, head1, head2 }.Order(), used.Keys.Order());
+        Assert.All(used.Values, len => Assert.Equal(16u, len));
+        AssertEchoed(0);
+        AssertEchoed(1);
+        AssertEchoed(2);
+        Assert.True(gated.MoreAvailable[1], "the new worker's state was changed by the old one: it saw nothing waiting behind slot 1");
+        Assert.Equal(0, ring.InFlightCount);
+        AssertChainsAreDistinctAndIntact(gated, firstSlot: 3);
+    }
+
+    [Fact]
+    public void AHandlerLeftBehindThatThrowsDoesNotBreakTheRestartedRing()
+    {
+        var gated = new GatedVringHandler();
+        Start(gated, drainTimeout: TimeSpan.FromMilliseconds(200), stopTimeout: TimeSpan.FromMilliseconds(200));
+        var ring = _h!.Backend.Vrings[0];
+        gated.Gate(0);
+        gated.ThrowAfterGate.Add(0);
+        Add(0);
+        gated.WaitEntered(0);
+        Assert.Equal(1u, _h.Frontend.GetVringBase(0));
+        _h.Frontend.SetVringCall(0, _guest.Call(0).Fd);
+        _h.Frontend.SetVringKick(0, _guest.Kick(0).Fd);
+        Add(1);
+        ReapOne(1);
+
+        gated.Open(0);
+        Assert.True(gated.Threads[0].Join(TimeSpan.FromSeconds(10)), "the old worker did not exit after its handler threw");
+        Assert.False(ring.IsBroken, "the old worker's failure broke the ring its successor serves");
+        Assert.Contains(_h.Log.Messages(LogEventLevel.Error), m => m.Contains("handler failure (test)"));
+        Add(2);
+        ReapOne(2);
+    }
+
+    /// <summary>Runs each chain on the ring's worker: waits in HandleChain while its slot (the first
+    /// readable byte) has a closed gate, records the thread and whether more chains wait behind it,
+    /// then throws (when told), keeps the chain (slots from <see cref="KeepFrom"/>), or completes it
+    /// with the echo.</summary>
+    private sealed unsafe class GatedVringHandler : IVringHandler
+    {
+        private readonly ConcurrentDictionary<int, ManualResetEventSlim> _gates = new();
+        private readonly ConcurrentDictionary<int, ManualResetEventSlim> _entered = new();
+        private readonly BlockingCollection<(Vring, DescriptorChain)> _kept = new();
+
+        public ConcurrentDictionary<int, Thread> Threads { get; } = new();
+        public ConcurrentDictionary<int, bool> MoreAvailable { get; } = new();
+        public ConcurrentBag<int> ThrowAfterGate { get; } = new();
+        public int KeepFrom { get; set; } = int.MaxValue;
+
+        public void Gate(int slot)
+        {
+            _entered[slot] = new ManualResetEventSlim();
+            _gates[slot] = new ManualResetEventSlim();
+        }
+
+        public void Open(int slot) => _gates[slot].Set();
+
+        public void WaitEntered(int slot) => Assert.True(_entered[slot].Wait(TimeSpan.FromSeconds(10)), $"slot {slot} did not reach the handler");
+
+        public (Vring Vring, DescriptorChain Chain) Take()
+        {
+            Assert.True(_kept.TryTake(out var item, TimeSpan.FromSeconds(10)), "no chain was kept within 10 s");
+            return item;
+        }
+
+        public void HandleChain(Vring vring, DescriptorChain chain)
+        {
+            // SAFETY: the test's requests have at least one readable byte, in a segment the chain holds.
+            int slot = *(byte*)chain.Readable[0].Base;
+            Threads[slot] = Thread.CurrentThread;
+            if (_gates.TryGetValue(slot, out var gate))
+            {
+                _entered[slot].Set();
+                gate.Wait(TimeSpan.FromSeconds(30));
+            }
+            MoreAvailable[slot] = vring.HasMoreAvailable;
+            if (ThrowAfterGate.Contains(slot))
+            {
+                throw new InvalidOperationException("handler failure (test)");
+            }
+            if (slot >= KeepFrom)
+            {
+                _kept.Add((vring, chain));
+                return;
+            }
+            vring.Complete(chain, EchoVringHandler.Echo(chain));
+        }
     }
 }

@@ -63,7 +63,9 @@ public sealed unsafe class InProcessFuseServer : IDisposable
             {
                 var readable = new IoVec(req, (nuint)n);
                 var writable = new IoVec(rep, (nuint)reply.Length);
-                length = Server.HandleRequest(new ReadOnlySpan<IoVec>(&readable, 1), new ReadOnlySpan<IoVec>(&writable, 1));
+                var segments = new ReadOnlySpan<IoVec>(&readable, 1);
+                var header = FuseRequestHeader.Read(segments);
+                length = Server.HandleRequest(in header, segments, new ReadOnlySpan<IoVec>(&writable, 1));
             }
             if (length > 0)
             {

@@ -14,7 +14,7 @@ namespace Vhostfsd.Device;
 public sealed class BlockingRequestPool : IDisposable
 {
     private readonly FuseServer _server;
-    private readonly (Vring Ring, DescriptorChain Chain, bool Copy)[] _items;
+    private readonly (Vring Ring, DescriptorChain Chain, FuseRequestHeader Request, bool Copy)[] _items;
     /// <summary>Threads added beyond the configured count at most (so at most this many lock
     /// waits can be parked before a further request queues behind them).</summary>
     public const int MaxExtraThreads = 64;
@@ -40,7 +40,7 @@ public sealed class BlockingRequestPool : IDisposable
             throw new ArgumentOutOfRangeException(nameof(threads), threads, "a pool needs at least one thread");
         }
         _server = server;
-        _items = new (Vring, DescriptorChain, bool)[capacity];
+        _items = new (Vring, DescriptorChain, FuseRequestHeader, bool)[capacity];
         _threads = new List<Thread>(threads);
         _maxThreads = threads + MaxExtraThreads;
         lock (_lock)
@@ -71,8 +71,9 @@ public sealed class BlockingRequestPool : IDisposable
         thread.Start();
     }
 
-    /// <summary>Queues a chain; false when the pool is full or stopping (the caller then runs it inline).</summary>
-    public bool TryEnqueue(Vring ring, DescriptorChain chain)
+    /// <summary>Queues a chain with the header it was routed by (it runs as that header says); false
+    /// when the pool is full or stopping (the caller then runs it inline).</summary>
+    public bool TryEnqueue(Vring ring, DescriptorChain chain, in FuseRequestHeader request)
     {
         lock (_lock)
         {
@@ -80,7 +81,7 @@ public sealed class BlockingRequestPool : IDisposable
             {
                 return false;
             }
-            AddLocked(ring, chain, copy: false);
+            AddLocked(ring, chain, in request, copy: false);
             _blocking++;
             if (_count > _idle && _threads.Count < _maxThreads)
             {
@@ -97,7 +98,7 @@ public sealed class BlockingRequestPool : IDisposable
     /// worker finished its own copy and came back to the ring (a third of a CPU unused at 16 callers
     /// on one queue). A copy never queues behind a lock wait or a sync: threads holding those do not
     /// count. Never starts a thread. False otherwise; the caller then runs it itself.</summary>
-    public bool TryEnqueueCopy(Vring ring, DescriptorChain chain)
+    public bool TryEnqueueCopy(Vring ring, DescriptorChain chain, in FuseRequestHeader request)
     {
         lock (_lock)
         {
@@ -105,7 +106,7 @@ public sealed class BlockingRequestPool : IDisposable
             {
                 return false;
             }
-            AddLocked(ring, chain, copy: true);
+            AddLocked(ring, chain, in request, copy: true);
             _copies++;
             _handedOffCopies++;
             return true;
@@ -114,9 +115,9 @@ public sealed class BlockingRequestPool : IDisposable
 
     /// <summary>Appends a chain to the work ring and wakes one waiting thread (the pulse reaches
     /// nobody when all are busy; the next one to finish finds the item).</summary>
-    private void AddLocked(Vring ring, DescriptorChain chain, bool copy)
+    private void AddLocked(Vring ring, DescriptorChain chain, in FuseRequestHeader request, bool copy)
     {
-        _items[(_head + _count) % _items.Length] = (ring, chain, copy);
+        _items[(_head + _count) % _items.Length] = (ring, chain, request, copy);
         _count++;
         Monitor.Pulse(_lock);
     }
@@ -132,6 +133,7 @@ public sealed class BlockingRequestPool : IDisposable
         {
             Vring ring;
             DescriptorChain chain;
+            FuseRequestHeader request;
             lock (_lock)
             {
                 // The chain this thread ran last is done: count it out here rather than take the lock twice.
@@ -156,13 +158,13 @@ public sealed class BlockingRequestPool : IDisposable
                 {
                     return;
                 }
-                (ring, chain, copy) = _items[_head];
+                (ring, chain, request, copy) = _items[_head];
                 ranOne = true;
                 _items[_head] = default;
                 _head = (_head + 1) % _items.Length;
                 _count--;
             }
-            FuseRequestHandler.Execute(_server, ring, chain);
+            FuseRequestHandler.Execute(_server, ring, chain, in request);
         }
     }
 

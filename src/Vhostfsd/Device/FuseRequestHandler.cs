@@ -31,23 +31,25 @@ public sealed class FuseRequestHandler : IVringHandler
 
     public void HandleChain(Vring vring, DescriptorChain chain)
     {
+        // The one read of the header from guest memory: the route and the run both follow this copy.
+        var request = FuseRequestHeader.Read(chain.Readable);
         if (_pool is not null)
         {
-            switch (FuseServer.Triage(chain.Readable, LargeReadBytes))
+            switch (FuseServer.Triage(in request, LargeReadBytes))
             {
-                case RequestTriage.MayBlock when _pool.TryEnqueue(vring, chain):
-                case RequestTriage.LargeRead when vring.HasMoreAvailable && _pool.TryEnqueueCopy(vring, chain):
+                case RequestTriage.MayBlock when _pool.TryEnqueue(vring, chain, in request):
+                case RequestTriage.LargeRead when vring.HasMoreAvailable && _pool.TryEnqueueCopy(vring, chain, in request):
                     return;
             }
         }
-        Execute(_server, vring, chain);
+        Execute(_server, vring, chain, in request);
     }
 
-    /// <summary>Runs one request and completes its chain: the reply is published only after the
-    /// operation finished.</summary>
-    internal static void Execute(FuseServer server, Vring vring, DescriptorChain chain)
+    /// <summary>Runs one request, as <paramref name="request"/> (its header, copied when it was
+    /// routed) says, and completes its chain: the reply is published only after the operation finished.</summary>
+    internal static void Execute(FuseServer server, Vring vring, DescriptorChain chain, in FuseRequestHeader request)
     {
-        int written = server.HandleRequest(chain.Readable, chain.Writable);
+        int written = server.HandleRequest(in request, chain.Readable, chain.Writable);
         vring.Complete(chain, (uint)written);
     }
 }

@@ -18,7 +18,8 @@ namespace Vhostfsd.Fuzz.Targets;
 /// well-formed out header (len = returned, errno in 1..4095 or 0, the request's unique); requests
 /// that take a reply get one unless the space cannot hold an out header; FORGET/BATCH_FORGET/
 /// INTERRUPT get none; canaries and request bytes are intact; a SETLKW that waits ends when the
-/// guest interrupts it. Every 200 cases and at the end, the sentinel tree next to the share is
+/// guest interrupts it; all of it holds when the guest rewrites the request's header in its buffer
+/// after the device copied it (the server acts on the copy). Every 200 cases and at the end, the sentinel tree next to the share is
 /// unchanged (content, listing, atime/mtime/ctime). At the end, after a reset, no fd is held.</summary>
 public sealed unsafe class FuseServerTarget : IDisposable
 {
@@ -109,7 +110,9 @@ public sealed unsafe class FuseServerTarget : IDisposable
         {
             IoVec r = new(req, (nuint)request.Length);
             IoVec w = new(rep, (nuint)capacity);
-            n = _server.HandleRequest(new ReadOnlySpan<IoVec>(&r, 1), new ReadOnlySpan<IoVec>(&w, 1));
+            var readable = new ReadOnlySpan<IoVec>(&r, 1);
+            var header = FuseRequestHeader.Read(readable);
+            n = _server.HandleRequest(in header, readable, new ReadOnlySpan<IoVec>(&w, 1));
         }
         return reply;
     }
@@ -149,7 +152,16 @@ public sealed unsafe class FuseServerTarget : IDisposable
         int n;
         try
         {
-            n = _server.HandleRequest(_buffers.Readable, _buffers.Writable);
+            // As the device: the header is copied once and routed; then the guest may rewrite it in
+            // its buffer, and the request still runs (and is checked below) as it was copied.
+            var copied = FuseRequestHeader.Read(_buffers.Readable);
+            FuseServer.Triage(in copied, rng.Next(0, FuseServer.MaxWrite + 2));
+            if (rng.OneIn(8))
+            {
+                _buffers.RewriteHeader(rng);
+                c.Count("header-rewritten");
+            }
+            n = _server.HandleRequest(in copied, _buffers.Readable, _buffers.Writable);
         }
         catch (Exception e)
         {

@@ -95,6 +95,26 @@ public sealed unsafe class ReplyBuffers : IDisposable
         return pieces;
     }
 
+    /// <summary>Overwrites the request's fuse_in_header bytes in the readable segments with random
+    /// ones, as a guest may after the device copied the header; <see cref="CheckIntegrity"/> then
+    /// expects the new bytes.</summary>
+    public void RewriteHeader(FuzzRng rng)
+    {
+        byte[] rewritten = (byte[])_request.Clone();
+        int copied = 0;
+        foreach (var (offset, length) in _readable)
+        {
+            for (int i = 0; i < length && copied + i < 40; i++)
+            {
+                byte value = (byte)rng.Next(0, 256);
+                _arena[offset + i] = value;
+                rewritten[copied + i] = value;
+            }
+            copied += length;
+        }
+        _request = rewritten;
+    }
+
     /// <summary>Null when every canary and every request byte is intact; otherwise what changed.</summary>
     public string? CheckIntegrity()
     {
