@@ -172,7 +172,7 @@ public class LockOwnerTests
         FuseEntryOut g = f.Client.LookupOk(FuseConstants.RootId, "g");
         ulong fh = f.Client.Open(e.NodeId, Libc.O_RDWR).Ok().Read<FuseOpenOut>().Fh;
         f.Client.Lock(FuseOpcode.Setlk, e.NodeId, fh, owner: 1, Libc.F_WRLCK).Ok();
-        var waiter = new FuseTestClient(f.Server.HandleRequest);
+        var waiter = new FuseTestClient(f.Server);
         var task = Task.Factory.StartNew(() => waiter.Lock(FuseOpcode.Setlkw, e.NodeId, fh, owner: 2, Libc.F_WRLCK), TaskCreationOptions.LongRunning);
         Thread.Sleep(100);
         Assert.False(task.IsCompleted);

@@ -32,7 +32,7 @@ public sealed class OpcodeRaceTests : IDisposable
 
     public OpcodeRaceTests()
     {
-        _server = new FuseServer(new PassthroughOptions { SharedDir = _share, Cache = CachePolicy.Never });
+        _server = new FuseServer(new PassthroughOptions { SharedDir = _share, Cache = CachePolicy.Never, PosixLocks = true });
         _pool = new BlockingRequestPool(_server, 2);
         var device = new VirtioFsDevice(_server, "racetest", requestQueues: 1, _pool);
         _harness = new VhostUserBackendHarness(device);
