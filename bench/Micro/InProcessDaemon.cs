@@ -1,7 +1,7 @@
 using System.Runtime.InteropServices;
 using Vhostfsd.Device;
 using Vhostfsd.FusePassthrough;
-using Vhostfsd.FusePassthrough.Protocol;
+using Vhostfsd.FuseProtocol;
 using Vhostfsd.GuestKernelShim;
 using Vhostfsd.Posix;
 using Vhostfsd.VhostUser;

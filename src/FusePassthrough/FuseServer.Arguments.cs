@@ -1,7 +1,6 @@
 using System.Buffers.Binary;
 using Vhostfsd.FusePassthrough.Passthrough;
-using Vhostfsd.FusePassthrough.Protocol;
-using Vhostfsd.FusePassthrough.Server;
+using Vhostfsd.FuseProtocol;
 using Vhostfsd.Posix;
 
 namespace Vhostfsd.FusePassthrough;

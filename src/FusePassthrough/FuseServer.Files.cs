@@ -1,7 +1,6 @@
 using System.Buffers;
 using Vhostfsd.FusePassthrough.Passthrough;
-using Vhostfsd.FusePassthrough.Protocol;
-using Vhostfsd.FusePassthrough.Server;
+using Vhostfsd.FuseProtocol;
 using Vhostfsd.Posix;
 
 namespace Vhostfsd.FusePassthrough;

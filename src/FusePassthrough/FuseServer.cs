@@ -1,6 +1,5 @@
 using Vhostfsd.FusePassthrough.Passthrough;
-using Vhostfsd.FusePassthrough.Protocol;
-using Vhostfsd.FusePassthrough.Server;
+using Vhostfsd.FuseProtocol;
 using Vhostfsd.Posix;
 
 namespace Vhostfsd.FusePassthrough;

@@ -1,6 +1,6 @@
 using System.Runtime.InteropServices;
 using System.Text;
-using Vhostfsd.FusePassthrough.Protocol;
+using Vhostfsd.FuseProtocol;
 using Vhostfsd.Posix;
 using Xunit;
 

@@ -1,5 +1,5 @@
 using System.Text;
-using Vhostfsd.FusePassthrough.Protocol;
+using Vhostfsd.FuseProtocol;
 using Vhostfsd.Posix;
 using Vhostfsd.Testing;
 using Xunit;

@@ -1,6 +1,6 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
-using Vhostfsd.FusePassthrough.Protocol;
+using Vhostfsd.FuseProtocol;
 using Xunit;
 
 namespace Vhostfsd.FusePassthrough.Tests;

@@ -1,4 +1,4 @@
-using Vhostfsd.FusePassthrough.Protocol;
+using Vhostfsd.FuseProtocol;
 using Xunit;
 
 namespace Vhostfsd.FusePassthrough.Tests;

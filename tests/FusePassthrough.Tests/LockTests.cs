@@ -1,4 +1,4 @@
-using Vhostfsd.FusePassthrough.Protocol;
+using Vhostfsd.FuseProtocol;
 using Vhostfsd.Posix;
 using Vhostfsd.Testing;
 using Xunit;

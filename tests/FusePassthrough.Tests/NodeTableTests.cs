@@ -1,3 +1,4 @@
+using Vhostfsd.FuseProtocol;
 using Vhostfsd.FusePassthrough.Passthrough;
 using Vhostfsd.Posix;
 using Xunit;
@@ -186,7 +187,7 @@ public class NodeTableTests
         Assert.Equal(0, budget.Used);
         Assert.Equal(fdsBefore + 1, OwnFdCount());
         // The root is still served, and Clear keeps it.
-        Node? root = nodes.Acquire(Protocol.FuseConstants.RootId);
+        Node? root = nodes.Acquire(FuseConstants.RootId);
         Assert.NotNull(root);
         nodes.Release(root);
         Node leftover = LookUp(nodes, budget, Key(5));
@@ -212,14 +213,14 @@ public class NodeTableTests
         Node b = LookUp(nodes, budget, Key(2));
         nodes.Release(b);
         nodes.Forget(999_999, 1);
-        nodes.Forget(Protocol.FuseConstants.RootId, 1_000);
+        nodes.Forget(FuseConstants.RootId, 1_000);
         Assert.Equal(3, nodes.Count);
         nodes.Forget(a.Id, 1_000);
         Assert.Null(nodes.Acquire(a.Id));
         nodes.Forget(a.Id, 1);
         Assert.Equal(2, nodes.Count);
         Assert.Equal(1, budget.Used);
-        Node? root = nodes.Acquire(Protocol.FuseConstants.RootId);
+        Node? root = nodes.Acquire(FuseConstants.RootId);
         Assert.NotNull(root);
         nodes.Release(root);
         nodes.Clear();

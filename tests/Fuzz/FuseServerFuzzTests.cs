@@ -1,6 +1,6 @@
 using Vhostfsd.Fuzz.Engine;
 using Vhostfsd.Fuzz.Targets;
-using Vhostfsd.FusePassthrough.Protocol;
+using Vhostfsd.FuseProtocol;
 using Xunit;
 using Xunit.Abstractions;
 

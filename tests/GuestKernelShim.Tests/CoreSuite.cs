@@ -64,7 +64,7 @@ public abstract class CoreSuite
         Assert.Equal(Errno.OK, t.Fs.Walk("many", out var node));
         foreach (bool plus in new[] { false, true })
         {
-            if (plus && !t.Fs.Conn.Has(FusePassthrough.Protocol.FuseInitFlags.DoReaddirplus))
+            if (plus && !t.Fs.Conn.Has(FuseProtocol.FuseInitFlags.DoReaddirplus))
             {
                 continue;
             }

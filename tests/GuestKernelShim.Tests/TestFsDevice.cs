@@ -1,7 +1,7 @@
 using System.Collections.Concurrent;
 using System.Runtime.InteropServices;
 using Vhostfsd.FusePassthrough;
-using Vhostfsd.FusePassthrough.Protocol;
+using Vhostfsd.FuseProtocol;
 using Vhostfsd.Posix;
 using Vhostfsd.VhostUser;
 using Vhostfsd.Virtqueue;

@@ -1,6 +1,6 @@
 using System.Runtime.InteropServices;
 using Vhostfsd.FusePassthrough;
-using Vhostfsd.FusePassthrough.Protocol;
+using Vhostfsd.FuseProtocol;
 using Vhostfsd.Posix;
 using Vhostfsd.Testing;
 using Xunit;

@@ -1,5 +1,5 @@
 using Vhostfsd.Fuzz.Oracles;
-using Vhostfsd.FusePassthrough.Protocol;
+using Vhostfsd.FuseProtocol;
 using Vhostfsd.GuestKernelShim;
 using Vhostfsd.Hardening.Support;
 using Vhostfsd.Posix;

@@ -1,6 +1,6 @@
 using System.Diagnostics;
 using Vhostfsd.Fuzz.Oracles;
-using Vhostfsd.FusePassthrough.Protocol;
+using Vhostfsd.FuseProtocol;
 using Vhostfsd.Hardening.Support;
 using Vhostfsd.Posix;
 using Vhostfsd.Testing;

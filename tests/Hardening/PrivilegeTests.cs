@@ -1,5 +1,5 @@
 using System.Globalization;
-using Vhostfsd.FusePassthrough.Protocol;
+using Vhostfsd.FuseProtocol;
 using Vhostfsd.GuestKernelShim;
 using Vhostfsd.Hardening.Support;
 using Vhostfsd.Posix;

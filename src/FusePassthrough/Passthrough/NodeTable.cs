@@ -1,3 +1,4 @@
+using Vhostfsd.FuseProtocol;
 using Vhostfsd.Posix;
 
 namespace Vhostfsd.FusePassthrough.Passthrough;
@@ -55,7 +56,7 @@ internal sealed class NodeTable
     private readonly Stripes<InodeKey, Node> _byKey = new(1024);
     private readonly FdBudget _budget;
     private readonly int _maxHandleOnly;
-    private long _lastId = (long)Protocol.FuseConstants.RootId;
+    private long _lastId = (long)FuseConstants.RootId;
     private int _handleOnly;
     private Node? _root;
 
@@ -79,7 +80,7 @@ internal sealed class NodeTable
     /// <summary>Installs the root node (id 1) holding <paramref name="fd"/>; the table owns the fd.</summary>
     public void SetRoot(int fd, in InodeKey key)
     {
-        var root = new Node { Id = Protocol.FuseConstants.RootId, Key = key, FileType = Libc.S_IFDIR, Fd = fd, Lookups = 1, Refs = 1, IsRoot = true };
+        var root = new Node { Id = FuseConstants.RootId, Key = key, FileType = Libc.S_IFDIR, Fd = fd, Lookups = 1, Refs = 1, IsRoot = true };
         _root = root;
         AddToMaps(root);
     }

@@ -1,5 +1,5 @@
 using System.Runtime.InteropServices;
-using Vhostfsd.FusePassthrough.Protocol;
+using Vhostfsd.FuseProtocol;
 using Vhostfsd.Posix;
 
 namespace Vhostfsd.GuestKernelShim;

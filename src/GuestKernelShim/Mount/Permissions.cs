@@ -1,4 +1,4 @@
-using Vhostfsd.FusePassthrough.Protocol;
+using Vhostfsd.FuseProtocol;
 using Vhostfsd.Posix;
 
 namespace Vhostfsd.GuestKernelShim;

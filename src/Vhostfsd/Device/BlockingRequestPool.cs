@@ -1,3 +1,4 @@
+using Vhostfsd.FuseProtocol;
 using Vhostfsd.FusePassthrough;
 using Vhostfsd.VhostUser;
 using Vhostfsd.Virtqueue;

@@ -2,7 +2,7 @@ using System.Buffers.Binary;
 using System.Runtime.InteropServices;
 using Vhostfsd.Fuzz.Engine;
 using Vhostfsd.Fuzz.Oracles;
-using Vhostfsd.FusePassthrough.Protocol;
+using Vhostfsd.FuseProtocol;
 using Vhostfsd.Posix;
 using Vhostfsd.Testing;
 using Vhostfsd.VhostUser;

@@ -1,5 +1,5 @@
 using Vhostfsd.Fuzz.Engine;
-using Vhostfsd.FusePassthrough.Protocol;
+using Vhostfsd.FuseProtocol;
 
 namespace Vhostfsd.Fuzz.Targets;
 

@@ -3,7 +3,7 @@ using System.Runtime.InteropServices;
 using Vhostfsd.Fuzz.Engine;
 using Vhostfsd.Fuzz.Oracles;
 using Vhostfsd.FusePassthrough;
-using Vhostfsd.FusePassthrough.Protocol;
+using Vhostfsd.FuseProtocol;
 using Vhostfsd.Posix;
 
 namespace Vhostfsd.Fuzz.Targets;

@@ -3,7 +3,7 @@ using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using Vhostfsd.Device;
 using Vhostfsd.FusePassthrough;
-using Vhostfsd.FusePassthrough.Protocol;
+using Vhostfsd.FuseProtocol;
 using Vhostfsd.Posix;
 using Vhostfsd.Testing;
 using Vhostfsd.Virtqueue;

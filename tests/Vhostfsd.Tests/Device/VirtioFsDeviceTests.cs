@@ -1,7 +1,7 @@
 using System.Text;
 using Vhostfsd.Device;
 using Vhostfsd.FusePassthrough;
-using Vhostfsd.FusePassthrough.Protocol;
+using Vhostfsd.FuseProtocol;
 using Vhostfsd.Posix;
 using Vhostfsd.Testing;
 using Vhostfsd.VhostUser;

@@ -1,7 +1,9 @@
 using Vhostfsd.FusePassthrough;
+using Vhostfsd.FuseProtocol;
+using Vhostfsd.GuestKernelShim;
 using Vhostfsd.Posix;
 
-namespace Vhostfsd.GuestKernelShim;
+namespace Vhostfsd.Testing;
 
 /// <summary>The one place where the shim touches FusePassthrough's file system rather than its protocol:
 /// a socket-less daemon for tests. FuseServer's dispatcher runs on worker threads that read requests from

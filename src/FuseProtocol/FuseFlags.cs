@@ -1,4 +1,4 @@
-namespace Vhostfsd.FusePassthrough.Protocol;
+namespace Vhostfsd.FuseProtocol;
 
 /// <summary>INIT request/reply flags as one 64-bit set: the low 32 bits travel in
 /// fuse_init_in/out.flags, the high 32 bits in flags2 (only when <see cref="InitExt"/> is set).</summary>

@@ -1,4 +1,4 @@
-namespace Vhostfsd.FusePassthrough.Protocol;
+namespace Vhostfsd.FuseProtocol;
 
 /// <summary>enum fuse_opcode (Linux include/uapi/linux/fuse.h, protocol 7.43).</summary>
 public enum FuseOpcode : uint

@@ -1,4 +1,4 @@
-namespace Vhostfsd.FusePassthrough.Protocol;
+namespace Vhostfsd.FuseProtocol;
 
 /// <summary>Protocol version and fixed numbers of the FUSE wire protocol.</summary>
 public static class FuseConstants

@@ -1,13 +1,13 @@
 using System.Runtime.CompilerServices;
 using Vhostfsd.Posix;
 
-namespace Vhostfsd.FusePassthrough.Server;
+namespace Vhostfsd.FuseProtocol;
 
 /// <summary>Reads a FUSE request that lies in scattered readable segments (which may split anywhere,
 /// even inside a header). Everything is copied out into private memory before it is looked at,
 /// because the segments may be guest memory that the guest can change under us; only WRITE payloads
 /// are handed on in place (as iovecs for pwritev2).</summary>
-internal unsafe ref struct RequestReader
+public unsafe ref struct RequestReader
 {
     private readonly ReadOnlySpan<IoVec> _segments;
     private int _segment;

@@ -1,11 +1,11 @@
 using System.Runtime.CompilerServices;
 using Vhostfsd.Posix;
 
-namespace Vhostfsd.FusePassthrough.Server;
+namespace Vhostfsd.FuseProtocol;
 
 /// <summary>Writes a FUSE reply into scattered writable segments. Never writes past their total:
 /// every write checks the space left first and reports failure instead.</summary>
-internal unsafe ref struct ReplyWriter
+public unsafe ref struct ReplyWriter
 {
     private readonly ReadOnlySpan<IoVec> _segments;
     private readonly int _capacity;

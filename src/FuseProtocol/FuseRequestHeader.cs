@@ -1,8 +1,6 @@
-using Vhostfsd.FusePassthrough.Protocol;
-using Vhostfsd.FusePassthrough.Server;
 using Vhostfsd.Posix;
 
-namespace Vhostfsd.FusePassthrough;
+namespace Vhostfsd.FuseProtocol;
 
 /// <summary>A request's fuse_in_header copied out of its readable segments, once, before anything
 /// decides what to do with the request; plus the one argument routing looks at (a READ's size).

@@ -1,6 +1,6 @@
 using System.Runtime.InteropServices;
 
-namespace Vhostfsd.FusePassthrough.Protocol;
+namespace Vhostfsd.FuseProtocol;
 
 // The wire structures of Linux include/uapi/linux/fuse.h (protocol 7.43), field for field, in the
 // header's order, little-endian as on every virtio-fs host we serve. Padding is explicit, so
