@@ -5,190 +5,13 @@ using Vhostfsd.Posix;
 
 namespace Vhostfsd.FusePassthrough;
 
-// Decoding of the variable part of requests (names, extensions) and the per-request credentials.
-public sealed unsafe partial class FuseServer
+// Credentials, capabilities and the calling thread's own file-system state for one request; the
+// fds a node is reached through; the names a security label may take on the host.
+public sealed unsafe partial class PassthroughFs
 {
-    /// <summary>Room for the names and extensions of one request: two names of NAME_MAX, a symlink
-    /// target of PATH_MAX, a security context and a supplementary group list.</summary>
-    private const int ArgumentScratchSize = 16384;
-
-    /// <summary>Most supplementary groups accepted from the CREATE_SUPP_GROUP extension (the kernel sends one).</summary>
-    private const int MaxExtensionGroups = 64;
-
-    [ThreadStatic]
-    private static byte[]? t_arguments;
-
-    private static byte[] ArgumentScratch => t_arguments ??= GC.AllocateArray<byte>(ArgumentScratchSize, pinned: true);
-
-    /// <summary>The NUL-terminated names of a request (each span includes its NUL).</summary>
-    private ref struct NameArgs
-    {
-        public ReadOnlySpan<byte> First;
-        public ReadOnlySpan<byte> Second;
-        /// <summary>Bytes after the names: old-style (7.36/7.37) security contexts, else empty.</summary>
-        public ReadOnlySpan<byte> Trailing;
-        /// <summary>Extension bytes (fuse_ext_header records) at the end of the request.</summary>
-        public ReadOnlySpan<byte> Extensions;
-    }
-
-    /// <summary>Extensions of a creating request.</summary>
-    private ref struct RequestExtensions
-    {
-        public int GroupCount;
-        public ReadOnlySpan<byte> Groups;
-        public ReadOnlySpan<byte> SecctxName;
-        public ReadOnlySpan<byte> SecctxValue;
-        public readonly bool HasSecctx => SecctxValue.Length > 0;
-    }
-
-    /// <summary>Reads the rest of the request (after the fixed arguments): <paramref name="count"/>
-    /// NUL-terminated names followed by any extensions, into <paramref name="buffer"/>. Returns 0 or -errno.</summary>
-    private int ReadNames(scoped in FuseInHeader h, scoped ref RequestReader r, Span<byte> buffer, int count, bool validate, out NameArgs names)
-    {
-        names = default;
-        int extensionBytes = h.TotalExtLen * 8;
-        int total = r.Remaining;
-        if (extensionBytes > total || total > buffer.Length)
-        {
-            Interlocked.Increment(ref Stats._malformed);
-            return total > buffer.Length ? -(int)Errno.ENAMETOOLONG : -(int)Errno.EINVAL;
-        }
-        Span<byte> all = buffer[..total];
-        r.TryCopy(all);
-        ReadOnlySpan<byte> args = all[..(total - extensionBytes)];
-        names.Extensions = all[(total - extensionBytes)..];
-        for (int i = 0; i < count; i++)
-        {
-            int nul = args.IndexOf((byte)0);
-            if (nul < 0)
-            {
-                Interlocked.Increment(ref Stats._malformed);
-                return -(int)Errno.EINVAL;
-            }
-            if (i == 0)
-            {
-                names.First = args[..(nul + 1)];
-            }
-            else
-            {
-                names.Second = args[..(nul + 1)];
-            }
-            args = args[(nul + 1)..];
-        }
-        if (args.Length > 0)
-        {
-            if ((_negotiated & FuseInitFlags.SecurityCtx) != 0 && extensionBytes == 0)
-            {
-                names.Trailing = args;
-            }
-            else
-            {
-                Interlocked.Increment(ref Stats._malformed);
-                return -(int)Errno.EINVAL;
-            }
-        }
-        if (validate)
-        {
-            int rc = ValidateName(names.First);
-            if (rc == 0 && count > 1)
-            {
-                rc = ValidateName(names.Second);
-            }
-            return rc;
-        }
-        return 0;
-    }
-
-    /// <summary>A single path component from the guest: not empty, at most NAME_MAX bytes, no '/',
-    /// and not "." or ".." (only LOOKUP gives those a meaning). <paramref name="nameZ"/> includes the NUL.</summary>
-    private static int ValidateName(ReadOnlySpan<byte> nameZ)
-    {
-        ReadOnlySpan<byte> name = nameZ[..^1];
-        if (name.Length == 0)
-        {
-            return -(int)Errno.ENOENT;
-        }
-        if (name.Length > NameMax)
-        {
-            return -(int)Errno.ENAMETOOLONG;
-        }
-        if (name.IndexOf((byte)'/') >= 0)
-        {
-            return -(int)Errno.EINVAL;
-        }
-        if (IsDot(name) || IsDotDot(name))
-        {
-            return -(int)Errno.EINVAL;
-        }
-        return 0;
-    }
-
     private static bool IsDot(ReadOnlySpan<byte> name) => name.Length == 1 && name[0] == (byte)'.';
 
     private static bool IsDotDot(ReadOnlySpan<byte> name) => name.Length == 2 && name[0] == (byte)'.' && name[1] == (byte)'.';
-
-    /// <summary>Parses the extensions of a creating request (fuse_ext_header records, or the
-    /// old-style trailing security context). Returns 0 or -EINVAL.</summary>
-    private int ParseExtensions(scoped in NameArgs names, out RequestExtensions ext)
-    {
-        ext = default;
-        ReadOnlySpan<byte> area = names.Extensions.Length > 0 ? names.Extensions : names.Trailing;
-        while (area.Length > 0)
-        {
-            if (area.Length < FuseExtHeader.Size)
-            {
-                return Malformed();
-            }
-            uint size = BinaryPrimitives.ReadUInt32LittleEndian(area);
-            uint type = BinaryPrimitives.ReadUInt32LittleEndian(area[4..]);
-            if (size < FuseExtHeader.Size || size > (uint)area.Length)
-            {
-                return Malformed();
-            }
-            ReadOnlySpan<byte> body = area[FuseExtHeader.Size..(int)size];
-            if (type <= (uint)FuseExtType.MaxNrSecctx)
-            {
-                if (type > 0 && (_negotiated & FuseInitFlags.SecurityCtx) != 0)
-                {
-                    // fuse_secctx, then the NUL-terminated context name, then the label.
-                    if (body.Length < FuseSecctx.Size)
-                    {
-                        return Malformed();
-                    }
-                    uint labelSize = BinaryPrimitives.ReadUInt32LittleEndian(body);
-                    ReadOnlySpan<byte> rest = body[FuseSecctx.Size..];
-                    int nul = rest.IndexOf((byte)0);
-                    if (nul <= 0 || nul > NameMax || labelSize == 0 || labelSize > (uint)(rest.Length - nul - 1))
-                    {
-                        return Malformed();
-                    }
-                    int mapped = MapSecurityContextName(rest[..nul], out ext.SecctxName);
-                    if (mapped < 0)
-                    {
-                        return mapped;
-                    }
-                    ext.SecctxValue = rest.Slice(nul + 1, (int)labelSize);
-                }
-            }
-            else if (type == (uint)FuseExtType.Groups)
-            {
-                if (body.Length < FuseSuppGroups.Size)
-                {
-                    return Malformed();
-                }
-                uint count = BinaryPrimitives.ReadUInt32LittleEndian(body);
-                if (count > MaxExtensionGroups || FuseSuppGroups.Size + count * 4 > (uint)body.Length)
-                {
-                    return Malformed();
-                }
-                ext.GroupCount = (int)count;
-                ext.Groups = body.Slice(FuseSuppGroups.Size, (int)count * 4);
-            }
-            // Unknown extension types are only sent when negotiated; skip them.
-            area = area[(int)size..];
-        }
-        return 0;
-    }
 
     [ThreadStatic]
     private static byte[]? t_secctxName;
@@ -208,7 +31,6 @@ public sealed unsafe partial class FuseServer
         hostName = default;
         if (!name.StartsWith(SecurityPrefix) || name.Length == SecurityPrefix.Length || name.SequenceEqual(FileCapability))
         {
-            Interlocked.Increment(ref Stats._malformed);
             return -(int)Errno.EPERM;
         }
         byte[] buffer = t_secctxName ??= GC.AllocateArray<byte>(Libc.XATTR_NAME_MAX + 2, pinned: true);
@@ -219,12 +41,6 @@ public sealed unsafe partial class FuseServer
         }
         hostName = buffer.AsSpan(0, length + 1);
         return 0;
-    }
-
-    private int Malformed()
-    {
-        Interlocked.Increment(ref Stats._malformed);
-        return -(int)Errno.EINVAL;
     }
 
     /// <summary>What <see cref="EnterCredentials"/> changed, for <see cref="LeaveCredentials"/>.</summary>
@@ -247,25 +63,26 @@ public sealed unsafe partial class FuseServer
     /// setfsgid, and exactly the supplementary groups of the CREATE_SUPP_GROUP extension, or none)
     /// so that the host creates files owned by them and checks their permissions. Only when the
     /// daemon runs as root; otherwise files are created as the daemon user. Returns 0 or -errno.</summary>
-    private int EnterCredentials(in FuseInHeader h, scoped in RequestExtensions ext, out CredentialState state)
+    private int EnterCredentials(in RequestContext context, out CredentialState state)
     {
         state = default;
-        if (!_privileged)
+        int rc = EnsureThreadUmask();
+        if (rc < 0 || !_privileged)
         {
-            return 0;
+            return rc;
         }
-        if (h.Uid == FuseConstants.InvalidUidGid || h.Gid == FuseConstants.InvalidUidGid)
+        if (context.Uid == FuseConstants.InvalidUidGid || context.Gid == FuseConstants.InvalidUidGid)
         {
             return -(int)Errno.EINVAL;
         }
-        if (ext.GroupCount > 0)
+        if (context.GroupCount > 0)
         {
-            uint* groups = stackalloc uint[ext.GroupCount];
-            for (int i = 0; i < ext.GroupCount; i++)
+            uint* groups = stackalloc uint[context.GroupCount];
+            for (int i = 0; i < context.GroupCount; i++)
             {
-                groups[i] = BinaryPrimitives.ReadUInt32LittleEndian(ext.Groups[(i * 4)..]);
+                groups[i] = BinaryPrimitives.ReadUInt32LittleEndian(context.Groups[(i * 4)..]);
             }
-            if (Libc.SetGroupsThread(ext.GroupCount, groups) < 0)
+            if (Libc.SetGroupsThread(context.GroupCount, groups) < 0)
             {
                 return Libc.NegErrno;
             }
@@ -274,20 +91,20 @@ public sealed unsafe partial class FuseServer
         }
         else if (!t_noGroups)
         {
-            int rc = DropThreadGroups();
+            rc = DropThreadGroups();
             if (rc < 0)
             {
                 return rc;
             }
         }
-        if (h.Gid != 0)
+        if (context.Gid != 0)
         {
-            Libc.SetFsGid(h.Gid);
+            Libc.SetFsGid(context.Gid);
             state.Gid = true;
         }
-        if (h.Uid != 0)
+        if (context.Uid != 0)
         {
-            Libc.SetFsUid(h.Uid);
+            Libc.SetFsUid(context.Uid);
             state.Uid = true;
         }
         return 0;
@@ -387,9 +204,46 @@ public sealed unsafe partial class FuseServer
     }
 
     /// <summary>True once the calling thread has its own fs_struct (unshare(CLONE_FS)): its working
-    /// directory can then move without moving any other thread's.</summary>
+    /// directory and umask can then change without changing any other thread's.</summary>
     [ThreadStatic]
-    private static bool t_ownWorkingDirectory;
+    private static bool t_ownFsStruct;
+
+    /// <summary>True once the calling thread's umask is 0.</summary>
+    [ThreadStatic]
+    private static bool t_umaskCleared;
+
+    /// <summary>Gives the calling thread its own fs_struct (working directory and umask), once.</summary>
+    private static int EnsureOwnFsStruct()
+    {
+        if (!t_ownFsStruct)
+        {
+            if (Libc.Unshare(Libc.CLONE_FS) < 0)
+            {
+                return Libc.NegErrno;
+            }
+            t_ownFsStruct = true;
+        }
+        return 0;
+    }
+
+    /// <summary>Entries are created with exactly the mode the guest asks for (its kernel applied the
+    /// caller's umask already, or left it to <see cref="EffectiveMode"/> with DONT_MASK), so a thread
+    /// that creates them has umask 0 — its own, set once, leaving the process's alone.</summary>
+    private static int EnsureThreadUmask()
+    {
+        if (t_umaskCleared)
+        {
+            return 0;
+        }
+        int rc = EnsureOwnFsStruct();
+        if (rc < 0)
+        {
+            return rc;
+        }
+        Libc.Umask(0);
+        t_umaskCleared = true;
+        return 0;
+    }
 
     /// <summary>For the path-only xattr calls of kernels without the *xattrat calls (before 6.13):
     /// makes the /proc/self/fd directory fd (opened before the sandbox) the calling thread's working
@@ -400,13 +254,10 @@ public sealed unsafe partial class FuseServer
     /// hand to <see cref="LeaveProcFdDirectory"/>) or -errno.</summary>
     private int EnterProcFdDirectory()
     {
-        if (!t_ownWorkingDirectory)
+        int own = EnsureOwnFsStruct();
+        if (own < 0)
         {
-            if (Libc.Unshare(Libc.CLONE_FS) < 0)
-            {
-                return Libc.NegErrno;
-            }
-            t_ownWorkingDirectory = true;
+            return own;
         }
         byte* dot = stackalloc byte[2];
         dot[0] = (byte)'.';

@@ -5,7 +5,7 @@ using Vhostfsd.Posix;
 namespace Vhostfsd.FusePassthrough;
 
 // POSIX record locks (as OFD locks, one open file description per guest lock owner) and flock.
-public sealed unsafe partial class FuseServer
+public sealed unsafe partial class PassthroughFs
 {
     /// <summary>OFFSET_MAX: a lock end meaning "to the end of the file".</summary>
     private const ulong LockOffsetMax = long.MaxValue;
@@ -91,26 +91,15 @@ public sealed unsafe partial class FuseServer
         return 0;
     }
 
-    private int DoGetlk(in FuseInHeader h, ref RequestReader r, ref ReplyWriter w)
+    public int Getlk(in RequestContext context, ulong nodeId, in FuseLkIn a, out FuseFileLock conflict)
     {
-        if (!r.TryRead(out FuseLkIn a))
-        {
-            return Malformed();
-        }
-        if (w.Available < FuseLkOut.Size)
-        {
-            return EIO;
-        }
-        if ((_negotiated & FuseInitFlags.PosixLocks) == 0)
-        {
-            return -(int)Errno.ENOSYS;
-        }
+        conflict = default;
         int rc = ToFileLock(in a.Lk, out FileLock fl);
         if (rc < 0)
         {
             return rc;
         }
-        Handle? handle = _handles.Acquire(a.Fh, h.NodeId);
+        Handle? handle = _handles.Acquire(a.Fh, nodeId);
         if (handle is null)
         {
             return EBADF;
@@ -129,16 +118,14 @@ public sealed unsafe partial class FuseServer
             {
                 return Libc.NegErrno;
             }
-            var reply = new FuseLkOut();
-            reply.Lk.Type = (uint)fl.Type;
+            conflict.Type = (uint)fl.Type;
             if (fl.Type != Libc.F_UNLCK)
             {
-                reply.Lk.Start = (ulong)fl.Start;
-                reply.Lk.End = fl.Length == 0 ? LockOffsetMax : (ulong)(fl.Start + fl.Length - 1);
+                conflict.Start = (ulong)fl.Start;
+                conflict.End = fl.Length == 0 ? LockOffsetMax : (ulong)(fl.Start + fl.Length - 1);
                 // Host pids (or -1 for OFD locks) mean nothing in the guest.
-                reply.Lk.Pid = 0;
+                conflict.Pid = 0;
             }
-            w.TryWrite(in reply);
             return 0;
         }
         finally
@@ -148,23 +135,15 @@ public sealed unsafe partial class FuseServer
         }
     }
 
-    private int DoSetlk(in FuseInHeader h, ref RequestReader r, bool wait)
+    public int Setlk(in RequestContext context, ulong nodeId, in FuseLkIn a, bool wait)
     {
-        if (!r.TryRead(out FuseLkIn a))
-        {
-            return Malformed();
-        }
         bool flock = ((FuseLkFlags)a.LkFlags & FuseLkFlags.Flock) != 0;
-        if ((_negotiated & (flock ? FuseInitFlags.FlockLocks : FuseInitFlags.PosixLocks)) == 0)
-        {
-            return -(int)Errno.ENOSYS;
-        }
         int rc = ToFileLock(in a.Lk, out FileLock fl);
         if (rc < 0)
         {
             return rc;
         }
-        Handle? handle = _handles.Acquire(a.Fh, h.NodeId);
+        Handle? handle = _handles.Acquire(a.Fh, nodeId);
         if (handle is null)
         {
             return EBADF;
@@ -179,13 +158,13 @@ public sealed unsafe partial class FuseServer
                     Libc.F_WRLCK => Libc.LOCK_EX,
                     _ => Libc.LOCK_UN,
                 };
-                return SetFlock(handle.Fd, h.Unique, wait && operation != Libc.LOCK_UN, operation);
+                return SetFlock(handle.Fd, context.Unique, wait && operation != Libc.LOCK_UN, operation);
             }
             if (!AccessAllows(handle, fl.Type))
             {
                 return EBADF;
             }
-            return SetPosixLock(handle, a.Owner, h.Unique, wait && fl.Type != Libc.F_UNLCK, fl);
+            return SetPosixLock(handle, a.Owner, context.Unique, wait && fl.Type != Libc.F_UNLCK, fl);
         }
         finally
         {

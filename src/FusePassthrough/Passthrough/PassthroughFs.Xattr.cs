@@ -5,15 +5,8 @@ using Vhostfsd.Posix;
 namespace Vhostfsd.FusePassthrough;
 
 // Extended attributes (off unless enabled, as in virtiofsd: then ENOSYS and the guest stops asking).
-public sealed unsafe partial class FuseServer
+public sealed unsafe partial class PassthroughFs
 {
-    private const int XattrScratchSize = Libc.XATTR_SIZE_MAX + 512;
-
-    [ThreadStatic]
-    private static byte[]? t_xattr;
-
-    private static byte[] XattrScratch => t_xattr ??= GC.AllocateArray<byte>(XattrScratchSize, pinned: true);
-
     private static ReadOnlySpan<byte> AclAccess => "system.posix_acl_access"u8;
 
     private static ReadOnlySpan<byte> AclDefault => "system.posix_acl_default"u8;
@@ -140,54 +133,32 @@ public sealed unsafe partial class FuseServer
         return result < 0 ? error : result;
     }
 
-    private int DoSetxattr(in FuseInHeader h, ref RequestReader r)
+    public int Setxattr(in RequestContext context, ulong nodeId, ReadOnlySpan<byte> guestName, ReadOnlySpan<byte> value, uint flags, uint setxattrFlags)
     {
         if (!_options.XattrEnabled)
         {
             return -(int)Errno.ENOSYS;
         }
-        FuseSetxattrIn a = default;
-        bool extended = (_negotiated & FuseInitFlags.SetxattrExt) != 0;
-        if (extended ? !r.TryRead(out a) : !(r.TryRead(out a.Length) && r.TryRead(out a.Flags)))
-        {
-            return Malformed();
-        }
-        if (a.Length > Libc.XATTR_SIZE_MAX)
-        {
-            return -(int)Errno.E2BIG;
-        }
-        byte[] scratch = XattrScratch;
-        int total = r.Remaining;
-        if (total > scratch.Length || total < (int)a.Length + 1)
-        {
-            return total > scratch.Length ? -(int)Errno.E2BIG : Malformed();
-        }
-        r.TryCopy(scratch.AsSpan(0, total));
-        int nameLength = total - (int)a.Length - 1;
-        if (scratch[nameLength] != 0 || scratch.AsSpan(0, nameLength).IndexOf((byte)0) >= 0)
-        {
-            return Malformed();
-        }
         Span<byte> hostName = stackalloc byte[Libc.XATTR_NAME_MAX + 2];
-        int mapped = MapXattrName(scratch.AsSpan(0, nameLength), hostName, forGet: false);
+        int mapped = MapXattrName(guestName, hostName, forGet: false);
         if (mapped < 0)
         {
             return mapped;
         }
-        Node? node = _nodes.Acquire(h.NodeId);
+        Node? node = _nodes.Acquire(nodeId);
         if (node is null)
         {
             return EBADF;
         }
         try
         {
-            bool killSgid = AclNegotiated && ((FuseSetxattrFlags)a.SetxattrFlags & FuseSetxattrFlags.AclKillSgid) != 0
-                && scratch.AsSpan(0, nameLength).SequenceEqual(AclAccess);
+            bool killSgid = AclNegotiated && ((FuseSetxattrFlags)setxattrFlags & FuseSetxattrFlags.AclKillSgid) != 0
+                && guestName.SequenceEqual(AclAccess);
             nint rc;
             fixed (byte* name = hostName)
-            fixed (byte* value = scratch)
+            fixed (byte* data = value)
             {
-                rc = XattrCall(node, XattrOp.Set, name, value + nameLength + 1, a.Length, (int)a.Flags);
+                rc = XattrCall(node, XattrOp.Set, name, data, (nuint)value.Length, (int)flags);
             }
             if (rc < 0)
             {
@@ -224,75 +195,54 @@ public sealed unsafe partial class FuseServer
         CloseTemporary(temporary);
     }
 
-    private int DoGetxattr(in FuseInHeader h, ref RequestReader r, ref ReplyWriter w, bool list)
+    public int Getxattr(in RequestContext context, ulong nodeId, ReadOnlySpan<byte> guestName, Span<byte> value, out int length)
     {
+        length = 0;
         if (!_options.XattrEnabled)
         {
             return -(int)Errno.ENOSYS;
         }
-        if (!r.TryRead(out FuseGetxattrIn a))
-        {
-            return Malformed();
-        }
         Span<byte> hostName = stackalloc byte[Libc.XATTR_NAME_MAX + 2];
-        if (!list)
+        int mapped = MapXattrName(guestName, hostName, forGet: true);
+        if (mapped < 0)
         {
-            Span<byte> name = stackalloc byte[Libc.XATTR_NAME_MAX + 2];
-            int total = r.Remaining;
-            if (total > name.Length)
-            {
-                return -(int)Errno.ERANGE;
-            }
-            r.TryCopy(name[..total]);
-            if (total == 0 || name[total - 1] != 0 || name[..(total - 1)].IndexOf((byte)0) >= 0)
-            {
-                return Malformed();
-            }
-            int mapped = MapXattrName(name[..(total - 1)], hostName, forGet: true);
-            if (mapped < 0)
-            {
-                return mapped;
-            }
+            return mapped;
         }
-        int needed = a.Length == 0 ? FuseGetxattrOut.Size : (int)Math.Min(a.Length, (uint)Libc.XATTR_SIZE_MAX);
-        if (w.Available < Math.Min(needed, FuseGetxattrOut.Size))
+        return ReadXattrs(nodeId, hostName, value, list: false, out length);
+    }
+
+    public int Listxattr(in RequestContext context, ulong nodeId, Span<byte> list, out int length)
+    {
+        length = 0;
+        if (!_options.XattrEnabled)
         {
-            return EIO;
+            return -(int)Errno.ENOSYS;
         }
-        Node? node = _nodes.Acquire(h.NodeId);
+        return ReadXattrs(nodeId, default, list, list: true, out length);
+    }
+
+    private int ReadXattrs(ulong nodeId, ReadOnlySpan<byte> hostName, Span<byte> buffer, bool list, out int length)
+    {
+        length = 0;
+        Node? node = _nodes.Acquire(nodeId);
         if (node is null)
         {
             return EBADF;
         }
         try
         {
-            byte[] scratch = XattrScratch;
             nint n;
             fixed (byte* name = hostName)
-            fixed (byte* value = scratch)
+            fixed (byte* value = buffer)
             {
-                n = XattrCall(node, list ? XattrOp.List : XattrOp.Get, name, value, (nuint)Libc.XATTR_SIZE_MAX, 0);
+                n = XattrCall(node, list ? XattrOp.List : XattrOp.Get, name, value, (nuint)buffer.Length, 0);
             }
             if (n < 0)
             {
                 return (int)n;
             }
-            int length = (int)n;
-            if (list)
-            {
-                length = FilterXattrList(scratch.AsSpan(0, length));
-            }
-            if (a.Length == 0)
-            {
-                var size = new FuseGetxattrOut { Length = (uint)length };
-                w.TryWrite(in size);
-                return 0;
-            }
-            if (length > a.Length)
-            {
-                return -(int)Errno.ERANGE;
-            }
-            return w.TryWrite(scratch.AsSpan(0, length)) ? 0 : -(int)Errno.ERANGE;
+            length = list ? FilterXattrList(buffer[..(int)n]) : (int)n;
+            return 0;
         }
         finally
         {
@@ -326,30 +276,19 @@ public sealed unsafe partial class FuseServer
         return write;
     }
 
-    private int DoRemovexattr(in FuseInHeader h, ref RequestReader r)
+    public int Removexattr(in RequestContext context, ulong nodeId, ReadOnlySpan<byte> guestName)
     {
         if (!_options.XattrEnabled)
         {
             return -(int)Errno.ENOSYS;
         }
-        Span<byte> name = stackalloc byte[Libc.XATTR_NAME_MAX + 2];
-        int total = r.Remaining;
-        if (total > name.Length)
-        {
-            return -(int)Errno.ERANGE;
-        }
-        r.TryCopy(name[..total]);
-        if (total == 0 || name[total - 1] != 0 || name[..(total - 1)].IndexOf((byte)0) >= 0)
-        {
-            return Malformed();
-        }
         Span<byte> hostName = stackalloc byte[Libc.XATTR_NAME_MAX + 2];
-        int mapped = MapXattrName(name[..(total - 1)], hostName, forGet: false);
+        int mapped = MapXattrName(guestName, hostName, forGet: false);
         if (mapped < 0)
         {
             return mapped;
         }
-        Node? node = _nodes.Acquire(h.NodeId);
+        Node? node = _nodes.Acquire(nodeId);
         if (node is null)
         {
             return EBADF;

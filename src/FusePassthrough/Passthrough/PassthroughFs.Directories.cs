@@ -5,24 +5,17 @@ using Vhostfsd.Posix;
 namespace Vhostfsd.FusePassthrough;
 
 // Directory handles and listing.
-public sealed unsafe partial class FuseServer
+public sealed unsafe partial class PassthroughFs
 {
     private const int DirentBufferSize = 32768;
 
     [ThreadStatic]
     private static byte[]? t_dirents;
 
-    private int DoOpendir(in FuseInHeader h, ref RequestReader r, ref ReplyWriter w)
+    public int Opendir(in RequestContext context, ulong nodeId, in FuseOpenIn a, out FuseOpenOut open)
     {
-        if (!r.TryRead(out FuseOpenIn _))
-        {
-            return Malformed();
-        }
-        if (w.Available < FuseOpenOut.Size)
-        {
-            return EIO;
-        }
-        Node? node = _nodes.Acquire(h.NodeId);
+        open = default;
+        Node? node = _nodes.Acquire(nodeId);
         if (node is null)
         {
             return EBADF;
@@ -45,8 +38,7 @@ public sealed unsafe partial class FuseServer
                 return fd;
             }
             Handle handle = _handles.Add(node, fd, flags, flags, isDirectory: true);
-            var reply = new FuseOpenOut { Fh = handle.Id, OpenFlags = FileOpenOutFlags(directory: true) };
-            w.TryWrite(in reply);
+            open = new FuseOpenOut { Fh = handle.Id, OpenFlags = FileOpenOutFlags(directory: true) };
             return 0;
         }
         finally
@@ -60,17 +52,10 @@ public sealed unsafe partial class FuseServer
     /// cookies valid while the directory changes, so a listing resumes exactly after the last entry
     /// delivered, without repeating or skipping any that stayed. An entry that does not fit is not
     /// consumed (and, for READDIRPLUS, not looked up).</summary>
-    private int DoReaddir(in FuseInHeader h, ref RequestReader r, ref ReplyWriter w, bool plus)
+    public int Readdir(scoped in RequestContext context, ulong nodeId, in FuseReadIn a, ref DirentWriter entries)
     {
-        if (!r.TryRead(out FuseReadIn a))
-        {
-            return Malformed();
-        }
-        if (a.Offset > long.MaxValue)
-        {
-            return EINVAL;
-        }
-        Handle? handle = _handles.Acquire(a.Fh, h.NodeId);
+        bool plus = entries.Plus;
+        Handle? handle = _handles.Acquire(a.Fh, nodeId);
         if (handle is null)
         {
             return EBADF;
@@ -81,9 +66,9 @@ public sealed unsafe partial class FuseServer
             {
                 return -(int)Errno.ENOTDIR;
             }
-            int budget = Math.Min(Math.Min((int)Math.Min(a.Length, (uint)MaxWrite), w.Available), MaxWrite);
             byte[] buffer = t_dirents ??= GC.AllocateArray<byte>(DirentBufferSize, pinned: true);
-            int readSize = Math.Clamp(plus ? budget / 4 : budget, 1024, DirentBufferSize);
+            // READDIRPLUS looks every entry up, so it reads fewer names at a time.
+            int readSize = Math.Clamp(plus ? (int)Math.Min(a.Length, int.MaxValue) / 4 : (int)Math.Min(a.Length, int.MaxValue), 1024, DirentBufferSize);
             Node parent = handle.Node;
             int temporary = -1;
             try
@@ -99,7 +84,6 @@ public sealed unsafe partial class FuseServer
                     {
                         return parentFd;
                     }
-                    int written = 0;
                     bool full = false;
                     while (!full)
                     {
@@ -114,7 +98,7 @@ public sealed unsafe partial class FuseServer
                             {
                                 continue;
                             }
-                            if (written > 0)
+                            if (entries.Written > 0)
                             {
                                 break;
                             }
@@ -142,8 +126,7 @@ public sealed unsafe partial class FuseServer
                                 nameLength = rawName.Length;
                             }
                             ReadOnlySpan<byte> name = rawName[..nameLength];
-                            int size = plus ? FuseConstants.DirentplusSize(nameLength) : FuseConstants.DirentSize(nameLength);
-                            if (written + size > budget)
+                            if (!entries.Fits(nameLength))
                             {
                                 full = true;
                                 break;
@@ -170,14 +153,12 @@ public sealed unsafe partial class FuseServer
                                         entry = default;
                                     }
                                 }
-                                w.TryWrite(in entry);
+                                entries.TryAddPlus(in entry, ino, (ulong)off, type, name);
                             }
-                            var dirent = new FuseDirent { Ino = ino, Off = (ulong)off, NameLen = (uint)nameLength, Type = type };
-                            w.TryWrite(in dirent);
-                            w.TryWrite(name);
-                            int header = plus ? FuseConstants.NameOffsetDirentplus : FuseConstants.NameOffset;
-                            w.TryWriteZeros(size - header - nameLength);
-                            written += size;
+                            else
+                            {
+                                entries.TryAdd(ino, (ulong)off, type, name);
+                            }
                             pos += recordLength;
                         }
                     }

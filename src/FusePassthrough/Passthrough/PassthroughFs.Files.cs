@@ -6,7 +6,7 @@ using Vhostfsd.Posix;
 namespace Vhostfsd.FusePassthrough;
 
 // Open files: open, create, read, write, flush, release, sync, allocation, seek, copy.
-public sealed unsafe partial class FuseServer
+public sealed unsafe partial class PassthroughFs
 {
     /// <summary>iovecs kept on the stack for READ/WRITE; longer chains borrow a pooled array.</summary>
     private const int StackIovecs = 64;
@@ -64,22 +64,15 @@ public sealed unsafe partial class FuseServer
         return (uint)f;
     }
 
-    private int DoOpen(in FuseInHeader h, ref RequestReader r, ref ReplyWriter w)
+    public int Open(in RequestContext context, ulong nodeId, in FuseOpenIn a, out FuseOpenOut open)
     {
-        if (!r.TryRead(out FuseOpenIn a))
-        {
-            return Malformed();
-        }
-        if (w.Available < FuseOpenOut.Size)
-        {
-            return EIO;
-        }
+        open = default;
         int flags = HostOpenFlags(a.Flags);
         if (flags < 0)
         {
             return flags;
         }
-        Node? node = _nodes.Acquire(h.NodeId);
+        Node? node = _nodes.Acquire(nodeId);
         if (node is null)
         {
             return EBADF;
@@ -113,8 +106,7 @@ public sealed unsafe partial class FuseServer
                 return fd;
             }
             Handle handle = _handles.Add(node, fd, flags, (int)a.Flags, isDirectory: false);
-            var reply = new FuseOpenOut { Fh = handle.Id, OpenFlags = FileOpenOutFlags(directory: false) };
-            w.TryWrite(in reply);
+            open = new FuseOpenOut { Fh = handle.Id, OpenFlags = FileOpenOutFlags(directory: false) };
             return 0;
         }
         finally
@@ -127,19 +119,14 @@ public sealed unsafe partial class FuseServer
     private bool KillsPrivileges(uint openFlags) =>
         (openFlags & (uint)FuseOpenInFlags.KillSuidgid) != 0 && (_negotiated & FuseInitFlags.HandleKillprivV2) != 0;
 
-    private int DoCreate(in FuseInHeader h, ref RequestReader r, ref ReplyWriter w, bool tmpfile)
+    public int Create(in RequestContext context, ulong parentId, ReadOnlySpan<byte> nameZ, in FuseCreateIn a, in SecurityLabel label, bool tmpfile,
+        out FuseEntryOut entry, out FuseOpenOut open)
     {
-        if (!r.TryRead(out FuseCreateIn a))
-        {
-            return Malformed();
-        }
-        if (w.Available < FuseEntryOut.Size + FuseOpenOut.Size)
-        {
-            return EIO;
-        }
-        byte[] scratch = ArgumentScratch;
-        int rc = ReadNames(in h, ref r, scratch, 1, validate: !tmpfile, out NameArgs names);
-        if (rc < 0 || (rc = ParseExtensions(in names, out RequestExtensions ext)) < 0)
+        entry = default;
+        open = default;
+        int rc;
+        ReadOnlySpan<byte> labelName = default;
+        if (label.IsPresent && (rc = MapSecurityContextName(label.Name[..^1], out labelName)) < 0)
         {
             return rc;
         }
@@ -160,7 +147,7 @@ public sealed unsafe partial class FuseServer
         {
             flags |= Libc.O_CREAT | ((int)a.Flags & Libc.O_EXCL) | Libc.O_NOFOLLOW;
         }
-        Node? parent = _nodes.Acquire(h.NodeId);
+        Node? parent = _nodes.Acquire(parentId);
         if (parent is null)
         {
             return EBADF;
@@ -186,7 +173,7 @@ public sealed unsafe partial class FuseServer
             }
             fdBudgeted = true;
             uint mode = EffectiveMode(parentFd, a.Mode & 0xFFF, a.Umask);
-            rc = EnterCredentials(in h, in ext, out CredentialState saved);
+            rc = EnterCredentials(in context, out CredentialState saved);
             if (rc < 0)
             {
                 return rc;
@@ -195,7 +182,7 @@ public sealed unsafe partial class FuseServer
             bool fsetidDropped = (flags & Libc.O_TRUNC) != 0 && KillsPrivileges(a.OpenFlags) && DropFsetid();
             try
             {
-                fixed (byte* name = names.First)
+                fixed (byte* name = nameZ)
                 {
                     byte* dot = stackalloc byte[2];
                     dot[0] = (byte)'.';
@@ -221,9 +208,9 @@ public sealed unsafe partial class FuseServer
             }
             // The label is the new file's, like virtiofsd's fscreate: an existing file keeps its own,
             // and a failure must not remove a file this request did not create.
-            if (ext.HasSecctx && created)
+            if (label.IsPresent && created)
             {
-                rc = tmpfile ? SetLabelOnFd(fd, in ext) : ApplySecurityLabelByName(parentFd, names.First, in ext);
+                rc = tmpfile ? SetLabelOnFd(fd, labelName, label.Value) : ApplySecurityLabelByName(parentFd, nameZ, labelName, label.Value);
                 if (rc < 0)
                 {
                     return rc;
@@ -243,7 +230,7 @@ public sealed unsafe partial class FuseServer
                 _budget.Return();
                 return Libc.NegErrno;
             }
-            rc = InsertFromFdKeep(parent, pathFd, out FuseEntryOut entry, out Node node);
+            rc = InsertFromFdKeep(parent, pathFd, out entry, out Node node);
             if (rc < 0)
             {
                 return rc;
@@ -252,9 +239,7 @@ public sealed unsafe partial class FuseServer
             _nodes.Release(node);
             fd = -1;
             fdBudgeted = false;
-            var open = new FuseOpenOut { Fh = handle.Id, OpenFlags = FileOpenOutFlags(directory: false) };
-            w.TryWrite(in entry);
-            w.TryWrite(in open);
+            open = new FuseOpenOut { Fh = handle.Id, OpenFlags = FileOpenOutFlags(directory: false) };
             return 0;
         }
         finally
@@ -350,20 +335,20 @@ public sealed unsafe partial class FuseServer
         return fd < 0 ? Libc.NegErrno : fd;
     }
 
-    private int ApplySecurityLabelByName(int parentFd, ReadOnlySpan<byte> nameZ, in RequestExtensions ext)
+    private int ApplySecurityLabelByName(int parentFd, ReadOnlySpan<byte> nameZ, ReadOnlySpan<byte> labelName, ReadOnlySpan<byte> labelValue)
     {
         fixed (byte* name = nameZ)
         {
-            return ApplySecurityLabel(parentFd, name, in ext);
+            return ApplySecurityLabel(parentFd, name, labelName, labelValue);
         }
     }
 
-    private static int SetLabelOnFd(int fd, in RequestExtensions ext)
+    private static int SetLabelOnFd(int fd, ReadOnlySpan<byte> labelName, ReadOnlySpan<byte> labelValue)
     {
-        fixed (byte* xname = ext.SecctxName)
-        fixed (byte* value = ext.SecctxValue)
+        fixed (byte* xname = labelName)
+        fixed (byte* value = labelValue)
         {
-            return Libc.Fsetxattr(fd, xname, value, (nuint)ext.SecctxValue.Length, 0) < 0 ? Libc.NegErrno : 0;
+            return Libc.Fsetxattr(fd, xname, value, (nuint)labelValue.Length, 0) < 0 ? Libc.NegErrno : 0;
         }
     }
 
@@ -386,17 +371,9 @@ public sealed unsafe partial class FuseServer
         return 0;
     }
 
-    private int DoRead(in FuseInHeader h, ref RequestReader r, ref ReplyWriter w)
+    public int Read(scoped in RequestContext context, ulong nodeId, in FuseReadIn a, ref ReplyWriter w)
     {
-        if (!r.TryRead(out FuseReadIn a))
-        {
-            return Malformed();
-        }
-        if (a.Length > MaxWrite || a.Offset > long.MaxValue)
-        {
-            return EINVAL;
-        }
-        Handle? handle = _handles.Acquire(a.Fh, h.NodeId);
+        Handle? handle = _handles.Acquire(a.Fh, nodeId);
         if (handle is null)
         {
             return EBADF;
@@ -480,21 +457,10 @@ public sealed unsafe partial class FuseServer
         }
     }
 
-    private int DoWrite(in FuseInHeader h, ref RequestReader r, ref ReplyWriter w)
+    public int Write(scoped in RequestContext context, ulong nodeId, in FuseWriteIn a, ref RequestReader r, out uint written)
     {
-        if (!r.TryRead(out FuseWriteIn a))
-        {
-            return Malformed();
-        }
-        if (a.Length != (uint)r.Remaining || a.Length > MaxWrite || a.Offset > long.MaxValue)
-        {
-            return Malformed();
-        }
-        if (w.Available < FuseWriteOut.Size)
-        {
-            return EIO;
-        }
-        Handle? handle = _handles.Acquire(a.Fh, h.NodeId);
+        written = 0;
+        Handle? handle = _handles.Acquire(a.Fh, nodeId);
         if (handle is null)
         {
             return EBADF;
@@ -565,8 +531,7 @@ public sealed unsafe partial class FuseServer
             {
                 RestoreFsetid(fsetidDropped);
             }
-            var reply = new FuseWriteOut { Length = (uint)total };
-            w.TryWrite(in reply);
+            written = (uint)total;
             return 0;
         }
         finally
@@ -579,13 +544,9 @@ public sealed unsafe partial class FuseServer
         }
     }
 
-    private int DoFlush(in FuseInHeader h, ref RequestReader r)
+    public int Flush(in RequestContext context, ulong nodeId, in FuseFlushIn a)
     {
-        if (!r.TryRead(out FuseFlushIn a))
-        {
-            return Malformed();
-        }
-        Handle? handle = _handles.Acquire(a.Fh, h.NodeId);
+        Handle? handle = _handles.Acquire(a.Fh, nodeId);
         if (handle is null)
         {
             return EBADF;
@@ -608,31 +569,23 @@ public sealed unsafe partial class FuseServer
         }
     }
 
-    private int DoRelease(in FuseInHeader h, ref RequestReader r, bool directory)
+    public int Release(in RequestContext context, ulong nodeId, in FuseReleaseIn a, bool directory)
     {
-        if (!r.TryRead(out FuseReleaseIn a))
-        {
-            return Malformed();
-        }
         if (!directory && ((FuseReleaseFlags)a.ReleaseFlags & FuseReleaseFlags.FlockUnlock) != 0)
         {
-            Handle? handle = _handles.Acquire(a.Fh, h.NodeId);
+            Handle? handle = _handles.Acquire(a.Fh, nodeId);
             if (handle is not null)
             {
                 Libc.Flock(handle.Fd, Libc.LOCK_UN);
                 _handles.Release(handle);
             }
         }
-        return _handles.Remove(a.Fh, h.NodeId, directory) ? 0 : EBADF;
+        return _handles.Remove(a.Fh, nodeId, directory) ? 0 : EBADF;
     }
 
-    private int DoFsync(in FuseInHeader h, ref RequestReader r, bool directory)
+    public int Fsync(in RequestContext context, ulong nodeId, in FuseFsyncIn a, bool directory)
     {
-        if (!r.TryRead(out FuseFsyncIn a))
-        {
-            return Malformed();
-        }
-        Handle? handle = _handles.Acquire(a.Fh, h.NodeId);
+        Handle? handle = _handles.Acquire(a.Fh, nodeId);
         if (handle is null)
         {
             return EBADF;
@@ -649,17 +602,9 @@ public sealed unsafe partial class FuseServer
         }
     }
 
-    private int DoFallocate(in FuseInHeader h, ref RequestReader r)
+    public int Fallocate(in RequestContext context, ulong nodeId, in FuseFallocateIn a)
     {
-        if (!r.TryRead(out FuseFallocateIn a))
-        {
-            return Malformed();
-        }
-        if (a.Offset > long.MaxValue || a.Length > long.MaxValue)
-        {
-            return EINVAL;
-        }
-        Handle? handle = _handles.Acquire(a.Fh, h.NodeId);
+        Handle? handle = _handles.Acquire(a.Fh, nodeId);
         if (handle is null)
         {
             return EBADF;
@@ -674,21 +619,14 @@ public sealed unsafe partial class FuseServer
         }
     }
 
-    private int DoLseek(in FuseInHeader h, ref RequestReader r, ref ReplyWriter w)
+    public int Lseek(in RequestContext context, ulong nodeId, in FuseLseekIn a, out ulong offset)
     {
-        if (!r.TryRead(out FuseLseekIn a))
-        {
-            return Malformed();
-        }
-        if (w.Available < FuseLseekOut.Size)
-        {
-            return EIO;
-        }
-        if (a.Offset > long.MaxValue || a.Whence > Libc.SEEK_HOLE)
+        offset = 0;
+        if (a.Whence > Libc.SEEK_HOLE)
         {
             return EINVAL;
         }
-        Handle? handle = _handles.Acquire(a.Fh, h.NodeId);
+        Handle? handle = _handles.Acquire(a.Fh, nodeId);
         if (handle is null)
         {
             return EBADF;
@@ -700,8 +638,7 @@ public sealed unsafe partial class FuseServer
             {
                 return Libc.NegErrno;
             }
-            var reply = new FuseLseekOut { Offset = (ulong)result };
-            w.TryWrite(in reply);
+            offset = (ulong)result;
             return 0;
         }
         finally
@@ -710,21 +647,14 @@ public sealed unsafe partial class FuseServer
         }
     }
 
-    private int DoCopyFileRange(in FuseInHeader h, ref RequestReader r, ref ReplyWriter w)
+    public int CopyFileRange(in RequestContext context, ulong nodeId, in FuseCopyFileRangeIn a, out uint copied)
     {
-        if (!r.TryRead(out FuseCopyFileRangeIn a))
-        {
-            return Malformed();
-        }
-        if (w.Available < FuseWriteOut.Size)
-        {
-            return EIO;
-        }
-        if (a.Flags != 0 || a.OffIn > long.MaxValue || a.OffOut > long.MaxValue)
+        copied = 0;
+        if (a.Flags != 0)
         {
             return EINVAL;
         }
-        Handle? input = _handles.Acquire(a.FhIn, h.NodeId);
+        Handle? input = _handles.Acquire(a.FhIn, nodeId);
         if (input is null)
         {
             return EBADF;
@@ -744,8 +674,7 @@ public sealed unsafe partial class FuseServer
             {
                 return Libc.NegErrno;
             }
-            var reply = new FuseWriteOut { Length = (uint)n };
-            w.TryWrite(in reply);
+            copied = (uint)n;
             return 0;
         }
         finally
@@ -758,13 +687,9 @@ public sealed unsafe partial class FuseServer
         }
     }
 
-    private int DoSyncfs(in FuseInHeader h, ref RequestReader r)
+    public int Syncfs(in RequestContext context, ulong nodeId)
     {
-        if (!r.TryRead(out FuseSyncfsIn _))
-        {
-            return Malformed();
-        }
-        Node? node = _nodes.Acquire(h.NodeId);
+        Node? node = _nodes.Acquire(nodeId);
         if (node is null)
         {
             return EBADF;

@@ -5,12 +5,8 @@ using Vhostfsd.Posix;
 namespace Vhostfsd.FusePassthrough;
 
 // Name-space operations: lookup, attributes, creation and removal of entries.
-public sealed unsafe partial class FuseServer
+public sealed unsafe partial class PassthroughFs
 {
-    private const int EBADF = -(int)Errno.EBADF;
-    private const int EIO = -(int)Errno.EIO;
-    private const int EINVAL = -(int)Errno.EINVAL;
-
     /// <summary>Most directory levels walked up to prove that a ".." lookup stays inside the share.</summary>
     private const int MaxDotDotDepth = 4096;
 
@@ -179,32 +175,12 @@ public sealed unsafe partial class FuseServer
         return 0;
     }
 
-    private int DoLookup(in FuseInHeader h, ref RequestReader r, ref ReplyWriter w)
+    public int Lookup(in RequestContext context, ulong parentId, ReadOnlySpan<byte> nameZ, out FuseEntryOut entry)
     {
-        if (w.Available < FuseEntryOut.Size)
-        {
-            return EIO;
-        }
-        byte[] buffer = ArgumentScratch;
-        int rc = ReadNames(in h, ref r, buffer, 1, validate: false, out NameArgs names);
-        if (rc < 0)
-        {
-            return rc;
-        }
-        ReadOnlySpan<byte> name = names.First[..^1];
-        if (name.Length == 0)
-        {
-            return -(int)Errno.ENOENT;
-        }
-        if (name.Length > NameMax)
-        {
-            return -(int)Errno.ENAMETOOLONG;
-        }
-        if (name.IndexOf((byte)'/') >= 0)
-        {
-            return EINVAL;
-        }
-        Node? parent = _nodes.Acquire(h.NodeId);
+        entry = default;
+        ReadOnlySpan<byte> name = nameZ[..^1];
+        int rc;
+        Node? parent = _nodes.Acquire(parentId);
         if (parent is null)
         {
             return EBADF;
@@ -217,7 +193,6 @@ public sealed unsafe partial class FuseServer
             {
                 return parentFd;
             }
-            FuseEntryOut entry;
             if (IsDot(name) || (IsDotDot(name) && parent.IsRoot))
             {
                 // "." is the directory itself; ".." of the share root is the root (never its host parent).
@@ -229,17 +204,12 @@ public sealed unsafe partial class FuseServer
             }
             else
             {
-                fixed (byte* p = names.First)
+                fixed (byte* p = nameZ)
                 {
                     rc = LookupChild(parent, parentFd, p, out entry);
                 }
             }
-            if (rc < 0)
-            {
-                return rc;
-            }
-            w.TryWrite(in entry);
-            return 0;
+            return rc;
         }
         finally
         {
@@ -328,17 +298,10 @@ public sealed unsafe partial class FuseServer
         return InsertFromFd(node, parentFd, out entry);
     }
 
-    private int DoGetattr(in FuseInHeader h, ref RequestReader r, ref ReplyWriter w)
+    public int Getattr(in RequestContext context, ulong nodeId, out FuseAttrOut attr)
     {
-        if (!r.TryRead(out FuseGetattrIn _))
-        {
-            return Malformed();
-        }
-        if (w.Available < FuseAttrOut.Size)
-        {
-            return EIO;
-        }
-        Node? node = _nodes.Acquire(h.NodeId);
+        attr = default;
+        Node? node = _nodes.Acquire(nodeId);
         if (node is null)
         {
             return EBADF;
@@ -357,8 +320,7 @@ public sealed unsafe partial class FuseServer
             {
                 return Libc.NegErrno;
             }
-            FuseAttrOut reply = ToAttrOut(in st);
-            w.TryWrite(in reply);
+            attr = ToAttrOut(in st);
             return 0;
         }
         finally
@@ -368,18 +330,11 @@ public sealed unsafe partial class FuseServer
         }
     }
 
-    private int DoSetattr(in FuseInHeader h, ref RequestReader r, ref ReplyWriter w)
+    public int Setattr(in RequestContext context, ulong nodeId, in FuseSetattrIn a, out FuseAttrOut attr)
     {
-        if (!r.TryRead(out FuseSetattrIn a))
-        {
-            return Malformed();
-        }
-        if (w.Available < FuseAttrOut.Size)
-        {
-            return EIO;
-        }
+        attr = default;
         var valid = (FuseSetattrValid)a.Valid;
-        Node? node = _nodes.Acquire(h.NodeId);
+        Node? node = _nodes.Acquire(nodeId);
         if (node is null)
         {
             return EBADF;
@@ -390,7 +345,7 @@ public sealed unsafe partial class FuseServer
         {
             if ((valid & FuseSetattrValid.Fh) != 0)
             {
-                handle = _handles.Acquire(a.Fh, h.NodeId);
+                handle = _handles.Acquire(a.Fh, nodeId);
                 if (handle is null)
                 {
                     return EBADF;
@@ -412,8 +367,7 @@ public sealed unsafe partial class FuseServer
             {
                 return Libc.NegErrno;
             }
-            FuseAttrOut reply = ToAttrOut(in st);
-            w.TryWrite(in reply);
+            attr = ToAttrOut(in st);
             return 0;
         }
         finally
@@ -527,9 +481,10 @@ public sealed unsafe partial class FuseServer
         return new Timespec { Sec = 0, Nsec = Libc.UTIME_OMIT };
     }
 
-    private int DoReadlink(in FuseInHeader h, ref RequestReader r, ref ReplyWriter w)
+    public int Readlink(in RequestContext context, ulong nodeId, Span<byte> target, out int length)
     {
-        Node? node = _nodes.Acquire(h.NodeId);
+        length = 0;
+        Node? node = _nodes.Acquire(nodeId);
         if (node is null)
         {
             return EBADF;
@@ -546,17 +501,17 @@ public sealed unsafe partial class FuseServer
             {
                 return fd;
             }
-            byte* target = stackalloc byte[PathMax];
             byte empty = 0;
-            nint n = Libc.ReadlinkAt(fd, &empty, target, PathMax);
+            nint n;
+            fixed (byte* p = target)
+            {
+                n = Libc.ReadlinkAt(fd, &empty, p, (nuint)target.Length);
+            }
             if (n < 0)
             {
                 return Libc.NegErrno;
             }
-            if (!w.TryWrite(new ReadOnlySpan<byte>(target, (int)n)))
-            {
-                return EIO;
-            }
+            length = (int)n;
             return 0;
         }
         finally
@@ -566,84 +521,35 @@ public sealed unsafe partial class FuseServer
         }
     }
 
-    private int DoSymlink(in FuseInHeader h, ref RequestReader r, ref ReplyWriter w)
+    public int Symlink(in RequestContext context, ulong parentId, ReadOnlySpan<byte> nameZ, ReadOnlySpan<byte> targetZ, in SecurityLabel label, out FuseEntryOut entry)
     {
-        if (w.Available < FuseEntryOut.Size)
+        fixed (byte* name = nameZ)
+        fixed (byte* target = targetZ)
         {
-            return EIO;
-        }
-        byte[] scratch = ArgumentScratch;
-        int rc = ReadNames(in h, ref r, scratch, 2, validate: false, out NameArgs names);
-        if (rc < 0 || (rc = ValidateName(names.First)) < 0)
-        {
-            return rc;
-        }
-        if (names.Second.Length <= 1)
-        {
-            return -(int)Errno.ENOENT;
-        }
-        if (names.Second.Length > PathMax)
-        {
-            return -(int)Errno.ENAMETOOLONG;
-        }
-        if ((rc = ParseExtensions(in names, out RequestExtensions ext)) < 0)
-        {
-            return rc;
-        }
-        fixed (byte* name = names.First)
-        fixed (byte* target = names.Second)
-        {
-            return CreateEntry(in h, in ext, name, ref w, CreateKind.Symlink, 0, 0, 0, target);
+            return CreateEntry(in context, in label, parentId, name, out entry, CreateKind.Symlink, 0, 0, 0, target);
         }
     }
 
-    private int DoMknod(in FuseInHeader h, ref RequestReader r, ref ReplyWriter w)
+    public int Mknod(in RequestContext context, ulong parentId, ReadOnlySpan<byte> nameZ, in FuseMknodIn m, in SecurityLabel label, out FuseEntryOut entry)
     {
-        if (!r.TryRead(out FuseMknodIn m))
-        {
-            return Malformed();
-        }
-        if (w.Available < FuseEntryOut.Size)
-        {
-            return EIO;
-        }
-        byte[] scratch = ArgumentScratch;
-        int rc = ReadNames(in h, ref r, scratch, 1, validate: true, out NameArgs names);
-        if (rc < 0 || (rc = ParseExtensions(in names, out RequestExtensions ext)) < 0)
-        {
-            return rc;
-        }
+        entry = default;
         uint type = m.Mode & Libc.S_IFMT;
         if (type is not (Libc.S_IFREG or Libc.S_IFIFO or Libc.S_IFSOCK or Libc.S_IFCHR or Libc.S_IFBLK) && type != 0)
         {
             return EINVAL;
         }
         ulong dev = DecodeDev(m.Rdev);
-        fixed (byte* name = names.First)
+        fixed (byte* name = nameZ)
         {
-            return CreateEntry(in h, in ext, name, ref w, CreateKind.Mknod, m.Mode, m.Umask, dev, null);
+            return CreateEntry(in context, in label, parentId, name, out entry, CreateKind.Mknod, m.Mode, m.Umask, dev, null);
         }
     }
 
-    private int DoMkdir(in FuseInHeader h, ref RequestReader r, ref ReplyWriter w)
+    public int Mkdir(in RequestContext context, ulong parentId, ReadOnlySpan<byte> nameZ, in FuseMkdirIn m, in SecurityLabel label, out FuseEntryOut entry)
     {
-        if (!r.TryRead(out FuseMkdirIn m))
+        fixed (byte* name = nameZ)
         {
-            return Malformed();
-        }
-        if (w.Available < FuseEntryOut.Size)
-        {
-            return EIO;
-        }
-        byte[] scratch = ArgumentScratch;
-        int rc = ReadNames(in h, ref r, scratch, 1, validate: true, out NameArgs names);
-        if (rc < 0 || (rc = ParseExtensions(in names, out RequestExtensions ext)) < 0)
-        {
-            return rc;
-        }
-        fixed (byte* name = names.First)
-        {
-            return CreateEntry(in h, in ext, name, ref w, CreateKind.Mkdir, m.Mode, m.Umask, 0, null);
+            return CreateEntry(in context, in label, parentId, name, out entry, CreateKind.Mkdir, m.Mode, m.Umask, 0, null);
         }
     }
 
@@ -655,10 +561,20 @@ public sealed unsafe partial class FuseServer
     }
 
     /// <summary>Runs a creating call as the requester in the parent directory, applies a security
-    /// label if one came with the request, and replies the new entry.</summary>
-    private int CreateEntry(in FuseInHeader h, scoped in RequestExtensions ext, byte* name, ref ReplyWriter w, CreateKind kind, uint mode, uint umask, ulong dev, byte* target)
+    /// label if one came with the request, and looks the new entry up.</summary>
+    private int CreateEntry(in RequestContext context, in SecurityLabel label, ulong parentId, byte* name, out FuseEntryOut entry, CreateKind kind, uint mode, uint umask, ulong dev, byte* target)
     {
-        Node? parent = _nodes.Acquire(h.NodeId);
+        entry = default;
+        ReadOnlySpan<byte> labelName = default;
+        if (label.IsPresent)
+        {
+            int mapped = MapSecurityContextName(label.Name[..^1], out labelName);
+            if (mapped < 0)
+            {
+                return mapped;
+            }
+        }
+        Node? parent = _nodes.Acquire(parentId);
         if (parent is null)
         {
             return EBADF;
@@ -676,7 +592,7 @@ public sealed unsafe partial class FuseServer
                 return parentFd;
             }
             uint effectiveMode = kind == CreateKind.Symlink ? 0 : EffectiveMode(parentFd, mode & 0xFFF, umask);
-            int rc = EnterCredentials(in h, in ext, out CredentialState saved);
+            int rc = EnterCredentials(in context, out CredentialState saved);
             if (rc < 0)
             {
                 return rc;
@@ -699,17 +615,11 @@ public sealed unsafe partial class FuseServer
             {
                 return rc;
             }
-            if (ext.HasSecctx && (rc = ApplySecurityLabel(parentFd, name, in ext)) < 0)
+            if (label.IsPresent && (rc = ApplySecurityLabel(parentFd, name, labelName, label.Value)) < 0)
             {
                 return rc;
             }
-            rc = LookupChild(parent, parentFd, name, out FuseEntryOut entry);
-            if (rc < 0)
-            {
-                return rc;
-            }
-            w.TryWrite(in entry);
-            return 0;
+            return LookupChild(parent, parentFd, name, out entry);
         }
         finally
         {
@@ -720,15 +630,15 @@ public sealed unsafe partial class FuseServer
 
     /// <summary>Sets the guest's security label on a just-created entry (through the magic link of
     /// its parent, so it works for every file type); on failure the entry is removed again.</summary>
-    private int ApplySecurityLabel(int parentFd, byte* name, in RequestExtensions ext)
+    private int ApplySecurityLabel(int parentFd, byte* name, ReadOnlySpan<byte> labelName, ReadOnlySpan<byte> labelValue)
     {
         if (_hasXattrAt)
         {
             int result;
-            fixed (byte* xname = ext.SecctxName)
-            fixed (byte* value = ext.SecctxValue)
+            fixed (byte* xname = labelName)
+            fixed (byte* value = labelValue)
             {
-                result = Libc.SetxattrAt(parentFd, name, Libc.AT_SYMLINK_NOFOLLOW, xname, value, (nuint)ext.SecctxValue.Length, 0) < 0 ? Libc.NegErrno : 0;
+                result = Libc.SetxattrAt(parentFd, name, Libc.AT_SYMLINK_NOFOLLOW, xname, value, (nuint)labelValue.Length, 0) < 0 ? Libc.NegErrno : 0;
             }
             if (result < 0)
             {
@@ -749,10 +659,10 @@ public sealed unsafe partial class FuseServer
         {
             int previousDirectory = rc;
             fixed (byte* p = path)
-            fixed (byte* xname = ext.SecctxName)
-            fixed (byte* value = ext.SecctxValue)
+            fixed (byte* xname = labelName)
+            fixed (byte* value = labelValue)
             {
-                rc = Libc.Lsetxattr(p, xname, value, (nuint)ext.SecctxValue.Length, 0) < 0 ? Libc.NegErrno : 0;
+                rc = Libc.Lsetxattr(p, xname, value, (nuint)labelValue.Length, 0) < 0 ? Libc.NegErrno : 0;
             }
             LeaveProcFdDirectory(previousDirectory);
         }
@@ -772,15 +682,13 @@ public sealed unsafe partial class FuseServer
         }
     }
 
-    private int DoUnlink(in FuseInHeader h, ref RequestReader r, bool directory)
+    public int Unlink(in RequestContext context, ulong parentId, ReadOnlySpan<byte> nameZ) => Remove(parentId, nameZ, directory: false);
+
+    public int Rmdir(in RequestContext context, ulong parentId, ReadOnlySpan<byte> nameZ) => Remove(parentId, nameZ, directory: true);
+
+    private int Remove(ulong parentId, ReadOnlySpan<byte> nameZ, bool directory)
     {
-        byte[] buffer = ArgumentScratch;
-        int rc = ReadNames(in h, ref r, buffer, 1, validate: true, out NameArgs names);
-        if (rc < 0)
-        {
-            return rc;
-        }
-        Node? parent = _nodes.Acquire(h.NodeId);
+        Node? parent = _nodes.Acquire(parentId);
         if (parent is null)
         {
             return EBADF;
@@ -793,7 +701,7 @@ public sealed unsafe partial class FuseServer
             {
                 return parentFd;
             }
-            fixed (byte* name = names.First)
+            fixed (byte* name = nameZ)
             {
                 return Libc.UnlinkAt(parentFd, name, directory ? Libc.AT_REMOVEDIR : 0) < 0 ? Libc.NegErrno : 0;
             }
@@ -805,38 +713,13 @@ public sealed unsafe partial class FuseServer
         }
     }
 
-    private int DoRename(in FuseInHeader h, ref RequestReader r, bool extended)
+    public int Rename(in RequestContext context, ulong parentId, ReadOnlySpan<byte> nameZ, ulong newDirId, ReadOnlySpan<byte> newNameZ, uint flags)
     {
-        ulong newDirId;
-        uint flags = 0;
-        if (extended)
-        {
-            if (!r.TryRead(out FuseRename2In a))
-            {
-                return Malformed();
-            }
-            newDirId = a.NewDir;
-            flags = a.Flags;
-        }
-        else
-        {
-            if (!r.TryRead(out FuseRenameIn a))
-            {
-                return Malformed();
-            }
-            newDirId = a.NewDir;
-        }
         if ((flags & ~(Libc.RENAME_NOREPLACE | Libc.RENAME_EXCHANGE | Libc.RENAME_WHITEOUT)) != 0)
         {
             return EINVAL;
         }
-        byte[] buffer = ArgumentScratch;
-        int rc = ReadNames(in h, ref r, buffer, 2, validate: true, out NameArgs names);
-        if (rc < 0)
-        {
-            return rc;
-        }
-        Node? oldParent = _nodes.Acquire(h.NodeId);
+        Node? oldParent = _nodes.Acquire(parentId);
         if (oldParent is null)
         {
             return EBADF;
@@ -860,8 +743,8 @@ public sealed unsafe partial class FuseServer
             {
                 return newFd;
             }
-            fixed (byte* oldName = names.First)
-            fixed (byte* newName = names.Second)
+            fixed (byte* oldName = nameZ)
+            fixed (byte* newName = newNameZ)
             {
                 return Libc.RenameAt2(oldFd, oldName, newFd, newName, flags) < 0 ? Libc.NegErrno : 0;
             }
@@ -878,28 +761,15 @@ public sealed unsafe partial class FuseServer
         }
     }
 
-    private int DoLink(in FuseInHeader h, ref RequestReader r, ref ReplyWriter w)
+    public int Link(in RequestContext context, ulong nodeId, ulong newParentId, ReadOnlySpan<byte> newNameZ, out FuseEntryOut entry)
     {
-        if (!r.TryRead(out FuseLinkIn a))
-        {
-            return Malformed();
-        }
-        if (w.Available < FuseEntryOut.Size)
-        {
-            return EIO;
-        }
-        byte[] buffer = ArgumentScratch;
-        int rc = ReadNames(in h, ref r, buffer, 1, validate: true, out NameArgs names);
-        if (rc < 0)
-        {
-            return rc;
-        }
-        Node? target = _nodes.Acquire(a.OldNodeId);
+        entry = default;
+        Node? target = _nodes.Acquire(nodeId);
         if (target is null)
         {
             return EBADF;
         }
-        Node? parent = _nodes.Acquire(h.NodeId);
+        Node? parent = _nodes.Acquire(newParentId);
         int targetTemporary = -1;
         int parentTemporary = -1;
         try
@@ -922,7 +792,7 @@ public sealed unsafe partial class FuseServer
             {
                 return parentFd;
             }
-            fixed (byte* name = names.First)
+            fixed (byte* name = newNameZ)
             {
                 byte empty = 0;
                 if (Libc.LinkAt(targetFd, &empty, parentFd, name, Libc.AT_EMPTY_PATH) < 0)
@@ -940,13 +810,7 @@ public sealed unsafe partial class FuseServer
                         return Libc.NegErrno;
                     }
                 }
-                rc = LookupChild(parent, parentFd, name, out FuseEntryOut entry);
-                if (rc < 0)
-                {
-                    return rc;
-                }
-                w.TryWrite(in entry);
-                return 0;
+                return LookupChild(parent, parentFd, name, out entry);
             }
         }
         finally
@@ -961,13 +825,10 @@ public sealed unsafe partial class FuseServer
         }
     }
 
-    private int DoStatfs(in FuseInHeader h, ref ReplyWriter w)
+    public int Statfs(in RequestContext context, ulong nodeId, out FuseStatfsOut statfs)
     {
-        if (w.Available < FuseStatfsOut.Size)
-        {
-            return EIO;
-        }
-        Node? node = _nodes.Acquire(h.NodeId);
+        statfs = default;
+        Node? node = _nodes.Acquire(nodeId);
         if (node is null)
         {
             return EBADF;
@@ -985,7 +846,7 @@ public sealed unsafe partial class FuseServer
             {
                 return Libc.NegErrno;
             }
-            var reply = new FuseStatfsOut
+            statfs = new FuseStatfsOut
             {
                 St = new FuseKStatfs
                 {
@@ -999,7 +860,6 @@ public sealed unsafe partial class FuseServer
                     Frsize = (uint)(s.FragmentSize != 0 ? s.FragmentSize : s.BlockSize),
                 },
             };
-            w.TryWrite(in reply);
             return 0;
         }
         finally
@@ -1009,17 +869,10 @@ public sealed unsafe partial class FuseServer
         }
     }
 
-    private int DoStatx(in FuseInHeader h, ref RequestReader r, ref ReplyWriter w)
+    public int Statx(in RequestContext context, ulong nodeId, in FuseStatxIn a, out FuseStatxOut statx)
     {
-        if (!r.TryRead(out FuseStatxIn a))
-        {
-            return Malformed();
-        }
-        if (w.Available < FuseStatxOut.Size)
-        {
-            return EIO;
-        }
-        Node? node = _nodes.Acquire(h.NodeId);
+        statx = default;
+        Node? node = _nodes.Acquire(nodeId);
         if (node is null)
         {
             return EBADF;
@@ -1042,7 +895,7 @@ public sealed unsafe partial class FuseServer
             var reply = new FuseStatxOut { AttrValid = _attrValidSec, AttrValidNsec = _attrValidNsec };
             // fuse_statx is the statx layout up to dev_minor; the rest is spare.
             new ReadOnlySpan<byte>(&st, 144).CopyTo(new Span<byte>(&reply.Stat, 144));
-            w.TryWrite(in reply);
+            statx = reply;
             return 0;
         }
         finally
@@ -1054,13 +907,9 @@ public sealed unsafe partial class FuseServer
 
     /// <summary>ACCESS from the mode bits and the requester's uid/gid (as the Rust virtiofsd): root
     /// may read and write anything and execute what has any x bit.</summary>
-    private int DoAccess(in FuseInHeader h, ref RequestReader r)
+    public int Access(in RequestContext context, ulong nodeId, uint mask)
     {
-        if (!r.TryRead(out FuseAccessIn a))
-        {
-            return Malformed();
-        }
-        Node? node = _nodes.Acquire(h.NodeId);
+        Node? node = _nodes.Acquire(nodeId);
         if (node is null)
         {
             return EBADF;
@@ -1079,7 +928,7 @@ public sealed unsafe partial class FuseServer
             {
                 return Libc.NegErrno;
             }
-            return CheckAccess(st.Mode, st.Uid, st.Gid, h.Uid, h.Gid, (int)a.Mask) ? 0 : -(int)Errno.EACCES;
+            return CheckAccess(st.Mode, st.Uid, st.Gid, context.Uid, context.Gid, (int)mask) ? 0 : -(int)Errno.EACCES;
         }
         finally
         {

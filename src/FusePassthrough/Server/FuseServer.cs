@@ -1,16 +1,16 @@
-using Vhostfsd.FusePassthrough.Passthrough;
 using Vhostfsd.FuseProtocol;
 using Vhostfsd.Posix;
 
 namespace Vhostfsd.FusePassthrough;
 
-/// <summary>The FUSE server: decodes one request from readable segments, executes it against the
-/// shared host directory and encodes the reply into writable segments. Thread-safe: several queue
-/// workers call <see cref="HandleRequest"/> at once. Transport-agnostic: it knows nothing of
-/// virtqueues or vhost-user.
-/// <para>Process-wide effects: the constructor sets the process umask to 0 (as the C virtiofsd
-/// does) so that files get exactly the mode the guest asks for.</para></summary>
-public sealed unsafe partial class FuseServer : IDisposable
+/// <summary>The FUSE server: decodes one request from readable segments, checks every length,
+/// negotiates INIT, calls the file system <typeparamref name="TFs"/> with decoded arguments and
+/// encodes its answer into writable segments. Thread-safe: several transport threads call
+/// <see cref="HandleRequest"/> at once. Transport-agnostic: it knows nothing of virtqueues,
+/// vhost-user or /dev/fuse — a request is a list of segments that may be guest memory.
+/// <para>Generic over the file system so that, for a struct <typeparamref name="TFs"/>, every call
+/// into it is direct (the JIT specialises the server for it).</para></summary>
+public partial class FuseServer<TFs> : IDisposable where TFs : IFileSystem
 {
     /// <summary>Largest WRITE payload (and READ size) negotiated: 1 MiB, as virtiofsd.</summary>
     public const int MaxWrite = 1 << 20;
@@ -18,113 +18,35 @@ public sealed unsafe partial class FuseServer : IDisposable
     /// <summary>Largest request accepted: a maximal WRITE with its headers (bigger is EINVAL).</summary>
     public const int MaxRequestSize = MaxWrite + 4096;
 
-    private const uint NameMax = 255;
-    private const int PathMax = 4096;
-
-    private readonly PassthroughOptions _options;
+    private readonly TFs _fs;
     private readonly Action<string>? _log;
-    private readonly FdBudget _budget;
-    private readonly NodeTable _nodes;
-    private readonly HandleTable _handles;
-    private readonly XattrMap? _xattrMap;
-    private readonly int _procSelfFd;
-    private readonly bool _useOpenat2;
-    private readonly bool _hasXattrAt;
-    private readonly bool _privileged;
-    private readonly ulong _entryValidSec;
-    private readonly uint _entryValidNsec;
-    private readonly ulong _attrValidSec;
-    private readonly uint _attrValidNsec;
-    private readonly bool _fileHandles;
-    private readonly Dictionary<ulong, int> _mountFds = new();
-    private readonly object _mountLock = new();
-    private readonly InterruptSet _interrupts = new();
 
     private volatile bool _initialized;
     private volatile bool _disposed;
     private FuseInitFlags _negotiated;
     private uint _minor;
 
-    /// <summary>Opens the shared directory and the /proc/self/fd directory; throws
-    /// <see cref="PosixException"/> or ArgumentException when either is unusable.</summary>
-    public FuseServer(PassthroughOptions options, Action<string>? log = null)
+    public FuseServer(TFs fileSystem, Action<string>? log = null)
     {
-        options.Validate();
-        _options = options;
+        _fs = fileSystem;
         _log = log;
-        _xattrMap = options.XattrMap is null ? null : XattrMap.Parse(options.XattrMap);
-        _budget = new FdBudget(FdBudget.ResolveLimit(options.MaxGuestFds));
-        _nodes = new NodeTable(_budget, options.EffectiveMaxHandleOnlyNodes);
-        _handles = new HandleTable(_budget, _nodes);
-        _privileged = Libc.GetEuid() == 0;
-        (_entryValidSec, _entryValidNsec) = SplitTimeout(options.EffectiveEntryTimeout);
-        (_attrValidSec, _attrValidNsec) = SplitTimeout(options.EffectiveAttrTimeout);
-
-        // Files must get the mode the guest asks for (the guest kernel applied its umask already).
-        Libc.Umask(0);
-
-        _procSelfFd = options.ProcSelfFdDir is int procFd
-            ? PosixException.Check(Libc.Fcntl(procFd, Libc.F_DUPFD_CLOEXEC, 0), "dup /proc/self/fd")
-            : OpenDirectory("/proc/self/fd", Libc.O_PATH | Libc.O_DIRECTORY | Libc.O_CLOEXEC);
-        int rootFd;
-        try
-        {
-            rootFd = OpenDirectory(options.SharedDir, Libc.O_PATH | Libc.O_DIRECTORY | Libc.O_CLOEXEC);
-        }
-        catch
-        {
-            Libc.Close(_procSelfFd);
-            throw;
-        }
-        Statx st;
-        byte empty = 0;
-        if (Libc.StatxAt(rootFd, &empty, Libc.AT_EMPTY_PATH | Libc.AT_SYMLINK_NOFOLLOW, StatxMask, &st) < 0)
-        {
-            var errno = Libc.LastErrno;
-            Libc.Close(rootFd);
-            Libc.Close(_procSelfFd);
-            throw new PosixException("statx " + options.SharedDir, errno);
-        }
-        _nodes.SetRoot(rootFd, KeyOf(in st));
-        _useOpenat2 = ProbeOpenat2(rootFd);
-        _hasXattrAt = !options.AvoidXattrAt && ProbeXattrAt(rootFd);
-        _fileHandles = options.InodeFileHandles != InodeFileHandles.Never && ProbeFileHandles(rootFd, options.InodeFileHandles);
     }
 
-    /// <summary>Called once per successful INIT (rarely: once per mount), on the worker thread,
+    /// <summary>The file system requests go to.</summary>
+    public TFs FileSystem => _fs;
+
+    /// <summary>Called once per successful INIT (rarely: once per mount), on the transport's thread,
     /// so the daemon can log what was agreed.</summary>
     public Action<FuseInitSummary>? InitNegotiated { get; set; }
 
     /// <summary>Counters for monitoring and tests.</summary>
     public FuseServerStats Stats { get; } = new();
 
-    /// <summary>The options this server runs with.</summary>
-    public PassthroughOptions Options => _options;
-
     /// <summary>INIT flags agreed with the guest (None before INIT).</summary>
     public FuseInitFlags NegotiatedFlags => _negotiated;
 
     /// <summary>Protocol minor agreed with the guest (0 before INIT).</summary>
     public uint NegotiatedMinor => _minor;
-
-    /// <summary>Nodes the guest holds (root included).</summary>
-    public int NodeCount => _nodes.Count;
-
-    /// <summary>Open file and directory handles.</summary>
-    public int HandleCount => _handles.Count;
-
-    /// <summary>Guest-held fds in use and the limit (ENFILE beyond it).</summary>
-    public (int Used, int Limit) FdUsage => (_budget.Used, _budget.Limit);
-
-    /// <summary>True when openat2 (RESOLVE_BENEATH) is used for name resolution.</summary>
-    public bool UsesOpenat2 => _useOpenat2;
-
-    /// <summary>True when xattrs go through setxattrat/getxattrat on O_PATH fds (Linux 6.13+), false
-    /// when xattrs of symlinks and special files (and security labels) need /proc/self/fd/N by path.</summary>
-    public bool UsesXattrAt => _hasXattrAt;
-
-    /// <summary>True when nodes are held as file handles (prefer/mandatory and supported).</summary>
-    public bool UsesFileHandles => _fileHandles;
 
     /// <summary>Handles one request. The request is the concatenation of <paramref name="readable"/>;
     /// <paramref name="request"/> is its header, copied out of those segments by
@@ -194,7 +116,7 @@ public sealed unsafe partial class FuseServer : IDisposable
         }
     }
 
-    /// <summary>Cheap check for the device loop: sorts a request from its copied header alone, so that
+    /// <summary>Cheap check for a transport: sorts a request from its copied header alone, so that
     /// one that may block for a long time can be handed to a pool instead of stalling the queue:
     /// <see cref="RequestTriage.MayBlock"/> for lock waits, syncs, flush, big copies or allocations,
     /// <see cref="RequestTriage.LargeRead"/> for a READ of at least <paramref name="largeReadBytes"/>
@@ -227,17 +149,14 @@ public sealed unsafe partial class FuseServer : IDisposable
     public void Reset()
     {
         _initialized = false;
-        _interrupts.CancelAll();
-        _handles.Clear();
-        _nodes.Clear();
+        _fs.Destroy();
         _negotiated = FuseInitFlags.None;
         _minor = 0;
     }
 
-    /// <summary>Same as <see cref="Reset"/>.</summary>
-    public void Destroy() => Reset();
-
-    public void Dispose()
+    /// <summary>Answers ENOTCONN from now on and drops the session; the file system's own resources
+    /// are its owner's to release.</summary>
+    public virtual void Dispose()
     {
         if (_disposed)
         {
@@ -245,16 +164,7 @@ public sealed unsafe partial class FuseServer : IDisposable
         }
         _disposed = true;
         Reset();
-        _nodes.CloseRoot();
-        lock (_mountLock)
-        {
-            foreach (int fd in _mountFds.Values)
-            {
-                Libc.Close(fd);
-            }
-            _mountFds.Clear();
-        }
-        Libc.Close(_procSelfFd);
+        GC.SuppressFinalize(this);
     }
 
     private int Finish(ref ReplyWriter w, ulong unique, int result)
@@ -282,7 +192,7 @@ public sealed unsafe partial class FuseServer : IDisposable
             case FuseOpcode.Forget:
                 if (r.TryRead(out FuseForgetIn forget))
                 {
-                    _nodes.Forget(h.NodeId, forget.Nlookup);
+                    _fs.Forget(h.NodeId, forget.Nlookup);
                 }
                 else
                 {
@@ -298,14 +208,14 @@ public sealed unsafe partial class FuseServer : IDisposable
                 for (uint i = 0; i < batch.Count; i++)
                 {
                     r.TryRead(out FuseForgetOne one);
-                    _nodes.Forget(one.NodeId, one.Nlookup);
+                    _fs.Forget(one.NodeId, one.Nlookup);
                 }
                 break;
             case FuseOpcode.Interrupt:
                 if (r.TryRead(out FuseInterruptIn interrupt))
                 {
                     Interlocked.Increment(ref Stats._interrupts);
-                    _interrupts.Add(interrupt.Unique);
+                    _fs.Interrupt(interrupt.Unique);
                 }
                 else
                 {
@@ -317,18 +227,18 @@ public sealed unsafe partial class FuseServer : IDisposable
 
     private int Dispatch(FuseOpcode opcode, in FuseInHeader h, ref RequestReader r, ref ReplyWriter w)
     {
-        if (_options.ReadOnly && IsModifying(opcode))
+        if (IsModifying(opcode) && _fs.IsReadOnly)
         {
             return -(int)Errno.EROFS;
         }
         return opcode switch
         {
-            FuseOpcode.Init => DoInit(in h, ref r, ref w),
+            FuseOpcode.Init => DoInit(ref r, ref w),
             FuseOpcode.Destroy => DoDestroy(),
             FuseOpcode.Lookup => DoLookup(in h, ref r, ref w),
             FuseOpcode.Getattr => DoGetattr(in h, ref r, ref w),
             FuseOpcode.Setattr => DoSetattr(in h, ref r, ref w),
-            FuseOpcode.Readlink => DoReadlink(in h, ref r, ref w),
+            FuseOpcode.Readlink => DoReadlink(in h, ref w),
             FuseOpcode.Symlink => DoSymlink(in h, ref r, ref w),
             FuseOpcode.Mknod => DoMknod(in h, ref r, ref w),
             FuseOpcode.Mkdir => DoMkdir(in h, ref r, ref w),
@@ -337,7 +247,7 @@ public sealed unsafe partial class FuseServer : IDisposable
             FuseOpcode.Rename => DoRename(in h, ref r, extended: false),
             FuseOpcode.Rename2 => DoRename(in h, ref r, extended: true),
             FuseOpcode.Link => DoLink(in h, ref r, ref w),
-            FuseOpcode.Open => DoOpen(in h, ref r, ref w),
+            FuseOpcode.Open => DoOpen(in h, ref r, ref w, directory: false),
             FuseOpcode.Create => DoCreate(in h, ref r, ref w, tmpfile: false),
             FuseOpcode.Tmpfile => DoCreate(in h, ref r, ref w, tmpfile: true),
             FuseOpcode.Read => DoRead(in h, ref r, ref w),
@@ -345,7 +255,7 @@ public sealed unsafe partial class FuseServer : IDisposable
             FuseOpcode.Flush => DoFlush(in h, ref r),
             FuseOpcode.Release => DoRelease(in h, ref r, directory: false),
             FuseOpcode.Fsync => DoFsync(in h, ref r, directory: false),
-            FuseOpcode.Opendir => DoOpendir(in h, ref r, ref w),
+            FuseOpcode.Opendir => DoOpen(in h, ref r, ref w, directory: true),
             FuseOpcode.Readdir => DoReaddir(in h, ref r, ref w, plus: false),
             FuseOpcode.Readdirplus => DoReaddir(in h, ref r, ref w, plus: true),
             FuseOpcode.Releasedir => DoRelease(in h, ref r, directory: true),
@@ -390,12 +300,17 @@ public sealed unsafe partial class FuseServer : IDisposable
         return 0;
     }
 
-    private int DoInit(in FuseInHeader h, ref RequestReader r, ref ReplyWriter w)
+    /// <summary>What the server itself asks of every guest: protocol features that do not depend on
+    /// the file system behind it.</summary>
+    private const FuseInitFlags ServerFlags = FuseInitFlags.AsyncRead | FuseInitFlags.ParallelDirops | FuseInitFlags.BigWrites
+        | FuseInitFlags.AutoInvalData | FuseInitFlags.AsyncDio | FuseInitFlags.HasIoctlDir | FuseInitFlags.AtomicOTrunc
+        | FuseInitFlags.MaxPages | FuseInitFlags.InitExt | FuseInitFlags.CreateSuppGroup | FuseInitFlags.AllowIdmap;
+
+    private int DoInit(ref RequestReader r, ref ReplyWriter w)
     {
         if (!r.TryRead(out uint major) || !r.TryRead(out uint minor) || !r.TryRead(out uint maxReadahead) || !r.TryRead(out uint flags))
         {
-            Interlocked.Increment(ref Stats._malformed);
-            return -(int)Errno.EINVAL;
+            return Malformed();
         }
         uint flags2 = 0;
         if ((flags & (uint)FuseInitFlags.InitExt) != 0)
@@ -430,54 +345,12 @@ public sealed unsafe partial class FuseServer : IDisposable
         }
 
         FuseInitFlags offered = FuseConstants.JoinInitFlags(flags, (flags & (uint)FuseInitFlags.InitExt) != 0 ? flags2 : 0);
-        FuseInitFlags wanted = FuseInitFlags.AsyncRead | FuseInitFlags.ParallelDirops | FuseInitFlags.BigWrites
-            | FuseInitFlags.AutoInvalData | FuseInitFlags.AsyncDio | FuseInitFlags.HasIoctlDir
-            | FuseInitFlags.AtomicOTrunc | FuseInitFlags.MaxPages | FuseInitFlags.Submounts | FuseInitFlags.InitExt
-            | FuseInitFlags.CreateSuppGroup | FuseInitFlags.AllowIdmap;
-        if (_options.ReaddirplusEnabled)
+        int rc = _fs.Init(offered, out FuseInitFlags fileSystemFlags);
+        if (rc < 0)
         {
-            wanted |= FuseInitFlags.DoReaddirplus | FuseInitFlags.ReaddirplusAuto;
+            return rc;
         }
-        if (_options.Writeback && !_options.ReadOnly)
-        {
-            wanted |= FuseInitFlags.WritebackCache;
-        }
-        if (_options.KillprivV2)
-        {
-            wanted |= FuseInitFlags.HandleKillprivV2;
-        }
-        if (_options.AllowMmap)
-        {
-            wanted |= FuseInitFlags.DirectIoAllowMmap;
-        }
-        if (_options.PosixLocks)
-        {
-            wanted |= FuseInitFlags.PosixLocks;
-        }
-        if (_options.FlockLocks)
-        {
-            wanted |= FuseInitFlags.FlockLocks;
-        }
-        if (_options.PosixAcl)
-        {
-            const FuseInitFlags acl = FuseInitFlags.PosixAcl | FuseInitFlags.DontMask | FuseInitFlags.SetxattrExt;
-            if ((offered & acl) != acl)
-            {
-                _log?.Invoke("INIT: POSIX ACLs are enabled but the guest lacks POSIX_ACL/DONT_MASK/SETXATTR_EXT; refusing (EPROTO)");
-                return -(int)Errno.EPROTO;
-            }
-            wanted |= acl;
-        }
-        if (_options.SecurityLabel)
-        {
-            if ((offered & FuseInitFlags.SecurityCtx) == 0)
-            {
-                _log?.Invoke("INIT: security labels are enabled but the guest lacks SECURITY_CTX; refusing (EPROTO)");
-                return -(int)Errno.EPROTO;
-            }
-            wanted |= FuseInitFlags.SecurityCtx;
-        }
-        FuseInitFlags negotiated = offered & wanted;
+        FuseInitFlags negotiated = offered & (ServerFlags | fileSystemFlags);
         var (outFlags, outFlags2) = FuseConstants.SplitInitFlags(negotiated);
         int pageSize = Environment.SystemPageSize;
         var reply = new FuseInitOut
@@ -496,151 +369,18 @@ public sealed unsafe partial class FuseServer : IDisposable
         };
         _negotiated = negotiated;
         _minor = reply.Minor;
+        _fs.Negotiated(negotiated);
         _initialized = true;
         InitNegotiated?.Invoke(new FuseInitSummary(major, minor, reply.Minor, offered, negotiated));
         w.TryWrite(in reply);
         return 0;
     }
 
-    // ---- helpers shared by the opcode files ----
-
-    private const uint StatxMask = Libc.STATX_BASIC_STATS | Libc.STATX_MNT_ID;
-
-    private static InodeKey KeyOf(in Statx st) => new(st.Dev, st.Ino, (st.Mask & Libc.STATX_MNT_ID) != 0 ? st.MntId : 0);
-
-    private static (ulong, uint) SplitTimeout(TimeSpan t)
+    private int Malformed()
     {
-        long ticks = Math.Max(0, t.Ticks);
-        return ((ulong)(ticks / TimeSpan.TicksPerSecond), (uint)(ticks % TimeSpan.TicksPerSecond * 100));
+        Interlocked.Increment(ref Stats._malformed);
+        return -(int)Errno.EINVAL;
     }
-
-    /// <summary>glibc's dev_t of the kernel's 32-bit device number.</summary>
-    private static ulong DecodeDev(uint dev)
-    {
-        var (major, minor) = FuseConstants.DecodeDev(dev);
-        return Libc.MakeDev(major, minor);
-    }
-
-    private static FuseAttr ToAttr(in Statx st, uint flags)
-    {
-        return new FuseAttr
-        {
-            Ino = st.Ino,
-            FileSize = st.FileSize,
-            Blocks = st.Blocks,
-            Atime = (ulong)st.Atime.Sec,
-            Mtime = (ulong)st.Mtime.Sec,
-            Ctime = (ulong)st.Ctime.Sec,
-            AtimeNsec = st.Atime.Nsec,
-            MtimeNsec = st.Mtime.Nsec,
-            CtimeNsec = st.Ctime.Nsec,
-            Mode = st.Mode,
-            Nlink = st.Nlink,
-            Uid = st.Uid,
-            Gid = st.Gid,
-            Rdev = FuseConstants.EncodeDev(st.RdevMajor, st.RdevMinor),
-            BlkSize = st.BlkSize,
-            Flags = flags,
-        };
-    }
-
-    private FuseEntryOut ToEntry(ulong nodeId, in Statx st, uint attrFlags) => new()
-    {
-        NodeId = nodeId,
-        Generation = 0,
-        EntryValid = _entryValidSec,
-        EntryValidNsec = _entryValidNsec,
-        AttrValid = _attrValidSec,
-        AttrValidNsec = _attrValidNsec,
-        Attr = ToAttr(in st, attrFlags),
-    };
-
-    private FuseAttrOut ToAttrOut(in Statx st) => new()
-    {
-        AttrValid = _attrValidSec,
-        AttrValidNsec = _attrValidNsec,
-        Attr = ToAttr(in st, 0),
-    };
-
-    /// <summary>Writes "N\0" (the fd number) into <paramref name="buffer"/> for *at(procSelfFd, ...).</summary>
-    private static void FormatFd(int fd, Span<byte> buffer)
-    {
-        fd.TryFormat(buffer, out int n);
-        buffer[n] = 0;
-    }
-
-    private static int OpenDirectory(string path, int flags)
-    {
-        byte[] bytes = System.Text.Encoding.UTF8.GetBytes(path + "\0");
-        fixed (byte* p = bytes)
-        {
-            int fd = Libc.OpenAt(Libc.AT_FDCWD, p, flags, 0);
-            if (fd < 0)
-            {
-                PosixException.ThrowLast("open " + path);
-            }
-            return fd;
-        }
-    }
-
-    private static bool ProbeOpenat2(int rootFd)
-    {
-        var how = new OpenHow { Flags = (ulong)(Libc.O_PATH | Libc.O_CLOEXEC | Libc.O_DIRECTORY), Resolve = Libc.RESOLVE_BENEATH };
-        byte* dot = stackalloc byte[2];
-        dot[0] = (byte)'.';
-        dot[1] = 0;
-        int fd = Libc.OpenAt2(rootFd, dot, &how);
-        if (fd < 0)
-        {
-            return false;
-        }
-        Libc.Close(fd);
-        return true;
-    }
-
-    /// <summary>The *xattrat calls (Linux 6.13) reach any file type through its O_PATH fd, without /proc.</summary>
-    private static bool ProbeXattrAt(int rootFd)
-    {
-        byte empty = 0;
-        return Libc.ListxattrAt(rootFd, &empty, Libc.AT_EMPTY_PATH, null, 0) >= 0 || Libc.LastErrno != Errno.ENOSYS;
-    }
-
-    private bool ProbeFileHandles(int rootFd, InodeFileHandles mode)
-    {
-        byte* buffer = stackalloc byte[FileHandleHeader.Size + MaxHandleBytes];
-        var fh = (FileHandleHeader*)buffer;
-        fh->HandleBytes = MaxHandleBytes;
-        int mountId;
-        byte empty = 0;
-        // open_by_handle_at wants a real (not O_PATH) fd on the mount.
-        byte* dot = stackalloc byte[2];
-        dot[0] = (byte)'.';
-        dot[1] = 0;
-        int mountFd = Libc.OpenAt(rootFd, dot, Libc.O_RDONLY | Libc.O_DIRECTORY | Libc.O_CLOEXEC, 0);
-        if (mountFd >= 0 && Libc.NameToHandleAt(rootFd, &empty, fh, &mountId, Libc.AT_EMPTY_PATH) == 0)
-        {
-            int fd = Libc.OpenByHandleAt(mountFd, fh, Libc.O_PATH | Libc.O_CLOEXEC);
-            if (fd >= 0)
-            {
-                Libc.Close(fd);
-                Libc.Close(mountFd);
-                return true;
-            }
-        }
-        var errno = Libc.LastErrno;
-        if (mountFd >= 0)
-        {
-            Libc.Close(mountFd);
-        }
-        if (mode == InodeFileHandles.Mandatory)
-        {
-            throw new PosixException("inode file handles (mandatory) are unusable here: open_by_handle_at needs CAP_DAC_READ_SEARCH and file-handle support", errno);
-        }
-        _log?.Invoke("inode file handles unavailable (" + errno + "); holding O_PATH fds instead");
-        return false;
-    }
-
-    internal const int MaxHandleBytes = 128;
 }
 
 /// <summary>What one INIT agreed: the guest's protocol version, the minor answered, the flags the
