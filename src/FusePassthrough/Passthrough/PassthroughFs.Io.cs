@@ -1,0 +1,361 @@
+using System.Buffers;
+using Vhostfsd.FusePassthrough.Passthrough;
+using Vhostfsd.FuseProtocol;
+using Vhostfsd.Posix;
+
+namespace Vhostfsd.FusePassthrough;
+
+// Open files: read, write, flush, release, sync, allocation, seek, copy.
+public sealed unsafe partial class PassthroughFs
+{
+    /// <summary>iovecs kept on the stack for READ/WRITE; longer chains borrow a pooled array.</summary>
+    private const int StackIovecs = 64;
+
+    /// <summary>Largest COPY_FILE_RANGE done in one request (the reply's size is 32 bits; Linux's MAX_RW_COUNT).</summary>
+    private const long MaxCopyLength = 0x7FFFF000;
+
+    public int Read(scoped in RequestContext context, ulong nodeId, in FuseReadIn a, ref ReplyWriter w)
+    {
+        Handle? handle = _handles.Acquire(a.Fh, nodeId);
+        if (handle is null)
+        {
+            return EBADF;
+        }
+        IoVec[]? rented = null;
+        try
+        {
+            if (handle.IsDirectory)
+            {
+                return -(int)Errno.EISDIR;
+            }
+            int size = Math.Min((int)a.Length, w.Available);
+            Span<IoVec> iov = stackalloc IoVec[StackIovecs];
+            int count = w.Describe(size, iov);
+            if (count < 0)
+            {
+                rented = ArrayPool<IoVec>.Shared.Rent(w.SegmentsLeft);
+                iov = rented;
+                count = w.Describe(size, iov);
+                if (count < 0)
+                {
+                    return EIO;
+                }
+            }
+            int total = 0;
+            long offset = (long)a.Offset;
+            int first = 0;
+            fixed (IoVec* p = iov)
+            {
+                while (total < size)
+                {
+                    nint n = Libc.Preadv2(handle.Fd, p + first, Math.Min(count - first, Libc.IOV_MAX), offset + total, 0);
+                    if (n < 0)
+                    {
+                        if (Libc.LastErrno == Errno.EINTR)
+                        {
+                            continue;
+                        }
+                        if (total > 0)
+                        {
+                            break;
+                        }
+                        return Libc.NegErrno;
+                    }
+                    if (n == 0)
+                    {
+                        break;
+                    }
+                    total += (int)n;
+                    ConsumeIovecs(iov, ref first, count, (nuint)n);
+                }
+            }
+            w.Advance(total);
+            return 0;
+        }
+        finally
+        {
+            if (rented is not null)
+            {
+                ArrayPool<IoVec>.Shared.Return(rented);
+            }
+            _handles.Release(handle);
+        }
+    }
+
+    /// <summary>Drops <paramref name="done"/> bytes from the front of iov[first..count].</summary>
+    private static void ConsumeIovecs(Span<IoVec> iov, ref int first, int count, nuint done)
+    {
+        while (done > 0 && first < count)
+        {
+            if (done >= iov[first].Length)
+            {
+                done -= iov[first].Length;
+                first++;
+            }
+            else
+            {
+                iov[first] = new IoVec((byte*)iov[first].Base + done, iov[first].Length - done);
+                done = 0;
+            }
+        }
+    }
+
+    public int Write(scoped in RequestContext context, ulong nodeId, in FuseWriteIn a, ref RequestReader r, out uint written)
+    {
+        written = 0;
+        Handle? handle = _handles.Acquire(a.Fh, nodeId);
+        if (handle is null)
+        {
+            return EBADF;
+        }
+        IoVec[]? rented = null;
+        try
+        {
+            if (handle.IsDirectory)
+            {
+                return -(int)Errno.EISDIR;
+            }
+            if ((handle.OpenFlags & Libc.O_ACCMODE) == Libc.O_RDONLY)
+            {
+                return EBADF;
+            }
+            int size = (int)a.Length;
+            Span<IoVec> iov = stackalloc IoVec[StackIovecs];
+            int count = r.Describe(size, iov);
+            if (count < 0)
+            {
+                rented = ArrayPool<IoVec>.Shared.Rent(r.SegmentsLeft);
+                iov = rented;
+                count = r.Describe(size, iov);
+                if (count < 0)
+                {
+                    return EIO;
+                }
+            }
+            // Appends of a non-cached write go through RWF_APPEND, so that several guests (or the
+            // host) sharing the file still append atomically; writeback and mmap writes carry the
+            // offset the guest computed (FUSE_WRITE_CACHE).
+            bool delayed = ((FuseWriteFlags)a.WriteFlags & FuseWriteFlags.Cache) != 0;
+            int rwf = !delayed && !Writeback && ((int)a.Flags & Libc.O_APPEND) != 0 ? Libc.RWF_APPEND : 0;
+            int total = 0;
+            int first = 0;
+            long offset = (long)a.Offset;
+            bool killPrivileges = ((FuseWriteFlags)a.WriteFlags & FuseWriteFlags.KillSuidgid) != 0 && (_negotiated & FuseInitFlags.HandleKillprivV2) != 0;
+            bool fsetidDropped = killPrivileges && DropFsetid();
+            try
+            {
+            fixed (IoVec* p = iov)
+            {
+                while (total < size)
+                {
+                    nint n = Libc.Pwritev2(handle.Fd, p + first, Math.Min(count - first, Libc.IOV_MAX), rwf != 0 ? -1 : offset + total, rwf);
+                    if (n < 0)
+                    {
+                        if (Libc.LastErrno == Errno.EINTR)
+                        {
+                            continue;
+                        }
+                        if (total > 0)
+                        {
+                            break;
+                        }
+                        return Libc.NegErrno;
+                    }
+                    if (n == 0)
+                    {
+                        break;
+                    }
+                    total += (int)n;
+                    ConsumeIovecs(iov, ref first, count, (nuint)n);
+                }
+            }
+            }
+            finally
+            {
+                RestoreFsetid(fsetidDropped);
+            }
+            written = (uint)total;
+            return 0;
+        }
+        finally
+        {
+            if (rented is not null)
+            {
+                ArrayPool<IoVec>.Shared.Return(rented);
+            }
+            _handles.Release(handle);
+        }
+    }
+
+    public int Flush(in RequestContext context, ulong nodeId, in FuseFlushIn a)
+    {
+        Handle? handle = _handles.Acquire(a.Fh, nodeId);
+        if (handle is null)
+        {
+            return EBADF;
+        }
+        try
+        {
+            // close() in the guest drops that process's POSIX locks on the file: drop its description.
+            _nodes.CloseLockOwner(handle.Node, a.LockOwner);
+            // And give the host file system its flush (close of a duplicate), as close() would.
+            int dup = Libc.Dup(handle.Fd);
+            if (dup < 0)
+            {
+                return Libc.NegErrno;
+            }
+            return Libc.Close(dup) < 0 && Libc.LastErrno != Errno.EINTR ? Libc.NegErrno : 0;
+        }
+        finally
+        {
+            _handles.Release(handle);
+        }
+    }
+
+    public int Release(in RequestContext context, ulong nodeId, in FuseReleaseIn a, bool directory)
+    {
+        if (!directory && ((FuseReleaseFlags)a.ReleaseFlags & FuseReleaseFlags.FlockUnlock) != 0)
+        {
+            Handle? handle = _handles.Acquire(a.Fh, nodeId);
+            if (handle is not null)
+            {
+                Libc.Flock(handle.Fd, Libc.LOCK_UN);
+                _handles.Release(handle);
+            }
+        }
+        return _handles.Remove(a.Fh, nodeId, directory) ? 0 : EBADF;
+    }
+
+    public int Fsync(in RequestContext context, ulong nodeId, in FuseFsyncIn a, bool directory)
+    {
+        Handle? handle = _handles.Acquire(a.Fh, nodeId);
+        if (handle is null)
+        {
+            return EBADF;
+        }
+        try
+        {
+            bool dataOnly = ((FuseFsyncFlags)a.FsyncFlags & FuseFsyncFlags.Fdatasync) != 0;
+            int rc = dataOnly ? Libc.Fdatasync(handle.Fd) : Libc.Fsync(handle.Fd);
+            return rc < 0 ? Libc.NegErrno : 0;
+        }
+        finally
+        {
+            _handles.Release(handle);
+        }
+    }
+
+    public int Fallocate(in RequestContext context, ulong nodeId, in FuseFallocateIn a)
+    {
+        Handle? handle = _handles.Acquire(a.Fh, nodeId);
+        if (handle is null)
+        {
+            return EBADF;
+        }
+        try
+        {
+            return Libc.Fallocate(handle.Fd, (int)a.Mode, (long)a.Offset, (long)a.Length) < 0 ? Libc.NegErrno : 0;
+        }
+        finally
+        {
+            _handles.Release(handle);
+        }
+    }
+
+    public int Lseek(in RequestContext context, ulong nodeId, in FuseLseekIn a, out ulong offset)
+    {
+        offset = 0;
+        if (a.Whence > Libc.SEEK_HOLE)
+        {
+            return EINVAL;
+        }
+        Handle? handle = _handles.Acquire(a.Fh, nodeId);
+        if (handle is null)
+        {
+            return EBADF;
+        }
+        try
+        {
+            long result = Libc.Lseek(handle.Fd, (long)a.Offset, (int)a.Whence);
+            if (result < 0)
+            {
+                return Libc.NegErrno;
+            }
+            offset = (ulong)result;
+            return 0;
+        }
+        finally
+        {
+            _handles.Release(handle);
+        }
+    }
+
+    public int CopyFileRange(in RequestContext context, ulong nodeId, in FuseCopyFileRangeIn a, out uint copied)
+    {
+        copied = 0;
+        if (a.Flags != 0)
+        {
+            return EINVAL;
+        }
+        Handle? input = _handles.Acquire(a.FhIn, nodeId);
+        if (input is null)
+        {
+            return EBADF;
+        }
+        Handle? output = _handles.Acquire(a.FhOut, a.NodeIdOut);
+        try
+        {
+            if (output is null)
+            {
+                return EBADF;
+            }
+            long offIn = (long)a.OffIn;
+            long offOut = (long)a.OffOut;
+            long length = (long)Math.Min(a.Len, (ulong)MaxCopyLength);
+            nint n = Libc.CopyFileRange(input.Fd, &offIn, output.Fd, &offOut, (nuint)length, 0);
+            if (n < 0)
+            {
+                return Libc.NegErrno;
+            }
+            copied = (uint)n;
+            return 0;
+        }
+        finally
+        {
+            if (output is not null)
+            {
+                _handles.Release(output);
+            }
+            _handles.Release(input);
+        }
+    }
+
+    public int Syncfs(in RequestContext context, ulong nodeId)
+    {
+        Node? node = _nodes.Acquire(nodeId);
+        if (node is null)
+        {
+            return EBADF;
+        }
+        try
+        {
+            if (!node.IsDirectory && !node.IsRegular)
+            {
+                return EINVAL;
+            }
+            // syncfs refuses O_PATH fds: open the node for real, read-only.
+            int fd = Reopen(node, Libc.O_RDONLY | Libc.O_NONBLOCK | (node.IsDirectory ? Libc.O_DIRECTORY : 0));
+            if (fd < 0)
+            {
+                return fd;
+            }
+            int rc = Libc.Syncfs(fd) < 0 ? Libc.NegErrno : 0;
+            Libc.Close(fd);
+            return rc;
+        }
+        finally
+        {
+            _nodes.Release(node);
+        }
+    }
+}
