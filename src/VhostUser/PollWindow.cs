@@ -14,8 +14,8 @@ namespace Vhostfsd.VhostUser;
 /// guest pauses between requests, or is idle, stops polling after a few such waits. Halving rather
 /// than zeroing matters for a stream whose requests now and then come just past the window: a wait
 /// measured after the worker slept includes the worker's own wake-up, so once zeroed the window
-/// needed five sleeps to double back and often fell again on the way (docs/performance.md, sixth
-/// session).
+/// needed five sleeps to double back and often fell again on the way (docs/performance.md,
+/// "Polling the ring").
 /// </remarks>
 public struct PollWindow
 {

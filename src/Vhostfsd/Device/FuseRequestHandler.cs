@@ -26,8 +26,8 @@ public sealed class FuseRequestHandler : IVringHandler
     /// cost of the hand-off, and with one request queue (what QEMU, libvirt and Kata configure by
     /// default) it would otherwise hold every request behind it on the one worker thread. WRITEs stay
     /// inline: writes to one file are serialized by the host's inode lock (tmpfs, buffered ext4), so
-    /// a second thread only adds contention — in the A/B, 16 writers on one queue kept the same MiB/s
-    /// and used 80 % more daemon CPU per MiB with WRITEs handed off too.</summary>
+    /// a second thread only adds contention: with WRITEs handed off too, 16 writers on one queue keep
+    /// the same MiB/s for 80 % more daemon CPU per MiB (docs/performance.md).</summary>
     public const int LargeReadBytes = 128 * 1024;
 
     public void HandleChain(Vring vring, DescriptorChain chain)
