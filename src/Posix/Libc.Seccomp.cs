@@ -60,6 +60,8 @@ public static unsafe partial class Libc
     // seccomp(2) operations and flags.
     public const uint SECCOMP_SET_MODE_FILTER = 1;
     public const uint SECCOMP_FILTER_FLAG_TSYNC = 1;
+    /// <summary>Log every action but "allow" (without it the kernel logs only kill and log).</summary>
+    public const uint SECCOMP_FILTER_FLAG_LOG = 2;
 
     // Filter return values; the high 16 bits choose the action (SECCOMP_RET_ACTION_FULL).
     public const uint SECCOMP_RET_KILL_PROCESS = 0x80000000;
