@@ -18,8 +18,10 @@ public static unsafe partial class Libc
     public const int SIGHUP = 1;
     public const int SIGINT = 2;
     public const int SIGKILL = 9;
+    public const int SIGUSR1 = 10;
     public const int SIGTERM = 15;
     public const int SIGCHLD = 17;
+    public const int SIGSYS = 31;
 
     // waitpid options.
     public const int WNOHANG = 1;
@@ -31,6 +33,7 @@ public static unsafe partial class Libc
     // prctl options used by the daemon.
     public const int PR_SET_PDEATHSIG = 1;
     public const int PR_GET_DUMPABLE = 3;
+    public const int PR_SET_NAME = 15;
     public const int PR_CAPBSET_READ = 23;
     public const int PR_CAPBSET_DROP = 24;
     public const int PR_SET_NO_NEW_PRIVS = 38;

@@ -42,13 +42,20 @@ public enum SandboxMode
     None,
 }
 
-/// <summary>--seccomp: what a system call outside the allow-list does. Only <see cref="None"/>
-/// is implemented; the others are refused at the command line.</summary>
+/// <summary>--seccomp: what a system call outside the allow-list of the serving process does
+/// (<see cref="Hosting.SeccompPolicy"/>).</summary>
 public enum SeccompMode
 {
+    /// <summary>No filter.</summary>
     None,
+
+    /// <summary>The process is killed (SECCOMP_RET_KILL_PROCESS), as by SIGSYS (the default).</summary>
     Kill,
+
+    /// <summary>The call runs and the kernel logs it (SECCOMP_RET_LOG, an audit record).</summary>
     Log,
+
+    /// <summary>The calling thread gets SIGSYS (SECCOMP_RET_TRAP); nothing handles it, so the process ends.</summary>
     Trap,
 }
 

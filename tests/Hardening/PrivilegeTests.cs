@@ -105,4 +105,31 @@ public sealed class PrivilegeTests : IDisposable
         }
         Assert.Null(HostOps.GetXattr(Path.Combine(_share, "victim"), "trusted.mark"));
     }
+
+    /// <summary>With --killpriv-v2, a WRITE the guest marks KILL_SUIDGID (its caller lacks CAP_FSETID)
+    /// runs without CAP_FSETID on the daemon's thread, so the kernel clears the setuid/setgid bits as
+    /// part of the write — through the real daemon, under its default seccomp filter (the thread's
+    /// capability change is a call the filter must allow), in every sandbox mode.</summary>
+    [Theory]
+    [InlineData("none")]
+    [InlineData("chroot")]
+    [InlineData("namespace")]
+    public void AKillSuidgidWriteClearsSetuidOnTheHost(string sandbox)
+    {
+        string path = Path.Combine(_share, "tool");
+        File.WriteAllText(path, "#!/bin/sh\n");
+        HostOps.Chmod(path, 0xDED); // 06755 root:root
+        using var daemon = DaemonProcess.StartVhostfsd(_share, "--sandbox=" + sandbox, "--killpriv-v2", "--log-level=warn");
+        using FuseFs fs = Observe.Mount(daemon);
+        Assert.True(fs.Conn.Has(FuseInitFlags.HandleKillprivV2), "the shim offers HANDLE_KILLPRIV_V2 and the daemon grants it with --killpriv-v2");
+        var raw = new RawFuse(fs.Conn);
+        Assert.Equal(Errno.OK, raw.Lookup(FuseConstants.RootId, "tool", out FuseEntryOut entry));
+        Assert.Equal(Errno.OK, raw.Open(entry.NodeId, Libc.O_RDWR, out ulong fh));
+        Assert.Equal(Errno.OK, raw.Write(entry.NodeId, fh, 0, "#"u8, out _));
+        Assert.Equal(0xDEDu, HostOps.Stat(path).Mode & 0xFFFu);
+        Assert.Equal(Errno.OK, raw.Write(entry.NodeId, fh, 0, "#"u8, out _, FuseWriteFlags.KillSuidgid));
+        Assert.Equal(0x1EDu, HostOps.Stat(path).Mode & 0xFFFu);
+        Assert.Equal(Errno.OK, raw.Release(entry.NodeId, fh));
+        Assert.False(daemon.HasExited, daemon.Output);
+    }
 }

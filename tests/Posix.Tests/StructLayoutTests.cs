@@ -31,4 +31,19 @@ public unsafe class StructLayoutTests
         Assert.Equal(48, (int)Marshal.OffsetOf<MsgHdr>(nameof(MsgHdr.Flags)));
         Assert.Equal(4, (int)Marshal.OffsetOf<EpollEvent>(nameof(EpollEvent.Data)));
     }
+
+    [Fact]
+    public void SeccompFilterStructsMatchLinuxFilterH()
+    {
+        // struct sock_filter { __u16 code; __u8 jt; __u8 jf; __u32 k; }
+        Assert.Equal(SockFilter.Size, sizeof(SockFilter));
+        Assert.Equal(0, (int)Marshal.OffsetOf<SockFilter>(nameof(SockFilter.Code)));
+        Assert.Equal(2, (int)Marshal.OffsetOf<SockFilter>(nameof(SockFilter.JumpTrue)));
+        Assert.Equal(3, (int)Marshal.OffsetOf<SockFilter>(nameof(SockFilter.JumpFalse)));
+        Assert.Equal(4, (int)Marshal.OffsetOf<SockFilter>(nameof(SockFilter.K)));
+        // struct sock_fprog { unsigned short len; struct sock_filter *filter; }: the pointer is 8-aligned.
+        Assert.Equal(SockFprog.Size, sizeof(SockFprog));
+        Assert.Equal(0, (int)Marshal.OffsetOf<SockFprog>(nameof(SockFprog.Length)));
+        Assert.Equal(8, (int)Marshal.OffsetOf<SockFprog>(nameof(SockFprog.Filter)));
+    }
 }

@@ -31,6 +31,7 @@ public class CommandLineTests
         Assert.Equal(64, o.PollMaxUs);
         Assert.Equal(CacheMode.Auto, o.Cache);
         Assert.Equal(SandboxMode.Namespace, o.Sandbox);
+        Assert.Equal(SeccompMode.Kill, o.Seccomp);
         Assert.Equal(InodeFileHandlesMode.Prefer, o.InodeFileHandles);
         Assert.True(o.AnnounceSubmounts);
         Assert.False(o.KillprivV2);
@@ -79,6 +80,29 @@ public class CommandLineTests
         Assert.True(o.KillprivV2);
         Assert.True(o.SecurityLabel);
         Assert.True(o.PreserveNoatime);
+    }
+
+    [Theory]
+    [InlineData("kill", SeccompMode.Kill)]
+    [InlineData("log", SeccompMode.Log)]
+    [InlineData("TRAP", SeccompMode.Trap)]
+    [InlineData("none", SeccompMode.None)]
+    public void Seccomp_values(string value, SeccompMode expected) =>
+        Assert.Equal(expected, Parse("--shared-dir=/a", "--fd=3", "--seccomp=" + value).Seccomp);
+
+    [Theory]
+    [InlineData("kill", SeccompMode.Kill)]
+    [InlineData("log", SeccompMode.Log)]
+    [InlineData("trap", SeccompMode.Trap)]
+    [InlineData("none", SeccompMode.None)]
+    public void Compat_seccomp_values(string value, SeccompMode expected) =>
+        Assert.Equal(expected, Parse("--fd=3", "-o", "source=/a,seccomp=" + value).Seccomp);
+
+    [Fact]
+    public void Seccomp_defaults_to_kill_and_the_compat_form_overrides_the_long_one()
+    {
+        Assert.Equal(SeccompMode.Kill, Parse("--shared-dir=/a", "--fd=3").Seccomp);
+        Assert.Equal(SeccompMode.Log, Parse("--seccomp=none", "--fd=3", "-o", "source=/a,seccomp=log").Seccomp);
     }
 
     [Fact]
@@ -290,8 +314,8 @@ public class CommandLineTests
     [InlineData("invalid value 'fast' for --poll-max-us", "--shared-dir=/a", "--fd=3", "--poll-max-us=fast")]
     [InlineData("invalid value '-1' for --fd", "--shared-dir=/a", "--fd=-1")]
     [InlineData("invalid value 'x' for --rlimit-nofile", "--shared-dir=/a", "--fd=3", "--rlimit-nofile=x")]
-    [InlineData("--seccomp=kill is not available", "--shared-dir=/a", "--fd=3", "--seccomp=kill")]
-    [InlineData("--seccomp=log is not available", "--shared-dir=/a", "--fd=3", "--seccomp=log")]
+    [InlineData("invalid value 'strict' for --seccomp (expected one of: none, kill, log, trap)", "--shared-dir=/a", "--fd=3", "--seccomp=strict")]
+    [InlineData("invalid value 'errno' for -o seccomp= (expected one of: kill, log, trap, none)", "--fd=3", "-o", "source=/a,seccomp=errno")]
     [InlineData("at most 36", "--shared-dir=/a", "--fd=3", "--tag=0123456789012345678901234567890123456789")]
     [InlineData("unknown capability 'flying'", "--shared-dir=/a", "--fd=3", "--modcaps=+flying")]
     [InlineData("invalid --modcaps item", "--shared-dir=/a", "--fd=3", "--modcaps=chown")]

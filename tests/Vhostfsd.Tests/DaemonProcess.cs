@@ -38,8 +38,10 @@ internal sealed class DaemonProcess : IDisposable
 
     /// <summary>Starts "dotnet vhostfsd.dll ARGS" (or, with <paramref name="shellPrefix"/>, through
     /// bash -c "PREFIX exec dotnet vhostfsd.dll ARGS"; bash because dash cannot redirect fds above 9)
-    /// with SIGHUP, SIGINT and SIGTERM at their default disposition.</summary>
-    public static DaemonProcess Start(IEnumerable<string> args, IReadOnlyDictionary<string, string?>? environment = null, string? shellPrefix = null)
+    /// with SIGHUP, SIGINT and SIGTERM at their default disposition. <paramref name="runner"/>, when
+    /// given, is a command that runs dotnet as its last arguments (setpriv to drop root).</summary>
+    public static DaemonProcess Start(IEnumerable<string> args, IReadOnlyDictionary<string, string?>? environment = null, string? shellPrefix = null,
+        IEnumerable<string>? runner = null)
     {
         var start = new ProcessStartInfo
         {
@@ -54,6 +56,10 @@ internal sealed class DaemonProcess : IDisposable
         // vhostfsd (like libfuse) leaves an inherited ignore alone.
         start.FileName = "/usr/bin/env";
         start.ArgumentList.Add("--default-signal=HUP,INT,TERM");
+        foreach (string arg in runner ?? [])
+        {
+            start.ArgumentList.Add(arg);
+        }
         if (shellPrefix == null)
         {
             start.ArgumentList.Add("dotnet");

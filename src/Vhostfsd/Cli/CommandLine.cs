@@ -44,7 +44,7 @@ internal static class CommandLine
         public readonly Option<string> XattrMap = new("--xattrmap") { Description = "Rules that rename extended attributes between guest and host, e.g. :map::user.virtiofs.: (implies --xattr)", HelpName = "RULES" };
         public readonly Option<string> Sandbox = new("--sandbox") { Description = "Isolation: namespace (mount/pid/net namespaces + pivot_root), chroot, or none [default: namespace]", HelpName = "namespace|chroot|none" };
         public readonly Option<bool> ReadOnly = new("--readonly") { Description = "Refuse every change to the shared directory (EROFS)" };
-        public readonly Option<string> Seccomp = new("--seccomp") { Description = "System-call filter: only 'none' is implemented (kill, log and trap are refused) [default: none]", HelpName = "none" };
+        public readonly Option<string> Seccomp = new("--seccomp") { Description = "What a system call outside the daemon's allow-list does: kill the process, log it (and let it run), trap (SIGSYS, which ends the process), or none (no filter) [default: kill]", HelpName = "kill|log|trap|none" };
         public readonly Option<bool> AnnounceSubmounts = new("--announce-submounts") { Description = "Tell the guest which directories are mount points [default]" };
         public readonly Option<bool> NoAnnounceSubmounts = new("--no-announce-submounts") { Description = "Do not tell the guest which directories are mount points" };
         public readonly Option<string> InodeFileHandles = new("--inode-file-handles") { Description = "Hold inodes as file handles instead of O_PATH fds: never, prefer, mandatory [default: prefer]", HelpName = "never|prefer|mandatory" };
@@ -269,10 +269,6 @@ internal static class CommandLine
             && Capabilities.ParseModCaps(o.ModCaps).Removed.Contains(Capabilities.DacReadSearch))
         {
             throw new UsageException($"--modcaps cannot remove dac_read_search while --inode-file-handles={o.InodeFileHandles.ToString().ToLowerInvariant()} needs it; add --inode-file-handles=never");
-        }
-        if (o.Seccomp != SeccompMode.None)
-        {
-            throw new UsageException($"--seccomp={o.Seccomp.ToString().ToLowerInvariant()} is not available: vhostfsd has no seccomp filter yet; use --seccomp=none");
         }
     }
 

@@ -100,6 +100,16 @@ internal static class CompatOptions
                     _ => throw Invalid(key, value, "namespace, chroot, none"),
                 };
                 break;
+            case "seccomp":
+                options.Seccomp = value switch
+                {
+                    "kill" => SeccompMode.Kill,
+                    "log" => SeccompMode.Log,
+                    "trap" => SeccompMode.Trap,
+                    "none" => SeccompMode.None,
+                    _ => throw Invalid(key, value, "kill, log, trap, none"),
+                };
+                break;
             case "xattrmap":
                 if (value.Length == 0)
                 {

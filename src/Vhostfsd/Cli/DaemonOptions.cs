@@ -22,7 +22,7 @@ internal sealed class DaemonOptions
     public string? XattrMap { get; set; }
     public SandboxMode Sandbox { get; set; } = SandboxMode.Namespace;
     public bool ReadOnly { get; set; }
-    public SeccompMode Seccomp { get; set; } = SeccompMode.None;
+    public SeccompMode Seccomp { get; set; } = SeccompMode.Kill;
     public bool AnnounceSubmounts { get; set; } = true;
     public InodeFileHandlesMode InodeFileHandles { get; set; } = InodeFileHandlesMode.Prefer;
     public CacheMode Cache { get; set; } = CacheMode.Auto;

@@ -211,12 +211,24 @@ internal static unsafe class DaemonHost
         };
         TestProbe.RunIfRequested(settings, lastCap, log);
 
+        if (options.Seccomp != SeccompMode.None && options.Sandbox == SandboxMode.None)
+        {
+            // The namespace and chroot modes loaded everything before hiding the host's files;
+            // without a sandbox the runtime would load assemblies lazily, with path calls that
+            // the filter need not allow (and that the native build never makes).
+            log.Debug("Loaded {Count} assemblies before the system-call filter", Preload.BeforeSandbox());
+        }
+        // From here on, and on every thread, only the calls of SeccompPolicy.
+        SeccompPolicy.Install(options.Seccomp, log);
+        TestProbe.MakeSystemCallIfRequested(log);
+
         if (logListening)
         {
             log.Information("Listening on {Socket}", Describe(listener));
         }
-        log.Information("Sharing {Dir} (sandbox {Sandbox}, cache {Cache}); waiting for the vhost-user front-end",
-            sharedDir, options.Sandbox.ToString().ToLowerInvariant(), options.Cache.ToString().ToLowerInvariant());
+        log.Information("Sharing {Dir} (sandbox {Sandbox}, seccomp {Seccomp}, cache {Cache}); waiting for the vhost-user front-end",
+            sharedDir, options.Sandbox.ToString().ToLowerInvariant(), options.Seccomp.ToString().ToLowerInvariant(),
+            options.Cache.ToString().ToLowerInvariant());
 
         UnixSocket? connection = AcceptOne(listener.Socket, log);
         // One front-end per process: nobody else may queue on the socket.

@@ -219,6 +219,12 @@ internal static unsafe class SandboxSpawner
             {
                 return Libc.WExitStatus(status);
             }
+            if (Libc.WIfSignaled(status) && Libc.WTermSig(status) == Libc.SIGSYS)
+            {
+                log.Error("The serving process (pid {Pid}) was killed by signal {Signal} (SIGSYS): it made a system call "
+                    + "outside the seccomp allow-list; the kernel log names it (docs/seccomp.md)", child, Libc.SIGSYS);
+                return 128 + Libc.SIGSYS;
+            }
             if (Libc.WIfSignaled(status))
             {
                 log.Error("The serving process (pid {Pid}) was killed by signal {Signal}", child, Libc.WTermSig(status));

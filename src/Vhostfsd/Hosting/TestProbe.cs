@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using Serilog;
 using Vhostfsd.Posix;
 
@@ -9,10 +10,63 @@ namespace Vhostfsd.Hosting;
 /// absolute paths), the daemon, after the sandbox and the capability drop and before it waits
 /// for a connection, tries to open each path and logs whether it could, checks that
 /// <see cref="DaemonSettings.ProcSelfFd"/> reopens an fd, and logs its pid, capabilities and fd
-/// limit. The tests use it to show what the sandbox hides. It only reads; it is not in --help.</summary>
+/// limit. The tests use it to show what the sandbox hides. It only reads; it is not in --help.
+///
+/// A second hook, VHOSTFSD_TEST_SYSCALL=NR, makes the serving process, once its system-call
+/// filter is in force, make system call number NR without arguments and log what came back:
+/// before it waits for a connection, or with "NR:SIGUSR1" on every SIGUSR1 instead, while it
+/// serves. The tests use it to show what each --seccomp mode does to a call outside the
+/// allow-list. Neither hook is in --help.</summary>
 internal static unsafe class TestProbe
 {
     public const string Environment = "VHOSTFSD_TEST_PROBE";
+    public const string SyscallEnvironment = "VHOSTFSD_TEST_SYSCALL";
+
+    private const string OnSignalSuffix = ":SIGUSR1";
+
+    /// <summary>Kept for the life of the process: the SIGUSR1 handler of the syscall hook.</summary>
+    private static PosixSignalRegistration? s_onSignal;
+
+    public static void MakeSystemCallIfRequested(ILogger log)
+    {
+        string? request = System.Environment.GetEnvironmentVariable(SyscallEnvironment);
+        if (request == null)
+        {
+            return;
+        }
+        bool onSignal = request.EndsWith(OnSignalSuffix, StringComparison.Ordinal);
+        string number = onSignal ? request[..^OnSignalSuffix.Length] : request;
+        if (!long.TryParse(number, NumberStyles.None, CultureInfo.InvariantCulture, out long call))
+        {
+            log.Warning("test-probe: {Variable}={Value} is not a system call number", SyscallEnvironment, request);
+            return;
+        }
+        if (!onSignal)
+        {
+            MakeSystemCall(call, log);
+            return;
+        }
+        s_onSignal = PosixSignalRegistration.Create((PosixSignal)Libc.SIGUSR1, context =>
+        {
+            context.Cancel = true;
+            MakeSystemCall(call, log);
+        });
+        log.Information("test-probe: system call {Number} on SIGUSR1", call);
+    }
+
+    private static void MakeSystemCall(long call, ILogger log)
+    {
+        log.Information("test-probe: making system call {Number}", call);
+        long result = Libc.RawSyscall(call);
+        if (result < 0)
+        {
+            log.Information("test-probe: system call {Number} failed ({Errno})", call, Libc.LastErrno.ToString());
+        }
+        else
+        {
+            log.Information("test-probe: system call {Number} returned {Result}", call, result);
+        }
+    }
 
     /// <summary>Second test hook: when set to 1, the device takes the xattr paths of kernels before 6.13
     /// (no *xattrat calls) on any kernel, so the tests can run them inside each sandbox.</summary>

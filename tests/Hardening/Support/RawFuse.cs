@@ -71,10 +71,10 @@ public sealed class RawFuse
         return r.Errno;
     }
 
-    public Errno Write(ulong node, ulong fh, ulong offset, ReadOnlySpan<byte> data, out int written)
+    public Errno Write(ulong node, ulong fh, ulong offset, ReadOnlySpan<byte> data, out int written, FuseWriteFlags flags = 0)
     {
         FuseWriteOut wout = default;
-        var args = new FuseWriteIn { Fh = fh, Offset = offset, Length = (uint)data.Length };
+        var args = new FuseWriteIn { Fh = fh, Offset = offset, Length = (uint)data.Length, WriteFlags = (uint)flags };
         var r = Conn.Send(FuseOpcode.Write, node, Caller, new FuseArgs(Bytes(args), data), MemoryMarshal.AsBytes(new Span<FuseWriteOut>(ref wout)), FuseReplyShape.Fixed);
         written = (int)wout.Length;
         return r.Errno;
