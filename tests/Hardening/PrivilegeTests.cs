@@ -132,4 +132,42 @@ public sealed class PrivilegeTests : IDisposable
         Assert.Equal(Errno.OK, raw.Release(entry.NodeId, fh));
         Assert.False(daemon.HasExited, daemon.Output);
     }
+
+    /// <summary>Lock forwarding as the managers ask for it, on the command lines they write: libvirt's
+    /// &lt;lock posix='on' flock='on'/&gt; (C dialect: -o ...,posix_lock,flock) starts a daemon whose
+    /// guest locks conflict with a host program's; Kata's -o no_posix_lock (and no option at all)
+    /// keeps them in the guest: the daemon does not offer them.</summary>
+    [Theory]
+    [InlineData("posix_lock,flock", true)]
+    [InlineData("no_posix_lock", false)]
+    [InlineData("", false)]
+    public unsafe void LockForwardingFollowsTheCommandLine(string lockOptions, bool forwarded)
+    {
+        string path = Path.Combine(_share, "locked");
+        File.WriteAllText(path, "data");
+        string compat = "source=" + _share + ",cache=none,sandbox=namespace,xattr" + (lockOptions.Length > 0 ? "," + lockOptions : "");
+        using var daemon = DaemonProcess.Start("vhostfsd", Environment.ProcessPath!, null, (socket, _) =>
+            [DaemonProcess.FindVhostfsd(), "--socket-path", socket, "-o", compat, "--log-level=warn"]);
+        using FuseFs fs = Observe.Mount(daemon);
+        Assert.Equal(forwarded, fs.Conn.Has(FuseInitFlags.PosixLocks));
+        Assert.Equal(forwarded, fs.Conn.Has(FuseInitFlags.FlockLocks));
+        if (!forwarded)
+        {
+            return;
+        }
+        var raw = new RawFuse(fs.Conn);
+        Assert.Equal(Errno.OK, raw.Lookup(FuseConstants.RootId, "locked", out FuseEntryOut entry));
+        Assert.Equal(Errno.OK, raw.Open(entry.NodeId, Libc.O_RDWR, out ulong fh));
+        Assert.Equal(Errno.OK, raw.Lock(entry.NodeId, fh, owner: 1, Libc.F_WRLCK, wait: false));
+        // A host program's POSIX lock on the same file now conflicts.
+        fixed (byte* p = System.Text.Encoding.UTF8.GetBytes(path + "\0"))
+        {
+            int hostFd = Libc.OpenAt(Libc.AT_FDCWD, p, Libc.O_RDWR | Libc.O_CLOEXEC, 0);
+            Assert.True(hostFd >= 0);
+            var lk = new FileLock { Type = Libc.F_WRLCK, Whence = Libc.SEEK_SET };
+            Assert.Equal(-1, Libc.FcntlLock(hostFd, Libc.F_SETLK, &lk));
+            Libc.Close(hostFd);
+        }
+        Assert.Equal(Errno.OK, raw.Release(entry.NodeId, fh));
+    }
 }
