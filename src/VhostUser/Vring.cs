@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using Serilog;
 using Serilog.Events;
 using Vhostfsd.Posix;
@@ -18,10 +17,11 @@ namespace Vhostfsd.VhostUser;
 /// (signalled at once). <see cref="_lock"/> serializes used-ring publishing, notification decisions,
 /// eventfd swaps and in-flight bookkeeping.</para>
 /// <para>Chains go out as <see cref="OwnedChain"/>s and come back through
-/// <see cref="IChainCompletion.Complete"/>. In-flight chains are tracked by head index (and told apart
-/// from later pops into the same <see cref="DescriptorChain"/> by <see cref="OwnedChain.Generation"/>). A head popped while its previous chain is still in flight means the driver
-/// reused a descriptor it does not own: the ring is broken. A completion for a hand-out the ring no
-/// longer tracks (completed already, or its ring was stopped and the wait for it timed out) is dropped.</para>
+/// <see cref="IChainCompletion.Complete"/>. In-flight chains are tracked by head index, and told
+/// apart from later pops into the same <see cref="DescriptorChain"/> by their generation. A head
+/// popped while its previous chain is still in flight means the driver reused a descriptor it does
+/// not own: the ring is broken. A completion for a hand-out the ring no longer tracks (completed
+/// already, or its ring was stopped and the wait for it timed out) is dropped.</para>
 /// <para>One worker at a time: a worker told to stop is waited for while it is in the ring's own code
 /// (bounded work); one stuck in a handler past <see cref="VhostUserBackendOptions.WorkerStopTimeout"/>
 /// is given up on (detached) and, when the handler returns, exits without touching the ring, so a
@@ -35,7 +35,7 @@ public sealed class Vring : IChainCompletion, IDisposable
     private readonly Action<Vring>? _onBroken;
     private readonly IVhostUserDevice _device;
     private readonly EventFd _stopEvent = EventFd.Create(nonBlocking: true);
-    private readonly Stack<DescriptorChain> _pool = new();
+    private readonly ChainPool _pool;
 
     // Message-thread state.
     private ushort _num;
@@ -74,6 +74,7 @@ public sealed class Vring : IChainCompletion, IDisposable
         _options = options;
         _log = log;
         _onBroken = onBroken;
+        _pool = new ChainPool(options.MaxChainSegments);
     }
 
     public int Index { get; }
@@ -186,7 +187,7 @@ public sealed class Vring : IChainCompletion, IDisposable
         }
         else
         {
-            ReturnToPool(chain);
+            _pool.Return(chain, keepAtMost: Math.Max((int)_num, 16));
         }
     }
 
@@ -206,30 +207,8 @@ public sealed class Vring : IChainCompletion, IDisposable
     /// <summary>The fd that wakes a sleeping worker when it is asked to stop.</summary>
     internal EventFd StopEvent => _stopEvent;
 
-    /// <summary>A chain to pop into: a pooled one, or a new one while chains are passed on.</summary>
-    internal DescriptorChain RentChain()
-    {
-        lock (_pool)
-        {
-            if (_pool.Count > 0)
-            {
-                return _pool.Pop();
-            }
-        }
-        // Grows only while chains are kept by the handler; bounded by the ring size (heads are unique).
-        return new DescriptorChain(_options.MaxChainSegments);
-    }
-
-    private void ReturnToPool(DescriptorChain chain)
-    {
-        lock (_pool)
-        {
-            if (_pool.Count < Math.Max((int)_num, 16))
-            {
-                _pool.Push(chain);
-            }
-        }
-    }
+    /// <summary>A chain to pop into: a pooled one, or a new one while handlers hold chains.</summary>
+    internal DescriptorChain RentChain() => _pool.Rent();
 
     /// <summary>Records <paramref name="chain"/>, just popped, as in flight and hands it out. False
     /// when its head is in flight already: the driver reused a descriptor it does not own, and the
@@ -340,24 +319,14 @@ public sealed class Vring : IChainCompletion, IDisposable
         return null;
     }
 
-    /// <summary>Checks the three rings lie in <paramref name="memory"/> (VMM user addresses) with the
-    /// current size and the spec's alignments, then stores them; a started ring moves to them.</summary>
+    /// <summary>Stores the ring addresses once <see cref="VringAddressRules"/> accepts them for the
+    /// current size; a started ring moves to them.</summary>
     internal string? SetAddress(in VringAddress address, GuestMemory memory)
     {
-        if ((address.Flags & ~VhostUserLimits.VringAddrFlagLog) != 0)
+        string? refused = VringAddressRules.Check(Index, in address, _num, memory);
+        if (refused != null)
         {
-            return $"vring {Index} address flags 0x{address.Flags:x} unknown";
-        }
-        if ((address.DescriptorTable & (SplitRing.DescAlign - 1)) != 0
-            || (address.AvailableRing & (SplitRing.AvailAlign - 1)) != 0
-            || (address.UsedRing & (SplitRing.UsedAlign - 1)) != 0)
-        {
-            return $"vring {Index} rings misaligned (desc 0x{address.DescriptorTable:x}, avail 0x{address.AvailableRing:x}, used 0x{address.UsedRing:x})";
-        }
-        string? outside = CheckRingsInMemory(address, _num, memory);
-        if (outside != null)
-        {
-            return outside;
+            return refused;
         }
         _address = address;
         _hasAddress = true;
@@ -369,24 +338,6 @@ public sealed class Vring : IChainCompletion, IDisposable
         else
         {
             TryStart();
-        }
-        return null;
-    }
-
-    private string? CheckRingsInMemory(in VringAddress address, ushort size, GuestMemory memory)
-    {
-        using var view = memory.Acquire();
-        if (!view.TryTranslateUser(address.DescriptorTable, SplitRing.DescTableBytes(size), out _))
-        {
-            return $"vring {Index} descriptor table 0x{address.DescriptorTable:x} (+{SplitRing.DescTableBytes(size)}) is outside guest memory";
-        }
-        if (!view.TryTranslateUser(address.AvailableRing, SplitRing.AvailRingBytes(size), out _))
-        {
-            return $"vring {Index} avail ring 0x{address.AvailableRing:x} (+{SplitRing.AvailRingBytes(size)}) is outside guest memory";
-        }
-        if (!view.TryTranslateUser(address.UsedRing, SplitRing.UsedRingBytes(size), out _))
-        {
-            return $"vring {Index} used ring 0x{address.UsedRing:x} (+{SplitRing.UsedRingBytes(size)}) is outside guest memory";
         }
         return null;
     }
@@ -654,9 +605,6 @@ public sealed class Vring : IChainCompletion, IDisposable
         Stop();
         SetErr(null);
         _stopEvent.Dispose();
-        lock (_pool)
-        {
-            _pool.Clear();
-        }
+        _pool.Clear();
     }
 }
