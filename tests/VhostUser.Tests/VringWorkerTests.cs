@@ -164,6 +164,48 @@ public sealed class VringWorkerTests : IDisposable
     }
 
     [Fact]
+    public void ASecondCompletionOfAHandOutLeavesTheNextPopIntoItsChainAlone()
+    {
+        Start(_keeper);
+        var ring = _h!.Backend.Vrings[0];
+        Add(0);
+        var first = _keeper.Take();
+        first.Complete(EchoVringHandler.Echo(first));
+        ReapOne(0);
+        Assert.False(first.IsCurrent);
+
+        // The completed chain object goes back to the ring's pool: pop until the worker pops into it again.
+        var held = new List<OwnedChain>();
+        OwnedChain reused = default;
+        for (int slot = 1; slot <= 4 && reused.Chain is null; slot++)
+        {
+            Add(slot);
+            var owned = _keeper.Take();
+            held.Add(owned);
+            if (ReferenceEquals(owned.Chain, first.Chain))
+            {
+                reused = owned;
+            }
+        }
+        Assert.NotNull(reused.Chain);
+
+        // A handler bug: the first hand-out completed again. It must neither publish nor release the new one.
+        first.Complete(16);
+        Assert.True(reused.IsCurrent, "the second completion released the chain's next hand-out");
+        Assert.True(reused.Chain.IsHeld);
+        Assert.Equal(held.Count, ring.InFlightCount);
+        Assert.False(_guest.Queue(0).HasUsed());
+
+        foreach (var owned in held)
+        {
+            owned.Complete(EchoVringHandler.Echo(owned));
+        }
+        var used = ReapExactly(held.Count);
+        Assert.All(used.Values, len => Assert.Equal(16u, len));
+        Assert.Equal(0, ring.InFlightCount);
+    }
+
+    [Fact]
     public unsafe void ADriverReusingAHeadInFlightBreaksTheRing()
     {
         Start(_keeper, drainTimeout: TimeSpan.FromMilliseconds(200));
