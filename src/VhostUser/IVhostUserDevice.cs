@@ -42,14 +42,36 @@ public interface IVhostUserDevice
 
 /// <summary>Handles the chains a ring's worker pops. Called on the ring's worker thread, one chain at a time.</summary>
 /// <remarks>
-/// Either complete the chain before returning (<see cref="Vring.Complete"/> on the worker thread: the
-/// call is batched with the rest of the drain), or keep it and complete it later from any thread (a
-/// blocking request handed to a pool): the worker then pops the next chain into another
-/// <see cref="DescriptorChain"/> from the ring's pool, so the queue does not stall. A kept chain must
-/// be completed exactly once; its segments stay mapped until then. Never throw for guest data: a
-/// handler that throws breaks the ring.
+/// The handler owns the chain it is given until it completes it, once: before returning
+/// (<see cref="OwnedChain.Complete"/> on the worker thread: the driver's signal is batched with the
+/// rest of the drain), or later from any thread, by whoever it passed the chain to (a blocking
+/// request handed to a pool). The worker then pops the next chain into another
+/// <see cref="DescriptorChain"/> from the ring's pool, so the queue does not stall; the segments
+/// of a passed-on chain stay mapped until it is completed. Never throw for guest data: a handler
+/// that throws breaks the ring.
 /// </remarks>
 public interface IVringHandler
 {
-    void HandleChain(Vring vring, DescriptorChain chain);
+    /// <param name="chain">The popped chain; the handler's until it completes it.</param>
+    /// <param name="backlog">What waits behind <paramref name="chain"/> on the ring; valid during this call only.</param>
+    void HandleChain(OwnedChain chain, RingBacklog backlog);
+}
+
+/// <summary>Whether more chains wait on the ring behind the one a handler was given. A ref struct:
+/// it lives on the worker's stack for one <see cref="IVringHandler.HandleChain"/> call, the only
+/// place where the answer means something, and cannot be kept or passed to another thread.</summary>
+public readonly ref struct RingBacklog
+{
+    private readonly VringWorker? _worker;
+
+    internal RingBacklog(VringWorker worker)
+    {
+        _worker = worker;
+    }
+
+    /// <summary>True when more chains wait in the avail ring behind the one being handled; false
+    /// once the worker was given up on (the ring may have a new worker), and for a default value.
+    /// A handler asks before handing a long request to another thread, which pays off only when
+    /// the worker has other requests to get on with meanwhile.</summary>
+    public bool HasMore => _worker is not null && _worker.HasMoreAvailable();
 }

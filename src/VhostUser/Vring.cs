@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using Serilog;
 using Serilog.Events;
 using Vhostfsd.Posix;
@@ -7,8 +6,8 @@ using Vhostfsd.Virtqueue;
 namespace Vhostfsd.VhostUser;
 
 /// <summary>One virtqueue of a vhost-user back-end: the state the front-end configured (size, base,
-/// ring addresses, kick/call/err eventfds, enabled), the <see cref="DeviceQueue"/> over the rings,
-/// and the worker thread that drains it into the device's <see cref="IVringHandler"/>.</summary>
+/// ring addresses, features, kick/call/err eventfds, enabled), the <see cref="DeviceQueue"/> over the
+/// rings, the chains in flight, and the <see cref="VringWorker"/> that drains it while it runs.</summary>
 /// <remarks>
 /// Rules (vhost-user.rst "Ring states"): a ring is started once it has ring addresses and a kick fd
 /// (or the no-fd flag: then the worker polls); GET_VRING_BASE stops it. A started ring is processed
@@ -17,26 +16,26 @@ namespace Vhostfsd.VhostUser;
 /// come from the worker (batched: one call signal per drained batch) or from any other thread
 /// (signalled at once). <see cref="_lock"/> serializes used-ring publishing, notification decisions,
 /// eventfd swaps and in-flight bookkeeping.</para>
-/// <para>In-flight chains are tracked by head index. A head popped while its previous chain is still
-/// in flight means the driver reused a descriptor it does not own: the ring is broken. A chain
-/// completed after its ring was stopped (and its wait for in-flight chains timed out) is dropped.</para>
+/// <para>Chains go out as <see cref="OwnedChain"/>s and come back through
+/// <see cref="IChainCompletion.Complete"/>. In-flight chains are tracked by head index, and told
+/// apart from later pops into the same <see cref="DescriptorChain"/> by their generation. A head
+/// popped while its previous chain is still in flight means the driver reused a descriptor it does
+/// not own: the ring is broken. A completion for a hand-out the ring no longer tracks (completed
+/// already, or its ring was stopped and the wait for it timed out) is dropped.</para>
 /// <para>One worker at a time: a worker told to stop is waited for while it is in the ring's own code
 /// (bounded work); one stuck in a handler past <see cref="VhostUserBackendOptions.WorkerStopTimeout"/>
 /// is given up on (detached) and, when the handler returns, exits without touching the ring, so a
-/// new worker can take the ring meanwhile. What a worker keeps about the chain in hand lives in
-/// its <see cref="Worker"/>, never in the ring.</para>
+/// new worker can take the ring meanwhile.</para>
 /// </remarks>
-public sealed class Vring : IDisposable
+public sealed class Vring : IChainCompletion, IDisposable
 {
-    private const int PollIntervalMs = 1;
-
     private readonly object _lock = new();
     private readonly ILogger _log;
     private readonly VhostUserBackendOptions _options;
     private readonly Action<Vring>? _onBroken;
     private readonly IVhostUserDevice _device;
     private readonly EventFd _stopEvent = EventFd.Create(nonBlocking: true);
-    private readonly Stack<DescriptorChain> _pool = new();
+    private readonly ChainPool _pool;
 
     // Message-thread state.
     private ushort _num;
@@ -53,7 +52,7 @@ public sealed class Vring : IDisposable
     private bool _protocolFeatures;
     private GuestMemory? _memory;
     private IVringHandler? _handler;
-    private Worker? _worker;
+    private VringWorker? _worker;
 
     // Shared with the worker and completers; guarded by _lock.
     private DeviceQueue? _queue;
@@ -75,6 +74,7 @@ public sealed class Vring : IDisposable
         _options = options;
         _log = log;
         _onBroken = onBroken;
+        _pool = new ChainPool(options.MaxChainSegments);
     }
 
     public int Index { get; }
@@ -116,44 +116,22 @@ public sealed class Vring : IDisposable
     public bool HasCall { get { lock (_lock) { return _call != null; } } }
     public bool HasErr { get { lock (_lock) { return _err != null; } } }
 
-    /// <summary>True when more chains wait in the avail ring behind the one being handled. Only
-    /// meaningful on this ring's worker thread inside <see cref="IVringHandler.HandleChain"/> (false
-    /// anywhere else, and once the worker was given up on): a handler asks it before handing a long
-    /// request to another thread, which pays off only when the worker has other requests to get on
-    /// with meanwhile.</summary>
-    public bool HasMoreAvailable
-    {
-        get
-        {
-            var worker = _worker;
-            if (worker == null || worker.Thread != Thread.CurrentThread || worker.Handling == null)
-            {
-                return false;
-            }
-            // Under the lock, where StopWorker detaches: a worker given up on must not read a ring
-            // that another worker may be popping from or that may have moved.
-            lock (_lock)
-            {
-                return !worker.IsDetached && worker.HasAvailable();
-            }
-        }
-    }
-
     // ---- completion (any thread) ----
 
-    /// <summary>Publishes <paramref name="chain"/> as used with <paramref name="bytesWritten"/> bytes
-    /// written into its writable buffers and signals the driver when it wants it. On the worker thread,
-    /// inside <see cref="IVringHandler.HandleChain"/>, the signal waits for the end of the batch; from
-    /// any other thread it goes out at once. A chain of a ring that was stopped meanwhile is dropped.
-    /// Each chain is completed once; the chain must not be used afterwards.</summary>
-    public void Complete(DescriptorChain chain, uint bytesWritten)
+    /// <summary>Publishes the chain as used with <paramref name="bytesWritten"/> bytes written into
+    /// its writable buffers and signals the driver when it wants it. On the worker thread, inside
+    /// <see cref="IVringHandler.HandleChain"/> on that chain, the signal waits for the end of the
+    /// batch; from anywhere else it goes out at once. A hand-out the ring no longer tracks (completed
+    /// already, or its ring was stopped meanwhile) is dropped.</summary>
+    void IChainCompletion.Complete(in OwnedChain owned, uint bytesWritten)
     {
+        var chain = owned.Chain;
         ArgumentNullException.ThrowIfNull(chain);
         // Inline: the ring's worker, inside HandleChain, completing the chain it is handling; the
         // worker then reuses the chain and signals at the end of its batch. Anything else (another
-        // thread, a kept chain, a worker that was given up on) completes as an outsider.
+        // thread, a chain passed on, a worker that was given up on) completes as an outsider.
         var worker = _worker;
-        bool inline = worker != null && worker.Thread == Thread.CurrentThread && ReferenceEquals(worker.Handling, chain);
+        bool inline = worker != null && worker.IsHandlingHere(chain);
         bool stale = false;
         lock (_lock)
         {
@@ -162,15 +140,12 @@ public sealed class Vring : IDisposable
                 // Given up on while in the handler: it will end its batch without signalling.
                 inline = false;
             }
-            ushort head = chain.Head;
-            if (head >= _inFlight.Length || !ReferenceEquals(_inFlight[head], chain))
+            if (!TryUntrackLocked(in owned))
             {
                 stale = true;
             }
             else
             {
-                _inFlight[head] = null;
-                _inFlightCount--;
                 var queue = _queue;
                 if (queue != null && queue.IsConfigured && !_broken)
                 {
@@ -179,7 +154,7 @@ public sealed class Vring : IDisposable
                         // A handler bug must not let the driver read past what it offered.
                         bytesWritten = (uint)chain.WritableBytes;
                     }
-                    queue.PushUsed(head, bytesWritten);
+                    queue.PushUsed(chain.Head, bytesWritten);
                     if (inline)
                     {
                         _signalPending = true;
@@ -189,24 +164,30 @@ public sealed class Vring : IDisposable
                         _call?.Signal();
                     }
                 }
-                if (_inFlightCount == 0)
-                {
-                    Monitor.PulseAll(_lock);
-                }
             }
+        }
+        if (stale)
+        {
+            if (owned.IsCurrent)
+            {
+                // Abandoned when its ring stopped: still this holder's, so its memory view goes now.
+                chain.Release();
+            }
+            // Otherwise completed already: the chain object may be in another hand-out by now.
+            if (_log.IsEnabled(LogEventLevel.Debug))
+            {
+                _log.Debug("vring {Index}: dropped a completion for head {Head}: the ring was stopped or the chain already completed", Index, chain.Head);
+            }
+            return;
         }
         chain.Release();
         if (inline)
         {
-            worker!.CompletedInline = true;
+            worker!.TookBackInline();
         }
-        else if (!stale)
+        else
         {
-            ReturnToPool(chain);
-        }
-        else if (_log.IsEnabled(LogEventLevel.Debug))
-        {
-            _log.Debug("vring {Index}: dropped a completion for head {Head}: the ring was stopped or the chain already completed", Index, chain.Head);
+            _pool.Return(chain, keepAtMost: Math.Max((int)_num, 16));
         }
     }
 
@@ -221,27 +202,90 @@ public sealed class Vring : IDisposable
         return needs;
     }
 
-    private DescriptorChain RentChain()
+    // ---- the worker's surface (its thread) ----
+
+    /// <summary>The fd that wakes a sleeping worker when it is asked to stop.</summary>
+    internal EventFd StopEvent => _stopEvent;
+
+    /// <summary>A chain to pop into: a pooled one, or a new one while handlers hold chains.</summary>
+    internal DescriptorChain RentChain() => _pool.Rent();
+
+    /// <summary>Records <paramref name="chain"/>, just popped, as in flight and hands it out. False
+    /// when its head is in flight already: the driver reused a descriptor it does not own, and the
+    /// ring is broken.</summary>
+    internal bool TryTrack(DescriptorChain chain, out OwnedChain owned)
     {
-        lock (_pool)
+        lock (_lock)
         {
-            if (_pool.Count > 0)
+            ushort head = chain.Head;
+            if (_inFlight[head] != null)
             {
-                return _pool.Pop();
+                MarkBrokenLocked($"the driver made head {head} available again while it is in flight");
+            }
+            else
+            {
+                _inFlight[head] = chain;
+                _inFlightCount++;
+                owned = new OwnedChain(chain, this);
+                return true;
             }
         }
-        // Grows only while chains are kept by the handler; bounded by the ring size (heads are unique).
-        return new DescriptorChain(_options.MaxChainSegments);
+        _onBroken?.Invoke(this);
+        owned = default;
+        return false;
     }
 
-    private void ReturnToPool(DescriptorChain chain)
+    /// <summary>Stops waiting for a chain that will not be completed (its handler threw); a late
+    /// completion of it is dropped. Only that hand-out's own entry, as its completion would.</summary>
+    internal void Untrack(in OwnedChain owned)
     {
-        lock (_pool)
+        lock (_lock)
         {
-            if (_pool.Count < Math.Max((int)_num, 16))
+            TryUntrackLocked(in owned);
+        }
+    }
+
+    private bool TryUntrackLocked(in OwnedChain owned)
+    {
+        var chain = owned.Chain;
+        ushort head = chain.Head;
+        if (head >= _inFlight.Length || !ReferenceEquals(_inFlight[head], chain) || !owned.IsCurrent)
+        {
+            return false;
+        }
+        _inFlight[head] = null;
+        _inFlightCount--;
+        if (_inFlightCount == 0)
+        {
+            Monitor.PulseAll(_lock);
+        }
+        return true;
+    }
+
+    /// <summary>End of a drained batch: signals the driver for the chains completed inline, when it wants it.</summary>
+    internal void SignalIfPending()
+    {
+        lock (_lock)
+        {
+            if (_signalPending)
             {
-                _pool.Push(chain);
+                _signalPending = false;
+                if (NeedsSignalLocked(_queue!))
+                {
+                    _call?.Signal();
+                }
             }
+        }
+    }
+
+    /// <summary>Whether chains wait in <paramref name="queue"/> (the worker's), for a worker not
+    /// given up on. Under the lock, where <see cref="StopWorker"/> detaches: a worker given up on
+    /// must not read a ring that another worker may be popping from or that may have moved.</summary>
+    internal bool HasMoreAvailable(VringWorker worker, DeviceQueue queue)
+    {
+        lock (_lock)
+        {
+            return !worker.IsDetached && queue.HasAvailable();
         }
     }
 
@@ -275,24 +319,14 @@ public sealed class Vring : IDisposable
         return null;
     }
 
-    /// <summary>Checks the three rings lie in <paramref name="memory"/> (VMM user addresses) with the
-    /// current size and the spec's alignments, then stores them; a started ring moves to them.</summary>
+    /// <summary>Stores the ring addresses once <see cref="VringAddressRules"/> accepts them for the
+    /// current size; a started ring moves to them.</summary>
     internal string? SetAddress(in VringAddress address, GuestMemory memory)
     {
-        if ((address.Flags & ~VhostUserLimits.VringAddrFlagLog) != 0)
+        string? refused = VringAddressRules.Check(Index, in address, _num, memory);
+        if (refused != null)
         {
-            return $"vring {Index} address flags 0x{address.Flags:x} unknown";
-        }
-        if ((address.DescriptorTable & (SplitRing.DescAlign - 1)) != 0
-            || (address.AvailableRing & (SplitRing.AvailAlign - 1)) != 0
-            || (address.UsedRing & (SplitRing.UsedAlign - 1)) != 0)
-        {
-            return $"vring {Index} rings misaligned (desc 0x{address.DescriptorTable:x}, avail 0x{address.AvailableRing:x}, used 0x{address.UsedRing:x})";
-        }
-        string? outside = CheckRingsInMemory(address, _num, memory);
-        if (outside != null)
-        {
-            return outside;
+            return refused;
         }
         _address = address;
         _hasAddress = true;
@@ -304,24 +338,6 @@ public sealed class Vring : IDisposable
         else
         {
             TryStart();
-        }
-        return null;
-    }
-
-    private string? CheckRingsInMemory(in VringAddress address, ushort size, GuestMemory memory)
-    {
-        using var view = memory.Acquire();
-        if (!view.TryTranslateUser(address.DescriptorTable, SplitRing.DescTableBytes(size), out _))
-        {
-            return $"vring {Index} descriptor table 0x{address.DescriptorTable:x} (+{SplitRing.DescTableBytes(size)}) is outside guest memory";
-        }
-        if (!view.TryTranslateUser(address.AvailableRing, SplitRing.AvailRingBytes(size), out _))
-        {
-            return $"vring {Index} avail ring 0x{address.AvailableRing:x} (+{SplitRing.AvailRingBytes(size)}) is outside guest memory";
-        }
-        if (!view.TryTranslateUser(address.UsedRing, SplitRing.UsedRingBytes(size), out _))
-        {
-            return $"vring {Index} used ring 0x{address.UsedRing:x} (+{SplitRing.UsedRingBytes(size)}) is outside guest memory";
         }
         return null;
     }
@@ -511,14 +527,15 @@ public sealed class Vring : IDisposable
         }
     }
 
-    // ---- worker ----
+    // ---- worker start and stop (message thread) ----
 
     private void UpdateWorker()
     {
         bool shouldRun = _started && _enabled && !_broken && _queue is { IsConfigured: true };
         if (shouldRun && _worker == null && _handler != null)
         {
-            var worker = new Worker(this, _queue!, _handler, _kick, _kickPolling, _device.MayPoll(Index) ? _options.PollMax : TimeSpan.Zero);
+            var pollMax = _device.MayPoll(Index) ? _options.PollMax : TimeSpan.Zero;
+            var worker = new VringWorker(this, _queue!, _handler, _kick, _kickPolling, pollMax, _log);
             _worker = worker;
             worker.Thread.Start();
         }
@@ -538,7 +555,7 @@ public sealed class Vring : IDisposable
         {
             return;
         }
-        worker.StopRequested = true;
+        worker.RequestStop();
         _stopEvent.Signal();
         while (!worker.Thread.Join(_options.WorkerStopTimeout))
         {
@@ -561,23 +578,6 @@ public sealed class Vring : IDisposable
         _worker = null;
     }
 
-    private void Untrack(DescriptorChain chain)
-    {
-        lock (_lock)
-        {
-            ushort head = chain.Head;
-            if (head < _inFlight.Length && ReferenceEquals(_inFlight[head], chain))
-            {
-                _inFlight[head] = null;
-                _inFlightCount--;
-                if (_inFlightCount == 0)
-                {
-                    Monitor.PulseAll(_lock);
-                }
-            }
-        }
-    }
-
     private void MarkBrokenLocked(string reason)
     {
         _broken = true;
@@ -588,7 +588,9 @@ public sealed class Vring : IDisposable
         }
     }
 
-    private void MarkBroken(string reason)
+    /// <summary>Stops processing the ring for good (until it is started again): signals ERR, logs once,
+    /// and tells the back-end (DEVICE_NEEDS_RESET). Any thread.</summary>
+    internal void MarkBroken(string reason)
     {
         lock (_lock)
         {
@@ -597,318 +599,12 @@ public sealed class Vring : IDisposable
         _onBroken?.Invoke(this);
     }
 
-    /// <summary>One worker thread and what it keeps about the chain in hand. The ring points at its
-    /// current worker; a worker given up on keeps its own state and never reaches the ring's again.</summary>
-    private sealed class Worker
-    {
-        // Where the worker thread is, for StopWorker: it may give up on a worker only while that is
-        // inside a handler, and the worker checks on the way out whether it was.
-        private const int InRing = 0;
-        private const int InHandler = 1;
-        private const int Detached = 2;
-
-        public readonly Thread Thread;
-        public volatile bool StopRequested;
-
-        /// <summary>The chain HandleChain is running on. Written and read on the worker's thread only
-        /// (<see cref="Complete"/> looks at it there).</summary>
-        public DescriptorChain? Handling;
-
-        /// <summary>Set by <see cref="Complete"/> when the handler completed <see cref="Handling"/>
-        /// inline: the chain is then the worker's to reuse. Worker's thread only.</summary>
-        public bool CompletedInline;
-
-        private int _phase = InRing;
-        private readonly Vring _ring;
-        private readonly DeviceQueue _queue;
-        private readonly IVringHandler _handler;
-        private readonly EventFd? _kick;
-        private readonly bool _polling;
-        private readonly TimeSpan _pollMax;
-        private DescriptorChain? _spare;
-
-        public Worker(Vring ring, DeviceQueue queue, IVringHandler handler, EventFd? kick, bool polling, TimeSpan pollMax)
-        {
-            _pollMax = pollMax;
-            _ring = ring;
-            _queue = queue;
-            _handler = handler;
-            _kick = kick;
-            _polling = polling;
-            Thread = new Thread(Run) { Name = $"vring-{ring.Index}", IsBackground = true };
-        }
-
-        /// <summary>Worker thread only, under the ring's lock (see <see cref="HasMoreAvailable"/>).</summary>
-        public bool HasAvailable() => _queue.HasAvailable();
-
-        public bool IsDetached => Volatile.Read(ref _phase) == Detached;
-
-        /// <summary>StopWorker, under the ring's lock, after the stop request: gives up on a worker
-        /// inside a handler. False when it is in the ring's own code (it will see the stop soon).</summary>
-        public bool TryDetach() => Interlocked.CompareExchange(ref _phase, Detached, InHandler) == InHandler;
-
-        /// <summary>Back from a handler; false when the worker was given up on meanwhile.</summary>
-        private bool LeaveHandler() => Interlocked.CompareExchange(ref _phase, InRing, InHandler) == InHandler;
-
-        private void Run()
-        {
-            try
-            {
-                // Chains may have been published while the ring was stopped or disabled.
-                Drain();
-                if (_polling)
-                {
-                    PollLoop();
-                }
-                else
-                {
-                    KickLoop();
-                }
-            }
-            catch (Exception e)
-            {
-                if (IsDetached)
-                {
-                    // Given up on: the ring has moved on (perhaps to a new worker) and is not this one's to break.
-                    _ring._log.Error("vring {Index}: the handler a stopped worker was left in failed: {Error}: {Message}",
-                        _ring.Index, e.GetType().Name, e.Message);
-                }
-                else
-                {
-                    // Never let an exception escape a worker: the ring is broken instead.
-                    _ring.MarkBroken($"the worker failed: {e.GetType().Name}: {e.Message}");
-                }
-            }
-            finally
-            {
-                _spare?.Release();
-            }
-        }
-
-        private unsafe void KickLoop()
-        {
-            Span<PollFd> fds = stackalloc PollFd[2];
-            var window = new PollWindow(_pollMax);
-            // When the last drain began: the window stretches after long ones.
-            long drainStart = Stopwatch.GetTimestamp();
-            while (!StopRequested && !_ring._broken)
-            {
-                // The ring just ran dry (or the worker just started).
-                long dryAt = Stopwatch.GetTimestamp();
-                long busy = dryAt - drainStart;
-                long windowTicks = window.After(busy);
-                if (windowTicks > 0 && PollForMore(dryAt, dryAt + windowTicks, out drainStart))
-                {
-                    Drain();
-                    continue;
-                }
-                fds[0] = new PollFd { Fd = _kick!.Fd, Events = Libc.POLLIN };
-                fds[1] = new PollFd { Fd = _ring._stopEvent.Fd, Events = Libc.POLLIN };
-                int n;
-                fixed (PollFd* p = fds)
-                {
-                    // SAFETY: p points at the two PollFd entries of the stack span.
-                    n = Libc.Poll(p, 2, -1);
-                }
-                if (n < 0)
-                {
-                    if (Libc.LastErrno == Errno.EINTR)
-                    {
-                        // Nothing was drained: the next window is not stretched by this sleep.
-                        drainStart = Stopwatch.GetTimestamp();
-                        continue;
-                    }
-                    _ring.MarkBroken("poll on its kick fd failed: " + PosixException.Describe(Libc.LastErrno));
-                    return;
-                }
-                if (StopRequested || (fds[1].REvents & Libc.POLLIN) != 0)
-                {
-                    return;
-                }
-                if ((fds[0].REvents & (Libc.POLLERR | Libc.POLLNVAL | Libc.POLLHUP)) != 0)
-                {
-                    _ring.MarkBroken("its kick fd reported an error");
-                    return;
-                }
-                if ((fds[0].REvents & Libc.POLLIN) != 0)
-                {
-                    drainStart = Stopwatch.GetTimestamp();
-                    window.Waited(drainStart - dryAt, busy);
-                    _kick.Consume();
-                    Drain();
-                }
-            }
-        }
-
-        /// <summary>Checks the avail ring from <paramref name="start"/> until <paramref name="deadline"/>
-        /// (<see cref="Stopwatch"/> timestamps) with the driver's kicks suppressed. True when chains
-        /// are there to drain; false when none came: notifications are enabled again and the worker
-        /// may sleep. <paramref name="now"/>: the last timestamp it read, just before the check
-        /// that saw chains.</summary>
-        private bool PollForMore(long start, long deadline, out long now)
-        {
-            _queue.DisableNotifications();
-            now = start;
-            int round = 0;
-            while (!StopRequested && !_ring._broken)
-            {
-                if (_queue.HasAvailable())
-                {
-                    return true;
-                }
-                if (now >= deadline)
-                {
-                    break;
-                }
-                // Give the CPU away now and then: the driver may be waiting for it.
-                if ((++round & 3) == 0)
-                {
-                    Thread.Yield();
-                }
-                else
-                {
-                    Thread.SpinWait(20);
-                }
-                // Read after the yield, which may have lasted a time slice: when chains are seen
-                // next, now is when, and the drain that follows is not charged for the yield.
-                now = Stopwatch.GetTimestamp();
-            }
-            // A chain published just before the driver saw notifications enabled again is drained, not slept on.
-            return _queue.EnableNotifications();
-        }
-
-        private unsafe void PollLoop()
-        {
-            var idle = new SpinWait();
-            var stop = new PollFd { Fd = _ring._stopEvent.Fd, Events = Libc.POLLIN };
-            while (!StopRequested && !_ring._broken)
-            {
-                if (_queue.HasAvailable())
-                {
-                    idle.Reset();
-                    Drain();
-                    continue;
-                }
-                if (!idle.NextSpinWillYield)
-                {
-                    idle.SpinOnce();
-                    continue;
-                }
-                // Idle: sleep a little on the stop fd so a stop request is still seen at once.
-                Libc.Poll(&stop, 1, PollIntervalMs);
-            }
-        }
-
-        private void Drain()
-        {
-            do
-            {
-                _queue.DisableNotifications();
-                while (true)
-                {
-                    if (StopRequested || _ring._broken)
-                    {
-                        return;
-                    }
-                    var chain = _spare ?? _ring.RentChain();
-                    _spare = chain;
-                    var result = _queue.TryPop(chain);
-                    if (result == PopResult.Empty)
-                    {
-                        break;
-                    }
-                    if (result == PopResult.Malformed)
-                    {
-                        _ring.MarkBroken($"malformed chain at head {chain.Head}: {chain.Error}");
-                        return;
-                    }
-                    if (!Track(chain))
-                    {
-                        return;
-                    }
-                    _spare = null;
-                    Handling = chain;
-                    CompletedInline = false;
-                    Volatile.Write(ref _phase, InHandler);
-                    try
-                    {
-                        _handler.HandleChain(_ring, chain);
-                    }
-                    catch
-                    {
-                        Handling = null;
-                        LeaveHandler();
-                        // The chain will not be completed: stop waiting for it (a late completion is
-                        // dropped). Only this chain's own entry, as its completion would, even when
-                        // the worker was given up on meanwhile.
-                        _ring.Untrack(chain);
-                        throw;
-                    }
-                    Handling = null;
-                    if (!LeaveHandler())
-                    {
-                        // Given up on while in the handler: the ring may have a new worker by now.
-                        // Leave without touching it (StopRequested is set: the loops end too).
-                        return;
-                    }
-                    if (CompletedInline)
-                    {
-                        // Completed during HandleChain on this thread: ours to reuse.
-                        _spare = chain;
-                    }
-                    // Otherwise the handler kept it (or another thread completed it and pooled it): not ours.
-                }
-                SignalIfPending();
-            }
-            while (_queue.EnableNotifications());
-            SignalIfPending();
-        }
-
-        private bool Track(DescriptorChain chain)
-        {
-            lock (_ring._lock)
-            {
-                ushort head = chain.Head;
-                if (_ring._inFlight[head] != null)
-                {
-                    _ring.MarkBrokenLocked($"the driver made head {head} available again while it is in flight");
-                }
-                else
-                {
-                    _ring._inFlight[head] = chain;
-                    _ring._inFlightCount++;
-                    return true;
-                }
-            }
-            _ring._onBroken?.Invoke(_ring);
-            return false;
-        }
-
-        private void SignalIfPending()
-        {
-            lock (_ring._lock)
-            {
-                if (_ring._signalPending)
-                {
-                    _ring._signalPending = false;
-                    if (_ring.NeedsSignalLocked(_queue))
-                    {
-                        _ring._call?.Signal();
-                    }
-                }
-            }
-        }
-    }
-
     /// <summary>Stops the worker, abandons chains in flight and closes every fd.</summary>
     public void Dispose()
     {
         Stop();
         SetErr(null);
         _stopEvent.Dispose();
-        lock (_pool)
-        {
-            _pool.Clear();
-        }
+        _pool.Clear();
     }
 }

@@ -96,9 +96,15 @@ public sealed class DescriptorChain
     /// <summary>True while the chain holds segments (between a successful pop and <see cref="Release"/>).</summary>
     public bool IsHeld => _view.IsHeld;
 
+    /// <summary>Changes with every pop into the chain and every <see cref="Release"/>: an
+    /// <see cref="OwnedChain"/> remembers it, so a completion can tell whether the chain is still the
+    /// one it was handed out as.</summary>
+    public ulong Generation { get; private set; }
+
     /// <summary>Drops the segments and the memory view they point into. Idempotent.</summary>
     public void Release()
     {
+        Generation++;
         var view = _view;
         _view = default;
         _readableCount = 0;

@@ -93,7 +93,7 @@ public sealed unsafe class TestFsDevice : IVhostUserDevice, IDisposable
     /// <see cref="AnswerHeld"/> (the answer is what the server said when the request arrived).</summary>
     public bool HoldAnswered { get; set; }
 
-    private readonly ConcurrentQueue<(Vring Ring, DescriptorChain Chain, ulong Unique, uint? Answer)> _held = new();
+    private readonly ConcurrentQueue<(OwnedChain Owned, ulong Unique, uint? Answer)> _held = new();
 
     public int HeldCount => _held.Count;
 
@@ -117,8 +117,8 @@ public sealed unsafe class TestFsDevice : IVhostUserDevice, IDisposable
         while (_held.TryDequeue(out var held))
         {
             uint length = held.Answer is uint answer ? answer
-                : error is int e ? WriteError(held.Chain, held.Unique, e) : (uint)Handle(held.Chain);
-            held.Ring.Complete(held.Chain, length);
+                : error is int e ? WriteError(held.Owned.Chain, held.Unique, e) : (uint)Handle(held.Owned.Chain);
+            held.Owned.Complete(length);
         }
     }
 
@@ -127,7 +127,7 @@ public sealed unsafe class TestFsDevice : IVhostUserDevice, IDisposable
     {
         while (_held.TryDequeue(out var held))
         {
-            held.Ring.Complete(held.Chain, WriteHeader(held.Chain, header(held.Unique)));
+            held.Owned.Complete(WriteHeader(held.Owned.Chain, header(held.Unique)));
         }
     }
 
@@ -163,8 +163,9 @@ public sealed unsafe class TestFsDevice : IVhostUserDevice, IDisposable
             _index = index;
         }
 
-        public void HandleChain(Vring vring, DescriptorChain chain)
+        public void HandleChain(OwnedChain owned, RingBacklog backlog)
         {
+            var chain = owned.Chain;
             var readable = chain.Readable;
             FuseInHeader header = default;
             if (readable.Length > 0 && readable[0].Length >= (nuint)FuseInHeader.Size)
@@ -179,10 +180,10 @@ public sealed unsafe class TestFsDevice : IVhostUserDevice, IDisposable
             if (_device.Hold?.Invoke(_index, opcode) == true)
             {
                 uint? answer = _device.HoldAnswered ? (uint)_device.Handle(chain) : null;
-                _device._held.Enqueue((vring, chain, header.Unique, answer));
+                _device._held.Enqueue((owned, header.Unique, answer));
                 return;
             }
-            vring.Complete(chain, (uint)_device.Handle(chain));
+            owned.Complete((uint)_device.Handle(chain));
         }
     }
 

@@ -89,7 +89,7 @@ public sealed class VhostUserTestDevice : IVhostUserDevice
 public sealed class EchoVringHandler : IVringHandler, IDisposable
 {
     private readonly int _deferEvery;
-    private readonly BlockingCollection<(Vring, DescriptorChain)> _deferred = new();
+    private readonly BlockingCollection<OwnedChain> _deferred = new();
     private readonly Thread? _completer;
     private long _handled;
     private long _deferredCount;
@@ -110,29 +110,29 @@ public sealed class EchoVringHandler : IVringHandler, IDisposable
     /// <summary>The byte the device writes at <paramref name="position"/> for input byte <paramref name="value"/>.</summary>
     public static byte Transform(byte value, int position) => (byte)(value ^ 0xA5 ^ (position * 31));
 
-    public void HandleChain(Vring vring, DescriptorChain chain)
+    public void HandleChain(OwnedChain chain, RingBacklog backlog)
     {
         long n = Interlocked.Increment(ref _handled);
         if (_deferEvery > 0 && n % _deferEvery == 0)
         {
             Interlocked.Increment(ref _deferredCount);
-            _deferred.Add((vring, chain));
+            _deferred.Add(chain);
             return;
         }
-        vring.Complete(chain, Echo(chain));
+        chain.Complete(Echo(chain));
     }
 
     private void CompleteDeferred()
     {
-        foreach (var (vring, chain) in _deferred.GetConsumingEnumerable())
+        foreach (var chain in _deferred.GetConsumingEnumerable())
         {
             Thread.Sleep(0);
-            vring.Complete(chain, Echo(chain));
+            chain.Complete(Echo(chain));
         }
     }
 
     /// <summary>Writes the transformed readable bytes into the writable segments; returns bytes written.</summary>
-    public static unsafe uint Echo(DescriptorChain chain)
+    public static unsafe uint Echo(in OwnedChain chain)
     {
         var readable = chain.Readable;
         var writable = chain.Writable;
@@ -254,22 +254,22 @@ public sealed class VhostUserBackendHarness : IDisposable
 /// <summary>Keeps every chain it is given (to be completed by the test), or throws when told to.</summary>
 public sealed class KeepingVringHandler : IVringHandler
 {
-    public BlockingCollection<(Vring Vring, DescriptorChain Chain)> Kept { get; } = new();
+    public BlockingCollection<OwnedChain> Kept { get; } = new();
 
     /// <summary>When set, HandleChain throws instead of keeping the chain.</summary>
     public bool Throw { get; set; }
 
-    public void HandleChain(Vring vring, DescriptorChain chain)
+    public void HandleChain(OwnedChain chain, RingBacklog backlog)
     {
         if (Throw)
         {
             throw new InvalidOperationException("handler failure (test)");
         }
-        Kept.Add((vring, chain));
+        Kept.Add(chain);
     }
 
     /// <summary>Takes the next kept chain, waiting up to 10 s.</summary>
-    public (Vring Vring, DescriptorChain Chain) Take()
+    public OwnedChain Take()
     {
         if (!Kept.TryTake(out var item, TimeSpan.FromSeconds(10)))
         {

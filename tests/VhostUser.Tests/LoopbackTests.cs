@@ -141,9 +141,9 @@ public sealed class LoopbackTests
         public long AllocatedBytes { get; private set; }
         public bool Done { get; private set; }
 
-        public void HandleChain(Vring vring, DescriptorChain chain)
+        public void HandleChain(OwnedChain chain, RingBacklog backlog)
         {
-            vring.Complete(chain, EchoVringHandler.Echo(chain));
+            chain.Complete(EchoVringHandler.Echo(chain));
             _count++;
             if (_count == warmup)
             {

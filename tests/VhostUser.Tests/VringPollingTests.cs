@@ -151,10 +151,10 @@ public sealed class VringPollingTests : IDisposable
     /// <summary>Echoes each chain after keeping the worker busy for <paramref name="busy"/>.</summary>
     private sealed class SlowEchoHandler(TimeSpan busy) : IVringHandler
     {
-        public void HandleChain(Vring vring, DescriptorChain chain)
+        public void HandleChain(OwnedChain chain, RingBacklog backlog)
         {
             Thread.Sleep(busy);
-            vring.Complete(chain, EchoVringHandler.Echo(chain));
+            chain.Complete(EchoVringHandler.Echo(chain));
         }
     }
 

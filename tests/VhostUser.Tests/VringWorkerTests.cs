@@ -79,18 +79,18 @@ public sealed class VringWorkerTests : IDisposable
             Add(i);
         }
         // All eight reach the handler although none was completed: the worker pops on with fresh chains.
-        var kept = new List<(Vring, DescriptorChain)>();
+        var kept = new List<OwnedChain>();
         for (int i = 0; i < 8; i++)
         {
             kept.Add(_keeper.Take());
         }
         Assert.Equal(8, _h!.Backend.Vrings[0].InFlightCount);
-        Assert.Equal(8, kept.Select(k => k.Item2).Distinct().Count());
+        Assert.Equal(8, kept.Select(k => k.Chain).Distinct().Count());
         var completer = new Thread(() =>
         {
-            foreach (var (vring, chain) in kept)
+            foreach (var chain in kept)
             {
-                vring.Complete(chain, EchoVringHandler.Echo(chain));
+                chain.Complete(EchoVringHandler.Echo(chain));
             }
         });
         completer.Start();
@@ -126,9 +126,9 @@ public sealed class VringWorkerTests : IDisposable
         var completer = new Thread(() =>
         {
             Thread.Sleep(300);
-            foreach (var (vring, chain) in kept)
+            foreach (var chain in kept)
             {
-                vring.Complete(chain, EchoVringHandler.Echo(chain));
+                chain.Complete(EchoVringHandler.Echo(chain));
             }
         });
         var watch = Stopwatch.StartNew();
@@ -156,11 +156,53 @@ public sealed class VringWorkerTests : IDisposable
         Assert.Equal(2u, _h!.Frontend.GetVringBase(0));
         Assert.InRange(watch.ElapsedMilliseconds, 150, 5000);
         Assert.Contains(_h.Log.Messages(LogEventLevel.Warning), m => m.Contains("abandoned"));
-        a.Vring.Complete(a.Chain, 16);
-        b.Vring.Complete(b.Chain, 16);
+        a.Complete(16);
+        b.Complete(16);
         Assert.False(_guest.Queue(0).HasUsed());
         Assert.False(a.Chain.IsHeld);
         Assert.Equal(2UL, _h.Frontend.GetQueueNum());
+    }
+
+    [Fact]
+    public void ASecondCompletionOfAHandOutLeavesTheNextPopIntoItsChainAlone()
+    {
+        Start(_keeper);
+        var ring = _h!.Backend.Vrings[0];
+        Add(0);
+        var first = _keeper.Take();
+        first.Complete(EchoVringHandler.Echo(first));
+        ReapOne(0);
+        Assert.False(first.IsCurrent);
+
+        // The completed chain object goes back to the ring's pool: pop until the worker pops into it again.
+        var held = new List<OwnedChain>();
+        OwnedChain reused = default;
+        for (int slot = 1; slot <= 4 && reused.Chain is null; slot++)
+        {
+            Add(slot);
+            var owned = _keeper.Take();
+            held.Add(owned);
+            if (ReferenceEquals(owned.Chain, first.Chain))
+            {
+                reused = owned;
+            }
+        }
+        Assert.NotNull(reused.Chain);
+
+        // A handler bug: the first hand-out completed again. It must neither publish nor release the new one.
+        first.Complete(16);
+        Assert.True(reused.IsCurrent, "the second completion released the chain's next hand-out");
+        Assert.True(reused.Chain.IsHeld);
+        Assert.Equal(held.Count, ring.InFlightCount);
+        Assert.False(_guest.Queue(0).HasUsed());
+
+        foreach (var owned in held)
+        {
+            owned.Complete(EchoVringHandler.Echo(owned));
+        }
+        var used = ReapExactly(held.Count);
+        Assert.All(used.Values, len => Assert.Equal(16u, len));
+        Assert.Equal(0, ring.InFlightCount);
     }
 
     [Fact]
@@ -289,17 +331,18 @@ public sealed class VringWorkerTests : IDisposable
         {
             heads.Add(Add(slot));
         }
-        var kept = new List<(Vring Vring, DescriptorChain Chain)>();
+        var kept = new List<OwnedChain>();
         for (int i = 0; i < 8; i++)
         {
             kept.Add(gated.Take());
         }
         Assert.Equal(8, kept.Select(k => k.Chain).Distinct().Count());
-        foreach (var (vring, chain) in kept)
+        foreach (var owned in kept)
         {
-            Assert.True(chain.IsHeld, $"chain of head {chain.Head} was released while its handler held it");
-            Assert.Equal(16UL, chain.ReadableBytes);
-            vring.Complete(chain, EchoVringHandler.Echo(chain));
+            Assert.True(owned.Chain.IsHeld, $"chain of head {owned.Chain.Head} was released while its handler held it");
+            Assert.True(owned.IsCurrent, $"chain of head {owned.Chain.Head} was popped into again while its handler held it");
+            Assert.Equal(16UL, owned.Chain.ReadableBytes);
+            owned.Complete(EchoVringHandler.Echo(owned));
         }
         var used = ReapExactly(8);
         Assert.Equal(heads.Order(), used.Keys.Order());
@@ -417,7 +460,7 @@ public sealed class VringWorkerTests : IDisposable
     {
         private readonly ConcurrentDictionary<int, ManualResetEventSlim> _gates = new();
         private readonly ConcurrentDictionary<int, ManualResetEventSlim> _entered = new();
-        private readonly BlockingCollection<(Vring, DescriptorChain)> _kept = new();
+        private readonly BlockingCollection<OwnedChain> _kept = new();
 
         public ConcurrentDictionary<int, Thread> Threads { get; } = new();
         public ConcurrentDictionary<int, bool> MoreAvailable { get; } = new();
@@ -434,13 +477,13 @@ public sealed class VringWorkerTests : IDisposable
 
         public void WaitEntered(int slot) => Assert.True(_entered[slot].Wait(TimeSpan.FromSeconds(10)), $"slot {slot} did not reach the handler");
 
-        public (Vring Vring, DescriptorChain Chain) Take()
+        public OwnedChain Take()
         {
             Assert.True(_kept.TryTake(out var item, TimeSpan.FromSeconds(10)), "no chain was kept within 10 s");
             return item;
         }
 
-        public void HandleChain(Vring vring, DescriptorChain chain)
+        public void HandleChain(OwnedChain chain, RingBacklog backlog)
         {
             // SAFETY: the test's requests have at least one readable byte, in a segment the chain holds.
             int slot = *(byte*)chain.Readable[0].Base;
@@ -450,17 +493,17 @@ public sealed class VringWorkerTests : IDisposable
                 _entered[slot].Set();
                 gate.Wait(TimeSpan.FromSeconds(30));
             }
-            MoreAvailable[slot] = vring.HasMoreAvailable;
+            MoreAvailable[slot] = backlog.HasMore;
             if (ThrowAfterGate.Contains(slot))
             {
                 throw new InvalidOperationException("handler failure (test)");
             }
             if (slot >= KeepFrom)
             {
-                _kept.Add((vring, chain));
+                _kept.Add(chain);
                 return;
             }
-            vring.Complete(chain, EchoVringHandler.Echo(chain));
+            chain.Complete(EchoVringHandler.Echo(chain));
         }
     }
 }

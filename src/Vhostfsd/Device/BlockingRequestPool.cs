@@ -1,6 +1,5 @@
 using Vhostfsd.FuseProtocol;
 using Vhostfsd.FusePassthrough;
-using Vhostfsd.VhostUser;
 using Vhostfsd.Virtqueue;
 
 namespace Vhostfsd.Device;
@@ -12,10 +11,12 @@ namespace Vhostfsd.Device;
 /// holds the lock must not queue behind it (that would deadlock the two). Threads that were added
 /// stay. Work items live in a preallocated ring buffer: no allocation per request. When the buffer
 /// is full the caller runs the request itself.</summary>
+/// <remarks>A queued chain is the pool's until a thread has run it and completed it through its
+/// <see cref="OwnedChain"/>: the pool knows nothing of where the chain came from.</remarks>
 public sealed class BlockingRequestPool : IDisposable
 {
     private readonly FuseServer _server;
-    private readonly (Vring Ring, DescriptorChain Chain, FuseRequestHeader Request, bool Copy)[] _items;
+    private readonly (OwnedChain Chain, FuseRequestHeader Request, bool Copy)[] _items;
     /// <summary>Threads added beyond the configured count at most (so at most this many lock
     /// waits can be parked before a further request queues behind them).</summary>
     public const int MaxExtraThreads = 64;
@@ -41,7 +42,7 @@ public sealed class BlockingRequestPool : IDisposable
             throw new ArgumentOutOfRangeException(nameof(threads), threads, "a pool needs at least one thread");
         }
         _server = server;
-        _items = new (Vring, DescriptorChain, FuseRequestHeader, bool)[capacity];
+        _items = new (OwnedChain, FuseRequestHeader, bool)[capacity];
         _threads = new List<Thread>(threads);
         _maxThreads = threads + MaxExtraThreads;
         lock (_lock)
@@ -72,9 +73,10 @@ public sealed class BlockingRequestPool : IDisposable
         thread.Start();
     }
 
-    /// <summary>Queues a chain with the header it was routed by (it runs as that header says); false
-    /// when the pool is full or stopping (the caller then runs it inline).</summary>
-    public bool TryEnqueue(Vring ring, DescriptorChain chain, in FuseRequestHeader request)
+    /// <summary>Queues a chain with the header it was routed by (it runs as that header says); true
+    /// when the pool took it (and with it the duty to complete it); false when the pool is full or
+    /// stopping (the caller keeps it and runs it inline).</summary>
+    public bool TryEnqueue(in OwnedChain chain, in FuseRequestHeader request)
     {
         lock (_lock)
         {
@@ -82,7 +84,7 @@ public sealed class BlockingRequestPool : IDisposable
             {
                 return false;
             }
-            AddLocked(ring, chain, in request, copy: false);
+            AddLocked(in chain, in request, copy: false);
             _blocking++;
             if (_count > _idle && _threads.Count < _maxThreads)
             {
@@ -99,7 +101,7 @@ public sealed class BlockingRequestPool : IDisposable
     /// worker finished its own copy and came back to the ring (a third of a CPU unused at 16 callers
     /// on one queue). A copy never queues behind a lock wait or a sync: threads holding those do not
     /// count. Never starts a thread. False otherwise; the caller then runs it itself.</summary>
-    public bool TryEnqueueCopy(Vring ring, DescriptorChain chain, in FuseRequestHeader request)
+    public bool TryEnqueueCopy(in OwnedChain chain, in FuseRequestHeader request)
     {
         lock (_lock)
         {
@@ -107,7 +109,7 @@ public sealed class BlockingRequestPool : IDisposable
             {
                 return false;
             }
-            AddLocked(ring, chain, in request, copy: true);
+            AddLocked(in chain, in request, copy: true);
             _copies++;
             _handedOffCopies++;
             return true;
@@ -116,9 +118,9 @@ public sealed class BlockingRequestPool : IDisposable
 
     /// <summary>Appends a chain to the work ring and wakes one waiting thread (the pulse reaches
     /// nobody when all are busy; the next one to finish finds the item).</summary>
-    private void AddLocked(Vring ring, DescriptorChain chain, in FuseRequestHeader request, bool copy)
+    private void AddLocked(in OwnedChain chain, in FuseRequestHeader request, bool copy)
     {
-        _items[(_head + _count) % _items.Length] = (ring, chain, request, copy);
+        _items[(_head + _count) % _items.Length] = (chain, request, copy);
         _count++;
         Monitor.Pulse(_lock);
     }
@@ -132,8 +134,7 @@ public sealed class BlockingRequestPool : IDisposable
         bool copy = false;
         while (true)
         {
-            Vring ring;
-            DescriptorChain chain;
+            OwnedChain chain;
             FuseRequestHeader request;
             lock (_lock)
             {
@@ -159,18 +160,18 @@ public sealed class BlockingRequestPool : IDisposable
                 {
                     return;
                 }
-                (ring, chain, request, copy) = _items[_head];
+                (chain, request, copy) = _items[_head];
                 ranOne = true;
                 _items[_head] = default;
                 _head = (_head + 1) % _items.Length;
                 _count--;
             }
-            FuseRequestHandler.Execute(_server, ring, chain, in request);
+            FuseRequestHandler.Execute(_server, in chain, in request);
         }
     }
 
     /// <summary>Lets the queued requests finish, then stops the threads (bounded wait: a thread
-    /// stuck in a lock wait is left behind, as the rings' stop logic abandons its chain).</summary>
+    /// stuck in a lock wait is left behind, as a ring's stop abandons its chain).</summary>
     public void Dispose()
     {
         lock (_lock)

@@ -30,7 +30,7 @@ public sealed class FuseRequestHandler : IVringHandler
     /// the same MiB/s for 80 % more daemon CPU per MiB (docs/performance.md).</summary>
     public const int LargeReadBytes = 128 * 1024;
 
-    public void HandleChain(Vring vring, DescriptorChain chain)
+    public void HandleChain(OwnedChain chain, RingBacklog backlog)
     {
         // The one read of the header from guest memory: the route and the run both follow this copy.
         var request = FuseRequestHeader.Read(chain.Readable);
@@ -38,19 +38,20 @@ public sealed class FuseRequestHandler : IVringHandler
         {
             switch (FuseServer.Triage(in request, LargeReadBytes))
             {
-                case RequestTriage.MayBlock when _pool.TryEnqueue(vring, chain, in request):
-                case RequestTriage.LargeRead when vring.HasMoreAvailable && _pool.TryEnqueueCopy(vring, chain, in request):
+                // Taken by the pool: its thread completes the chain.
+                case RequestTriage.MayBlock when _pool.TryEnqueue(in chain, in request):
+                case RequestTriage.LargeRead when backlog.HasMore && _pool.TryEnqueueCopy(in chain, in request):
                     return;
             }
         }
-        Execute(_server, vring, chain, in request);
+        Execute(_server, in chain, in request);
     }
 
     /// <summary>Runs one request, as <paramref name="request"/> (its header, copied when it was
     /// routed) says, and completes its chain: the reply is published only after the operation finished.</summary>
-    internal static void Execute(FuseServer server, Vring vring, DescriptorChain chain, in FuseRequestHeader request)
+    internal static void Execute(FuseServer server, in OwnedChain chain, in FuseRequestHeader request)
     {
         int written = server.HandleRequest(in request, chain.Readable, chain.Writable);
-        vring.Complete(chain, (uint)written);
+        chain.Complete((uint)written);
     }
 }
