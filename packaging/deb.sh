@@ -5,6 +5,7 @@
 # usage: packaging/deb.sh OUTDIR      (CONFIG=Release|Debug picks the build; Release by default)
 # Prints the path of the .deb it wrote.
 set -euo pipefail
+umask 022
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 out="${1:?usage: deb.sh OUTDIR}"
