@@ -1,6 +1,5 @@
 using System.Diagnostics.CodeAnalysis;
 using System.Reflection;
-using System.Runtime.CompilerServices;
 
 namespace Vhostfsd.Hosting;
 
@@ -38,13 +37,19 @@ internal static class Preload
     /// executable, which has no assembly files).</summary>
     public static int BeforeSandbox()
     {
-        int assemblies = RuntimeFeature.IsDynamicCodeSupported ? LoadReferencedAssemblies() : 0;
+        int assemblies = RunsFromAssemblyFiles ? LoadReferencedAssemblies() : 0;
         StartRuntimeServices();
         return assemblies;
     }
 
+    /// <summary>True on the JIT build, whose assemblies are files the host lists for the runtime
+    /// (the trusted platform assemblies); the native executable has none. RuntimeFeature's
+    /// IsDynamicCodeSupported cannot tell: a project that publishes AOT switches it off for its
+    /// JIT build too.</summary>
+    internal static bool RunsFromAssemblyFiles => AppContext.GetData("TRUSTED_PLATFORM_ASSEMBLIES") is string;
+
     // The walk reads assembly metadata, which trimming may remove; it runs only on the JIT
-    // (dynamic code supported), where every assembly is a whole IL file. The native executable
+    // (RunsFromAssemblyFiles), where every assembly is a whole IL file. The native executable
     // has no assembly to load and never calls it.
     [UnconditionalSuppressMessage("Trimming", "IL2026", Justification = "Runs only on the JIT, where assemblies are untrimmed IL files")]
     private static int LoadReferencedAssemblies()

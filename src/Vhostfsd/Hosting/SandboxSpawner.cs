@@ -1,6 +1,5 @@
 using System.Collections;
 using System.Globalization;
-using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Text;
 using Serilog;
@@ -173,7 +172,7 @@ internal static unsafe class SandboxSpawner
                 environment.Add(key + "=" + (string?)entry.Value);
             }
         }
-        if (!diagnosticsChosen && RuntimeFeature.IsDynamicCodeSupported)
+        if (!diagnosticsChosen && Preload.RunsFromAssemblyFiles)
         {
             // On the JIT (make run-jit), the runtime's diagnostics server would create its IPC
             // socket in the host's /tmp and could never remove it from inside the sandbox; leave
@@ -327,15 +326,15 @@ internal static unsafe class SandboxSpawner
 
     /// <summary>argv for the copy: the same program and arguments. The native executable is the
     /// program; under the dotnet host (the JIT build, make run-jit) the executable is the host
-    /// and the program is the entry assembly, the first command-line argument.</summary>
+    /// and the program is the entry assembly, vhostfsd.dll in the application directory.</summary>
     private static string[] ChildArguments()
     {
         string executable = Environment.ProcessPath ?? SelfExecutable;
         string[] args = Environment.GetCommandLineArgs();
         var argv = new List<string> { executable };
-        if (RuntimeFeature.IsDynamicCodeSupported && Path.GetFileNameWithoutExtension(executable) == "dotnet")
+        if (Preload.RunsFromAssemblyFiles && Path.GetFileNameWithoutExtension(executable) == "dotnet")
         {
-            argv.Add(args[0]);
+            argv.Add(Path.Combine(AppContext.BaseDirectory, AppDomain.CurrentDomain.FriendlyName + ".dll"));
         }
         for (int i = 1; i < args.Length; i++)
         {
