@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that the build, the tests, the demo and the benchmark need, if
-# missing: clang (links the native executable), help2man (its man page in the .deb), QEMU 7.2 (with the reference daemon /usr/lib/qemu/virtiofsd), busybox-static, cpio and
-# kmod for the guest initramfs, fuse3, fio, stress-ng, attr/acl tools.
+# missing: clang (links the native executable), help2man (its man page in the .deb), QEMU 7.2
+# (with the reference daemon /usr/lib/qemu/virtiofsd), busybox-static, cpio and kmod for the
+# guest initramfs, fuse3, fio, stress-ng, attr/acl tools.
 # With --build, only what `make build` needs (clang). Safe to run repeatedly; does nothing
 # when everything is present.
 set -euo pipefail

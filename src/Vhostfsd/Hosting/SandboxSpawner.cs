@@ -100,8 +100,9 @@ internal static unsafe class SandboxSpawner
     }
 
     /// <summary>Gives the spawned process the name of its executable. Started through
-    /// /proc/self/exe, the kernel names it "exe", which ps, pgrep and the journal would show; the
-    /// name is the calling thread's, so this runs on the main thread before it starts others.</summary>
+    /// /proc/self/exe, the kernel names it "exe", which ps, pgrep and the journal would show.
+    /// PR_SET_NAME names the calling thread, and the main thread's name is the process's (threads
+    /// it starts afterwards take it too), so the main thread calls this.</summary>
     public static void NameAfterExecutable()
     {
         string name = Path.GetFileName(Environment.ProcessPath ?? "vhostfsd");
