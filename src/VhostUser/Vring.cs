@@ -30,6 +30,12 @@ public sealed class Vring : IDisposable
 {
     private const int PollIntervalMs = 1;
 
+    /// <summary>How long a polling worker spins between two looks at the avail ring, 1 µs: a time,
+    /// not a count of Thread.SpinWait iterations, whose length each runtime calibrates its own way
+    /// (SpinWait(20) lasts about 1.2 µs on the JIT here and 0.5 µs in the native build, which then
+    /// yielded its CPU 2.4 times as often while it polled).</summary>
+    private static readonly long SpinBetweenLooks = Stopwatch.Frequency / 1_000_000;
+
     private readonly object _lock = new();
     private readonly ILogger _log;
     private readonly VhostUserBackendOptions _options;
@@ -767,7 +773,12 @@ public sealed class Vring : IDisposable
                 }
                 else
                 {
-                    Thread.SpinWait(20);
+                    long until = now + SpinBetweenLooks;
+                    do
+                    {
+                        Thread.SpinWait(1);
+                    }
+                    while (Stopwatch.GetTimestamp() < until);
                 }
                 // Read after the yield, which may have lasted a time slice: when chains are seen
                 // next, now is when, and the drain that follows is not charged for the yield.
