@@ -30,14 +30,21 @@ public sealed class DaemonSpec
 
     public (string File, IReadOnlyList<string> Args) Command(string socket, string dir) => _command(socket, dir);
 
-    /// <summary>vhostfsd with the guest caches off (--cache never) and the same sandbox as the reference
-    /// (chroot), so both serve every request from one process.</summary>
-    public static DaemonSpec Vhostfsd(string dll)
+    /// <summary>vhostfsd's arguments besides the socket and the directory: the guest caches off (--cache never)
+    /// and the same sandbox as the reference (chroot).</summary>
+    private static readonly string[] VhostfsdArgs = ["--cache", "never", "--sandbox", "chroot", "--log-level", "warn"];
+
+    /// <summary>vhostfsd as it ships, the native executable, with <see cref="VhostfsdArgs"/>.</summary>
+    public static DaemonSpec Vhostfsd(string executable) =>
+        new("vhostfsd", $"{executable} --socket-path {{socket}} --shared-dir {{dir}} {string.Join(' ', VhostfsdArgs)}",
+            (socket, dir) => (executable, ["--socket-path", socket, "--shared-dir", dir, .. VhostfsdArgs]));
+
+    /// <summary>The same daemon on the JIT (dotnet vhostfsd.dll, the debugging build), for comparing the two.</summary>
+    public static DaemonSpec VhostfsdJit(string dll)
     {
         string dotnet = FindDotnet();
-        string[] fixedArgs = ["--cache", "never", "--sandbox", "chroot", "--log-level", "warn"];
-        return new DaemonSpec("vhostfsd", $"{dotnet} {dll} --socket-path {{socket}} --shared-dir {{dir}} {string.Join(' ', fixedArgs)}",
-            (socket, dir) => (dotnet, [dll, "--socket-path", socket, "--shared-dir", dir, .. fixedArgs]));
+        return new DaemonSpec("vhostfsd-jit", $"{dotnet} {dll} --socket-path {{socket}} --shared-dir {{dir}} {string.Join(' ', VhostfsdArgs)}",
+            (socket, dir) => (dotnet, [dll, "--socket-path", socket, "--shared-dir", dir, .. VhostfsdArgs]));
     }
 
     /// <summary>QEMU 7.2's C virtiofsd with cache=none (its default --thread-pool-size is 0: requests run inline
@@ -77,26 +84,27 @@ public sealed class DaemonSpec
         return "dotnet";
     }
 
-    /// <summary>vhostfsd.dll: next to this program, else src/Vhostfsd/bin/Release|Debug above it.</summary>
-    public static string FindVhostfsdDll()
+    /// <summary>The native vhostfsd (src/Vhostfsd/bin/CONFIG/native/vhostfsd, published by make build) above this
+    /// program.</summary>
+    public static string FindVhostfsd() => FindBuilt(Path.Combine("native", "vhostfsd"));
+
+    /// <summary>The JIT build's vhostfsd.dll (src/Vhostfsd/bin/CONFIG/net10.0) above this program.</summary>
+    public static string FindVhostfsdDll() => FindBuilt(Path.Combine("net10.0", "vhostfsd.dll"));
+
+    private static string FindBuilt(string file)
     {
-        string local = Path.Combine(AppContext.BaseDirectory, "vhostfsd.dll");
-        if (File.Exists(local))
-        {
-            return local;
-        }
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir != null; dir = dir.Parent)
         {
             foreach (string config in new[] { "Release", "Debug" })
             {
-                string candidate = Path.Combine(dir.FullName, "src", "Vhostfsd", "bin", config, "net10.0", "vhostfsd.dll");
+                string candidate = Path.Combine(dir.FullName, "src", "Vhostfsd", "bin", config, file);
                 if (File.Exists(candidate))
                 {
                     return candidate;
                 }
             }
         }
-        throw new FileNotFoundException("vhostfsd.dll was not found under src/Vhostfsd/bin; run 'make build' first (or pass --vhostfsd-dll)");
+        throw new FileNotFoundException($"{file} was not found under src/Vhostfsd/bin/CONFIG; run 'make build' first (or pass --vhostfsd)");
     }
 }
 

@@ -8,9 +8,10 @@ using Vhostfsd.Bench;
 
 var daemonOption = new Option<string[]>("--daemon")
 {
-    Description = "Daemon to measure (repeatable): vhostfsd, reference (/usr/lib/qemu/virtiofsd), or a command with {socket} and {dir} " +
+    Description = "Daemon to measure (repeatable): vhostfsd (the native executable), vhostfsd-jit (the same program on the JIT: " +
+        "dotnet vhostfsd.dll), reference (/usr/lib/qemu/virtiofsd), or a command with {socket} and {dir} " +
         "(optionally NAME=COMMAND) [default: vhostfsd and reference]",
-    HelpName = "vhostfsd|reference|CMD",
+    HelpName = "vhostfsd|vhostfsd-jit|reference|CMD",
     AllowMultipleArgumentsPerToken = false,
 };
 var dirKindOption = new Option<string>("--dir-kind") { Description = "Shared directory: tmpfs (a fresh tmpfs mount; needs root), disk (a temp dir under /var/tmp), or both comma-separated [default: tmpfs,disk; --quick: tmpfs]", HelpName = "tmpfs|disk" };
@@ -26,7 +27,7 @@ var quickOption = new Option<bool>("--quick") { Description = "CI-size run: smal
 var noNativeOption = new Option<bool>("--no-native") { Description = "Skip the native (direct syscall) floor" };
 var jsonOption = new Option<string>("--json") { Description = "Also write every cell and the medians as JSON to FILE (- for stdout)", HelpName = "FILE" };
 var profileOption = new Option<string>("--profile-cmd") { Description = "Run this command during each daemon cell's measured phase, stopped with SIGINT. {pid}: the serving process (the newest of the daemon's process tree), {pids}: the whole tree, comma-separated, {cell}: a name for the cell. E.g. \"perf record -g -p {pids} -o /tmp/{cell}.data\"", HelpName = "CMD" };
-var vhostfsdOption = new Option<string>("--vhostfsd-dll") { Description = "vhostfsd.dll to run [default: found under src/Vhostfsd/bin]", HelpName = "PATH" };
+var vhostfsdOption = new Option<string>("--vhostfsd") { Description = "The vhostfsd executable to run [default: src/Vhostfsd/bin/CONFIG/native/vhostfsd]", HelpName = "PATH" };
 
 var root = new RootCommand("vhostfs-bench: compare virtio-fs daemons (vhostfsd, the reference virtiofsd, any other) on the same workloads, through GuestKernelShim over their vhost-user sockets, against the native syscall floor.")
 {
@@ -45,7 +46,10 @@ root.SetAction(parse =>
         switch (value)
         {
             case "vhostfsd":
-                daemons.Add(DaemonSpec.Vhostfsd(parse.GetValue(vhostfsdOption) ?? DaemonSpec.FindVhostfsdDll()));
+                daemons.Add(DaemonSpec.Vhostfsd(parse.GetValue(vhostfsdOption) ?? DaemonSpec.FindVhostfsd()));
+                break;
+            case "vhostfsd-jit":
+                daemons.Add(DaemonSpec.VhostfsdJit(DaemonSpec.FindVhostfsdDll()));
                 break;
             case "reference":
                 if (!File.Exists(DaemonSpec.ReferencePath))

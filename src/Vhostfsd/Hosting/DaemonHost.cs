@@ -139,6 +139,7 @@ internal static unsafe class DaemonHost
     {
         // SIGTERM when the parent's spawning thread (and so the parent) goes away.
         Libc.Prctl(Libc.PR_SET_PDEATHSIG, Libc.SIGTERM, 0, 0, 0);
+        SandboxSpawner.NameAfterExecutable();
         using var signals = InstallShutdownSignals();
         using var toParent = new SafeFd(marker.ToParentFd);
         SandboxSpawner.Send(toParent.Fd, SandboxSpawner.ChildHandlesSignals);
