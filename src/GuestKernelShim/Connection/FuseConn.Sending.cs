@@ -56,13 +56,19 @@ public sealed partial class FuseConn
     /// <summary>One READ of <paramref name="length"/> bytes at <paramref name="offset"/> of handle <paramref name="fh"/>
     /// straight into <paramref name="buffer"/> at <paramref name="bufferOffset"/> (fuse_send_read of direct I/O): the
     /// daemon writes the data there, nothing is copied. <paramref name="length"/> is at most <see cref="MaxReadSize"/>.
-    /// The reply's <see cref="FuseReply.Length"/> is the bytes read (short at end of file). EFAULT when the buffer
+    /// The reply's <see cref="FuseReply.Length"/> is the bytes read (short at end of file). <paramref name="lockOwner"/>,
+    /// when given, travels with FUSE_READ_LOCKOWNER (fuse_direct_io passes the caller's files). EFAULT when the buffer
     /// was disposed. Otherwise as <see cref="Send(FuseOpcode, ulong, in FuseCaller, scoped in FuseArgs, Span{byte}, FuseReplyShape, CancellationToken)"/>.</summary>
     public FuseReply Read(ulong nodeId, ulong fh, long offset, GuestBuffer buffer, int bufferOffset, int length, in FuseCaller caller,
-        uint openFlags = 0, CancellationToken cancellation = default)
+        uint openFlags = 0, CancellationToken cancellation = default, ulong? lockOwner = null)
     {
         CheckUserRange(buffer, bufferOffset, length, MaxReadSize);
         var arg = new FuseReadIn { Fh = fh, Offset = (ulong)offset, Length = (uint)length, Flags = openFlags };
+        if (lockOwner is ulong owner)
+        {
+            arg.ReadFlags = (uint)FuseReadFlags.LockOwner;
+            arg.LockOwner = owner;
+        }
         var args = new FuseArgs(MemoryMarshal.AsBytes(new ReadOnlySpan<FuseReadIn>(in arg)));
         return SendCore(FuseOpcode.Read, nodeId, caller, args, Span<byte>.Empty, FuseReplyShape.Variable, cancellation, bypassInit: false,
             buffer, bufferOffset, length, userIsReply: true);
@@ -71,14 +77,19 @@ public sealed partial class FuseConn
     /// <summary>One WRITE of <paramref name="length"/> bytes of <paramref name="buffer"/> from <paramref name="bufferOffset"/>
     /// at <paramref name="offset"/> of handle <paramref name="fh"/> (fuse_send_write of direct I/O): the daemon reads
     /// the data from the buffer, nothing is copied. <paramref name="length"/> is at most <see cref="MaxWriteSize"/>.
-    /// <paramref name="bytesWritten"/> is fuse_write_out.size; a daemon claiming more than was sent is EIO. EFAULT when
-    /// the buffer was disposed.</summary>
+    /// <paramref name="bytesWritten"/> is fuse_write_out.size; a daemon claiming more than was sent is EIO.
+    /// <paramref name="lockOwner"/>, when given, travels with FUSE_WRITE_LOCKOWNER. EFAULT when the buffer was disposed.</summary>
     public FuseReply Write(ulong nodeId, ulong fh, long offset, GuestBuffer buffer, int bufferOffset, int length, in FuseCaller caller,
-        out int bytesWritten, uint openFlags = 0, uint writeFlags = 0, CancellationToken cancellation = default)
+        out int bytesWritten, uint openFlags = 0, uint writeFlags = 0, CancellationToken cancellation = default, ulong? lockOwner = null)
     {
         CheckUserRange(buffer, bufferOffset, length, MaxWriteSize);
         bytesWritten = 0;
         var arg = new FuseWriteIn { Fh = fh, Offset = (ulong)offset, Length = (uint)length, WriteFlags = writeFlags, Flags = openFlags };
+        if (lockOwner is ulong owner)
+        {
+            arg.WriteFlags |= (uint)FuseWriteFlags.LockOwner;
+            arg.LockOwner = owner;
+        }
         FuseWriteOut output = default;
         var reply = SendCore(FuseOpcode.Write, nodeId, caller, new FuseArgs(MemoryMarshal.AsBytes(new ReadOnlySpan<FuseWriteIn>(in arg))),
             MemoryMarshal.AsBytes(new Span<FuseWriteOut>(ref output)), FuseReplyShape.Fixed, cancellation, bypassInit: false,

@@ -275,15 +275,50 @@ public sealed partial class FuseFs
             return Errno.OK;
         }
         arg.Valid = (uint)valid;
-        FuseAttrOut outArg = default;
-        var reply = Conn.Send(FuseOpcode.Setattr, node.NodeId, caller, new FuseArgs(Bytes(in arg)),
-            MemoryMarshal.AsBytes(new Span<FuseAttrOut>(ref outArg)), FuseReplyShape.Fixed);
-        if (!reply.IsOk)
+        // A truncate holds off write-back of the file's pages until the cache agrees with the new size
+        // (fuse_set_nowrite): a page written back after the SETATTR would put cut data back.
+        var np = Cache != null && ModeBits.IsRegular(current.Mode) ? node.Pages : null;
+        bool sizeChanged = change.Size is ulong requested && requested != current.FileSize;
+        bool holdWriteback = np != null && change.Size.HasValue;
+        if (holdWriteback)
         {
-            node.InvalidateAttr();
-            return reply.Errno;
+            Monitor.Enter(np!.WritebackLock);
         }
-        return AcceptAttr(node, outArg, out attr);
+        try
+        {
+            FuseAttrOut outArg = default;
+            var reply = Conn.Send(FuseOpcode.Setattr, node.NodeId, caller, new FuseArgs(Bytes(in arg)),
+                MemoryMarshal.AsBytes(new Span<FuseAttrOut>(ref outArg)), FuseReplyShape.Fixed);
+            if (!reply.IsOk)
+            {
+                node.InvalidateAttr();
+                return reply.Errno;
+            }
+            rc = AcceptAttr(node, outArg, out attr);
+            if (rc != Errno.OK || np == null)
+            {
+                return rc;
+            }
+            // What the guest changed itself is its own to know, write-back cache or not (fuse_do_setattr).
+            node.TakeChangedAttr(outArg.Attr, change.Size.HasValue, (valid & FuseSetattrValid.Mtime) != 0, (valid & FuseSetattrValid.Ctime) != 0);
+            if (change.Size is ulong truncatedTo)
+            {
+                Cache!.TruncateTo(np, (long)truncatedTo);
+            }
+            attr = node.Attr;
+        }
+        finally
+        {
+            if (holdWriteback)
+            {
+                Monitor.Exit(np!.WritebackLock);
+            }
+        }
+        if (sizeChanged)
+        {
+            Cache!.Invalidate(np!);
+        }
+        return Errno.OK;
     }
 
     /// <summary>Truncates to <paramref name="size"/> (truncate(2), or ftruncate(2) with <paramref name="file"/>).</summary>

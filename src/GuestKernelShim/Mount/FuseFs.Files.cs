@@ -38,11 +38,24 @@ public sealed partial class FuseFs
         {
             return Errno.EINVAL;
         }
+        if (!file.IsDirectIo)
+        {
+            return CachedRead(file, buffer, offset, c, out bytesRead);
+        }
+        DirectIoBegin(file, offset, buffer.Length);
         int chunk = Conn.MaxReadSize;
         while (bytesRead < buffer.Length)
         {
             int size = Math.Min(chunk, buffer.Length - bytesRead);
-            var arg = new FuseReadIn { Fh = file.Fh, Offset = (ulong)(offset + bytesRead), Length = (uint)size, Flags = (uint)file.Flags };
+            var arg = new FuseReadIn
+            {
+                Fh = file.Fh,
+                Offset = (ulong)(offset + bytesRead),
+                Length = (uint)size,
+                ReadFlags = (uint)FuseReadFlags.LockOwner,
+                LockOwner = LockOwnerOf(c),
+                Flags = (uint)file.Flags,
+            };
             var reply = Conn.Send(FuseOpcode.Read, file.Node.NodeId, c, new FuseArgs(Bytes(in arg)), buffer.Slice(bytesRead, size), FuseReplyShape.Variable);
             if (!reply.IsOk)
             {
@@ -57,9 +70,11 @@ public sealed partial class FuseFs
         return Errno.OK;
     }
 
-    /// <summary>pwrite(2): WRITE requests of at most min(max_write, max_pages pages) each, the data copied once
-    /// from <paramref name="data"/>. With HANDLE_KILLPRIV_V2 a caller without CAP_FSETID asks the daemon to
-    /// clear suid/sgid. A daemon claiming more bytes than sent is EIO.</summary>
+    /// <summary>pwrite(2). Direct (no page cache, FOPEN_DIRECT_IO, O_DIRECT): WRITE requests of at most
+    /// min(max_write, max_pages pages) each, the data copied once from <paramref name="data"/>, carrying the caller's
+    /// lock owner (FUSE_WRITE_LOCKOWNER) as fuse_direct_io does. Through the page cache: write-through, or into dirty
+    /// pages under write-back caching. With HANDLE_KILLPRIV_V2 a caller without CAP_FSETID asks the daemon to clear
+    /// suid/sgid. A daemon claiming more bytes than sent is EIO.</summary>
     public Errno Write(FuseFile file, ReadOnlySpan<byte> data, long offset, out int bytesWritten, FuseCaller? caller = null)
     {
         var c = Who(caller);
@@ -81,8 +96,34 @@ public sealed partial class FuseFs
         {
             return Errno.EINVAL;
         }
+        if (!file.IsDirectIo)
+        {
+            return CachedWrite(file, data, offset, c, out bytesWritten);
+        }
+        var np = DirectIoBegin(file, offset, data.Length);
+        if (np == null)
+        {
+            return SendWrites(file, data, offset, c, lockOwner: true, out bytesWritten);
+        }
+        lock (np.WritebackLock)
+        {
+            rc = SendWrites(file, data, offset, c, lockOwner: true, out bytesWritten);
+            DirectWriteDone(np, offset, data.Length);
+            return rc;
+        }
+    }
+
+    /// <summary>WRITE requests for <paramref name="data"/> at <paramref name="offset"/>, split at the connection's
+    /// largest WRITE; stops at a short write. The node's attributes are stale afterwards.</summary>
+    private Errno SendWrites(FuseFile file, ReadOnlySpan<byte> data, long offset, in FuseCaller c, bool lockOwner, out int bytesWritten)
+    {
+        bytesWritten = 0;
         int chunk = Conn.MaxWriteSize;
         uint writeFlags = Conn.Has(FuseInitFlags.HandleKillprivV2) && !c.IsRoot ? (uint)FuseWriteFlags.KillSuidgid : 0;
+        if (lockOwner)
+        {
+            writeFlags |= (uint)FuseWriteFlags.LockOwner;
+        }
         try
         {
             while (bytesWritten < data.Length)
@@ -94,6 +135,7 @@ public sealed partial class FuseFs
                     Offset = (ulong)(offset + bytesWritten),
                     Length = (uint)size,
                     WriteFlags = writeFlags,
+                    LockOwner = lockOwner ? LockOwnerOf(c) : 0,
                     Flags = (uint)file.Flags,
                 };
                 FuseWriteOut outArg = default;
@@ -139,11 +181,14 @@ public sealed partial class FuseFs
         {
             return rc;
         }
+        DirectIoBegin(file, offset, length);
         int chunk = Conn.MaxReadSize;
+        ulong owner = LockOwnerOf(c);
         while (bytesRead < length)
         {
             int size = Math.Min(chunk, length - bytesRead);
-            var reply = Conn.Read(file.Node.NodeId, file.Fh, offset + bytesRead, buffer, bufferOffset + bytesRead, size, c, (uint)file.Flags);
+            var reply = Conn.Read(file.Node.NodeId, file.Fh, offset + bytesRead, buffer, bufferOffset + bytesRead, size, c, (uint)file.Flags,
+                lockOwner: owner);
             if (!reply.IsOk)
             {
                 return bytesRead == 0 ? reply.Errno : Errno.OK;
@@ -157,8 +202,9 @@ public sealed partial class FuseFs
         return Errno.OK;
     }
 
-    /// <summary>pwrite(2) with direct I/O from a user buffer: WRITE requests of at most min(max_write, max_pages pages)
-    /// each, split as <see cref="Write(FuseFile, ReadOnlySpan{byte}, long, out int, FuseCaller?)"/> splits, the daemon
+    /// <summary>pwrite(2) with direct I/O from a user buffer (O_DIRECT: never through the page cache, whose pages of
+    /// the range are written back before and dropped after): WRITE requests of at most min(max_write, max_pages pages)
+    /// each, with the caller's lock owner, split as <see cref="Write(FuseFile, ReadOnlySpan{byte}, long, out int, FuseCaller?)"/> splits, the daemon
     /// reading the data straight from <paramref name="buffer"/>[<paramref name="bufferOffset"/>, +<paramref name="length"/>).</summary>
     public Errno Write(FuseFile file, GuestBuffer buffer, int bufferOffset, int length, long offset, out int bytesWritten, FuseCaller? caller = null)
     {
@@ -171,15 +217,32 @@ public sealed partial class FuseFs
         {
             return rc;
         }
+        var np = DirectIoBegin(file, offset, length);
+        if (np == null)
+        {
+            return SendUserWrites(file, buffer, bufferOffset, length, offset, c, out bytesWritten);
+        }
+        lock (np.WritebackLock)
+        {
+            rc = SendUserWrites(file, buffer, bufferOffset, length, offset, c, out bytesWritten);
+            DirectWriteDone(np, offset, length);
+            return rc;
+        }
+    }
+
+    private Errno SendUserWrites(FuseFile file, GuestBuffer buffer, int bufferOffset, int length, long offset, in FuseCaller c, out int bytesWritten)
+    {
+        bytesWritten = 0;
         int chunk = Conn.MaxWriteSize;
         uint writeFlags = Conn.Has(FuseInitFlags.HandleKillprivV2) && !c.IsRoot ? (uint)FuseWriteFlags.KillSuidgid : 0;
+        ulong owner = LockOwnerOf(c);
         try
         {
             while (bytesWritten < length)
             {
                 int size = Math.Min(chunk, length - bytesWritten);
                 var reply = Conn.Write(file.Node.NodeId, file.Fh, offset + bytesWritten, buffer, bufferOffset + bytesWritten, size, c,
-                    out int written, (uint)file.Flags, writeFlags);
+                    out int written, (uint)file.Flags, writeFlags, lockOwner: owner);
                 if (!reply.IsOk)
                 {
                     return bytesWritten == 0 ? reply.Errno : Errno.OK;

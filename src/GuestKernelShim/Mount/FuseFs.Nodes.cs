@@ -67,6 +67,7 @@ public sealed partial class FuseFs
             stale.Nlookup = 0;
             stale.Evicted = true;
         }
+        Cache?.DropNode(stale);
         Conn.QueueForget(stale.NodeId, nlookup);
     }
 
@@ -122,6 +123,7 @@ public sealed partial class FuseFs
             }
         }
         RemoveDentriesOf(node);
+        Cache?.DropNode(node);
         Conn.QueueForget(node.NodeId, nlookup);
     }
 
@@ -130,9 +132,9 @@ public sealed partial class FuseFs
     public int DropCaches()
     {
         var forgets = new List<FuseForgetOne>();
+        var victims = new List<FuseNode>();
         lock (_nodesLock)
         {
-            var victims = new List<FuseNode>();
             foreach (var node in _nodes.Values)
             {
                 lock (node.Sync)
@@ -154,6 +156,13 @@ public sealed partial class FuseFs
             foreach (var victim in victims)
             {
                 _nodes.Remove(victim.NodeId);
+            }
+        }
+        if (Cache != null)
+        {
+            foreach (var victim in victims)
+            {
+                Cache.DropNode(victim);
             }
         }
         Conn.QueueForgets(CollectionsMarshal.AsSpan(forgets));

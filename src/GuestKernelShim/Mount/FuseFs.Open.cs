@@ -84,6 +84,7 @@ public sealed partial class FuseFs
                 }
             }
         }
+        CacheOpened(file!, truncated: truncate);
         return Errno.OK;
     }
 
@@ -213,6 +214,7 @@ public sealed partial class FuseFs
             node.OpenCount++;
         }
         file = new FuseFile(node, open.Fh, (int)arg.Flags, (FuseOpenOutFlags)open.OpenFlags, false, false, c);
+        CacheOpened(file, truncated: (flags & Libc.O_TRUNC) != 0);
         InvalidateDir(dir);
         return Errno.OK;
     }
@@ -271,6 +273,26 @@ public sealed partial class FuseFs
         {
             _localFlocks.ReleaseOwner(node.NodeId, FlockOwnerOf(file));
         }
+        lock (node.Sync)
+        {
+            if (file.MapRefs > 0)
+            {
+                // A mapping still holds the file: RELEASE waits for its munmap (the vma's reference to the file).
+                file.ReleaseDeferred = true;
+                return result;
+            }
+        }
+        FinishRelease(file);
+        return result;
+    }
+
+    /// <summary>The last reference to an open file went (fput → fuse_release): it leaves the files write-back may
+    /// use, RELEASE / RELEASEDIR goes out in the background without credentials (not in no-open mode), and a node
+    /// waiting for its last open file is evicted.</summary>
+    internal void FinishRelease(FuseFile file)
+    {
+        var node = file.Node;
+        UnlinkWriteFile(file);
         if (!file.NoRelease && IsMounted)
         {
             uint releaseFlags = file.UsedFlock && Conn.Has(FuseInitFlags.FlockLocks) ? (uint)FuseReleaseFlags.FlockUnlock : 0;
@@ -298,7 +320,6 @@ public sealed partial class FuseFs
                 Forget(node);
             }
         }
-        return result;
     }
 
     private void SendRelease(ulong nodeId, ulong fh, int flags, FuseOpcode opcode, uint releaseFlags, ulong lockOwner)
@@ -307,11 +328,14 @@ public sealed partial class FuseFs
         Conn.SendBackground(opcode, nodeId, FuseCaller.Kernel, Bytes(in arg), force: true);
     }
 
-    /// <summary>FLUSH (what close(2) sends; also drops the caller's POSIX locks on the daemon side).</summary>
+    /// <summary>What close(2) does before the file goes (fuse_flush): with a page cache, the file's dirty pages are
+    /// written back and a write-back error this open file has not reported yet is returned (then no FLUSH is sent);
+    /// then FLUSH, which also drops the caller's POSIX locks on the daemon side. FOPEN_NOFLUSH skips all of it unless
+    /// write-back caching is on; after ENOSYS no FLUSH is sent again.</summary>
     public Errno Flush(FuseFile file, FuseCaller? caller = null)
     {
         var c = caller ?? file.Opener;
-        if (NoFlush || (file.OpenFlags & FuseOpenOutFlags.NoFlush) != 0 || file.IsDirectory)
+        if (file.IsDirectory || ((file.OpenFlags & FuseOpenOutFlags.NoFlush) != 0 && !WritebackCache))
         {
             return Errno.OK;
         }
@@ -319,6 +343,15 @@ public sealed partial class FuseFs
         if (rc != Errno.OK)
         {
             return rc;
+        }
+        rc = WritebackForFile(file, WritebackReason.Flush);
+        if (rc != Errno.OK)
+        {
+            return rc;
+        }
+        if (NoFlush || (file.OpenFlags & FuseOpenOutFlags.NoFlush) != 0)
+        {
+            return Errno.OK;
         }
         var arg = new FuseFlushIn { Fh = file.Fh, LockOwner = LockOwnerOf(c) };
         var reply = Conn.Send(FuseOpcode.Flush, file.Node.NodeId, c, new FuseArgs(Bytes(in arg)), Span<byte>.Empty, FuseReplyShape.Fixed);
@@ -331,11 +364,21 @@ public sealed partial class FuseFs
         return reply.Errno;
     }
 
-    /// <summary>fsync / fdatasync (FSYNC, or FSYNCDIR for a directory); after ENOSYS not sent again and 0.</summary>
+    /// <summary>fsync / fdatasync (fuse_fsync): with a page cache the file's dirty pages are written back first and a
+    /// write-back error this open file has not reported yet is returned, once, instead of sending FSYNC
+    /// (file_write_and_wait_range); then FSYNC, or FSYNCDIR for a directory, on the file's handle (handle 0 in no-open
+    /// mode). After ENOSYS not sent again, and 0.</summary>
     public Errno Fsync(FuseFile file, bool dataOnly = false, FuseCaller? caller = null)
+        => FsyncRange(file, dataOnly, Who(caller), WritebackReason.Fsync, 0, long.MaxValue);
+
+    private Errno FsyncRange(FuseFile file, bool dataOnly, in FuseCaller c, WritebackReason reason, long firstPage, long lastPage)
     {
-        var c = Who(caller);
         var rc = CheckLive(file.Node);
+        if (rc != Errno.OK)
+        {
+            return rc;
+        }
+        rc = WritebackForFile(file, reason, firstPage, lastPage);
         if (rc != Errno.OK)
         {
             return rc;

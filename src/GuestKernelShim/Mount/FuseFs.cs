@@ -65,6 +65,10 @@ public sealed partial class FuseFs : IDisposable
         Root = new FuseNode(this, RootMount, FuseConstants.RootId, 0, attr, null);
         Root.Parent = Root;
         _nodes[FuseConstants.RootId] = Root;
+        if (options.CachePages > 0)
+        {
+            Cache = new PageCache(this, options.CachePages, options.DirtyExpire);
+        }
     }
 
     public FuseConn Conn { get; }
@@ -138,6 +142,10 @@ public sealed partial class FuseFs : IDisposable
             transport.Dispose();
             throw;
         }
+        if (options.Writeback)
+        {
+            connOptions = (connOptions ?? new FuseConnOptions()).WithFlags(FuseInitFlags.WritebackCache);
+        }
         var conn = new FuseConn(transport, connOptions);
         try
         {
@@ -151,13 +159,22 @@ public sealed partial class FuseFs : IDisposable
         return new FuseFs(conn, options);
     }
 
-    /// <summary>umount: no forgets (the daemon drops everything at DESTROY), DESTROY, then the connection
-    /// is aborted and the transport stopped. Open files are abandoned (their RELEASE is not sent).</summary>
+    /// <summary>umount: dirty pages are written back, no forgets (the daemon drops everything at DESTROY), DESTROY,
+    /// then the connection is aborted and the transport stopped. Open files are abandoned (their RELEASE is not sent).</summary>
     public void Unmount()
     {
         if (Interlocked.Exchange(ref _unmounted, 1) != 0)
         {
             return;
+        }
+        if (Cache != null)
+        {
+            // sync_filesystem: dirty pages reach the daemon before DESTROY.
+            Cache.Dispose();
+            if (!Conn.IsDisconnected)
+            {
+                Cache.SyncAll(WritebackReason.Unmount);
+            }
         }
         Conn.Unmount();
     }
