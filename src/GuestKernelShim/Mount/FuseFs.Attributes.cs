@@ -70,6 +70,8 @@ public sealed partial class FuseFs
             return Errno.EIO;
         }
         node.SetAttr(attr, outArg.AttrValid, outArg.AttrValidNsec);
+        // What the node holds now: under write-back caching the guest's own size and times.
+        attr = node.Attr;
         return Errno.OK;
     }
 
@@ -111,6 +113,14 @@ public sealed partial class FuseFs
                     return Errno.EIO;
                 }
                 statx = sx;
+                if (WritebackCache && node.Pages != null && ModeBits.IsRegular(node.Attr.Mode))
+                {
+                    // The guest is the authority for size and times of a file it writes back (fuse_get_cache_mask).
+                    var local = node.Attr;
+                    statx.FileSize = local.FileSize;
+                    statx.Mtime = new FuseSxTime { TvSec = (long)local.Mtime, TvNsec = local.MtimeNsec };
+                    statx.Ctime = new FuseSxTime { TvSec = (long)local.Ctime, TvNsec = local.CtimeNsec };
+                }
                 statx.DevMajor = node.Mount.DeviceId >> 8;
                 statx.DevMinor = node.Mount.DeviceId & 0xFF;
                 return Errno.OK;
