@@ -5,7 +5,7 @@ namespace Vhostfsd.GuestKernelShim;
 /// the inode's value is told about the error once (fsync, close), however many files there are; a file opened after
 /// someone saw the error is not told again; an error nobody has seen yet is reported even to a file opened after
 /// it happened.</summary>
-internal static class ErrSeq
+public static class ErrSeq
 {
     /// <summary>Errnos live in the low bits (MAX_ERRNO).</summary>
     private const int ErrnoMask = 4095;
