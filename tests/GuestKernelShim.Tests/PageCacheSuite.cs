@@ -565,6 +565,30 @@ public abstract class PageCacheSuite
         }
     }
 
+    [Fact]
+    public void CopyFileRangeAndFallocateSeeDirtyPagesAndDropStaleOnes()
+    {
+        using var t = Start(DaemonCache.Always, writeback: true);
+        File.WriteAllBytes(t.Host("src"), new byte[2 * Page]);
+        File.WriteAllBytes(t.Host("dst"), Pattern(2 * Page, 26));
+        var src = OpenFile(t, "src");
+        var dst = OpenFile(t, "dst");
+        Assert.Equal(Pattern(2 * Page, 26), ReadAll(t, dst, 2 * Page));
+        Assert.Equal(Errno.OK, t.Fs.Write(src, "dirty"u8, 0, out _));
+        Assert.Equal(Errno.OK, t.Fs.CopyFileRange(src, 0, dst, 0, 2 * Page, out long copied));
+        Assert.Equal(2 * Page, copied);
+        // The source's dirty page reached the daemon before the copy, and the destination's cached pages went.
+        Assert.Equal("dirty"u8.ToArray(), File.ReadAllBytes(t.Host("dst")).AsSpan(0, 5).ToArray());
+        Assert.Equal("dirty"u8.ToArray(), ReadAll(t, dst, 5));
+        // A punched hole reads zeros through the cache too.
+        const int punchHoleKeepSize = 0x02 | 0x01;
+        Assert.Equal(Errno.OK, t.Fs.Fallocate(dst, punchHoleKeepSize, 0, Page));
+        Assert.All(ReadAll(t, dst, Page), b => Assert.Equal(0, b));
+        Assert.Equal(2 * Page, new FileInfo(t.Host("dst")).Length);
+        Assert.Equal(Errno.OK, t.Fs.Release(src));
+        Assert.Equal(Errno.OK, t.Fs.Release(dst));
+    }
+
     // ---------------------------------------------------------------- lock owners, flush
 
     [Fact]

@@ -302,12 +302,24 @@ public sealed partial class FuseFs
         {
             return Errno.EOPNOTSUPP;
         }
+        // fuse_file_fallocate: cached dirty pages of the range go first; afterwards the range's pages are stale
+        // (a punched hole reads zeros) and the size the guest knows grows unless FALLOC_FL_KEEP_SIZE.
+        var np = DirectIoBegin(file, offset, length);
         var arg = new FuseFallocateIn { Fh = file.Fh, Offset = (ulong)offset, Length = (ulong)length, Mode = (uint)mode };
         var reply = Conn.Send(FuseOpcode.Fallocate, file.Node.NodeId, c, new FuseArgs(Bytes(in arg)), Span<byte>.Empty, FuseReplyShape.Fixed);
         if (reply.Errno == Errno.ENOSYS)
         {
             NoFallocate = true;
             return Errno.EOPNOTSUPP;
+        }
+        if (reply.IsOk && np != null)
+        {
+            DirectWriteDone(np, offset, length);
+            const int keepSize = 1; // FALLOC_FL_KEEP_SIZE
+            if ((mode & keepSize) == 0)
+            {
+                file.Node.SetLocalSize(offset + length, onlyGrow: true);
+            }
         }
         file.Node.InvalidateAttr();
         return reply.Errno;
@@ -410,6 +422,10 @@ public sealed partial class FuseFs
         }
         if (!NoCopyFileRange)
         {
+            // fuse_copy_file_range: both ranges' dirty pages reach the daemon first; the destination's cached pages
+            // of the range are stale afterwards and its size may have grown.
+            DirectIoBegin(source, sourceOffset, length);
+            var destinationPages = DirectIoBegin(destination, destinationOffset, length);
             var arg = new FuseCopyFileRangeIn
             {
                 FhIn = source.Fh,
@@ -429,6 +445,11 @@ public sealed partial class FuseFs
                     return Errno.EIO;
                 }
                 copied = outArg.Length;
+                if (destinationPages != null && copied > 0)
+                {
+                    DirectWriteDone(destinationPages, destinationOffset, copied);
+                    destination.Node.SetLocalSize(destinationOffset + copied, onlyGrow: true);
+                }
                 destination.Node.InvalidateAttr();
                 return Errno.OK;
             }

@@ -231,7 +231,8 @@ public sealed class FuseFile
         NoRelease = noRelease;
         Opener = opener;
         Id = (ulong)Interlocked.Increment(ref s_nextId);
-        IsDirectIo = isDirectory || node.Fs.Cache == null || (openFlags & FuseOpenOutFlags.DirectIo) != 0 || (flags & Posix.Libc.O_DIRECT) != 0;
+        IsDirectIo = isDirectory || node.Fs.Cache == null || !node.IsRegular || (openFlags & FuseOpenOutFlags.DirectIo) != 0
+            || (flags & Posix.Libc.O_DIRECT) != 0;
     }
 
     public FuseNode Node { get; }
@@ -258,8 +259,8 @@ public sealed class FuseFile
     /// <summary>flock() was used on this file (RELEASE carries FUSE_RELEASE_FLOCK_UNLOCK).</summary>
     internal bool UsedFlock;
 
-    /// <summary>Reads and writes bypass the page cache: the mount has none, the daemon opened the file with
-    /// FOPEN_DIRECT_IO, or it was opened with O_DIRECT.</summary>
+    /// <summary>Reads and writes bypass the page cache: the mount has none, the node is not a regular file, the
+    /// daemon opened the file with FOPEN_DIRECT_IO, or it was opened with O_DIRECT.</summary>
     public bool IsDirectIo { get; }
 
     // The write-back error this file has reported up to (errseq_t f_wb_err), sampled at open.
