@@ -1,5 +1,7 @@
+using Vhostfsd.FusePassthrough;
 using Vhostfsd.FuseProtocol;
 using Vhostfsd.Posix;
+using Vhostfsd.Testing;
 using Xunit;
 
 namespace Vhostfsd.GuestKernelShim.Tests;
@@ -353,5 +355,69 @@ public class PageCacheSemanticsTests
             m.Fs.Release(reader!);
             m.Fs.Release(truncating!);
         }
+    }
+
+    // ---------------------------------------------------------------- many threads
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void ThreadsWritingReadingMappingAndSyncingOneFileEndWithEveryByteOnTheHost(bool writeback)
+    {
+        using var mount = new ShimInProcessMount(dir => new PassthroughOptions { SharedDir = dir, Cache = CachePolicy.Always, Writeback = writeback },
+            new MountOptions { CacheSize = 64 * Page, Writeback = writeback, DirtyExpire = TimeSpan.FromMilliseconds(20) });
+        var fs = mount.Fs;
+        Assert.Equal(writeback, fs.WritebackCache);
+        const int threads = 6;
+        const int region = 32 * Page;
+        File.WriteAllBytes(mount.HostPath("f"), new byte[threads * region]);
+        Assert.Equal(Errno.OK, fs.Walk("f", out var node));
+        var expected = new byte[threads * region];
+        int failures = 0;
+        var workers = Enumerable.Range(0, threads).Select(i => new Thread(() =>
+        {
+            var random = new Random(i);
+            if (fs.Open(node, Libc.O_RDWR, out var file) != Errno.OK
+                || fs.Mmap(file!, (long)i * region, region, shared: true, writable: true, out var map) != Errno.OK)
+            {
+                Interlocked.Increment(ref failures);
+                return;
+            }
+            var chunk = new byte[3000];
+            var check = new byte[3000];
+            for (int k = 0; k < 300; k++)
+            {
+                random.NextBytes(chunk);
+                int at = random.Next(region - chunk.Length);
+                var rc = k % 3 == 0 ? map!.Write(at, chunk) : fs.Write(file!, chunk, (long)i * region + at, out _);
+                chunk.CopyTo(expected, i * region + at);
+                // Whatever path wrote it, both paths read it back.
+                if (rc != Errno.OK || map!.Read(at, check) != Errno.OK || !check.AsSpan().SequenceEqual(chunk)
+                    || fs.Read(file!, check, (long)i * region + at, out _) != Errno.OK || !check.AsSpan().SequenceEqual(chunk))
+                {
+                    Interlocked.Increment(ref failures);
+                }
+                if (k % 50 == 0 && (k % 100 == 0 ? map!.Msync() : fs.Fsync(file!)) != Errno.OK)
+                {
+                    Interlocked.Increment(ref failures);
+                }
+            }
+            map!.Unmap();
+            if (fs.Release(file!) != Errno.OK)
+            {
+                Interlocked.Increment(ref failures);
+            }
+        })).ToArray();
+        foreach (var worker in workers)
+        {
+            worker.Start();
+        }
+        foreach (var worker in workers)
+        {
+            Assert.True(worker.Join(TimeSpan.FromSeconds(60)), "a worker hangs");
+        }
+        Assert.Equal(0, failures);
+        Assert.Equal(0, fs.PageCache!.DirtyPages);
+        Assert.Equal(expected, File.ReadAllBytes(mount.HostPath("f")));
     }
 }

@@ -330,7 +330,7 @@ public sealed partial class FuseFs
     {
         if (np != null && length > 0)
         {
-            Cache!.DropRange(np, offset / PageSize, (offset + length - 1) / PageSize);
+            Cache!.Invalidate(np, offset / PageSize, (offset + length - 1) / PageSize);
         }
     }
 }

@@ -233,7 +233,8 @@ public sealed class FuseMapping : IDisposable
                 return Errno.OK;
             }
         }
-        for (int attempt = 0; attempt < 8; attempt++)
+        var access = new MappedAccess { Index = index, InPage = inPage, ReadInto = readInto, WriteFrom = writeFrom };
+        for (int attempt = 0; ; attempt++)
         {
             (CachePage Page, long Identity) translation;
             bool known;
@@ -241,61 +242,73 @@ public sealed class FuseMapping : IDisposable
             {
                 known = _translations.TryGetValue(index, out translation);
             }
-            if (known && _cache.AccessMapped(_np, translation.Page, translation.Identity, inPage, readInto, writeFrom))
+            if (known && _cache.AccessMapped(_np, translation.Page, translation.Identity, ref access))
             {
                 return Errno.OK;
             }
-            var rc = Fault(index, out translation);
-            if (rc != Errno.OK)
+            // Not translated, or the page left the cache: a fault. After a few of them in a row (invalidations of a
+            // busy file) the fault runs under the file's write-back lock, which keeps writes and invalidations out.
+            bool locked = attempt >= 2;
+            if (locked)
             {
-                return rc;
+                Monitor.Enter(_np.WritebackLock);
             }
-            lock (_sync)
+            try
             {
-                _translations[index] = translation;
+                var rc = Fault(ref access, locked);
+                if (rc != Errno.OK)
+                {
+                    return rc;
+                }
+                if (access.Done)
+                {
+                    lock (_sync)
+                    {
+                        _translations[index] = (access.Page!, access.Identity);
+                    }
+                    return Errno.OK;
+                }
+                if (attempt >= 8)
+                {
+                    return Errno.ENOMEM;
+                }
             }
-            if (_cache.AccessMapped(_np, translation.Page, translation.Identity, inPage, readInto, writeFrom))
+            finally
             {
-                return Errno.OK;
+                if (locked)
+                {
+                    Monitor.Exit(_np.WritebackLock);
+                }
             }
         }
-        // The page keeps leaving the cache between the fault and the access (a cache too small for the work).
-        return Errno.ENOMEM;
     }
 
-    /// <summary>filemap_fault: the cached page, or a READ (with read-ahead) that brings it in. Pages wholly past the
-    /// end of the file are SIGBUS.</summary>
-    private Errno Fault(long index, out (CachePage Page, long Identity) translation)
+    /// <summary>filemap_fault: the access runs on the cached page, or on the page a READ (with read-ahead) brings in,
+    /// under the lock that finds or inserts it. Pages wholly past the end of the file are SIGBUS.</summary>
+    private Errno Fault(scoped ref MappedAccess access, bool underWritebackLock)
     {
-        translation = default;
         Interlocked.Increment(ref _faults);
+        long index = access.Index;
         long size = (long)File.Node.Attr.FileSize;
         if (index * FuseConn.PageSize >= size)
         {
             return Errno.EFAULT;
         }
-        for (int attempt = 0; attempt < 4; attempt++)
+        var page = _cache.Lookup(_np, index, out long identity);
+        if (page != null && _cache.AccessMapped(_np, page, identity, ref access))
         {
-            var page = _cache.Lookup(_np, index, out long identity);
-            if (page != null)
-            {
-                translation = (page, identity);
-                return Errno.OK;
-            }
-            long endPage = (size + FuseConn.PageSize - 1) / FuseConn.PageSize;
-            int readahead = Math.Max(1, (int)(_fs.Conn.MaxReadahead / FuseConn.PageSize));
-            int count = (int)Math.Min(Math.Min(readahead, Math.Max(1, _fs.Conn.MaxReadSize / FuseConn.PageSize)), endPage - index);
-            var rc = _cache.Fill(File, _np, index, count, File.Opener, index * FuseConn.PageSize, Span<byte>.Empty, out _, out int fetched);
-            if (rc != Errno.OK)
-            {
-                return rc;
-            }
-            if (fetched == 0)
-            {
-                return Errno.EFAULT;
-            }
+            return Errno.OK;
         }
-        return Errno.ENOMEM;
+        long endPage = (size + FuseConn.PageSize - 1) / FuseConn.PageSize;
+        int readahead = Math.Max(1, (int)(_fs.Conn.MaxReadahead / FuseConn.PageSize));
+        int count = (int)Math.Min(Math.Min(readahead, Math.Max(1, _fs.Conn.MaxReadSize / FuseConn.PageSize)), endPage - index);
+        var rc = _cache.Fill(File, _np, index, count, File.Opener, index * FuseConn.PageSize, Span<byte>.Empty, out _, out int fetched,
+            ref access, keepEvenIfInvalidated: underWritebackLock);
+        if (rc != Errno.OK)
+        {
+            return rc;
+        }
+        return fetched == 0 ? Errno.EFAULT : Errno.OK;
     }
 
     /// <summary>msync(MS_SYNC) of [<paramref name="position"/>, +<paramref name="length"/>) of the mapping (all of it by

@@ -6,68 +6,6 @@ using Vhostfsd.Posix;
 
 namespace Vhostfsd.GuestKernelShim;
 
-/// <summary>Why dirty pages went to the daemon.</summary>
-public enum WritebackReason
-{
-    /// <summary>fsync(2) / fdatasync(2).</summary>
-    Fsync,
-    /// <summary>close(2) (FLUSH): write_inode_now before the FLUSH request.</summary>
-    Flush,
-    /// <summary>msync(2).</summary>
-    Msync,
-    /// <summary>munmap(2) of a shared mapping.</summary>
-    Munmap,
-    /// <summary>The cache was full of dirty pages, or dirty pages passed half the cache (balance_dirty_pages).</summary>
-    Pressure,
-    /// <summary>The flusher: dirty pages older than dirty_expire.</summary>
-    Timer,
-    /// <summary>umount (sync_filesystem).</summary>
-    Unmount,
-    /// <summary>An invalidation of a file's pages laundered its dirty pages first (truncate, size or mtime change,
-    /// an open without KEEP_CACHE), or a direct write or read needed them on the daemon's side first.</summary>
-    Invalidate,
-}
-
-/// <summary>One page of file data in the cache: 4 KiB of the file at <see cref="Index"/> × 4096, owned by one
-/// node's page table, on the mount's LRU list.</summary>
-internal sealed class CachePage
-{
-    public readonly byte[] Data = new byte[FuseConn.PageSize];
-    public NodePages? Owner;
-    public long Index;
-    public bool Dirty;
-    /// <summary>Bumped each time the page is given to another (node, index): a mapping's cached translation of a
-    /// file page to this object is valid only while the identity it saw is current.</summary>
-    public long Identity;
-    public CachePage? Newer;
-    public CachePage? Older;
-}
-
-/// <summary>The page-cache state of one regular file (Linux's address_space and the writeback parts of fuse_inode):
-/// its cached pages, the dirty ones in file order, the open files write-back may use (fuse_inode.write_files), the
-/// write-back error sequence (mapping->wb_err) and a generation that moves whenever pages are invalidated, so that a
-/// READ racing an invalidation does not put stale data back.</summary>
-internal sealed class NodePages
-{
-    public NodePages(FuseNode node)
-    {
-        Node = node;
-    }
-
-    public readonly FuseNode Node;
-    public readonly Dictionary<long, CachePage> Pages = new();
-    public readonly SortedSet<long> Dirty = new();
-    /// <summary>Writable open files, oldest first; write-back uses the first (guarded by the node's Sync).</summary>
-    public readonly List<FuseFile> WriteFiles = new();
-    /// <summary>Serializes write-back of this file with truncation and write-through, as the inode lock and
-    /// FUSE_NOWRITE do in Linux: a page is never written back after a truncate dropped it, and two write-backs of
-    /// one page never reach the daemon out of order.</summary>
-    public readonly object WritebackLock = new();
-    public int Generation;
-    public int WbErr;
-    public long DirtySince;
-}
-
 /// <summary>A mount's page cache (Linux's page cache as fs/fuse/file.c uses it): page-sized, bounded by the
 /// cache_size mount option, least recently used pages evicted first. Filled by READ with read-ahead up to the
 /// max_readahead INIT granted; with FUSE_WRITEBACK_CACHE it holds dirty pages that go to the daemon as WRITE
@@ -78,7 +16,7 @@ internal sealed class NodePages
 /// to the daemon, nor while a node's own lock is taken. Page contents are copied in and out under it one page at a
 /// time.
 /// </remarks>
-public sealed class PageCache : IDisposable
+public sealed partial class PageCache : IDisposable
 {
     public const int PageSize = FuseConn.PageSize;
 
@@ -370,9 +308,20 @@ public sealed class PageCache : IDisposable
     /// <paramref name="file"/>'s handle (stopping the window at the first page already cached) and copies what the
     /// caller asked for — file bytes from <paramref name="position"/> — into <paramref name="destination"/>.
     /// <paramref name="fetched"/> is what the READ returned (short at end of file). Pages are kept only when no
-    /// invalidation ran meanwhile.</summary>
+    /// invalidation or write ran meanwhile, unless <paramref name="keepEvenIfInvalidated"/> (a caller that holds the
+    /// file's write-back lock, which keeps writes and invalidations out).</summary>
     internal Errno Fill(FuseFile file, NodePages np, long first, int count, in FuseCaller caller, long position, Span<byte> destination,
-        out int copied, out int fetched)
+        out int copied, out int fetched, bool keepEvenIfInvalidated = false)
+    {
+        var none = new MappedAccess { Index = -1 };
+        return Fill(file, np, first, count, caller, position, destination, out copied, out fetched, ref none, keepEvenIfInvalidated);
+    }
+
+    /// <summary>As the other overload; a mapping's access to page <see cref="MappedAccess.Index"/> runs under the same
+    /// lock that puts the page in, so the page cannot be evicted or invalidated between its fault and the access
+    /// (the page lock of filemap_fault).</summary>
+    internal Errno Fill(FuseFile file, NodePages np, long first, int count, in FuseCaller caller, long position, Span<byte> destination,
+        out int copied, out int fetched, scoped ref MappedAccess access, bool keepEvenIfInvalidated = false)
     {
         copied = 0;
         fetched = 0;
@@ -408,7 +357,7 @@ public sealed class PageCache : IDisposable
             buffer.AsSpan(got, pages * PageSize - got).Clear();
             lock (_lock)
             {
-                if (np.Generation == generation)
+                if (np.Generation == generation || keepEvenIfInvalidated)
                 {
                     for (int i = 0; i < pages; i++)
                     {
@@ -425,6 +374,10 @@ public sealed class PageCache : IDisposable
                         InsertLocked(np, first + i, page);
                         _pagesRead++;
                     }
+                }
+                if (access.Index >= first && access.Index < first + pages && np.Pages.TryGetValue(access.Index, out var mapped))
+                {
+                    AccessLocked(np, mapped, ref access);
                 }
             }
             long skip = position - first * PageSize;
@@ -566,7 +519,7 @@ public sealed class PageCache : IDisposable
 
     /// <summary>Copies between a mapped page and the caller, if the page is still the one the mapping translated
     /// (same identity). A write marks the page dirty. False when the page went meanwhile (the mapping faults again).</summary>
-    internal bool AccessMapped(NodePages np, CachePage page, long identity, int inPage, Span<byte> readInto, ReadOnlySpan<byte> writeFrom)
+    internal bool AccessMapped(NodePages np, CachePage page, long identity, scoped ref MappedAccess access)
     {
         lock (_lock)
         {
@@ -574,359 +527,26 @@ public sealed class PageCache : IDisposable
             {
                 return false;
             }
-            if (writeFrom.IsEmpty)
-            {
-                page.Data.AsSpan(inPage, readInto.Length).CopyTo(readInto);
-            }
-            else
-            {
-                writeFrom.CopyTo(page.Data.AsSpan(inPage));
-                MarkDirtyLocked(np, page);
-            }
-            TouchLocked(page);
+            AccessLocked(np, page, ref access);
             return true;
         }
     }
 
-    // ---------------------------------------------------------------- invalidation
-
-    /// <summary>truncate_pagecache: pages wholly past <paramref name="size"/> go (dirty or not); the page holding
-    /// the new end keeps its bytes up to it and zeros after.</summary>
-    internal void TruncateTo(NodePages np, long size)
+    /// <summary>A mapping's access to a cached page (under _lock): copies out, or copies in and dirties the page.</summary>
+    private void AccessLocked(NodePages np, CachePage page, scoped ref MappedAccess access)
     {
-        lock (_lock)
+        if (access.WriteFrom.IsEmpty)
         {
-            np.Generation++;
-            long keep = (size + PageSize - 1) / PageSize;
-            List<CachePage>? doomed = null;
-            foreach (var (index, page) in np.Pages)
-            {
-                if (index >= keep)
-                {
-                    (doomed ??= new List<CachePage>()).Add(page);
-                }
-            }
-            if (doomed != null)
-            {
-                foreach (var page in doomed)
-                {
-                    RemoveLocked(page);
-                }
-            }
-            int tail = (int)(size % PageSize);
-            if (tail != 0 && np.Pages.TryGetValue(size / PageSize, out var last))
-            {
-                last.Data.AsSpan(tail).Clear();
-            }
+            page.Data.AsSpan(access.InPage, access.ReadInto.Length).CopyTo(access.ReadInto);
         }
-    }
-
-    /// <summary>invalidate_inode_pages2(_range): dirty pages in [<paramref name="first"/>, <paramref name="last"/>]
-    /// are written back first (fuse_launder_folio), then every page of the range goes.</summary>
-    internal void Invalidate(NodePages np, long first = 0, long last = long.MaxValue)
-    {
-        bool anyDirty;
-        lock (_lock)
+        else
         {
-            anyDirty = np.Dirty.Count > 0 && np.Dirty.GetViewBetween(first, last).Count > 0;
+            access.WriteFrom.CopyTo(page.Data.AsSpan(access.InPage));
+            MarkDirtyLocked(np, page);
         }
-        if (anyDirty)
-        {
-            Writeback(np, WritebackReason.Invalidate, first, last);
-        }
-        DropRange(np, first, last);
-    }
-
-    /// <summary>Drops the pages of [<paramref name="first"/>, <paramref name="last"/>], dirty ones included.</summary>
-    internal void DropRange(NodePages np, long first = 0, long last = long.MaxValue)
-    {
-        lock (_lock)
-        {
-            np.Generation++;
-            List<CachePage>? doomed = null;
-            foreach (var (index, page) in np.Pages)
-            {
-                if (index >= first && index <= last)
-                {
-                    (doomed ??= new List<CachePage>()).Add(page);
-                }
-            }
-            if (doomed != null)
-            {
-                foreach (var page in doomed)
-                {
-                    RemoveLocked(page);
-                }
-            }
-        }
-    }
-
-    /// <summary>echo 1 &gt; drop_caches: every clean page goes. Returns the pages dropped.</summary>
-    public int DropClean()
-    {
-        lock (_lock)
-        {
-            int dropped = 0;
-            var page = _oldest;
-            while (page != null)
-            {
-                var next = page.Newer;
-                if (!page.Dirty)
-                {
-                    page.Owner!.Generation++;
-                    RemoveLocked(page);
-                    dropped++;
-                }
-                page = next;
-            }
-            return dropped;
-        }
-    }
-
-    // ---------------------------------------------------------------- write-back
-
-    /// <summary>Writes the dirty pages of <paramref name="np"/> in [<paramref name="first"/>, <paramref name="last"/>]
-    /// to the daemon (fuse_writepages): runs of contiguous pages up to the connection's largest WRITE, each sent with
-    /// FUSE_WRITE_CACHE on the handle of the file's first writable open file, with that opener's credentials and lock
-    /// owner (FUSE_WRITE_LOCKOWNER), clamped to the file size the guest knows. A page is clean once its bytes are
-    /// copied for sending; a failed WRITE records its error in the file's <see cref="ErrSeq"/> (the data is lost, as
-    /// in Linux) and is returned too. A node the daemon reused for another file (stale) is not written at all: its
-    /// dirty pages are dropped and ESTALE recorded, so old data never lands in the new file.</summary>
-    internal Errno Writeback(NodePages np, WritebackReason reason, long first = 0, long last = long.MaxValue)
-    {
-        lock (np.WritebackLock)
-        {
-            var node = np.Node;
-            var conn = _fs.Conn;
-            var result = Errno.OK;
-            if (node.IsStale)
-            {
-                bool had;
-                lock (_lock)
-                {
-                    had = np.Dirty.Count > 0;
-                }
-                if (had)
-                {
-                    DropDirty(np, first, last);
-                    ErrSeq.Set(ref np.WbErr, (int)Errno.ESTALE);
-                    return Errno.ESTALE;
-                }
-                return Errno.OK;
-            }
-            int maxPages = Math.Max(1, conn.MaxWriteSize / PageSize);
-            byte[]? buffer = null;
-            try
-            {
-                while (true)
-                {
-                    FuseFile? file = WriteFileOf(np);
-                    long start;
-                    int run = 0;
-                    lock (_lock)
-                    {
-                        if (np.Dirty.Count == 0)
-                        {
-                            break;
-                        }
-                        var view = first == 0 && last == long.MaxValue ? np.Dirty : np.Dirty.GetViewBetween(first, last);
-                        if (view.Count == 0)
-                        {
-                            break;
-                        }
-                        start = view.Min;
-                        if (file == null)
-                        {
-                            // Nothing open for writing can carry the data (cannot happen while files and mappings
-                            // hold their handles): the pages are lost, as a failed write-back loses them.
-                            DropDirtyLocked(np, first, last);
-                            ErrSeq.Set(ref np.WbErr, (int)Errno.EIO);
-                            return Errno.EIO;
-                        }
-                        buffer ??= ArrayPool<byte>.Shared.Rent(maxPages * PageSize);
-                        while (run < maxPages && start + run <= last && np.Pages.TryGetValue(start + run, out var page) && page.Dirty)
-                        {
-                            page.Data.CopyTo(buffer.AsSpan(run * PageSize, PageSize));
-                            page.Dirty = false;
-                            np.Dirty.Remove(start + run);
-                            _dirty--;
-                            run++;
-                        }
-                        if (np.Dirty.Count == 0)
-                        {
-                            _dirtyNodes.Remove(np);
-                        }
-                        _writtenBack[(int)reason] += run;
-                    }
-                    long size = (long)node.Attr.FileSize;
-                    long length = Math.Min((long)run * PageSize, size - start * PageSize);
-                    if (length <= 0)
-                    {
-                        // Pages past the end of the file (a truncate raced): nothing to write.
-                        continue;
-                    }
-                    var rc = SendWrite(file, start * PageSize, buffer.AsSpan(0, (int)length));
-                    if (rc != Errno.OK)
-                    {
-                        ErrSeq.Set(ref np.WbErr, (int)rc);
-                        if (result == Errno.OK)
-                        {
-                            result = rc;
-                        }
-                    }
-                }
-            }
-            finally
-            {
-                if (buffer != null)
-                {
-                    ArrayPool<byte>.Shared.Return(buffer);
-                }
-            }
-            return result;
-        }
-    }
-
-    private Errno SendWrite(FuseFile file, long offset, ReadOnlySpan<byte> data)
-    {
-        var conn = _fs.Conn;
-        var opener = file.Opener;
-        uint writeFlags = (uint)(FuseWriteFlags.Cache | FuseWriteFlags.LockOwner);
-        if (conn.Has(FuseInitFlags.HandleKillprivV2) && !opener.IsRoot)
-        {
-            writeFlags |= (uint)FuseWriteFlags.KillSuidgid;
-        }
-        var arg = new FuseWriteIn
-        {
-            Fh = file.Fh,
-            Offset = (ulong)offset,
-            Length = (uint)data.Length,
-            WriteFlags = writeFlags,
-            LockOwner = FuseFs.LockOwnerOf(opener),
-            Flags = (uint)file.Flags,
-        };
-        FuseWriteOut outArg = default;
-        Interlocked.Increment(ref _writeRequests);
-        var reply = conn.Send(FuseOpcode.Write, file.Node.NodeId, opener, new FuseArgs(FuseFs.Bytes(in arg), data),
-            MemoryMarshal.AsBytes(new Span<FuseWriteOut>(ref outArg)), FuseReplyShape.Fixed);
-        if (!reply.IsOk)
-        {
-            return reply.Errno;
-        }
-        // A short write-back is an error (fuse_writepage_end: the rest of the data is lost).
-        return outArg.Length == (uint)data.Length ? Errno.OK : Errno.EIO;
-    }
-
-    private static FuseFile? WriteFileOf(NodePages np)
-    {
-        lock (np.Node.Sync)
-        {
-            return np.WriteFiles.Count > 0 ? np.WriteFiles[0] : null;
-        }
-    }
-
-    private void DropDirty(NodePages np, long first, long last)
-    {
-        lock (_lock)
-        {
-            DropDirtyLocked(np, first, last);
-        }
-    }
-
-    private void DropDirtyLocked(NodePages np, long first, long last)
-    {
-        var doomed = new List<CachePage>();
-        foreach (long index in np.Dirty.GetViewBetween(first, last))
-        {
-            doomed.Add(np.Pages[index]);
-        }
-        foreach (var page in doomed)
-        {
-            RemoveLocked(page);
-        }
-        np.Generation++;
-    }
-
-    /// <summary>Writes back every dirty file (sync(2), umount).</summary>
-    internal void SyncAll(WritebackReason reason)
-    {
-        while (true)
-        {
-            NodePages? next;
-            lock (_lock)
-            {
-                next = _dirtyNodes.Count > 0 ? _dirtyNodes.First() : null;
-            }
-            if (next == null)
-            {
-                return;
-            }
-            Writeback(next, reason);
-        }
-    }
-
-    /// <summary>The flusher thread: every quarter of dirty_expire it writes back the files whose first dirty page is
-    /// older than dirty_expire.</summary>
-    private void FlusherLoop()
-    {
-        var due = new List<NodePages>();
-        while (true)
-        {
-            lock (_lock)
-            {
-                if (_stopping)
-                {
-                    return;
-                }
-                Monitor.Wait(_lock, TimeSpan.FromTicks(Math.Max(TimeSpan.TicksPerMillisecond, DirtyExpire.Ticks / 4)));
-                if (_stopping)
-                {
-                    return;
-                }
-                long now = Stopwatch.GetTimestamp();
-                due.Clear();
-                foreach (var np in _dirtyNodes)
-                {
-                    if (now - np.DirtySince >= _expireTicks)
-                    {
-                        due.Add(np);
-                    }
-                }
-            }
-            foreach (var np in due)
-            {
-                if (!_fs.IsMounted)
-                {
-                    return;
-                }
-                Writeback(np, WritebackReason.Timer);
-            }
-        }
-    }
-
-    /// <summary>Forgets a node's pages when the node is evicted (fuse_evict_inode: truncate_inode_pages_final).</summary>
-    internal void DropNode(FuseNode node)
-    {
-        var np = node.Pages;
-        if (np != null)
-        {
-            DropRange(np);
-        }
-    }
-
-    /// <summary>Stops the flusher.</summary>
-    public void Dispose()
-    {
-        Thread? flusher;
-        lock (_lock)
-        {
-            _stopping = true;
-            flusher = _flusher;
-            Monitor.PulseAll(_lock);
-        }
-        if (flusher != null && !ReferenceEquals(flusher, Thread.CurrentThread))
-        {
-            flusher.Join(TimeSpan.FromSeconds(10));
-        }
+        TouchLocked(page);
+        access.Page = page;
+        access.Identity = page.Identity;
+        access.Done = true;
     }
 }
