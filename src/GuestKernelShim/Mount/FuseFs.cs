@@ -170,7 +170,7 @@ public sealed partial class FuseFs : IDisposable
         if (Cache != null)
         {
             // sync_filesystem: dirty pages reach the daemon before DESTROY.
-            Cache.Dispose();
+            Cache.Stop();
             if (!Conn.IsDisconnected)
             {
                 Cache.SyncAll(WritebackReason.Unmount);

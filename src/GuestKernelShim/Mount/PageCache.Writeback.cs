@@ -241,7 +241,7 @@ public sealed partial class PageCache
     }
 
     /// <summary>Stops the flusher.</summary>
-    public void Dispose()
+    internal void Stop()
     {
         Thread? flusher;
         lock (_lock)

@@ -1,6 +1,5 @@
 using System.Buffers;
 using System.Diagnostics;
-using System.Runtime.InteropServices;
 using Vhostfsd.FuseProtocol;
 using Vhostfsd.Posix;
 
@@ -13,10 +12,11 @@ namespace Vhostfsd.GuestKernelShim;
 /// errors are recorded per file in an <see cref="ErrSeq"/> that every open file reports once.</summary>
 /// <remarks>
 /// One lock guards the page tables, the LRU list, page contents and the counters; it is never held across a request
-/// to the daemon, nor while a node's own lock is taken. Page contents are copied in and out under it one page at a
-/// time.
+/// to the daemon, and no other lock is taken under it. Page contents are copied in and out under it one page at a
+/// time. A file's write-back lock (<see cref="NodePages.WritebackLock"/>) is taken before it, never after: it keeps
+/// write-back, write-through, truncation, invalidation and a mapping's slow fault of one file from interleaving.
 /// </remarks>
-public sealed partial class PageCache : IDisposable
+public sealed partial class PageCache
 {
     public const int PageSize = FuseConn.PageSize;
 
