@@ -48,7 +48,8 @@ public sealed class DaemonSpec
     {
         string dotnet = FindDotnet();
         string[] fixedArgs = ["--sandbox", "chroot", "--log-level", "warn"];
-        return new DaemonSpec("vhostfsd", $"{dotnet} {dll} --socket-path {{socket}} --shared-dir {{dir}} --cache never {string.Join(' ', fixedArgs)}",
+        return new DaemonSpec("vhostfsd",
+            $"{dotnet} {dll} --socket-path {{socket}} --shared-dir {{dir}} --cache never {string.Join(' ', fixedArgs)} (cached workloads: --cache always [--writeback])",
             (socket, dir, caching) => (dotnet, [dll, "--socket-path", socket, "--shared-dir", dir,
                 "--cache", caching == DaemonCaching.None ? "never" : "always", .. caching == DaemonCaching.Writeback ? ["--writeback"] : Array.Empty<string>(),
                 .. fixedArgs]));
@@ -57,7 +58,8 @@ public sealed class DaemonSpec
     /// <summary>QEMU 7.2's C virtiofsd with cache=none (cache=always, and writeback, for the cached workloads; its
     /// default --thread-pool-size is 0: requests run inline on the queue thread).</summary>
     public static DaemonSpec Reference() =>
-        new("reference", $"{ReferencePath} --socket-path={{socket}} -o source={{dir}} -o cache=none -o sandbox=chroot -o log_level=warn",
+        new("reference",
+            $"{ReferencePath} --socket-path={{socket}} -o source={{dir}} -o cache=none -o sandbox=chroot -o log_level=warn (cached workloads: -o cache=always [-o writeback])",
             (socket, dir, caching) => (ReferencePath, ["--socket-path=" + socket, "-o", "source=" + dir,
                 "-o", caching == DaemonCaching.None ? "cache=none" : "cache=always", .. caching == DaemonCaching.Writeback ? ["-o", "writeback"] : Array.Empty<string>(),
                 "-o", "sandbox=chroot", "-o", "log_level=warn"]));

@@ -28,8 +28,8 @@ public sealed class MountOptions
 
     /// <summary>cache_size: bytes of page cache the mount may hold (the guest's memory for file data), rounded down
     /// to whole pages; least recently used pages go first when it is full. 0 (the default) means no page cache:
-    /// every read and write goes to the daemon and mmap is refused (ENODEV), which is how the shim behaved before it
-    /// had one and what the uncached benchmarks measure.</summary>
+    /// every read and write goes to the daemon (as direct I/O) and mmap is refused (ENODEV), which is what the
+    /// uncached benchmarks and the suites that count requests need.</summary>
     public long CacheSize { get; set; }
 
     /// <summary>writeback: ask for FUSE_WRITEBACK_CACHE at INIT. When the daemon grants it, writes land in the page
