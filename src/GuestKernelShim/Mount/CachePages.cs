@@ -17,6 +17,8 @@ public enum WritebackReason
     Timer,
     /// <summary>umount (sync_filesystem).</summary>
     Unmount,
+    /// <summary>sync(2) (<see cref="FuseFs.Sync"/>).</summary>
+    Sync,
     /// <summary>An invalidation of a file's pages laundered its dirty pages first (truncate, size or mtime change,
     /// an open without KEEP_CACHE), or a direct write or read needed them on the daemon's side first.</summary>
     Invalidate,

@@ -30,7 +30,7 @@ public sealed partial class FuseFs
     public bool WritebackCache => Cache != null && Conn.Has(FuseInitFlags.WritebackCache);
 
     /// <summary>sync(2): writes back every dirty page of the mount (errors are recorded per file, as sync reports none).</summary>
-    public void Sync() => Cache?.SyncAll(WritebackReason.Flush);
+    public void Sync() => Cache?.SyncAll(WritebackReason.Sync);
 
     // ---------------------------------------------------------------- attributes of cached files
 
