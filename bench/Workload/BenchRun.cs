@@ -174,13 +174,13 @@ public sealed class BenchRun
             dataset.CleanSmall();
         }
         long started = Stopwatch.GetTimestamp();
-        using var daemon = DaemonUnderTest.Start(spec, dataset.Root, _settings.StartTimeout);
+        using var daemon = DaemonUnderTest.Start(spec, dataset.Root, _settings.StartTimeout, workload.Caching);
         try
         {
             FuseSession session;
             try
             {
-                session = FuseSession.Connect(daemon.SocketPath, queues, dataset);
+                session = FuseSession.Connect(daemon.SocketPath, queues, dataset, workload.MountOptions(dataset.Shape));
             }
             catch (Exception e)
             {
@@ -189,6 +189,7 @@ public sealed class BenchRun
             double readyMs = session.ReadyAfter(started);
             using (session)
             {
+                workload.Prepare(session);
                 // Idle: connected, INIT done, the dataset's directories looked up, nothing in flight.
                 Thread.Sleep(50);
                 long idleRss = daemon.RssBytes();

@@ -37,7 +37,19 @@ public abstract class Workload
     /// <summary>Something the session decided that the report should say (e.g. the READ size granted).</summary>
     public virtual string? Note(FuseSession session) => null;
 
-    public static readonly string[] AllNames = ["metadata", "smallfile", "readdirplus", "randread", "randwrite", "seqread", "seqwrite", "gitstatus"];
+    /// <summary>What the daemon must let the guest cache for this workload.</summary>
+    public virtual DaemonCaching Caching => DaemonCaching.None;
+
+    /// <summary>The shim mount the workload runs on (a page cache); null: the bare connection.</summary>
+    public virtual MountOptions? MountOptions(DatasetShape shape) => null;
+
+    /// <summary>Runs once per daemon cell after the session is up and before the warm-up (e.g. filling a cache).</summary>
+    public virtual void Prepare(FuseSession session)
+    {
+    }
+
+    public static readonly string[] AllNames =
+        ["metadata", "smallfile", "readdirplus", "randread", "randwrite", "seqread", "seqwrite", "gitstatus", "cachedread", "cachedwrite"];
 
     public static Workload Create(string name) => name switch
     {
@@ -49,6 +61,8 @@ public abstract class Workload
         "seqread" => new SequentialIoWorkload(write: false),
         "seqwrite" => new SequentialIoWorkload(write: true),
         "gitstatus" => new GitStatusWorkload(),
+        "cachedread" => new CachedReadWorkload(),
+        "cachedwrite" => new CachedWriteWorkload(),
         _ => throw new ArgumentException($"unknown workload '{name}' (one of {string.Join(", ", AllNames)})"),
     };
 }
