@@ -6,7 +6,7 @@ SLN := vhostfsd.sln
 OUT := out
 PREFIX ?= /usr/local
 
-.PHONY: all deps restore build test test-unit run demo bench bench-quick bench-micro install clean e2e
+.PHONY: all deps restore build test test-unit run fuse-mount-run demo bench bench-quick bench-micro install clean e2e
 
 all: build
 
@@ -34,6 +34,13 @@ test-unit: build
 # Run the daemon: make run ARGS="--socket-path /tmp/vfs.sock --shared-dir /srv/share"
 run: build
 	$(DOTNET) src/Vhostfsd/bin/$(CONFIG)/net10.0/vhostfsd.dll $(ARGS)
+
+# Run a command against a fresh share mounted through the host kernel's FUSE (vhostfsd --fuse-mount):
+# make fuse-mount-run CMD="prove -r /opt/pjdfstest/tests" ARGS="--xattr --posix-lock"
+# CMD runs in the mount point (also in $$VHOSTFSD_MOUNT); the target fails with CMD's status.
+# Needs root and /dev/fuse; docs/testing.md, "Host FUSE mount".
+fuse-mount-run: deps build
+	@scripts/fuse-mount-run.sh "$(CMD)" $(ARGS)
 
 # The real-guest suite alone (tests/E2E, docs/e2e.md): boots QEMU against the reference
 # virtiofsd and vhostfsd. The guest kernel is downloaded once into .e2e-cache/.
