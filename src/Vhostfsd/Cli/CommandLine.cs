@@ -132,7 +132,7 @@ internal static class CommandLine
         {
             result.Invoke(new InvocationConfiguration { Output = output, Error = output });
             output.WriteLine();
-            output.WriteLine("Exit status: 0 after a normal disconnect or a termination signal, 1 when start-up or serving fails, 2 for a wrong command line.");
+            output.WriteLine("Exit status: 0 after a normal disconnect, an unmount (--fuse-mount) or a termination signal, 1 when start-up or serving fails, 2 for a wrong command line.");
             output.WriteLine("See docs/cli.md for every option, the C (-o) dialect and how to run under libvirt, Kata and systemd.");
             return new ParsedCommandLine(CommandLineOutcome.Printed, new DaemonOptions());
         }
