@@ -50,6 +50,37 @@ public sealed class LifecycleTests
     }
 
     [Fact]
+    public void Readers_allocate_nothing_per_request_once_warmed_up()
+    {
+        using var m = MountedShare.Start(["--cache", "never"], share =>
+        {
+            for (int i = 0; i < 100; i++)
+            {
+                File.WriteAllText(Path.Combine(share, $"f{i}"), "content");
+            }
+        });
+        // LOOKUP + GETATTR per stat (no cache), and OPEN, READ, FLUSH, RELEASE, CREATE, WRITE, UNLINK.
+        for (int round = 0; round < 60; round++)
+        {
+            for (int i = 0; i < 100; i++)
+            {
+                Assert.True(File.Exists(m.InMount($"f{i}")));
+            }
+            Assert.Equal("content", File.ReadAllText(m.InMount($"f{round}")));
+            File.WriteAllText(m.InMount($"new{round}"), "new");
+            File.Delete(m.InMount($"new{round}"));
+        }
+        Assert.Equal(0, m.Stop());
+        var counts = System.Text.RegularExpressions.Regex.Match(m.Daemon.Stderr, @"Readers allocated (\d+) bytes over (\d+) requests");
+        Assert.True(counts.Success, m.Daemon.Stderr);
+        long bytes = long.Parse(counts.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+        long requests = long.Parse(counts.Groups[2].Value, System.Globalization.CultureInfo.InvariantCulture);
+        Assert.True(requests > 5000, $"only {requests} requests after the warm-up");
+        // A spare reader started late costs its thread once; nothing grows with the requests.
+        Assert.True(bytes < 16 * 1024, $"{bytes} bytes allocated over {requests} requests");
+    }
+
+    [Fact]
     public void Readonly_mounts_read_only_and_refuses_changes()
     {
         using var m = MountedShare.Start(["--readonly"], share => File.WriteAllText(Path.Combine(share, "kept.txt"), "kept"));

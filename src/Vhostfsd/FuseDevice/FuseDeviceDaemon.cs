@@ -36,7 +36,11 @@ internal static class FuseDeviceDaemon
         switch (end)
         {
             case FuseDeviceSessionEnd.Unmounted:
-                log.Information("The file system was unmounted ({Readers} reader(s), {Spares} spare(s) started); exiting", fuse.ReaderCount, fuse.SpareCount);
+                var (allocated, steady) = fuse.SteadyAllocation;
+                log.Information("The file system was unmounted ({Readers} reader(s), {Spares} spare(s) started, {Requests} requests served); exiting",
+                    fuse.ReaderCount, fuse.SpareCount, fuse.Requests);
+                log.Debug("Readers allocated {Bytes} bytes over {Steady} requests after their first {WarmUp} each",
+                    allocated, steady, FuseDeviceReader.WarmUpRequests);
                 fuse.Dispose();
                 server.Dispose();
                 return ExitCodes.Success;

@@ -22,6 +22,12 @@ internal sealed unsafe class FuseDeviceReader
     private readonly Thread _thread;
     private byte* _request;
     private byte* _reply;
+    private long _requests;
+    private long _allocatedBeforeSteady;
+
+    /// <summary>Requests a reader serves before its allocations are counted: the first ones of each
+    /// kind run one-time initialisation (static fields, type loading).</summary>
+    public const int WarmUpRequests = 1000;
 
     /// <param name="fd">The /dev/fuse fd to serve; <paramref name="ownedFd"/> is closed when the
     /// reader stops (null when the fd is shared and owned by the session).</param>
@@ -56,6 +62,9 @@ internal sealed unsafe class FuseDeviceReader
         }
         finally
         {
+            long steady = Math.Max(0, _requests - WarmUpRequests);
+            long allocated = steady > 0 ? GC.GetAllocatedBytesForCurrentThread() - _allocatedBeforeSteady : 0;
+            _session.CountServed(_requests, steady, allocated);
             NativeMemory.AlignedFree(_request);
             NativeMemory.AlignedFree(_reply);
             _request = null;
@@ -107,6 +116,10 @@ internal sealed unsafe class FuseDeviceReader
             if (length > 0 && !WriteReply(length))
             {
                 return null;
+            }
+            if (++_requests == WarmUpRequests)
+            {
+                _allocatedBeforeSteady = GC.GetAllocatedBytesForCurrentThread();
             }
         }
     }

@@ -49,6 +49,9 @@ internal sealed class FuseDeviceSession : IDisposable
     private bool _stopping;
     private string? _failure;
     private long _abandonedReplies;
+    private long _requests;
+    private long _steadyRequests;
+    private long _steadyAllocatedBytes;
     private int _refusedReplyLogged;
 
     /// <param name="sessionFd">The fd mount(2) was given; owned by the session from now on.</param>
@@ -160,6 +163,22 @@ internal sealed class FuseDeviceSession : IDisposable
     public void LeaveBlocking() => Interlocked.Decrement(ref _blocking);
 
     public void CountAbandonedReply() => Interlocked.Increment(ref _abandonedReplies);
+
+    /// <summary>Requests served by the readers that stopped.</summary>
+    public long Requests => Interlocked.Read(ref _requests);
+
+    /// <summary>Managed bytes the stopped readers allocated after their first
+    /// <see cref="FuseDeviceReader.WarmUpRequests"/> requests, and how many requests they served
+    /// meanwhile: the steady state allocates nothing per request.</summary>
+    public (long Bytes, long Requests) SteadyAllocation => (Interlocked.Read(ref _steadyAllocatedBytes), Interlocked.Read(ref _steadyRequests));
+
+    /// <summary>A stopping reader's counts.</summary>
+    public void CountServed(long requests, long steadyRequests, long steadyAllocatedBytes)
+    {
+        Interlocked.Add(ref _requests, requests);
+        Interlocked.Add(ref _steadyRequests, steadyRequests);
+        Interlocked.Add(ref _steadyAllocatedBytes, steadyAllocatedBytes);
+    }
 
     /// <summary>The kernel refused a reply (a malformed reply is a bug in the server): logged once.</summary>
     public void ReplyRefused(Errno errno)
