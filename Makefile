@@ -12,7 +12,7 @@ NATIVE := $(NATIVE_DIR)/vhostfsd
 # The same program on the JIT, for the debugger (make run-jit).
 JIT_DLL := src/Vhostfsd/bin/$(CONFIG)/net10.0/vhostfsd.dll
 
-.PHONY: all deps build-deps restore build test test-unit run run-jit demo bench bench-quick bench-micro install deb clean e2e
+.PHONY: all deps build-deps restore build test test-unit run run-jit fuse-mount-run demo bench bench-quick bench-micro install deb clean e2e
 
 all: build
 
@@ -49,6 +49,13 @@ run: build
 # The same daemon on the JIT (dotnet vhostfsd.dll), for a managed debugger or dotnet-trace.
 run-jit: build
 	$(DOTNET) $(JIT_DLL) $(ARGS)
+
+# Run a command against a fresh share mounted through the host kernel's FUSE (vhostfsd --fuse-mount):
+# make fuse-mount-run CMD="prove -r /opt/pjdfstest/tests" ARGS="--xattr --posix-lock"
+# CMD runs in the mount point (also in $$VHOSTFSD_MOUNT); the target fails with CMD's status.
+# Needs root and /dev/fuse; docs/testing.md, "Host FUSE mount".
+fuse-mount-run: deps build
+	@scripts/fuse-mount-run.sh "$(CMD)" $(ARGS)
 
 # The real-guest suite alone (tests/E2E, docs/e2e.md): boots QEMU against the reference
 # virtiofsd and vhostfsd. The guest kernel is downloaded once into .e2e-cache/.

@@ -92,7 +92,7 @@ public sealed class DaemonSpec
 
     private static string ShellQuote(string s) => "'" + s.Replace("'", "'\\''", StringComparison.Ordinal) + "'";
 
-    private static string FindDotnet()
+    internal static string FindDotnet()
     {
         if (Environment.ProcessPath is string host && Path.GetFileNameWithoutExtension(host) == "dotnet")
         {

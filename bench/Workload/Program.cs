@@ -25,6 +25,7 @@ var warmupOption = new Option<double?>("--warmup") { Description = "Seconds of w
 var opsOption = new Option<long?>("--ops") { Description = "Measure a fixed number of operations per cell (shared by the callers) instead of a duration", HelpName = "N" };
 var quickOption = new Option<bool>("--quick") { Description = "CI-size run: small data set (1,000 files, 64 MiB file), tmpfs only, 1 repetition, short cells" };
 var noNativeOption = new Option<bool>("--no-native") { Description = "Skip the native (direct syscall) floor" };
+var fuseMountOption = new Option<bool>("--fuse-mount") { Description = "Also measure vhostfsd --fuse-mount (as fuse-mount): the native workload code, plain syscalls, on a mount of the share through the host kernel's FUSE, daemon with --cache never (needs root and /dev/fuse)" };
 var jsonOption = new Option<string>("--json") { Description = "Also write every cell and the medians as JSON to FILE (- for stdout)", HelpName = "FILE" };
 var profileOption = new Option<string>("--profile-cmd") { Description = "Run this command during each daemon cell's measured phase, stopped with SIGINT. {pid}: the serving process (the newest of the daemon's process tree), {pids}: the whole tree, comma-separated, {cell}: a name for the cell. E.g. \"perf record -g -p {pids} -o /tmp/{cell}.data\"", HelpName = "CMD" };
 var vhostfsdOption = new Option<string>("--vhostfsd") { Description = "The vhostfsd executable to run [default: src/Vhostfsd/bin/CONFIG/native/vhostfsd]", HelpName = "PATH" };
@@ -32,7 +33,7 @@ var vhostfsdOption = new Option<string>("--vhostfsd") { Description = "The vhost
 var root = new RootCommand("vhostfs-bench: compare virtio-fs daemons (vhostfsd, the reference virtiofsd, any other) on the same workloads, through GuestKernelShim over their vhost-user sockets, against the native syscall floor.")
 {
     daemonOption, dirKindOption, workloadsOption, callersOption, queuesOption, repeatOption, durationOption, warmupOption, opsOption,
-    quickOption, noNativeOption, jsonOption, vhostfsdOption, profileOption,
+    quickOption, noNativeOption, fuseMountOption, jsonOption, vhostfsdOption, profileOption,
 };
 
 root.SetAction(parse =>
@@ -108,6 +109,7 @@ root.SetAction(parse =>
             parse.GetValue(opsOption) ?? 0),
         Shape = quick ? DatasetShape.Quick : DatasetShape.Full,
         Native = !parse.GetValue(noNativeOption),
+        FuseMountDll = parse.GetValue(fuseMountOption) ? parse.GetValue(vhostfsdOption) ?? DaemonSpec.FindVhostfsdDll() : null,
         JsonPath = parse.GetValue(jsonOption),
         ProfileCommand = parse.GetValue(profileOption),
         WarmupUntilJitIdle = !quick,
@@ -119,6 +121,10 @@ root.SetAction(parse =>
     foreach (var d in daemons)
     {
         Console.Error.WriteLine($"  {d.Name}: {d.Display}");
+    }
+    if (settings.FuseMountDll != null)
+    {
+        Console.Error.WriteLine($"  {FuseMountUnderTest.Name}: {FuseMountUnderTest.Display(settings.FuseMountDll)}");
     }
     var run = new BenchRun(settings, line => Console.Error.WriteLine(line));
     try
@@ -147,6 +153,10 @@ root.SetAction(parse =>
     foreach (var d in daemons)
     {
         Console.WriteLine($"{d.Name}: {d.Display}");
+    }
+    if (settings.FuseMountDll != null)
+    {
+        Console.WriteLine($"{FuseMountUnderTest.Name}: {FuseMountUnderTest.Display(settings.FuseMountDll)}, driven by the native workload code on the mount point");
     }
     Console.WriteLine($"Medians of {settings.Repeat} repetition(s), {(settings.Budget.ByOps ? $"{settings.Budget.Ops} ops" : $"{settings.Budget.Duration.TotalSeconds} s")} per cell " +
         $"after {settings.Budget.Warmup.TotalSeconds} s warm-up; rates are per second.");

@@ -262,17 +262,20 @@ public sealed class FuseSession : IDisposable
 /// <summary>The native floor: the same directory opened by the benchmark process itself.</summary>
 public sealed unsafe class NativeSession : IDisposable
 {
-    public NativeSession(Dataset dataset)
+    /// <param name="root">Where the dataset is reached: its own directory (the native floor), or a mount
+    /// of it (the host FUSE mount).</param>
+    public NativeSession(Dataset dataset, string? root = null)
     {
         Dataset = dataset;
+        root ??= dataset.Root;
         DirFds = new int[dataset.Shape.TreeDirs];
         for (int d = 0; d < DirFds.Length; d++)
         {
-            DirFds[d] = OpenPath(Path.Combine(dataset.Root, "tree", $"d{d:D3}"), Libc.O_RDONLY | Libc.O_DIRECTORY);
+            DirFds[d] = OpenPath(Path.Combine(root, "tree", $"d{d:D3}"), Libc.O_RDONLY | Libc.O_DIRECTORY);
         }
-        FlatPath = Path.Combine(dataset.Root, "flat");
-        SmallFd = OpenPath(Path.Combine(dataset.Root, "small"), Libc.O_RDONLY | Libc.O_DIRECTORY);
-        BigPath = Path.Combine(dataset.Root, "big");
+        FlatPath = Path.Combine(root, "flat");
+        SmallFd = OpenPath(Path.Combine(root, "small"), Libc.O_RDONLY | Libc.O_DIRECTORY);
+        BigPath = Path.Combine(root, "big");
     }
 
     public Dataset Dataset { get; }

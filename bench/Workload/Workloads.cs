@@ -85,6 +85,33 @@ internal struct FastRandom
     public int Next(int bound) => (int)(Next() % (ulong)bound);
 }
 
+/// <summary>A page-aligned native buffer for the native I/O workloads, as programs that do large I/O
+/// allocate them (posix_memalign). Alignment matters on a FUSE mount: an unaligned 1 MiB buffer spans
+/// 257 pages, one more than a FUSE request carries (max_pages 256), so each 1 MiB call would be two
+/// requests.</summary>
+internal sealed unsafe class AlignedBuffer : IDisposable
+{
+    private byte* _data;
+
+    public AlignedBuffer(int length)
+    {
+        Length = length;
+        _data = (byte*)NativeMemory.AlignedAlloc((nuint)length, 4096);
+        Span.Clear();
+    }
+
+    public int Length { get; }
+
+    // SAFETY: _data holds Length bytes until Dispose; callers do not use the span after it.
+    public Span<byte> Span => new(_data, Length);
+
+    public void Dispose()
+    {
+        NativeMemory.AlignedFree(_data);
+        _data = null;
+    }
+}
+
 internal static unsafe class Native
 {
     public static void Stat(int dirFd, byte[] nameWithNul)
@@ -449,7 +476,7 @@ public sealed class RandomIoWorkload(bool write) : Workload
     {
         private readonly RandomIoWorkload _w;
         private readonly int _fd;
-        private readonly byte[] _buffer = new byte[BlockSize];
+        private readonly AlignedBuffer _buffer = new(BlockSize);
         private readonly int _blocks;
         private FastRandom _random;
 
@@ -464,7 +491,7 @@ public sealed class RandomIoWorkload(bool write) : Workload
         public override long Step()
         {
             long offset = (long)_random.Next(_blocks) * BlockSize;
-            int n = _w._write ? Native.Pwrite(_fd, _buffer, offset) : Native.Pread(_fd, _buffer, offset);
+            int n = _w._write ? Native.Pwrite(_fd, _buffer.Span, offset) : Native.Pread(_fd, _buffer.Span, offset);
             if (n != BlockSize)
             {
                 throw new BenchFailure($"short native {_w.Name}: {n} bytes");
@@ -472,7 +499,11 @@ public sealed class RandomIoWorkload(bool write) : Workload
             return 1;
         }
 
-        public override void Dispose() => Libc.Close(_fd);
+        public override void Dispose()
+        {
+            Libc.Close(_fd);
+            _buffer.Dispose();
+        }
     }
 }
 
@@ -551,7 +582,7 @@ public sealed class SequentialIoWorkload(bool write) : Workload
     {
         private readonly SequentialIoWorkload _w;
         private readonly int _fd;
-        private readonly byte[] _buffer = new byte[RequestSize];
+        private readonly AlignedBuffer _buffer = new(RequestSize);
         private readonly long _start;
         private readonly long _length;
         private long _cursor;
@@ -559,7 +590,7 @@ public sealed class SequentialIoWorkload(bool write) : Workload
         public NativeWork(SequentialIoWorkload w, NativeSession s, int caller, int callers)
         {
             _w = w;
-            new Random(caller).NextBytes(_buffer);
+            new Random(caller).NextBytes(_buffer.Span);
             long slice = s.Dataset.Shape.BigFileBytes / callers / RequestSize * RequestSize;
             _start = slice * caller;
             _length = Math.Max(RequestSize, slice);
@@ -569,16 +600,20 @@ public sealed class SequentialIoWorkload(bool write) : Workload
         public override long Step()
         {
             long offset = _start + _cursor;
-            _cursor = (_cursor + _buffer.Length) % _length;
-            int n = _w._write ? Native.Pwrite(_fd, _buffer, offset) : Native.Pread(_fd, _buffer, offset);
-            if (n != _buffer.Length)
+            _cursor = (_cursor + RequestSize) % _length;
+            int n = _w._write ? Native.Pwrite(_fd, _buffer.Span, offset) : Native.Pread(_fd, _buffer.Span, offset);
+            if (n != RequestSize)
             {
                 throw new BenchFailure($"short native {_w.Name}: {n} bytes at {offset}");
             }
             return n;
         }
 
-        public override void Dispose() => Libc.Close(_fd);
+        public override void Dispose()
+        {
+            Libc.Close(_fd);
+            _buffer.Dispose();
+        }
     }
 }
 

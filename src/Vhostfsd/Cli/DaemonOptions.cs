@@ -48,6 +48,16 @@ internal sealed class DaemonOptions
     /// <summary>Forward flock() locks to the host (off by default).</summary>
     public bool Flock { get; set; }
 
+    /// <summary>--fuse-mount: serve through the host kernel's FUSE on this directory instead of a
+    /// vhost-user socket (null: vhost-user).</summary>
+    public string? FuseMount { get; set; }
+
+    /// <summary>--fuse-options allow_other.</summary>
+    public bool FuseAllowOther { get; set; }
+
+    /// <summary>--fuse-options default_permissions.</summary>
+    public bool FuseDefaultPermissions { get; set; }
+
     /// <summary>Deprecation notes to log once logging is up (the reference daemon warns the same way).</summary>
     public List<string> Warnings { get; } = new();
 

@@ -71,6 +71,10 @@ internal static unsafe class DaemonHost
 
     private static int RunMain(DaemonOptions options, ILogger log)
     {
+        if (options.FuseMount != null)
+        {
+            return FuseMountHost.RunSupervisor(options, log);
+        }
         string sharedDir = CheckSharedDir(options.SharedDir!);
         using var signals = InstallShutdownSignals();
         int lastCap = Capabilities.KernelLastCap();
@@ -149,6 +153,10 @@ internal static unsafe class DaemonHost
         }
         string sharedDir = CheckSharedDir(options.SharedDir!);
         int lastCap = Capabilities.KernelLastCap();
+        if (options.FuseMount != null)
+        {
+            return FuseMountHost.RunChild(options, marker, sharedDir, lastCap, log);
+        }
         using DaemonListener listener = DaemonListener.Adopt(marker.ListenFd);
         SandboxResult result;
         switch (marker.Mode)
@@ -325,7 +333,7 @@ internal static unsafe class DaemonHost
         }
     }
 
-    private static string CheckSharedDir(string sharedDir)
+    internal static string CheckSharedDir(string sharedDir)
     {
         string full = Path.GetFullPath(sharedDir);
         if (Directory.Exists(full))
@@ -343,7 +351,7 @@ internal static unsafe class DaemonHost
         listener.SocketPath ?? $"fd {listener.Socket.Fd}";
 
     /// <summary>SIGTERM, SIGINT and SIGHUP request a clean shutdown instead of killing the process.</summary>
-    private static IDisposable InstallShutdownSignals()
+    internal static IDisposable InstallShutdownSignals()
     {
         var registrations = new List<PosixSignalRegistration>();
         foreach (var (signal, name) in new[] { (PosixSignal.SIGTERM, "SIGTERM"), (PosixSignal.SIGINT, "SIGINT"), (PosixSignal.SIGHUP, "SIGHUP") })
