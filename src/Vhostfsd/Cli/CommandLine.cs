@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text;
 using Vhostfsd.Hosting;
+using Vhostfsd.FusePassthrough;
 
 namespace Vhostfsd.Cli;
 
@@ -268,7 +269,7 @@ internal static class CommandLine
         {
             throw new UsageException($"--fd={o.Fd} is a standard stream (0-2), not a listening socket");
         }
-        if (o.InodeFileHandles != InodeFileHandlesMode.Never && o.ModCaps != null
+        if (o.InodeFileHandles != InodeFileHandles.Never && o.ModCaps != null
             && Capabilities.ParseModCaps(o.ModCaps).Removed.Contains(Capabilities.DacReadSearch))
         {
             throw new UsageException($"--modcaps cannot remove dac_read_search while --inode-file-handles={o.InodeFileHandles.ToString().ToLowerInvariant()} needs it; add --inode-file-handles=never");
@@ -335,11 +336,11 @@ internal static class CommandLine
     private static readonly (string Name, SeccompMode Value)[] SeccompChoices =
         [("none", SeccompMode.None), ("kill", SeccompMode.Kill), ("log", SeccompMode.Log), ("trap", SeccompMode.Trap)];
 
-    private static readonly (string Name, InodeFileHandlesMode Value)[] InodeFileHandleChoices =
-        [("never", InodeFileHandlesMode.Never), ("prefer", InodeFileHandlesMode.Prefer), ("fallback", InodeFileHandlesMode.Prefer), ("mandatory", InodeFileHandlesMode.Mandatory)];
+    private static readonly (string Name, InodeFileHandles Value)[] InodeFileHandleChoices =
+        [("never", InodeFileHandles.Never), ("prefer", InodeFileHandles.Prefer), ("fallback", InodeFileHandles.Prefer), ("mandatory", InodeFileHandles.Mandatory)];
 
-    private static readonly (string Name, CacheMode Value)[] CacheChoices =
-        [("never", CacheMode.Never), ("none", CacheMode.Never), ("metadata", CacheMode.Metadata), ("auto", CacheMode.Auto), ("always", CacheMode.Always)];
+    private static readonly (string Name, CachePolicy Value)[] CacheChoices =
+        [("never", CachePolicy.Never), ("none", CachePolicy.Never), ("metadata", CachePolicy.Metadata), ("auto", CachePolicy.Auto), ("always", CachePolicy.Always)];
 
     private static readonly (string Name, DaemonLogLevel Value)[] LogLevelChoices =
         [("error", DaemonLogLevel.Error), ("err", DaemonLogLevel.Error), ("warn", DaemonLogLevel.Warn), ("warning", DaemonLogLevel.Warn),

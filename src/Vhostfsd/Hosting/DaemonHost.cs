@@ -102,7 +102,7 @@ internal static unsafe class DaemonHost
 
         try
         {
-            ulong fdLimit = ResourceLimits.SetUpNofile(options.RlimitNofile, log);
+            ResourceLimits.SetUpNofile(options.RlimitNofile, log);
             ulong keep = Capabilities.KeptMask(options.InodeFileHandles, options.ModCaps);
             bool root = Libc.GetEuid() == 0;
             if (options.Sandbox != SandboxMode.None && !root)
@@ -115,7 +115,7 @@ internal static unsafe class DaemonHost
             {
                 // Unprivileged: nothing to drop, so no reason for a second process.
                 SandboxResult result = Sandbox.EnterNone(sharedDir);
-                return Serve(options, sharedDir, result, listener, fdLimit, lastCap, log);
+                return Serve(options, sharedDir, result, listener, lastCap, log);
             }
             // Before the copy is spawned: it inherits the empty list.
             SupplementaryGroups.DropAll(log);
@@ -173,11 +173,11 @@ internal static unsafe class DaemonHost
                 result = Sandbox.EnterNone(sharedDir);
                 break;
         }
-        return Serve(options, sharedDir, result, listener, ResourceLimits.CurrentNofile(), lastCap, log, logListening: false);
+        return Serve(options, sharedDir, result, listener, lastCap, log, logListening: false);
     }
 
     private static int Serve(DaemonOptions options, string sharedDir, SandboxResult sandbox, DaemonListener listener,
-        ulong fdLimit, int lastCap, ILogger log, bool logListening = true)
+        int lastCap, ILogger log, bool logListening = true)
     {
         if (Libc.GetEuid() == 0)
         {
@@ -192,7 +192,6 @@ internal static unsafe class DaemonHost
         var settings = new DaemonSettings
         {
             SharedRoot = sandbox.SharedRoot,
-            SharedDirOnHost = sharedDir,
             Tag = options.Tag,
             ThreadPoolSize = options.ThreadPoolSize,
             PollMax = TimeSpan.FromMicroseconds(options.PollMaxUs),
@@ -210,10 +209,7 @@ internal static unsafe class DaemonHost
             Readdirplus = options.EffectiveReaddirplus,
             PreserveNoatime = options.PreserveNoatime,
             ReadOnly = options.ReadOnly,
-            Sandbox = options.Sandbox,
             ProcSelfFd = sandbox.ProcSelfFd,
-            MountInfoFd = sandbox.MountInfoFd,
-            FdLimit = fdLimit,
             AvoidXattrAt = TestProbe.NoXattrAtRequested,
             PosixLocks = options.PosixLock,
             FlockLocks = options.Flock,
@@ -275,7 +271,6 @@ internal static unsafe class DaemonHost
             finally
             {
                 settings.ProcSelfFd?.Dispose();
-                settings.MountInfoFd?.Dispose();
             }
             if (ShutdownSignal.IsRequested)
             {

@@ -166,7 +166,6 @@ internal static class FuseMountHost
         finally
         {
             sandbox.ProcSelfFd.Dispose();
-            sandbox.MountInfoFd.Dispose();
         }
     }
 
