@@ -10,6 +10,20 @@ public sealed unsafe partial class PassthroughFs
     public int Getattr(in RequestContext context, ulong nodeId, out FuseAttrOut attr)
     {
         attr = default;
+        int rc = StatNode(nodeId, out Statx st);
+        if (rc < 0)
+        {
+            return rc;
+        }
+        attr = ToAttrOut(in st);
+        return 0;
+    }
+
+    /// <summary>statx of a node itself (never what a symlink points to), through its own fd or a
+    /// temporary one: GETATTR and ACCESS.</summary>
+    private int StatNode(ulong nodeId, out Statx st)
+    {
+        st = default;
         Node? node = _nodes.Acquire(nodeId);
         if (node is null)
         {
@@ -23,14 +37,11 @@ public sealed unsafe partial class PassthroughFs
             {
                 return fd;
             }
-            Statx st;
             byte empty = 0;
-            if (Libc.StatxAt(fd, &empty, Libc.AT_EMPTY_PATH | Libc.AT_SYMLINK_NOFOLLOW, StatxMask, &st) < 0)
+            fixed (Statx* p = &st)
             {
-                return Libc.NegErrno;
+                return Libc.StatxAt(fd, &empty, Libc.AT_EMPTY_PATH | Libc.AT_SYMLINK_NOFOLLOW, StatxMask, p) < 0 ? Libc.NegErrno : 0;
             }
-            attr = ToAttrOut(in st);
-            return 0;
         }
         finally
         {
@@ -274,32 +285,12 @@ public sealed unsafe partial class PassthroughFs
     /// may read and write anything and execute what has any x bit.</summary>
     public int Access(in RequestContext context, ulong nodeId, uint mask)
     {
-        Node? node = _nodes.Acquire(nodeId);
-        if (node is null)
+        int rc = StatNode(nodeId, out Statx st);
+        if (rc < 0)
         {
-            return EBADF;
+            return rc;
         }
-        int temporary = -1;
-        try
-        {
-            int fd = PathFd(node, ref temporary);
-            if (fd < 0)
-            {
-                return fd;
-            }
-            Statx st;
-            byte empty = 0;
-            if (Libc.StatxAt(fd, &empty, Libc.AT_EMPTY_PATH | Libc.AT_SYMLINK_NOFOLLOW, StatxMask, &st) < 0)
-            {
-                return Libc.NegErrno;
-            }
-            return CheckAccess(st.Mode, st.Uid, st.Gid, context.Uid, context.Gid, (int)mask) ? 0 : -(int)Errno.EACCES;
-        }
-        finally
-        {
-            CloseTemporary(temporary);
-            _nodes.Release(node);
-        }
+        return CheckAccess(st.Mode, st.Uid, st.Gid, context.Uid, context.Gid, (int)mask) ? 0 : -(int)Errno.EACCES;
     }
 
     internal static bool CheckAccess(uint mode, uint fileUid, uint fileGid, uint uid, uint gid, int mask)
