@@ -132,6 +132,11 @@ public static class PrivilegeOracle
         {
             problems.Add($"{now} was created for a request by {creator} with group {now.Gid}, which is neither one of the requester's nor the group of a setgid parent");
         }
+        if (parentGroup && !creator.IsRoot && !creator.InGroup(now.Gid) && !now.IsDirectory)
+        {
+            // Where CVE-2022-0358 lives: a file a non-member makes in a setgid directory takes its group.
+            count((now.Mode & 0x8) != 0 ? "host:created-by-nonmember-in-setgid-dir(group-exec)" : "host:created-by-nonmember-in-setgid-dir");
+        }
         if (now.IsSetgid)
         {
             bool inherited = now.IsDirectory && parentGroup;

@@ -10,6 +10,9 @@ public sealed class FuseGuestState
     private const int Keep = 64;
 
     public List<ulong> Directories { get; } = [FuseConstants.RootId];
+
+    /// <summary>The share's own directories, looked up before the first case (where privileges are at stake).</summary>
+    public List<ulong> FixtureDirectories { get; } = new();
     public List<ulong> Files { get; } = new();
     public List<ulong> Others { get; } = new();
     public List<(ulong Node, ulong Fh)> FileHandles { get; } = new();
@@ -21,6 +24,7 @@ public sealed class FuseGuestState
     {
         Directories.Clear();
         Directories.Add(FuseConstants.RootId);
+        FixtureDirectories.Clear();
         Files.Clear();
         Others.Clear();
         FileHandles.Clear();
@@ -73,6 +77,8 @@ public static class FuseSeeds
         FuseOpcode.Bmap, FuseOpcode.Ioctl, FuseOpcode.Poll, FuseOpcode.BatchForget, FuseOpcode.Fallocate, FuseOpcode.Lseek,
         FuseOpcode.CopyFileRange, FuseOpcode.Setupmapping, FuseOpcode.Removemapping, FuseOpcode.Syncfs, FuseOpcode.Tmpfile,
         FuseOpcode.Statx, FuseOpcode.NotifyReply, FuseOpcode.Destroy, (FuseOpcode)0, (FuseOpcode)53, (FuseOpcode)4096,
+        // Once more each, the opcodes where the host decides an owner, a group or a set-id bit.
+        FuseOpcode.Create, FuseOpcode.Create, FuseOpcode.Mknod, FuseOpcode.Mkdir, FuseOpcode.Setattr,
     ];
 
     /// <summary>A request seed; <paramref name="replyHint"/> is the reply size the request asks for.</summary>
@@ -88,7 +94,7 @@ public static class FuseSeeds
         ulong node = s.AnyNode(rng);
         (ulong Node, ulong Fh) handle = s.FileHandles.Count > 0 ? rng.Pick(s.FileHandles) : (node, (ulong)rng.Next(1, 64));
         (ulong Node, ulong Fh) dirHandle = s.DirHandles.Count > 0 ? rng.Pick(s.DirHandles) : (FuseConstants.RootId, (ulong)rng.Next(1, 64));
-        ulong dir = rng.Pick(s.Directories);
+        ulong dir = s.FixtureDirectories.Count > 0 && rng.Coin() ? rng.Pick(s.FixtureDirectories) : rng.Pick(s.Directories);
         string name = NewOrOldName(rng, s);
         ulong unique = s.NextUnique++;
         var (uid, gid) = Persona(rng);

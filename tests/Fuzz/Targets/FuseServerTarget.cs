@@ -52,13 +52,15 @@ public sealed unsafe class FuseServerTarget : IDisposable
         Directory.CreateDirectory(_share);
         _sentinel = SentinelTree.CreateBeside(_mount.Path);
         Populate();
-        _server = new FuseServer(config.Options(_share), message =>
+        // Built on a thread in the serving groups, like every thread of a daemon started in them: a
+        // server that reads "its own" groups at start-up sees them.
+        _server = InServingGroups(() => new FuseServer(config.Options(_share), message =>
         {
             if (message.Contains("internal error", StringComparison.Ordinal))
             {
                 Interlocked.Increment(ref _internalErrorsLogged);
             }
-        });
+        }));
         _sentinelBefore = _sentinel.Snapshot();
         _host = new HostOracles(_share, _sentinel, config.Rules);
         foreach (string name in FuzzShare.Names.Concat(["outside", "..", "."]))
@@ -107,6 +109,10 @@ public sealed unsafe class FuseServerTarget : IDisposable
             {
                 var entry = MemoryMarshal.Read<FuseEntryOut>(entryReply.AsSpan(FuseOutHeader.Size));
                 _state.AddNode(entry.NodeId, entry.Attr.Mode);
+                if ((entry.Attr.Mode & Libc.S_IFMT) == Libc.S_IFDIR)
+                {
+                    _state.FixtureDirectories.Add(entry.NodeId);
+                }
             }
         }
     }
@@ -254,6 +260,31 @@ public sealed unsafe class FuseServerTarget : IDisposable
         {
             Learn((FuseOpcode)opcode, request, reply, requester);
         }
+    }
+
+    private T InServingGroups<T>(Func<T> make)
+    {
+        T? made = default;
+        Exception? failure = null;
+        var thread = new Thread(() =>
+        {
+            try
+            {
+                EnterGroups(_config.ServingGroups);
+                made = make();
+            }
+            catch (Exception e)
+            {
+                failure = e;
+            }
+        });
+        thread.Start();
+        thread.Join();
+        if (failure != null)
+        {
+            throw new InvalidOperationException("could not build the server in the serving groups", failure);
+        }
+        return made!;
     }
 
     /// <summary>Puts the calling thread (only) in <paramref name="groups"/>.</summary>
