@@ -34,7 +34,12 @@ public sealed class EndToEndFuzzTests
             report = FuzzRunner.Run("end-to-end " + config.Name, budget, TimeSpan.FromSeconds(60), target.RunCase);
             string? ended = target.EndSession();
             _output.WriteLine(report.Summary() + $"; daemons started {target.Sessions}, exit codes [{string.Join(',', target.ExitCodes)}]");
-            Assert.True(report.FailureCount == 0, report.Details());
+            string? minimised = FuzzMinimiser.IfAsked(report, budget, TimeSpan.FromSeconds(60), () =>
+            {
+                var fresh = new EndToEndTarget(config);
+                return (fresh.RunCase, fresh);
+            });
+            Assert.True(report.FailureCount == 0, report.Details() + (minimised is null ? "" : Environment.NewLine + minimised));
             Assert.Null(ended);
             Assert.Null(target.CheckSentinel());
             Assert.True(report.Cases >= Math.Min(budget.Cases, 100), "too few cases ran: " + report.Summary());

@@ -37,7 +37,12 @@ public sealed class FuseServerFuzzTests
         {
             report = FuzzRunner.Run("fuse-server " + config.Name, budget, TimeSpan.FromSeconds(15), target.RunCase);
             _output.WriteLine(report.Summary());
-            Assert.True(report.FailureCount == 0, report.Details());
+            string? minimised = FuzzMinimiser.IfAsked(report, budget, TimeSpan.FromSeconds(15), () =>
+            {
+                var fresh = new FuseServerTarget(config);
+                return (fresh.RunCase, fresh);
+            });
+            Assert.True(report.FailureCount == 0, report.Details() + (minimised is null ? "" : Environment.NewLine + minimised));
             target.CheckSentinel(null);
             Assert.Null(target.CheckReleasedAfterReset());
             Assert.Equal(0, target.Server.Stats.Exceptions);

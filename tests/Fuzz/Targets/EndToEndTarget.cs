@@ -367,7 +367,8 @@ public sealed unsafe class EndToEndTarget : IDisposable
         var seed = FuseSeeds.Build(rng, _state, out _, out int replyHint);
         c.SeedName = seed.Name;
         bool mutated = !rng.OneIn(4);
-        byte[] request = mutated ? Mutator.Mutate(rng, seed, null, _dictionary, c.Mutations) : seed.Bytes;
+        byte[] request = mutated ? Mutator.Mutate(rng, seed, null, _dictionary, c) : seed.Bytes;
+        c.Input = request;
         if (mutated && request.Length >= 4 && rng.Next(10) < 7)
         {
             Mutator.PatchU32(request, 0, (uint)request.Length);

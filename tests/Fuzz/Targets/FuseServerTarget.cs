@@ -73,6 +73,23 @@ public sealed unsafe class FuseServerTarget : IDisposable
     public FuzzConfiguration Configuration => _config;
 
     public FuseServer Server => _server;
+
+    /// <summary>Node ids of the share's own entries (looked up before the first case), by name.</summary>
+    public IReadOnlyDictionary<string, ulong> Fixtures => _fixtures;
+
+    private readonly Dictionary<string, ulong> _fixtures = new();
+
+    /// <summary>Sends one request outside the fuzzing, on a thread in the serving groups, and runs the
+    /// host-state oracles on what it did: the reply's errno (0 for success) and the oracles' verdict.</summary>
+    public (int Errno, string? Violation) Send(byte[] request)
+    {
+        int error = InServingGroups(() =>
+        {
+            byte[] reply = Call(request, 1 << 16, out int n);
+            return n >= FuseOutHeader.Size ? -BinaryPrimitives.ReadInt32LittleEndian(reply.AsSpan(4)) : -1;
+        });
+        return (error, _host.Check(Requester.From(request, request), _ => { }));
+    }
     public IReadOnlySet<FuseOpcode> AnsweredWellFormed => _answeredWellFormed;
 
     private void Populate()
@@ -109,6 +126,7 @@ public sealed unsafe class FuseServerTarget : IDisposable
             {
                 var entry = MemoryMarshal.Read<FuseEntryOut>(entryReply.AsSpan(FuseOutHeader.Size));
                 _state.AddNode(entry.NodeId, entry.Attr.Mode);
+                _fixtures[name] = entry.NodeId;
                 if ((entry.Attr.Mode & Libc.S_IFMT) == Libc.S_IFDIR)
                 {
                     _state.FixtureDirectories.Add(entry.NodeId);
@@ -153,7 +171,8 @@ public sealed unsafe class FuseServerTarget : IDisposable
         var seed = FuseSeeds.Build(rng, _state, out var builtOpcode, out int replyHint);
         c.SeedName = seed.Name;
         bool mutated = !rng.OneIn(4);
-        byte[] request = mutated ? Mutator.Mutate(rng, seed, null, _dictionary, c.Mutations) : seed.Bytes;
+        byte[] request = mutated ? Mutator.Mutate(rng, seed, null, _dictionary, c) : seed.Bytes;
+        c.Input = request;
         if (mutated && request.Length >= 4 && rng.Next(10) < 7)
         {
             // Mostly keep the header length honest, so the mutation reaches the opcode's own checks.

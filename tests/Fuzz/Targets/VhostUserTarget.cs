@@ -365,7 +365,7 @@ public sealed class VhostUserTarget
                 case <= 4:
                 {
                     c.Mutations.Add($"[{m.Seed.Name}]");
-                    byte[] bytes = Mutator.Mutate(rng, m.Seed, null, Dictionary, c.Mutations);
+                    byte[] bytes = Mutator.Mutate(rng, m.Seed, null, Dictionary, c);
                     if (bytes.Length >= VhostUserHeader.Size && rng.Next(10) < 8)
                     {
                         Mutator.PatchU32(bytes, 8, (uint)(bytes.Length - VhostUserHeader.Size));
