@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that the tests, the demo and the benchmark need, if missing:
 # QEMU 7.2 (with the reference daemon /usr/lib/qemu/virtiofsd), busybox-static, cpio and
-# kmod for the guest initramfs, fuse3, fio, stress-ng, attr/acl tools.
+# kmod for the guest initramfs, fuse3, fio, stress-ng, attr/acl tools, afl++ for the coverage-guided fuzzers.
 # Safe to run repeatedly; does nothing when everything is present.
 set -euo pipefail
 
@@ -20,6 +20,7 @@ check acl /usr/bin/getfacl
 check fio /usr/bin/fio
 check stress-ng /usr/bin/stress-ng
 check systemd /usr/bin/systemd-socket-activate   # the e2e socket-activation (--fd 3) run
+check afl++ /usr/bin/afl-fuzz                    # make fuzz-afl and the AFL fuzz tests (with SharpFuzz)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
