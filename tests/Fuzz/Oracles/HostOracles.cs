@@ -8,7 +8,7 @@ public sealed class HostOracles
 {
     private readonly HostShare _share;
     private readonly SentinelTree _sentinel;
-    private readonly Dictionary<ulong, Requester> _unnamed = new();
+    private readonly Dictionary<ulong, ulong> _nodeInos = new();
     private SortedDictionary<string, string> _sentinelBefore;
     private Dictionary<ulong, HostEntry> _current;
 
@@ -31,18 +31,36 @@ public sealed class HostOracles
     public void Baseline()
     {
         _current = _share.Scan();
-        _unnamed.Clear();
     }
 
-    /// <summary>A request made inode <paramref name="ino"/> without a name (TMPFILE): when a later
-    /// request links it into the share, it is judged as <paramref name="creator"/>'s creation.</summary>
-    public void NoteUnnamed(ulong ino, Requester creator)
+    /// <summary>The guest's node ids mean nothing any more (a new session, a reset).</summary>
+    public void ForgetNodes() => _nodeInos.Clear();
+
+    /// <summary>The guest was told that FUSE node <paramref name="node"/> is host inode <paramref name="ino"/>.</summary>
+    public void NoteNode(ulong node, ulong ino)
     {
-        if (_unnamed.Count > 1000)
+        if (_nodeInos.Count > 10_000)
         {
-            _unnamed.Clear();
+            _nodeInos.Clear();
         }
-        _unnamed[ino] = creator;
+        _nodeInos[node] = ino;
+    }
+
+    /// <summary>A TMPFILE in directory node <paramref name="parentNode"/> made an inode without a name,
+    /// which the host cannot list: judges it by the attributes the reply reports (uid, gid, mode).
+    /// Null when <paramref name="creator"/> was entitled to it.</summary>
+    public string? CheckUnnamed(Requester creator, ulong parentNode, ulong ino, uint mode, uint uid, uint gid, Action<string> count)
+    {
+        var made = new HostEntry
+        {
+            Ino = ino, Mode = mode, Uid = uid, Gid = gid, Size = 0, Nlink = 0, Rdev = (0, 0), Mtime = default, Ctime = default,
+            Xattrs = new SortedDictionary<string, string>(StringComparer.Ordinal),
+        };
+        made.Paths.Add($"(unnamed, made by TMPFILE in node {parentNode})");
+        HostEntry? parent = parentNode == 1 ? _current.Values.FirstOrDefault(e => e.Paths.Contains(""))
+            : _nodeInos.TryGetValue(parentNode, out ulong parentIno) ? _current.GetValueOrDefault(parentIno) : null;
+        var problems = PrivilegeOracle.JudgeUnnamed(Rules, creator, made, parent, count);
+        return problems.Count == 0 ? null : string.Join("; ", problems);
     }
 
     /// <summary>Checks the host after a request by <paramref name="request"/>; null when every change
@@ -58,7 +76,7 @@ public sealed class HostOracles
             _sentinelBefore = _sentinel.Snapshot();
         }
         var after = _share.Scan();
-        problems.AddRange(PrivilegeOracle.Judge(Rules, request, _current, after, _unnamed, count));
+        problems.AddRange(PrivilegeOracle.Judge(Rules, request, _current, after, count));
         _current = after;
         return problems.Count == 0 ? null : string.Join("; ", problems);
     }

@@ -47,8 +47,11 @@ public sealed class HostRules
 /// other group, every capability for uid 0 only): the new inode is owned by the requester's uid; its
 /// group is one the requester is in or, in a setgid directory, the directory's group; it is setgid
 /// only if the requester is in that group or is root (a directory also when its setgid parent gave it
-/// the bit); it carries security.capability only for root. Only MKNOD, MKDIR, SYMLINK, CREATE and
-/// TMPFILE (named later by LINK) create; RENAME leaves at most a whiteout (a 0:0 character device).</para>
+/// the bit); it carries security.capability only for root. Only MKNOD, MKDIR, SYMLINK and CREATE
+/// create a named inode; RENAME leaves at most a whiteout (a 0:0 character device). TMPFILE makes an
+/// inode without a name, which the host cannot list: it is judged by the attributes the reply reports
+/// (the daemon's statx of it, <see cref="JudgeUnnamed"/>), and when LINK names it later, by the
+/// attribute-name rule alone (what happened to it while it had no name is out of sight).</para>
 /// <para><b>What the request changes</b> — SETATTR and SETXATTR run with the daemon's rights, as in both
 /// reference daemons: the guest kernel has checked ownership, group membership and capabilities (a
 /// virtio-fs mount has default_permissions) and the request carries neither the caller's supplementary
@@ -60,11 +63,9 @@ public sealed class HostRules
 /// configuration's xattr rules produce, and with --readonly nothing changes at all.</para></summary>
 public static class PrivilegeOracle
 {
-    /// <param name="creators">Inodes made earlier without a name (TMPFILE), by whom; an entry is
-    /// consumed when its inode appears.</param>
     /// <param name="count">Counts what was judged (created entries, setgid entries allowed...).</param>
     public static List<string> Judge(HostRules rules, Requester request, IReadOnlyDictionary<ulong, HostEntry> before,
-        IReadOnlyDictionary<ulong, HostEntry> after, Dictionary<ulong, Requester> creators, Action<string> count)
+        IReadOnlyDictionary<ulong, HostEntry> after, Action<string> count)
     {
         var problems = new List<string>();
         foreach (var (ino, now) in after)
@@ -77,9 +78,14 @@ public static class PrivilegeOracle
                     continue;
                 }
                 HostEntry? parent = before.TryGetValue(now.ParentIno, out HostEntry? p) ? p : after.GetValueOrDefault(now.ParentIno);
-                if (creators.Remove(ino, out Requester? earlier))
+                if (request.Opcode == Requester.Link)
                 {
-                    JudgeCreated(rules, earlier, now, parent, problems, count);
+                    // An inode without a name until now (TMPFILE, or CREATE with O_TMPFILE).
+                    count("host:unnamed-linked");
+                    foreach (var (name, _) in now.Xattrs)
+                    {
+                        JudgeXattr(rules, request, now, name, problems, count);
+                    }
                 }
                 else if (request.Opcode is Requester.Rename or Requester.Rename2)
                 {
@@ -89,7 +95,7 @@ public static class PrivilegeOracle
                     }
                     count("host:whiteout");
                 }
-                else if (request.Opcode is Requester.Mknod or Requester.Mkdir or Requester.Symlink or Requester.Create or Requester.Link)
+                else if (request.Opcode is Requester.Mknod or Requester.Mkdir or Requester.Symlink or Requester.Create)
                 {
                     JudgeCreated(rules, request, now, parent, problems, count);
                 }
@@ -120,9 +126,33 @@ public static class PrivilegeOracle
         return problems;
     }
 
-    private static void JudgeCreated(HostRules rules, Requester creator, HostEntry now, HostEntry? parent, List<string> problems, Action<string> count)
+    /// <summary>An inode a TMPFILE made, as the reply describes it, in the directory the request named
+    /// (null when the target cannot tell which host directory that node is: then its group is not judged).</summary>
+    public static List<string> JudgeUnnamed(HostRules rules, Requester creator, HostEntry made, HostEntry? parent, Action<string> count)
+    {
+        var problems = new List<string>();
+        if (rules.ReadOnly)
+        {
+            problems.Add($"the read-only share gained an unnamed inode {made}");
+            return problems;
+        }
+        JudgeCreated(rules, creator, made, parent, problems, count, parentKnown: parent != null);
+        return problems;
+    }
+
+    private static void JudgeCreated(HostRules rules, Requester creator, HostEntry now, HostEntry? parent, List<string> problems, Action<string> count,
+        bool parentKnown = true)
     {
         count("host:created");
+        if (!parentKnown)
+        {
+            count("host:created-in-unknown-directory");
+            if (now.Uid != creator.Uid)
+            {
+                problems.Add($"{now} was created for a request by {creator} but is owned by uid {now.Uid}");
+            }
+            return;
+        }
         bool parentGroup = parent is { IsSetgid: true } && parent.Gid == now.Gid;
         if (now.Uid != creator.Uid)
         {

@@ -121,6 +121,7 @@ public sealed unsafe class EndToEndTarget : IDisposable
         {
             throw new InvalidOperationException("INIT failed:\n" + daemon.Output);
         }
+        _host.ForgetNodes();
         // The guest looks up the share's directories and files first, so that any case can reach them.
         foreach (string name in FuzzShare.Directories.Concat(FuzzShare.Files))
         {
@@ -133,6 +134,7 @@ public sealed unsafe class EndToEndTarget : IDisposable
             {
                 var entry = MemoryMarshal.Read<FuseEntryOut>(entryReply.AsSpan(FuseOutHeader.Size));
                 _state.AddNode(entry.NodeId, entry.Attr.Mode);
+                _host.NoteNode(entry.NodeId, entry.Attr.Ino);
                 if ((entry.Attr.Mode & Libc.S_IFMT) == Libc.S_IFDIR)
                 {
                     _state.FixtureDirectories.Add(entry.NodeId);
@@ -449,7 +451,7 @@ public sealed unsafe class EndToEndTarget : IDisposable
         c.Count(header.Error == 0 ? "ok" : "errno:" + (Errno)(-header.Error));
         if (header.Error == 0)
         {
-            Learn((FuseOpcode)opcode, request, reply, requester);
+            Learn((FuseOpcode)opcode, request, reply, requester, c);
         }
     }
 
@@ -478,7 +480,7 @@ public sealed unsafe class EndToEndTarget : IDisposable
         return pieces;
     }
 
-    private void Learn(FuseOpcode opcode, byte[] request, byte[] reply, Requester requester)
+    private void Learn(FuseOpcode opcode, byte[] request, byte[] reply, Requester requester, FuzzCase c)
     {
         var payload = reply.AsSpan(FuseOutHeader.Size);
         if (opcode is FuseOpcode.Lookup or FuseOpcode.Mkdir or FuseOpcode.Mknod or FuseOpcode.Symlink or FuseOpcode.Link or FuseOpcode.Create
@@ -486,9 +488,14 @@ public sealed unsafe class EndToEndTarget : IDisposable
         {
             var entry = MemoryMarshal.Read<FuseEntryOut>(payload);
             _state.AddNode(entry.NodeId, entry.Attr.Mode);
-            if (opcode == FuseOpcode.Tmpfile)
+            if (entry.NodeId != 0)
             {
-                _host.NoteUnnamed(entry.Attr.Ino, requester);
+                _host.NoteNode(entry.NodeId, entry.Attr.Ino);
+            }
+            if (opcode == FuseOpcode.Tmpfile && request.Length >= 24
+                && _host.CheckUnnamed(requester, BinaryPrimitives.ReadUInt64LittleEndian(request.AsSpan(16)), entry.Attr.Ino, entry.Attr.Mode, entry.Attr.Uid, entry.Attr.Gid, c.Count) is { } violation)
+            {
+                c.Fail(violation);
             }
             if (opcode == FuseOpcode.Create && payload.Length >= FuseEntryOut.Size + FuseOpenOut.Size)
             {

@@ -114,6 +114,7 @@ public sealed unsafe class FuseServerTarget : IDisposable
             throw new InvalidOperationException("INIT failed");
         }
         _state.Clear();
+        _host.ForgetNodes();
         // The guest looks up the share's directories and files first, so that any case can reach them.
         foreach (string name in FuzzShare.Directories.Concat(FuzzShare.Files))
         {
@@ -126,6 +127,7 @@ public sealed unsafe class FuseServerTarget : IDisposable
             {
                 var entry = MemoryMarshal.Read<FuseEntryOut>(entryReply.AsSpan(FuseOutHeader.Size));
                 _state.AddNode(entry.NodeId, entry.Attr.Mode);
+                _host.NoteNode(entry.NodeId, entry.Attr.Ino);
                 _fixtures[name] = entry.NodeId;
                 if ((entry.Attr.Mode & Libc.S_IFMT) == Libc.S_IFDIR)
                 {
@@ -277,7 +279,7 @@ public sealed unsafe class FuseServerTarget : IDisposable
         }
         if (header.Error == 0)
         {
-            Learn((FuseOpcode)opcode, request, reply, requester);
+            Learn((FuseOpcode)opcode, request, reply, requester, c);
         }
     }
 
@@ -319,7 +321,7 @@ public sealed unsafe class FuseServerTarget : IDisposable
     }
 
     /// <summary>What a guest remembers from a successful reply: new node ids, handles, names.</summary>
-    private void Learn(FuseOpcode opcode, byte[] request, byte[] reply, Requester requester)
+    private void Learn(FuseOpcode opcode, byte[] request, byte[] reply, Requester requester, FuzzCase c)
     {
         var payload = reply.AsSpan(FuseOutHeader.Size);
         switch (opcode)
@@ -338,9 +340,14 @@ public sealed unsafe class FuseServerTarget : IDisposable
                     {
                         _state.AddNode(entry.NodeId, entry.Attr.Mode);
                     }
-                    if (opcode == FuseOpcode.Tmpfile)
+                    if (entry.NodeId != 0)
                     {
-                        _host.NoteUnnamed(entry.Attr.Ino, requester);
+                        _host.NoteNode(entry.NodeId, entry.Attr.Ino);
+                    }
+                    if (opcode == FuseOpcode.Tmpfile && request.Length >= 24
+                        && _host.CheckUnnamed(requester, BinaryPrimitives.ReadUInt64LittleEndian(request.AsSpan(16)), entry.Attr.Ino, entry.Attr.Mode, entry.Attr.Uid, entry.Attr.Gid, c.Count) is { } violation)
+                    {
+                        c.Fail(violation);
                     }
                     if (opcode is FuseOpcode.Create or FuseOpcode.Tmpfile && payload.Length >= FuseEntryOut.Size + FuseOpenOut.Size)
                     {
