@@ -29,7 +29,7 @@ public sealed class FuseServerFuzzTests
     public void EveryOpcodeMalformedGetsAnAnswerAndTheHostChangesOnlyAsTheRequesterMay(string configuration)
     {
         var config = FuzzConfiguration.Named(configuration);
-        var budget = FuzzBudget.FromEnvironment(defaultCases: 40_000, defaultDuration: TimeSpan.FromSeconds(config == FuzzConfiguration.Groups ? 10 : 5));
+        var budget = FuzzBudget.FromEnvironment(defaultCases: 40_000, defaultDuration: TimeSpan.FromSeconds(config == FuzzConfiguration.Groups ? 20 : 5));
         var fdsBefore = ProcessFds.Snapshot();
         var target = new FuseServerTarget(config);
         FuzzReport report;

@@ -4,11 +4,16 @@ namespace Vhostfsd.Fuzz.Engine;
 
 /// <summary>How much to run. CI runs the defaults each test passes in; by hand, environment variables
 /// scale it: FUZZ_CASES (cases per target), FUZZ_SECONDS (time cap per target), FUZZ_SEED (run seed),
-/// FUZZ_CASE (replay only that case index), FUZZ_SKIP (with FUZZ_CASE: mutations to leave out, "0,2"),
+/// FUZZ_CASE (replay only that case index), FUZZ_FROM (with FUZZ_CASE: replay the cases from this index
+/// up to it, for a target whose cases build on the state the earlier ones left; 0 replays the run
+/// exactly), FUZZ_SKIP (with FUZZ_CASE: mutations of that case to leave out, "0,2"),
 /// FUZZ_MINIMISE=1 (with FUZZ_CASE: shrink a failing case to the fewest mutations that still fail),
 /// FUZZ_REPORT (a file the summaries are appended to).</summary>
 public readonly record struct FuzzBudget(long Cases, TimeSpan MaxDuration, ulong RunSeed, long? OnlyCase)
 {
+    /// <summary>With <see cref="OnlyCase"/>: the first case to run (the ones before it rebuild the target's state).</summary>
+    public long? From { get; init; }
+
     /// <summary>Indices of the mutations the replayed case leaves out.</summary>
     public IReadOnlySet<int> Skip { get; init; } = new HashSet<int>();
 
@@ -33,8 +38,11 @@ public readonly record struct FuzzBudget(long Cases, TimeSpan MaxDuration, ulong
             skip.Add(int.Parse(item, CultureInfo.InvariantCulture));
         }
         // A replay runs one case, so the tests' "enough cases ran" checks ask for one.
+        long? from = long.TryParse(Environment.GetEnvironmentVariable("FUZZ_FROM"), NumberStyles.Integer, CultureInfo.InvariantCulture, out long f) && only is long o && f >= 0 && f <= o
+            ? f : null;
         return new FuzzBudget(only is null ? cases : 1, duration, seed, only)
         {
+            From = from,
             Skip = only is null ? new HashSet<int>() : skip,
             Minimise = only is not null && Environment.GetEnvironmentVariable("FUZZ_MINIMISE") is "1" or "true",
         };
@@ -61,11 +69,14 @@ public static class FuzzRunner
         {
             try
             {
-                long first = budget.OnlyCase ?? 0;
+                long first = budget.From ?? budget.OnlyCase ?? 0;
                 long last = budget.OnlyCase is long o ? o + 1 : budget.Cases;
                 for (long i = first; i < last && DateTime.UtcNow < deadline; i++)
                 {
-                    var fuzzCase = new FuzzCase(i, new FuzzRng(FuzzRng.CaseSeed(budget.RunSeed, i)), report) { Skip = budget.Skip };
+                    var fuzzCase = new FuzzCase(i, new FuzzRng(FuzzRng.CaseSeed(budget.RunSeed, i)), report)
+                    {
+                        Skip = i == budget.OnlyCase ? budget.Skip : new HashSet<int>(),
+                    };
                     Volatile.Write(ref caseStarted, Environment.TickCount64);
                     Volatile.Write(ref current, fuzzCase);
                     try
@@ -194,15 +205,16 @@ public static class FuzzMinimiser
         long index = budget.OnlyCase ?? throw new ArgumentException("minimising needs FUZZ_CASE", nameof(budget));
         var skip = new HashSet<int>(budget.Skip);
         var first = Attempt(target, budget, caseDeadline, fresh, skip);
-        if (first.Report.FailureCount == 0)
+        if (!Fails(first.Report, index))
         {
-            return $"{target} case {index} does not fail when replayed alone on a fresh target: nothing to minimise";
+            return $"{target} case {index} does not fail when replayed {(budget.From is long from ? $"from case {from}" : "alone")} on a fresh target: nothing to minimise"
+                + (budget.From is null ? " (FUZZ_FROM=0 replays the cases before it too)" : "");
         }
         int count = first.Mutations;
         var best = first;
         var all = new HashSet<int>(Enumerable.Range(0, count));
         var unmutated = Attempt(target, budget, caseDeadline, fresh, all);
-        if (unmutated.Report.FailureCount > 0)
+        if (Fails(unmutated.Report, index))
         {
             skip = all;
             best = unmutated;
@@ -217,20 +229,22 @@ public static class FuzzMinimiser
                 }
                 var trial = new HashSet<int>(skip) { i };
                 var attempt = Attempt(target, budget, caseDeadline, fresh, trial);
-                if (attempt.Report.FailureCount > 0)
+                if (Fails(attempt.Report, index))
                 {
                     skip = trial;
                     best = attempt;
                 }
             }
         }
-        var failure = best.Report.Failures.First();
+        var failure = best.Report.Failures.First(f => f.CaseIndex == index);
         string skipText = string.Join(',', skip.Order());
         string input = best.Input is { } bytes ? Convert.ToHexString(bytes.AsSpan(0, Math.Min(bytes.Length, 4096))) + (bytes.Length > 4096 ? "..." : "") : "?";
         return $"{target} case {index} minimised to {count - skip.Count} of {count} mutation(s) " +
-            $"(replay: FUZZ_SEED={budget.RunSeed} FUZZ_CASE={index}{(skip.Count > 0 ? " FUZZ_SKIP=" + skipText : "")}): " +
+            $"(replay: FUZZ_SEED={budget.RunSeed} FUZZ_CASE={index}{(budget.From is long start ? " FUZZ_FROM=" + start : "")}{(skip.Count > 0 ? " FUZZ_SKIP=" + skipText : "")}): " +
             $"seed {failure.Seed} [{failure.Mutations}]: {failure.Problem}{Environment.NewLine}  input ({best.Input?.Length ?? 0} bytes): {input}";
     }
+
+    private static bool Fails(FuzzReport report, long index) => report.Failures.Any(f => f.CaseIndex == index);
 
     private static (FuzzReport Report, int Mutations, byte[]? Input) Attempt(string target, FuzzBudget budget, TimeSpan caseDeadline,
         Func<(Action<FuzzCase> Body, IDisposable Owner)> fresh, HashSet<int> skip)
@@ -248,8 +262,11 @@ public static class FuzzMinimiser
                 }
                 finally
                 {
-                    mutations = c.MutationCount;
-                    input = c.Input;
+                    if (c.Index == budget.OnlyCase)
+                    {
+                        mutations = c.MutationCount;
+                        input = c.Input;
+                    }
                 }
             });
             return (report, mutations, input);

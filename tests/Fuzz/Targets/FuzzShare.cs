@@ -19,11 +19,18 @@ public static unsafe class FuzzShare
     /// <summary>Files looked up before the first case.</summary>
     public static readonly string[] Files = ["a.txt", "bin", "mine"];
 
+    /// <remarks>Every mode is set explicitly: a thread the server ran a request on (the test's own, for
+    /// INIT) has a umask of 0 of its own, and a later target built on that thread would otherwise
+    /// get a share whose modes differ from a fresh process's, and cases that replay differently.</remarks>
     public static void Populate(string share, string outside)
     {
+        Own(share, 0, 0, 0x1ED);                                     // 0755 root:root
         File.WriteAllText(Path.Combine(share, "a.txt"), "inside the share\n");
-        Directory.CreateDirectory(Path.Combine(share, "d", "e"));
+        Own(Path.Combine(share, "a.txt"), 0, 0, 0x1A4);
+        MakeDirectory(Path.Combine(share, "d"), 0, 0, 0x1ED);
+        MakeDirectory(Path.Combine(share, "d", "e"), 0, 0, 0x1ED);
         File.WriteAllBytes(Path.Combine(share, "d", "f"), new byte[20000]);
+        Own(Path.Combine(share, "d", "f"), 0, 0, 0x1A4);
         File.CreateSymbolicLink(Path.Combine(share, "up"), "../outside");
         File.CreateSymbolicLink(Path.Combine(share, "abs"), Path.Combine(outside, "secret"));
         File.CreateSymbolicLink(Path.Combine(share, "d", "upup"), "../../outside/secret");
