@@ -20,7 +20,9 @@ public sealed class VhostUserMessageTarget : AflTarget
 
     public override string Name => "vhost-user";
 
-    public override string[] Instrument => ["Vhostfsd.VhostUser.dll Vhostfsd.VhostUser.VhostUserBackend Vhostfsd.VhostUser.VhostUserChannel Vhostfsd.VhostUser.VhostUserMessage Vhostfsd.VhostUser.Vring"];
+    // The rings' own code (Vring, VringWorker) runs on worker threads, whose interleaving would make
+    // edges that no input decides: only the thread that decodes and dispatches is instrumented.
+    public override string[] Instrument => ["Vhostfsd.VhostUser.dll Vhostfsd.VhostUser.VhostUserBackend Vhostfsd.VhostUser.VhostUserChannel Vhostfsd.VhostUser.VhostUserMessage Vhostfsd.VhostUser.VringAddressRules Vhostfsd.VhostUser.Wire"];
 
     public override void Run(ReadOnlySpan<byte> input)
     {

@@ -52,7 +52,7 @@ public sealed partial class AflFuzzTests
     {
         ["fuse-request"] = 600,
         ["descriptor-chain"] = 150,
-        ["vhost-user"] = 700,
+        ["vhost-user"] = 350,
         ["xattrmap"] = 100,
     };
 
