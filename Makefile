@@ -6,18 +6,29 @@ SLN := vhostfsd.sln
 OUT := out
 PREFIX ?= /usr/local
 
-.PHONY: all deps restore build test test-unit run demo bench bench-quick bench-micro install clean e2e fuzz fuzz-afl soak
+# The program that ships: one native (AOT) executable, published by `make build`.
+NATIVE_DIR := src/Vhostfsd/bin/$(CONFIG)/native
+NATIVE := $(NATIVE_DIR)/vhostfsd
+# The same program on the JIT, for the debugger (make run-jit).
+JIT_DLL := src/Vhostfsd/bin/$(CONFIG)/net10.0/vhostfsd.dll
+
+.PHONY: all deps build-deps restore build test test-unit run run-jit fuse-mount-run demo bench bench-quick bench-micro install deb clean e2e fuzz fuzz-afl soak
 
 all: build
 
 deps:
 	@scripts/install-deps.sh
 
+build-deps:
+	@scripts/install-deps.sh --build
+
 restore:
 	$(DOTNET) restore $(SLN)
 
-build: restore
+# Builds the solution, then compiles the daemon to native code (clang links it) from that build.
+build: build-deps restore
 	$(DOTNET) build $(SLN) -c $(CONFIG) --no-restore
+	$(DOTNET) publish src/Vhostfsd/Vhostfsd.csproj -c $(CONFIG) --no-build --nologo -o $(NATIVE_DIR)
 
 # The README's test command. Installs what it needs first.
 # The projects run in parallel and their output interleaves; the failed tests are listed again
@@ -33,7 +44,18 @@ test-unit: build
 
 # Run the daemon: make run ARGS="--socket-path /tmp/vfs.sock --shared-dir /srv/share"
 run: build
-	$(DOTNET) src/Vhostfsd/bin/$(CONFIG)/net10.0/vhostfsd.dll $(ARGS)
+	$(NATIVE) $(ARGS)
+
+# The same daemon on the JIT (dotnet vhostfsd.dll), for a managed debugger or dotnet-trace.
+run-jit: build
+	$(DOTNET) $(JIT_DLL) $(ARGS)
+
+# Run a command against a fresh share mounted through the host kernel's FUSE (vhostfsd --fuse-mount):
+# make fuse-mount-run CMD="prove -r /opt/pjdfstest/tests" ARGS="--xattr --posix-lock"
+# CMD runs in the mount point (also in $$VHOSTFSD_MOUNT); the target fails with CMD's status.
+# Needs root and /dev/fuse; docs/testing.md, "Host FUSE mount".
+fuse-mount-run: deps build
+	@scripts/fuse-mount-run.sh "$(CMD)" $(ARGS)
 
 # The real-guest suite alone (tests/E2E, docs/e2e.md): boots QEMU against the reference
 # virtiofsd and vhostfsd. The guest kernel is downloaded once into .e2e-cache/.
@@ -64,27 +86,28 @@ demo: deps
 	  { tail -n 30 .e2e-cache/demo-build.log; exit 1; }; fi
 	@CONFIG=$(CONFIG) scripts/e2e/demo.sh $(DAEMON)
 
-# Install the published program to $(PREFIX)/lib/vhostfsd, a launcher to $(PREFIX)/bin/vhostfsd,
-# QEMU's vhost-user descriptor (libvirt finds the daemon through it) and the systemd units.
-# DESTDIR stages the whole tree for packaging.
+# Installs the native executable as $(PREFIX)/bin/vhostfsd, QEMU's vhost-user descriptor
+# (libvirt finds the daemon through it) and the systemd units. Nothing else is needed where it
+# runs: no .NET runtime. DESTDIR stages the whole tree for packaging.
 VHOST_USER_DIR ?= /usr/share/qemu/vhost-user
 SYSTEMD_UNIT_DIR ?= /etc/systemd/system
 install: build
-	$(DOTNET) publish src/Vhostfsd/Vhostfsd.csproj -c $(CONFIG) --no-build --nologo -v quiet \
-	  -o "$(DESTDIR)$(PREFIX)/lib/vhostfsd"
 	install -d "$(DESTDIR)$(PREFIX)/bin" "$(DESTDIR)$(VHOST_USER_DIR)" "$(DESTDIR)$(SYSTEMD_UNIT_DIR)"
-	sed -e "s|@DOTNET@|$$(readlink -f "$$(command -v $(DOTNET))")|" -e "s|@LIBDIR@|$(PREFIX)/lib/vhostfsd|" \
-	  packaging/vhostfsd.in > "$(DESTDIR)$(PREFIX)/bin/vhostfsd"
-	chmod 755 "$(DESTDIR)$(PREFIX)/bin/vhostfsd"
+	install -m 755 $(NATIVE) "$(DESTDIR)$(PREFIX)/bin/vhostfsd"
 	sed -e 's|"binary": "[^"]*"|"binary": "$(PREFIX)/bin/vhostfsd"|' packaging/50-vhostfsd.json \
 	  > "$(DESTDIR)$(VHOST_USER_DIR)/50-vhostfsd.json"
 	install -m 644 packaging/systemd/vhostfsd@.socket "$(DESTDIR)$(SYSTEMD_UNIT_DIR)/vhostfsd@.socket"
 	sed -e "s|@BINDIR@|$(PREFIX)/bin|" packaging/systemd/vhostfsd@.service > "$(DESTDIR)$(SYSTEMD_UNIT_DIR)/vhostfsd@.service"
 	chmod 644 "$(DESTDIR)$(SYSTEMD_UNIT_DIR)/vhostfsd@.service"
 
+# The Debian package (packaging/deb.sh): out/vhostfsd_VERSION_ARCH.deb from the native build.
+deb: build
+	@mkdir -p $(OUT)
+	CONFIG=$(CONFIG) packaging/deb.sh $(OUT)
+
 clean:
 	$(DOTNET) clean $(SLN) -c $(CONFIG) >/dev/null
-	rm -rf $(OUT)
+	rm -rf $(OUT) $(NATIVE_DIR)
 
 # The fuzz targets (tests/Fuzz) with a long budget; make test runs them with a short one.
 # FUZZ_CASES is per target; FUZZ_SECONDS caps each target's time; FUZZ_SEED picks the run;

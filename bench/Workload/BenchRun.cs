@@ -14,6 +14,8 @@ public sealed record BenchSettings
     public required Budget Budget { get; init; }
     public required DatasetShape Shape { get; init; }
     public required bool Native { get; init; }
+    /// <summary>vhostfsd.dll to measure as a host FUSE mount (<see cref="FuseMountUnderTest"/>); null: not measured.</summary>
+    public string? FuseMountDll { get; init; }
     public string? JsonPath { get; init; }
     /// <summary>A command run during each daemon cell's measured phase ({pid} = the daemon), stopped with SIGINT.</summary>
     public string? ProfileCommand { get; init; }
@@ -115,6 +117,10 @@ public sealed class BenchRun
                                 Add(RunDaemonCell(dataset, Workload.Create(workloadName), daemon, callers, effective, rep));
                             }
                         }
+                        if (_settings.FuseMountDll != null)
+                        {
+                            Add(RunFuseMountCell(dataset, Workload.Create(workloadName), callers, rep));
+                        }
                         if (_settings.Native)
                         {
                             Add(RunNativeCell(dataset, Workload.Create(workloadName), callers, rep));
@@ -174,13 +180,13 @@ public sealed class BenchRun
             dataset.CleanSmall();
         }
         long started = Stopwatch.GetTimestamp();
-        using var daemon = DaemonUnderTest.Start(spec, dataset.Root, _settings.StartTimeout);
+        using var daemon = DaemonUnderTest.Start(spec, dataset.Root, _settings.StartTimeout, workload.Caching);
         try
         {
             FuseSession session;
             try
             {
-                session = FuseSession.Connect(daemon.SocketPath, queues, dataset);
+                session = FuseSession.Connect(daemon.SocketPath, queues, dataset, workload.MountOptions(dataset.Shape));
             }
             catch (Exception e)
             {
@@ -189,6 +195,7 @@ public sealed class BenchRun
             double readyMs = session.ReadyAfter(started);
             using (session)
             {
+                workload.Prepare(session);
                 // Idle: connected, INIT done, the dataset's directories looked up, nothing in flight.
                 Thread.Sleep(50);
                 long idleRss = daemon.RssBytes();
@@ -295,6 +302,86 @@ public sealed class BenchRun
         Vhostfsd.Posix.Libc.Kill(profiler.Id, 2);
         profiler.WaitForExit(30_000);
         profiler.Dispose();
+    }
+
+    /// <summary>The native workload code on a host FUSE mount of the dataset served by a fresh vhostfsd: the
+    /// host kernel's FUSE client is the guest.</summary>
+    private CellResult RunFuseMountCell(Dataset dataset, Workload workload, int callers, int rep)
+    {
+        if (workload.Name == "smallfile")
+        {
+            dataset.CleanSmall();
+        }
+        using var daemon = FuseMountUnderTest.Start(DaemonSpec.FindDotnet(), _settings.FuseMountDll!, dataset.Root, _settings.StartTimeout);
+        try
+        {
+            using var native = new NativeSession(dataset, daemon.MountPoint);
+            Thread.Sleep(50);
+            long idleRss = daemon.RssBytes();
+            long idleUss = daemon.UssBytes();
+            int threads = daemon.Threads();
+            double cpuBefore = 0, cpuAfter = 0, driverCpuBefore = 0, driverCpuAfter = 0;
+            long switchesBefore = 0, switchesAfter = 0;
+            (long, long) hostBefore = default, hostAfter = default;
+            Process? profiler = null;
+            double jitCpu = daemon.JitCpuSeconds();
+            bool JitIdle()
+            {
+                double now = daemon.JitCpuSeconds();
+                bool idle = now - jitCpu < 0.015;
+                jitCpu = now;
+                return idle;
+            }
+            var measurement = CallerRunner.Run(callers, caller => workload.CreateNative(native, caller, callers), _settings.Budget,
+                () =>
+                {
+                    profiler = StartProfiler(daemon.Pid, $"{workload.Name}-{FuseMountUnderTest.Name}-c{callers}-r{rep}");
+                    cpuBefore = daemon.CpuSeconds();
+                    driverCpuBefore = ProcStats.CpuSeconds(Environment.ProcessId);
+                    switchesBefore = daemon.ContextSwitches();
+                    hostBefore = ProcStats.HostCpuTicks();
+                },
+                () =>
+                {
+                    cpuAfter = daemon.CpuSeconds();
+                    driverCpuAfter = ProcStats.CpuSeconds(Environment.ProcessId);
+                    switchesAfter = daemon.ContextSwitches();
+                    hostAfter = ProcStats.HostCpuTicks();
+                    StopProfiler(profiler);
+                },
+                _settings.WarmupUntilJitIdle ? JitIdle : null);
+            return new CellResult
+            {
+                DirKind = dataset.Kind,
+                Workload = workload.Name,
+                Unit = workload.Unit,
+                Daemon = FuseMountUnderTest.Name,
+                Callers = callers,
+                QueuesAsked = 0,
+                QueuesUsed = 0,
+                Repetition = rep,
+                Rate = measurement.Units / workload.UnitDivisor / measurement.ElapsedSeconds,
+                P50Us = measurement.Latency.Quantile(0.50) / 1000,
+                P99Us = measurement.Latency.Quantile(0.99) / 1000,
+                Steps = measurement.Steps,
+                WarmupSeconds = measurement.WarmupSeconds,
+                ElapsedSeconds = measurement.ElapsedSeconds,
+                CpuSeconds = cpuAfter - cpuBefore,
+                DriverCpuSeconds = driverCpuAfter - driverCpuBefore,
+                SleepsPerStep = (switchesAfter - switchesBefore) / (double)Math.Max(1, measurement.Steps),
+                StealPercent = ProcStats.StealPercent(hostBefore, hostAfter),
+                PeakRssBytes = daemon.PeakRssBytes(),
+                ListenMs = daemon.TimeToMount.TotalMilliseconds,
+                IdleRssBytes = idleRss,
+                IdleUssBytes = idleUss,
+                ReadyMs = daemon.TimeToReady.TotalMilliseconds,
+                DaemonThreads = threads,
+            };
+        }
+        catch (BenchFailure e) when (daemon.Output.Length > 0 && !e.Message.Contains(daemon.Output, StringComparison.Ordinal))
+        {
+            throw new BenchFailure($"{FuseMountUnderTest.Name}, {workload.Name}, {callers} callers: {e.Message}\ndaemon output:\n{daemon.Output}");
+        }
     }
 
     private CellResult RunNativeCell(Dataset dataset, Workload workload, int callers, int rep)

@@ -5,15 +5,26 @@ using Vhostfsd.Posix;
 
 namespace Vhostfsd.Bench;
 
+/// <summary>What a workload needs the daemon to let the guest cache.</summary>
+public enum DaemonCaching
+{
+    /// <summary>Nothing: every request reaches the daemon (cache=none / never).</summary>
+    None,
+    /// <summary>File pages kept across opens (cache=always: FOPEN_KEEP_CACHE, long timeouts).</summary>
+    Always,
+    /// <summary>cache=always and FUSE_WRITEBACK_CACHE granted.</summary>
+    Writeback,
+}
+
 /// <summary>A daemon the benchmark can start: a name for the table and the command line built from the
-/// socket path and the shared directory.</summary>
+/// socket path, the shared directory and the caching a workload needs (a custom command is run as given).</summary>
 public sealed class DaemonSpec
 {
     public const string ReferencePath = "/usr/lib/qemu/virtiofsd";
 
-    private readonly Func<string, string, (string File, IReadOnlyList<string> Args)> _command;
+    private readonly Func<string, string, DaemonCaching, (string File, IReadOnlyList<string> Args)> _command;
 
-    private DaemonSpec(string name, string display, Func<string, string, (string, IReadOnlyList<string>)> command)
+    private DaemonSpec(string name, string display, Func<string, string, DaemonCaching, (string, IReadOnlyList<string>)> command)
     {
         Name = name;
         Display = display;
@@ -28,23 +39,44 @@ public sealed class DaemonSpec
 
     public bool IsReference => Name == "reference";
 
-    public (string File, IReadOnlyList<string> Args) Command(string socket, string dir) => _command(socket, dir);
+    public (string File, IReadOnlyList<string> Args) Command(string socket, string dir, DaemonCaching caching = DaemonCaching.None) =>
+        _command(socket, dir, caching);
 
-    /// <summary>vhostfsd with the guest caches off (--cache never) and the same sandbox as the reference
-    /// (chroot), so both serve every request from one process.</summary>
-    public static DaemonSpec Vhostfsd(string dll)
+    /// <summary>vhostfsd's arguments besides the socket, the directory and the caching: the same sandbox as
+    /// the reference (chroot), so both serve every request from one process.</summary>
+    private static readonly string[] VhostfsdArgs = ["--sandbox", "chroot", "--log-level", "warn"];
+
+    /// <summary>The guest caches off (--cache never), or for the cached workloads --cache always (and --writeback).</summary>
+    private static string[] CachingArgs(DaemonCaching caching) => caching switch
+    {
+        DaemonCaching.None => ["--cache", "never"],
+        DaemonCaching.Writeback => ["--cache", "always", "--writeback"],
+        _ => ["--cache", "always"],
+    };
+
+    private const string CachingNote = "--cache never (cached workloads: --cache always [--writeback])";
+
+    /// <summary>vhostfsd as it ships, the native executable, with <see cref="VhostfsdArgs"/>.</summary>
+    public static DaemonSpec Vhostfsd(string executable) =>
+        new("vhostfsd", $"{executable} --socket-path {{socket}} --shared-dir {{dir}} {string.Join(' ', VhostfsdArgs)} {CachingNote}",
+            (socket, dir, caching) => (executable, ["--socket-path", socket, "--shared-dir", dir, .. CachingArgs(caching), .. VhostfsdArgs]));
+
+    /// <summary>The same daemon on the JIT (dotnet vhostfsd.dll, the debugging build), for comparing the two.</summary>
+    public static DaemonSpec VhostfsdJit(string dll)
     {
         string dotnet = FindDotnet();
-        string[] fixedArgs = ["--cache", "never", "--sandbox", "chroot", "--log-level", "warn"];
-        return new DaemonSpec("vhostfsd", $"{dotnet} {dll} --socket-path {{socket}} --shared-dir {{dir}} {string.Join(' ', fixedArgs)}",
-            (socket, dir) => (dotnet, [dll, "--socket-path", socket, "--shared-dir", dir, .. fixedArgs]));
+        return new DaemonSpec("vhostfsd-jit", $"{dotnet} {dll} --socket-path {{socket}} --shared-dir {{dir}} {string.Join(' ', VhostfsdArgs)} {CachingNote}",
+            (socket, dir, caching) => (dotnet, [dll, "--socket-path", socket, "--shared-dir", dir, .. CachingArgs(caching), .. VhostfsdArgs]));
     }
 
-    /// <summary>QEMU 7.2's C virtiofsd with cache=none (its default --thread-pool-size is 0: requests run inline
-    /// on the queue thread).</summary>
+    /// <summary>QEMU 7.2's C virtiofsd with cache=none (cache=always, and writeback, for the cached workloads; its
+    /// default --thread-pool-size is 0: requests run inline on the queue thread).</summary>
     public static DaemonSpec Reference() =>
-        new("reference", $"{ReferencePath} --socket-path={{socket}} -o source={{dir}} -o cache=none -o sandbox=chroot -o log_level=warn",
-            (socket, dir) => (ReferencePath, ["--socket-path=" + socket, "-o", "source=" + dir, "-o", "cache=none", "-o", "sandbox=chroot", "-o", "log_level=warn"]));
+        new("reference",
+            $"{ReferencePath} --socket-path={{socket}} -o source={{dir}} -o cache=none -o sandbox=chroot -o log_level=warn (cached workloads: -o cache=always [-o writeback])",
+            (socket, dir, caching) => (ReferencePath, ["--socket-path=" + socket, "-o", "source=" + dir,
+                "-o", caching == DaemonCaching.None ? "cache=none" : "cache=always", .. caching == DaemonCaching.Writeback ? ["-o", "writeback"] : Array.Empty<string>(),
+                "-o", "sandbox=chroot", "-o", "log_level=warn"]));
 
     /// <summary>Any command with {socket} and {dir}, run through /bin/sh with exec (so the pid is the daemon's).</summary>
     public static DaemonSpec Custom(string name, string template)
@@ -53,14 +85,14 @@ public sealed class DaemonSpec
         {
             throw new ArgumentException($"a daemon command needs {{socket}} and {{dir}}: {template}");
         }
-        return new DaemonSpec(name, template, (socket, dir) =>
+        return new DaemonSpec(name, template, (socket, dir, _) =>
             ("/bin/sh", ["-c", "exec " + template.Replace("{socket}", ShellQuote(socket), StringComparison.Ordinal)
                 .Replace("{dir}", ShellQuote(dir), StringComparison.Ordinal)]));
     }
 
     private static string ShellQuote(string s) => "'" + s.Replace("'", "'\\''", StringComparison.Ordinal) + "'";
 
-    private static string FindDotnet()
+    internal static string FindDotnet()
     {
         if (Environment.ProcessPath is string host && Path.GetFileNameWithoutExtension(host) == "dotnet")
         {
@@ -77,26 +109,27 @@ public sealed class DaemonSpec
         return "dotnet";
     }
 
-    /// <summary>vhostfsd.dll: next to this program, else src/Vhostfsd/bin/Release|Debug above it.</summary>
-    public static string FindVhostfsdDll()
+    /// <summary>The native vhostfsd (src/Vhostfsd/bin/CONFIG/native/vhostfsd, published by make build) above this
+    /// program.</summary>
+    public static string FindVhostfsd() => FindBuilt(Path.Combine("native", "vhostfsd"));
+
+    /// <summary>The JIT build's vhostfsd.dll (src/Vhostfsd/bin/CONFIG/net10.0) above this program.</summary>
+    public static string FindVhostfsdDll() => FindBuilt(Path.Combine("net10.0", "vhostfsd.dll"));
+
+    private static string FindBuilt(string file)
     {
-        string local = Path.Combine(AppContext.BaseDirectory, "vhostfsd.dll");
-        if (File.Exists(local))
-        {
-            return local;
-        }
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir != null; dir = dir.Parent)
         {
             foreach (string config in new[] { "Release", "Debug" })
             {
-                string candidate = Path.Combine(dir.FullName, "src", "Vhostfsd", "bin", config, "net10.0", "vhostfsd.dll");
+                string candidate = Path.Combine(dir.FullName, "src", "Vhostfsd", "bin", config, file);
                 if (File.Exists(candidate))
                 {
                     return candidate;
                 }
             }
         }
-        throw new FileNotFoundException("vhostfsd.dll was not found under src/Vhostfsd/bin; run 'make build' first (or pass --vhostfsd-dll)");
+        throw new FileNotFoundException($"{file} was not found under src/Vhostfsd/bin/CONFIG; run 'make build' first (or pass --vhostfsd)");
     }
 }
 
@@ -135,11 +168,11 @@ public sealed class DaemonUnderTest : IDisposable
         }
     }
 
-    public static DaemonUnderTest Start(DaemonSpec spec, string sharedDir, TimeSpan timeout)
+    public static DaemonUnderTest Start(DaemonSpec spec, string sharedDir, TimeSpan timeout, DaemonCaching caching = DaemonCaching.None)
     {
         string runDir = Directory.CreateTempSubdirectory("vhostfs-bench-run-").FullName;
         string socket = Path.Combine(runDir, "vfs.sock");
-        var (file, args) = spec.Command(socket, sharedDir);
+        var (file, args) = spec.Command(socket, sharedDir, caching);
         var info = new ProcessStartInfo(file)
         {
             RedirectStandardOutput = true,

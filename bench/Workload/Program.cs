@@ -8,9 +8,10 @@ using Vhostfsd.Bench;
 
 var daemonOption = new Option<string[]>("--daemon")
 {
-    Description = "Daemon to measure (repeatable): vhostfsd, reference (/usr/lib/qemu/virtiofsd), or a command with {socket} and {dir} " +
+    Description = "Daemon to measure (repeatable): vhostfsd (the native executable), vhostfsd-jit (the same program on the JIT: " +
+        "dotnet vhostfsd.dll), reference (/usr/lib/qemu/virtiofsd), or a command with {socket} and {dir} " +
         "(optionally NAME=COMMAND) [default: vhostfsd and reference]",
-    HelpName = "vhostfsd|reference|CMD",
+    HelpName = "vhostfsd|vhostfsd-jit|reference|CMD",
     AllowMultipleArgumentsPerToken = false,
 };
 var dirKindOption = new Option<string>("--dir-kind") { Description = "Shared directory: tmpfs (a fresh tmpfs mount; needs root), disk (a temp dir under /var/tmp), or both comma-separated [default: tmpfs,disk; --quick: tmpfs]", HelpName = "tmpfs|disk" };
@@ -24,14 +25,15 @@ var warmupOption = new Option<double?>("--warmup") { Description = "Seconds of w
 var opsOption = new Option<long?>("--ops") { Description = "Measure a fixed number of operations per cell (shared by the callers) instead of a duration", HelpName = "N" };
 var quickOption = new Option<bool>("--quick") { Description = "CI-size run: small data set (1,000 files, 64 MiB file), tmpfs only, 1 repetition, short cells" };
 var noNativeOption = new Option<bool>("--no-native") { Description = "Skip the native (direct syscall) floor" };
+var fuseMountOption = new Option<bool>("--fuse-mount") { Description = "Also measure vhostfsd --fuse-mount (as fuse-mount): the native workload code, plain syscalls, on a mount of the share through the host kernel's FUSE, daemon with --cache never (needs root and /dev/fuse)" };
 var jsonOption = new Option<string>("--json") { Description = "Also write every cell and the medians as JSON to FILE (- for stdout)", HelpName = "FILE" };
 var profileOption = new Option<string>("--profile-cmd") { Description = "Run this command during each daemon cell's measured phase, stopped with SIGINT. {pid}: the serving process (the newest of the daemon's process tree), {pids}: the whole tree, comma-separated, {cell}: a name for the cell. E.g. \"perf record -g -p {pids} -o /tmp/{cell}.data\"", HelpName = "CMD" };
-var vhostfsdOption = new Option<string>("--vhostfsd-dll") { Description = "vhostfsd.dll to run [default: found under src/Vhostfsd/bin]", HelpName = "PATH" };
+var vhostfsdOption = new Option<string>("--vhostfsd") { Description = "The vhostfsd executable to run [default: src/Vhostfsd/bin/CONFIG/native/vhostfsd]", HelpName = "PATH" };
 
 var root = new RootCommand("vhostfs-bench: compare virtio-fs daemons (vhostfsd, the reference virtiofsd, any other) on the same workloads, through GuestKernelShim over their vhost-user sockets, against the native syscall floor.")
 {
     daemonOption, dirKindOption, workloadsOption, callersOption, queuesOption, repeatOption, durationOption, warmupOption, opsOption,
-    quickOption, noNativeOption, jsonOption, vhostfsdOption, profileOption,
+    quickOption, noNativeOption, fuseMountOption, jsonOption, vhostfsdOption, profileOption,
 };
 
 root.SetAction(parse =>
@@ -45,7 +47,10 @@ root.SetAction(parse =>
         switch (value)
         {
             case "vhostfsd":
-                daemons.Add(DaemonSpec.Vhostfsd(parse.GetValue(vhostfsdOption) ?? DaemonSpec.FindVhostfsdDll()));
+                daemons.Add(DaemonSpec.Vhostfsd(parse.GetValue(vhostfsdOption) ?? DaemonSpec.FindVhostfsd()));
+                break;
+            case "vhostfsd-jit":
+                daemons.Add(DaemonSpec.VhostfsdJit(DaemonSpec.FindVhostfsdDll()));
                 break;
             case "reference":
                 if (!File.Exists(DaemonSpec.ReferencePath))
@@ -104,6 +109,7 @@ root.SetAction(parse =>
             parse.GetValue(opsOption) ?? 0),
         Shape = quick ? DatasetShape.Quick : DatasetShape.Full,
         Native = !parse.GetValue(noNativeOption),
+        FuseMountDll = parse.GetValue(fuseMountOption) ? parse.GetValue(vhostfsdOption) ?? DaemonSpec.FindVhostfsdDll() : null,
         JsonPath = parse.GetValue(jsonOption),
         ProfileCommand = parse.GetValue(profileOption),
         WarmupUntilJitIdle = !quick,
@@ -115,6 +121,10 @@ root.SetAction(parse =>
     foreach (var d in daemons)
     {
         Console.Error.WriteLine($"  {d.Name}: {d.Display}");
+    }
+    if (settings.FuseMountDll != null)
+    {
+        Console.Error.WriteLine($"  {FuseMountUnderTest.Name}: {FuseMountUnderTest.Display(settings.FuseMountDll)}");
     }
     var run = new BenchRun(settings, line => Console.Error.WriteLine(line));
     try
@@ -143,6 +153,10 @@ root.SetAction(parse =>
     foreach (var d in daemons)
     {
         Console.WriteLine($"{d.Name}: {d.Display}");
+    }
+    if (settings.FuseMountDll != null)
+    {
+        Console.WriteLine($"{FuseMountUnderTest.Name}: {FuseMountUnderTest.Display(settings.FuseMountDll)}, driven by the native workload code on the mount point");
     }
     Console.WriteLine($"Medians of {settings.Repeat} repetition(s), {(settings.Budget.ByOps ? $"{settings.Budget.Ops} ops" : $"{settings.Budget.Duration.TotalSeconds} s")} per cell " +
         $"after {settings.Budget.Warmup.TotalSeconds} s warm-up; rates are per second.");

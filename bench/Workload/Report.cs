@@ -37,7 +37,7 @@ public static class Report
     public static List<SummaryRow> Summarize(IReadOnlyList<CellResult> results, IReadOnlyList<DaemonSpec> daemons, IReadOnlyList<string> workloadOrder)
     {
         string? baseline = Baseline(daemons);
-        var daemonOrder = daemons.Select(d => d.Name).Append("native").ToList();
+        var daemonOrder = daemons.Select(d => d.Name).Append(FuseMountUnderTest.Name).Append("native").ToList();
         var groups = results
             .GroupBy(r => (r.DirKind, r.Workload, r.Daemon, r.Callers, r.QueuesUsed))
             .Select(g =>
@@ -57,7 +57,8 @@ public static class Report
         foreach (var row in groups)
         {
             double? vsBaseline = null;
-            if (baseline != null && row.Daemon != baseline && row.Daemon != "native")
+            // The host FUSE mount is compared with native only: its client is the host kernel, not the shim.
+            if (baseline != null && row.Daemon != baseline && row.Daemon is not ("native" or FuseMountUnderTest.Name))
             {
                 var candidates = groups.Where(b => b.DirKind == row.DirKind && b.Workload == row.Workload && b.Callers == row.Callers && b.Daemon == baseline).ToList();
                 var match = candidates.FirstOrDefault(b => b.Queues == row.Queues) ?? candidates.OrderByDescending(b => b.Queues).FirstOrDefault();
@@ -115,7 +116,7 @@ public static class Report
                 sb.Append("| ").Append(r.Workload)
                     .Append(" | ").Append(r.Daemon)
                     .Append(" | ").Append(r.Callers)
-                    .Append(" | ").Append(native ? "-" : r.Queues.ToString(CultureInfo.InvariantCulture))
+                    .Append(" | ").Append(native || r.Queues == 0 ? "-" : r.Queues.ToString(CultureInfo.InvariantCulture))
                     .Append(" | ").Append(FormatRate(r.Rate))
                     .Append(" | ").Append(r.Unit)
                     .Append(" | ").Append(r.P50Us.ToString("F1", CultureInfo.InvariantCulture))

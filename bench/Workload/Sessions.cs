@@ -170,11 +170,12 @@ public sealed class FuseSession : IDisposable
     private readonly VirtioFsBackend _backend;
     private readonly FuseConn _conn;
 
-    private FuseSession(VirtioFsBackend backend, FuseConn conn, Dataset dataset)
+    private FuseSession(VirtioFsBackend backend, FuseConn conn, FuseFs? fs, Dataset dataset)
     {
         InitDoneTimestamp = System.Diagnostics.Stopwatch.GetTimestamp();
         _backend = backend;
         _conn = conn;
+        Fs = fs;
         Ops = new FuseOps(conn);
         Dataset = dataset;
         ulong treeNode = Ops.Lookup(FuseOps.RootNode, Dataset.TreeName).NodeId;
@@ -190,6 +191,10 @@ public sealed class FuseSession : IDisposable
 
     public FuseOps Ops { get; }
     public Dataset Dataset { get; }
+
+    /// <summary>The shim's mount (page cache and all), for the cached workloads; null when the session drives the
+    /// connection directly.</summary>
+    public FuseFs? Fs { get; }
 
     /// <summary>When INIT was answered.</summary>
     public long InitDoneTimestamp { get; }
@@ -210,7 +215,9 @@ public sealed class FuseSession : IDisposable
 
     public bool ReaddirplusGranted => _conn.Has(FuseInitFlags.DoReaddirplus);
 
-    public static FuseSession Connect(string socket, int queues, Dataset dataset)
+    /// <summary>Connects with <paramref name="queues"/> request queues; with <paramref name="mount"/>, through a
+    /// <see cref="FuseFs"/> mounted with those options (the cached workloads), else on the bare connection.</summary>
+    public static FuseSession Connect(string socket, int queues, Dataset dataset, MountOptions? mount = null)
     {
         var backend = VirtioFsBackend.Connect(socket, new VirtioFsBackendOptions
         {
@@ -220,14 +227,24 @@ public sealed class FuseSession : IDisposable
             MemorySize = 256UL << 20,
         });
         FuseConn? conn = null;
+        FuseFs? fs = null;
         try
         {
-            conn = new FuseConn(backend, new FuseConnOptions());
-            conn.Init();
-            return new FuseSession(backend, conn, dataset);
+            if (mount != null)
+            {
+                fs = FuseFs.Mount(backend, mount);
+                conn = fs.Conn;
+            }
+            else
+            {
+                conn = new FuseConn(backend, new FuseConnOptions());
+                conn.Init();
+            }
+            return new FuseSession(backend, conn, fs, dataset);
         }
         catch
         {
+            fs?.Dispose();
             conn?.Dispose();
             backend.Dispose();
             throw;
@@ -236,6 +253,7 @@ public sealed class FuseSession : IDisposable
 
     public void Dispose()
     {
+        Fs?.Dispose();
         _conn.Dispose();
         _backend.Dispose();
     }
@@ -244,17 +262,20 @@ public sealed class FuseSession : IDisposable
 /// <summary>The native floor: the same directory opened by the benchmark process itself.</summary>
 public sealed unsafe class NativeSession : IDisposable
 {
-    public NativeSession(Dataset dataset)
+    /// <param name="root">Where the dataset is reached: its own directory (the native floor), or a mount
+    /// of it (the host FUSE mount).</param>
+    public NativeSession(Dataset dataset, string? root = null)
     {
         Dataset = dataset;
+        root ??= dataset.Root;
         DirFds = new int[dataset.Shape.TreeDirs];
         for (int d = 0; d < DirFds.Length; d++)
         {
-            DirFds[d] = OpenPath(Path.Combine(dataset.Root, "tree", $"d{d:D3}"), Libc.O_RDONLY | Libc.O_DIRECTORY);
+            DirFds[d] = OpenPath(Path.Combine(root, "tree", $"d{d:D3}"), Libc.O_RDONLY | Libc.O_DIRECTORY);
         }
-        FlatPath = Path.Combine(dataset.Root, "flat");
-        SmallFd = OpenPath(Path.Combine(dataset.Root, "small"), Libc.O_RDONLY | Libc.O_DIRECTORY);
-        BigPath = Path.Combine(dataset.Root, "big");
+        FlatPath = Path.Combine(root, "flat");
+        SmallFd = OpenPath(Path.Combine(root, "small"), Libc.O_RDONLY | Libc.O_DIRECTORY);
+        BigPath = Path.Combine(root, "big");
     }
 
     public Dataset Dataset { get; }

@@ -37,7 +37,19 @@ public abstract class Workload
     /// <summary>Something the session decided that the report should say (e.g. the READ size granted).</summary>
     public virtual string? Note(FuseSession session) => null;
 
-    public static readonly string[] AllNames = ["metadata", "smallfile", "readdirplus", "randread", "randwrite", "seqread", "seqwrite", "gitstatus"];
+    /// <summary>What the daemon must let the guest cache for this workload.</summary>
+    public virtual DaemonCaching Caching => DaemonCaching.None;
+
+    /// <summary>The shim mount the workload runs on (a page cache); null: the bare connection.</summary>
+    public virtual MountOptions? MountOptions(DatasetShape shape) => null;
+
+    /// <summary>Runs once per daemon cell after the session is up and before the warm-up (e.g. filling a cache).</summary>
+    public virtual void Prepare(FuseSession session)
+    {
+    }
+
+    public static readonly string[] AllNames =
+        ["metadata", "smallfile", "readdirplus", "randread", "randwrite", "seqread", "seqwrite", "gitstatus", "cachedread", "cachedwrite"];
 
     public static Workload Create(string name) => name switch
     {
@@ -49,6 +61,8 @@ public abstract class Workload
         "seqread" => new SequentialIoWorkload(write: false),
         "seqwrite" => new SequentialIoWorkload(write: true),
         "gitstatus" => new GitStatusWorkload(),
+        "cachedread" => new CachedReadWorkload(),
+        "cachedwrite" => new CachedWriteWorkload(),
         _ => throw new ArgumentException($"unknown workload '{name}' (one of {string.Join(", ", AllNames)})"),
     };
 }
@@ -69,6 +83,33 @@ internal struct FastRandom
     }
 
     public int Next(int bound) => (int)(Next() % (ulong)bound);
+}
+
+/// <summary>A page-aligned native buffer for the native I/O workloads, as programs that do large I/O
+/// allocate them (posix_memalign). Alignment matters on a FUSE mount: an unaligned 1 MiB buffer spans
+/// 257 pages, one more than a FUSE request carries (max_pages 256), so each 1 MiB call would be two
+/// requests.</summary>
+internal sealed unsafe class AlignedBuffer : IDisposable
+{
+    private byte* _data;
+
+    public AlignedBuffer(int length)
+    {
+        Length = length;
+        _data = (byte*)NativeMemory.AlignedAlloc((nuint)length, 4096);
+        Span.Clear();
+    }
+
+    public int Length { get; }
+
+    // SAFETY: _data holds Length bytes until Dispose; callers do not use the span after it.
+    public Span<byte> Span => new(_data, Length);
+
+    public void Dispose()
+    {
+        NativeMemory.AlignedFree(_data);
+        _data = null;
+    }
 }
 
 internal static unsafe class Native
@@ -435,7 +476,7 @@ public sealed class RandomIoWorkload(bool write) : Workload
     {
         private readonly RandomIoWorkload _w;
         private readonly int _fd;
-        private readonly byte[] _buffer = new byte[BlockSize];
+        private readonly AlignedBuffer _buffer = new(BlockSize);
         private readonly int _blocks;
         private FastRandom _random;
 
@@ -450,7 +491,7 @@ public sealed class RandomIoWorkload(bool write) : Workload
         public override long Step()
         {
             long offset = (long)_random.Next(_blocks) * BlockSize;
-            int n = _w._write ? Native.Pwrite(_fd, _buffer, offset) : Native.Pread(_fd, _buffer, offset);
+            int n = _w._write ? Native.Pwrite(_fd, _buffer.Span, offset) : Native.Pread(_fd, _buffer.Span, offset);
             if (n != BlockSize)
             {
                 throw new BenchFailure($"short native {_w.Name}: {n} bytes");
@@ -458,7 +499,11 @@ public sealed class RandomIoWorkload(bool write) : Workload
             return 1;
         }
 
-        public override void Dispose() => Libc.Close(_fd);
+        public override void Dispose()
+        {
+            Libc.Close(_fd);
+            _buffer.Dispose();
+        }
     }
 }
 
@@ -537,7 +582,7 @@ public sealed class SequentialIoWorkload(bool write) : Workload
     {
         private readonly SequentialIoWorkload _w;
         private readonly int _fd;
-        private readonly byte[] _buffer = new byte[RequestSize];
+        private readonly AlignedBuffer _buffer = new(RequestSize);
         private readonly long _start;
         private readonly long _length;
         private long _cursor;
@@ -545,7 +590,7 @@ public sealed class SequentialIoWorkload(bool write) : Workload
         public NativeWork(SequentialIoWorkload w, NativeSession s, int caller, int callers)
         {
             _w = w;
-            new Random(caller).NextBytes(_buffer);
+            new Random(caller).NextBytes(_buffer.Span);
             long slice = s.Dataset.Shape.BigFileBytes / callers / RequestSize * RequestSize;
             _start = slice * caller;
             _length = Math.Max(RequestSize, slice);
@@ -555,16 +600,20 @@ public sealed class SequentialIoWorkload(bool write) : Workload
         public override long Step()
         {
             long offset = _start + _cursor;
-            _cursor = (_cursor + _buffer.Length) % _length;
-            int n = _w._write ? Native.Pwrite(_fd, _buffer, offset) : Native.Pread(_fd, _buffer, offset);
-            if (n != _buffer.Length)
+            _cursor = (_cursor + RequestSize) % _length;
+            int n = _w._write ? Native.Pwrite(_fd, _buffer.Span, offset) : Native.Pread(_fd, _buffer.Span, offset);
+            if (n != RequestSize)
             {
                 throw new BenchFailure($"short native {_w.Name}: {n} bytes at {offset}");
             }
             return n;
         }
 
-        public override void Dispose() => Libc.Close(_fd);
+        public override void Dispose()
+        {
+            Libc.Close(_fd);
+            _buffer.Dispose();
+        }
     }
 }
 

@@ -8,7 +8,7 @@
 #               [--timeout SECONDS] [--stall SECONDS] [--socket-activation] [--show]
 #
 #   --daemon reference  /usr/lib/qemu/virtiofsd (C, QEMU 7.2), or $VIRTIOFSD
-#   --daemon vhostfsd   dotnet src/Vhostfsd/bin/$CONFIG/net10.0/vhostfsd.dll, or $VHOSTFSD
+#   --daemon vhostfsd   the native src/Vhostfsd/bin/$CONFIG/native/vhostfsd (make build), or $VHOSTFSD
 #   --daemon custom     $E2E_DAEMON_CMD, a command line in which @SOCKET@, @SHARED@, @TAG@
 #                       and @QUEUES@ are replaced (e.g. another virtiofsd build)
 #   --xattr             the daemon serves xattrs and the guest suite tests them
@@ -80,9 +80,9 @@ case "$daemon" in
     if [ -n "${VHOSTFSD:-}" ]; then
       read -r -a cmd <<< "$VHOSTFSD"
     else
-      dll="$root/src/Vhostfsd/bin/$config/net10.0/vhostfsd.dll"
-      [ -f "$dll" ] || die "$dll is not built (make build, or set VHOSTFSD)"
-      cmd=(dotnet "$dll")
+      exe="$root/src/Vhostfsd/bin/$config/native/vhostfsd"
+      [ -x "$exe" ] || die "$exe is not built (make build, or set VHOSTFSD)"
+      cmd=("$exe")
     fi
     # No --tag: a daemon offering VHOST_USER_PROTOCOL_F_CONFIG makes QEMU 7.1-8.0 crash
     # (see docs/e2e.md); QEMU's own tag= property names the file system.

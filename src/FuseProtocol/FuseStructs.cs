@@ -8,6 +8,8 @@ namespace Vhostfsd.FuseProtocol;
 // each Size and field offset. Read and write them with MemoryMarshal (see FuseWire).
 // Naming: PascalCase of the C names; a C field called `size` is `Length` (or `FileSize` where it
 // is a file's size) so that it does not collide with each struct's `Size` constant.
+// One file, longer than the others, because it mirrors one C header: a reader checks it against
+// fuse.h top to bottom, and the layout test walks it the same way.
 
 /// <summary>struct fuse_attr.</summary>
 [StructLayout(LayoutKind.Sequential)]

@@ -34,6 +34,8 @@ public static unsafe partial class Libc
     public const int PR_SET_PDEATHSIG = 1;
     public const int PR_GET_DUMPABLE = 3;
     public const int PR_SET_NAME = 15;
+    /// <summary>The longest name PR_SET_NAME keeps, without the terminating NUL (TASK_COMM_LEN - 1).</summary>
+    public const int TaskCommLength = 15;
     public const int PR_CAPBSET_READ = 23;
     public const int PR_CAPBSET_DROP = 24;
     public const int PR_SET_NO_NEW_PRIVS = 38;

@@ -44,6 +44,9 @@ public enum VhostUserSessionEnd
 /// the request end the session with one log line; a request that is well framed but wrong (a bad
 /// index, size, address or feature bit) is refused — a non-zero REPLY_ACK when one was asked for,
 /// a warning otherwise — and the connection survives, as it does for unknown requests.
+/// <para>One file for the whole message table (one handler per request, each a few lines): the
+/// protocol's state machine reads best in one place, next to the order QEMU sends the messages in.
+/// The per-ring state lives in <see cref="Vring"/>, the ring threads in VringWorker.</para>
 /// </remarks>
 public sealed class VhostUserBackend : IDisposable
 {

@@ -1,4 +1,5 @@
 using Vhostfsd.Posix;
+using Vhostfsd.FusePassthrough;
 
 namespace Vhostfsd;
 
@@ -11,9 +12,6 @@ public sealed class DaemonSettings
     /// <summary>The shared directory as the daemon sees it after the sandbox is set up
     /// ("/" after pivot_root or chroot; the original absolute path with --sandbox none).</summary>
     public required string SharedRoot { get; init; }
-
-    /// <summary>The shared directory as given on the command line (absolute), for log lines.</summary>
-    public string SharedDirOnHost { get; init; } = "";
 
     /// <summary>Forward POSIX locks to the host (--posix-lock).</summary>
     public bool PosixLocks { get; init; }
@@ -36,7 +34,7 @@ public sealed class DaemonSettings
     public TimeSpan PollMax { get; init; }
 
     /// <summary>--cache.</summary>
-    public CacheMode Cache { get; init; } = CacheMode.Auto;
+    public CachePolicy Cache { get; init; } = CachePolicy.Auto;
 
     /// <summary>The xattr opcodes are served (else ENOSYS). True when --xattr, --posix-acl,
     /// --security-label or --xattrmap was given.</summary>
@@ -55,7 +53,7 @@ public sealed class DaemonSettings
     public bool AnnounceSubmounts { get; init; } = true;
 
     /// <summary>--inode-file-handles.</summary>
-    public InodeFileHandlesMode InodeFileHandles { get; init; } = InodeFileHandlesMode.Prefer;
+    public InodeFileHandles InodeFileHandles { get; init; } = InodeFileHandles.Prefer;
 
     /// <summary>--writeback: negotiate WRITEBACK_CACHE.</summary>
     public bool Writeback { get; init; }
@@ -78,18 +76,9 @@ public sealed class DaemonSettings
     /// <summary>--readonly: every modifying request fails with EROFS; opens are forced read-only.</summary>
     public bool ReadOnly { get; init; }
 
-    /// <summary>The sandbox that is in place.</summary>
-    public SandboxMode Sandbox { get; init; } = SandboxMode.Namespace;
-
     /// <summary>An O_PATH directory fd on this process's /proc/self/fd, opened before the sandbox
     /// hid /proc and valid after it: reopen an O_PATH fd N with openat(ProcSelfFd, "N", flags).
     /// Owned by the settings; never null once start-up has finished.</summary>
     public SafeFd? ProcSelfFd { get; init; }
 
-    /// <summary>A read-only fd on this process's /proc/self/mountinfo (mount ids for file handles
-    /// and submounts), opened before the sandbox; re-read it with pread from offset 0.</summary>
-    public SafeFd? MountInfoFd { get; init; }
-
-    /// <summary>RLIMIT_NOFILE (soft) after start-up: the budget for fds the guest makes the daemon hold.</summary>
-    public ulong FdLimit { get; init; }
 }

@@ -1,34 +1,5 @@
 namespace Vhostfsd;
 
-/// <summary>--cache: how long the guest may cache entries, attributes and data.</summary>
-public enum CacheMode
-{
-    /// <summary>No caching: entry/attr timeout 0, files opened with DIRECT_IO (C dialect: "none").</summary>
-    Never,
-
-    /// <summary>Metadata cached for a day, file data not cached.</summary>
-    Metadata,
-
-    /// <summary>One second timeouts; the page cache is kept while attributes match (the default).</summary>
-    Auto,
-
-    /// <summary>Metadata and data cached for a day.</summary>
-    Always,
-}
-
-/// <summary>--inode-file-handles: how the device holds the inodes the guest knows.</summary>
-public enum InodeFileHandlesMode
-{
-    /// <summary>Always an O_PATH file descriptor.</summary>
-    Never,
-
-    /// <summary>A file handle where the file system supports one, else an O_PATH fd (the default).</summary>
-    Prefer,
-
-    /// <summary>Always a file handle; fail lookups where none can be made.</summary>
-    Mandatory,
-}
-
 /// <summary>--sandbox: how the daemon isolates itself from the rest of the host.</summary>
 public enum SandboxMode
 {

@@ -8,7 +8,7 @@ public enum DaemonKind
     /// <summary>/usr/lib/qemu/virtiofsd, the C daemon of QEMU 7.2 (or $VIRTIOFSD).</summary>
     Reference,
 
-    /// <summary>src/Vhostfsd's vhostfsd.dll run with dotnet (or $VHOSTFSD).</summary>
+    /// <summary>The native vhostfsd that make build publishes (or $VHOSTFSD).</summary>
     Vhostfsd,
 }
 

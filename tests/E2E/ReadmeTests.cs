@@ -109,12 +109,10 @@ public sealed partial class ReadmeTests
 
     private static string RunHelp()
     {
-        var dll = Path.Combine(RepositoryLayout.Root, "src", "Vhostfsd", "bin", RepositoryLayout.Configuration, "net10.0", "vhostfsd.dll");
-        Assert.True(File.Exists(dll), $"{dll} is not built");
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
-        psi.ArgumentList.Add(dll);
+        string executable = Vhostfsd.Testing.NativeExecutable.Find();
+        var psi = new ProcessStartInfo(executable) { RedirectStandardOutput = true, RedirectStandardError = true };
         psi.ArgumentList.Add("--help");
-        using var p = Process.Start(psi) ?? throw new InvalidOperationException("cannot start dotnet");
+        using var p = Process.Start(psi) ?? throw new InvalidOperationException("cannot start " + executable);
         var stderr = p.StandardError.ReadToEndAsync();
         var stdout = p.StandardOutput.ReadToEnd();
         Assert.True(p.WaitForExit(60_000), "vhostfsd --help did not finish in 60 s");

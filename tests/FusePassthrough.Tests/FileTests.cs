@@ -87,8 +87,8 @@ public class FileTests
     {
         foreach (var (cache, file, dir, timeout) in new[]
         {
-            (CachePolicy.Never, FuseOpenOutFlags.DirectIo, FuseOpenOutFlags.None, 0UL),
-            (CachePolicy.Metadata, FuseOpenOutFlags.DirectIo, FuseOpenOutFlags.CacheDir | FuseOpenOutFlags.KeepCache, 86400UL),
+            (CachePolicy.Never, FuseOpenOutFlags.DirectIo | FuseOpenOutFlags.ParallelDirectWrites, FuseOpenOutFlags.None, 0UL),
+            (CachePolicy.Metadata, FuseOpenOutFlags.DirectIo | FuseOpenOutFlags.ParallelDirectWrites, FuseOpenOutFlags.CacheDir | FuseOpenOutFlags.KeepCache, 86400UL),
             (CachePolicy.Auto, FuseOpenOutFlags.None, FuseOpenOutFlags.None, 1UL),
             (CachePolicy.Always, FuseOpenOutFlags.KeepCache, FuseOpenOutFlags.KeepCache | FuseOpenOutFlags.CacheDir, 86400UL),
         })

@@ -405,7 +405,8 @@ public class FuseFsSemanticsTests
         Assert.Equal(Errno.OK, m.Fs.Write(file!, new byte[3], 0, out _, user));
         Assert.Equal(Errno.OK, m.Fs.Write(file!, new byte[3], 0, out _, FuseCaller.Root));
         var flags = m.Of(FuseOpcode.Write).Select(w => (FuseWriteFlags)w.Arg<FuseWriteIn>().WriteFlags).ToArray();
-        Assert.Equal(new[] { FuseWriteFlags.KillSuidgid, FuseWriteFlags.None }, flags);
+        // Uncached writes are direct I/O and carry the writer's lock owner as well.
+        Assert.Equal(new[] { FuseWriteFlags.KillSuidgid | FuseWriteFlags.LockOwner, FuseWriteFlags.LockOwner }, flags);
         m.Fs.Release(file!);
     }
 

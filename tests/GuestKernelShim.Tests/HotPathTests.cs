@@ -100,6 +100,35 @@ public class HotPathTests
     }
 
     [Fact]
+    public void ReadsServedByThePageCacheAllocateNothing()
+    {
+        using var device = new TestFsDevice(requestQueues: 1);
+        File.WriteAllBytes(Path.Combine(device.Dir, "f"), new byte[65536]);
+        using var fs = FuseFs.Mount(VirtioFsBackend.Connect(device.SocketPath, Options(1)), new MountOptions { CacheSize = 1 << 20 });
+        Assert.Equal(Errno.OK, fs.Walk("f", out var node));
+        Assert.Equal(Errno.OK, fs.Open(node, Libc.O_RDONLY, out var file));
+        var buffer = new byte[4096];
+        Assert.Equal(Errno.OK, fs.Read(file!, buffer, 0, out _));
+        long requests = fs.PageCache!.ReadRequests;
+        int failures = 0;
+        int index = 0;
+        void Round()
+        {
+            index = (index + 1) % 16;
+            if (fs.Read(file!, buffer, index * 4096L, out int n) != Errno.OK || n != 4096)
+            {
+                failures++;
+            }
+        }
+        long perRead = AllocatedPerRequest(Round, requestsPerRound: 1);
+        _output.WriteLine($"{perRead} bytes allocated per cached read");
+        Assert.Equal(0, failures);
+        Assert.Equal(requests, fs.PageCache.ReadRequests);
+        Assert.True(perRead < 8, $"{perRead} bytes per cached read");
+        fs.Release(file!);
+    }
+
+    [Fact]
     public void SixteenThreadsOverFourQueues()
     {
         using var device = new TestFsDevice(requestQueues: 4);

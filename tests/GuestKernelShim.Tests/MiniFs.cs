@@ -17,6 +17,19 @@ public sealed class MiniFs
     /// <summary>Answers first; null falls through to the default behaviour.</summary>
     public Func<SeenRequest, FakeAnswer?>? Override { get; set; }
 
+    /// <summary>File contents by node: READ, WRITE and a SETATTR of the size work on them (and a WRITE moves the
+    /// size and mtime). Nodes without contents read a pattern derived from the offset.</summary>
+    public ConcurrentDictionary<ulong, byte[]> Contents { get; } = new();
+
+    /// <summary>Gives node <paramref name="node"/> stored contents.</summary>
+    public void SetContents(ulong node, byte[] data)
+    {
+        Contents[node] = data;
+        var attr = Attrs[node];
+        attr.FileSize = (ulong)data.Length;
+        Attrs[node] = attr;
+    }
+
     public MiniFs()
     {
         Attrs[1] = FakeMount.Attr(1, FakeMount.Dir755);
@@ -57,6 +70,11 @@ public sealed class MiniFs
                     if ((s.Valid & (uint)FuseSetattrValid.Size) != 0)
                     {
                         attr.FileSize = s.FileSize;
+                        if (Contents.TryGetValue(r.Header.NodeId, out var stored))
+                        {
+                            Array.Resize(ref stored, (int)s.FileSize);
+                            Contents[r.Header.NodeId] = stored;
+                        }
                     }
                     if ((s.Valid & (uint)FuseSetattrValid.Mode) != 0)
                     {
@@ -82,6 +100,33 @@ public sealed class MiniFs
             case FuseOpcode.Setlkw:
             case FuseOpcode.Access:
                 return FakeAnswer.Ok();
+            case FuseOpcode.Read when Contents.TryGetValue(r.Header.NodeId, out var stored):
+            {
+                var read = r.Arg<FuseReadIn>();
+                long available = Math.Max(0, stored.Length - (long)read.Offset);
+                return FakeAnswer.Ok(stored.AsSpan((int)Math.Min((long)read.Offset, stored.Length), (int)Math.Min(available, read.Length)).ToArray());
+            }
+            case FuseOpcode.Write when Contents.ContainsKey(r.Header.NodeId):
+            {
+                var write = r.Arg<FuseWriteIn>();
+                var payload = r.Args.AsSpan(FuseWriteIn.Size, (int)write.Length);
+                lock (Contents)
+                {
+                    var stored = Contents[r.Header.NodeId];
+                    long end = (long)write.Offset + payload.Length;
+                    if (end > stored.Length)
+                    {
+                        Array.Resize(ref stored, (int)end);
+                    }
+                    payload.CopyTo(stored.AsSpan((int)write.Offset));
+                    Contents[r.Header.NodeId] = stored;
+                    var written = Attrs[r.Header.NodeId];
+                    written.FileSize = (ulong)stored.Length;
+                    written.Mtime++;
+                    Attrs[r.Header.NodeId] = written;
+                }
+                return FakeAnswer.Of(new FuseWriteOut { Length = write.Length });
+            }
             case FuseOpcode.Read:
             {
                 var read = r.Arg<FuseReadIn>();

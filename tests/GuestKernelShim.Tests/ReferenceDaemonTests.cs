@@ -38,3 +38,27 @@ public sealed class ReferenceDaemonCoreTests : CoreSuite
 
     protected override ICoreTarget Start() => new Target();
 }
+
+/// <summary>The page-cache suite against the reference daemon (its cache=, writeback and killpriv_v2 options).</summary>
+[Trait("Category", "Conformance")]
+public sealed class ReferenceDaemonPageCacheTests : PageCacheSuite
+{
+    protected override DaemonProcess StartDaemon(DaemonCache cache, bool writeback, string? sharedDir = null, bool killprivV2 = false)
+    {
+        var options = new List<string> { "-o", "cache=" + cache switch
+        {
+            DaemonCache.None => "none",
+            DaemonCache.Auto => "auto",
+            _ => "always",
+        } };
+        if (writeback)
+        {
+            options.AddRange(["-o", "writeback"]);
+        }
+        if (killprivV2)
+        {
+            options.AddRange(["-o", "killpriv_v2"]);
+        }
+        return DaemonProcess.StartReference(sharedDir, options.ToArray());
+    }
+}

@@ -231,3 +231,26 @@ public sealed class VhostfsdTransportTests
         Assert.True(p.ExitCode == 0, $"{file} {string.Join(' ', args)}: {err}");
     }
 }
+
+/// <summary>The page-cache suite against vhostfsd.</summary>
+public sealed class VhostfsdPageCacheTests : PageCacheSuite
+{
+    protected override DaemonProcess StartDaemon(DaemonCache cache, bool writeback, string? sharedDir = null, bool killprivV2 = false)
+    {
+        var args = new List<string> { "--sandbox", "none", "--inode-file-handles", "never", "--cache", cache switch
+        {
+            DaemonCache.None => "never",
+            DaemonCache.Auto => "auto",
+            _ => "always",
+        } };
+        if (writeback)
+        {
+            args.Add("--writeback");
+        }
+        if (killprivV2)
+        {
+            args.Add("--killpriv-v2");
+        }
+        return DaemonProcess.StartVhostfsd(sharedDir, args.ToArray());
+    }
+}

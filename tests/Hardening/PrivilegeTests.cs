@@ -146,8 +146,8 @@ public sealed class PrivilegeTests : IDisposable
         string path = Path.Combine(_share, "locked");
         File.WriteAllText(path, "data");
         string compat = "source=" + _share + ",cache=none,sandbox=namespace,xattr" + (lockOptions.Length > 0 ? "," + lockOptions : "");
-        using var daemon = DaemonProcess.Start("vhostfsd", Environment.ProcessPath!, null, (socket, _) =>
-            [DaemonProcess.FindVhostfsd(), "--socket-path", socket, "-o", compat, "--log-level=warn"]);
+        using var daemon = DaemonProcess.Start("vhostfsd", NativeExecutable.Find(), null, (socket, _) =>
+            ["--socket-path", socket, "-o", compat, "--log-level=warn"]);
         using FuseFs fs = Observe.Mount(daemon);
         Assert.Equal(forwarded, fs.Conn.Has(FuseInitFlags.PosixLocks));
         Assert.Equal(forwarded, fs.Conn.Has(FuseInitFlags.FlockLocks));

@@ -73,7 +73,7 @@ public sealed class DaemonProcess : IDisposable
         });
     }
 
-    /// <summary>Starts vhostfsd (the build next to the test assembly, run with dotnet) with --socket-path and
+    /// <summary>Starts vhostfsd (the native executable, <see cref="NativeExecutable"/>) with --socket-path and
     /// --shared-dir plus <paramref name="extraArgs"/>.</summary>
     public static DaemonProcess StartVhostfsd(string? sharedDir = null, params string[] extraArgs)
         => StartVhostfsdUnder([], sharedDir, extraArgs);
@@ -82,42 +82,19 @@ public sealed class DaemonProcess : IDisposable
     /// <paramref name="wrapper"/> (e.g. "setpriv", "--groups", "0", "--"), which must exec it.</summary>
     public static DaemonProcess StartVhostfsdUnder(string[] wrapper, string? sharedDir, params string[] extraArgs)
     {
-        string dll = FindVhostfsd();
-        string dotnet = Environment.ProcessPath is string host && Path.GetFileNameWithoutExtension(host) == "dotnet" ? host : "dotnet";
-        string program = wrapper.Length > 0 ? wrapper[0] : dotnet;
+        string executable = NativeExecutable.Find();
+        string program = wrapper.Length > 0 ? wrapper[0] : executable;
         return Start("vhostfsd", program, sharedDir, (socket, dir) =>
         {
             var args = new List<string>(wrapper.Skip(1));
             if (wrapper.Length > 0)
             {
-                args.Add(dotnet);
+                args.Add(executable);
             }
-            args.AddRange([dll, "--socket-path", socket, "--shared-dir", dir]);
+            args.AddRange(["--socket-path", socket, "--shared-dir", dir]);
             args.AddRange(extraArgs);
             return args;
         });
-    }
-
-    /// <summary>The vhostfsd.dll to run: next to the test assembly, else in src/Vhostfsd/bin.</summary>
-    public static string FindVhostfsd()
-    {
-        string local = Path.Combine(AppContext.BaseDirectory, "vhostfsd.dll");
-        if (File.Exists(local))
-        {
-            return local;
-        }
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir != null; dir = dir.Parent)
-        {
-            foreach (string config in new[] { "Release", "Debug" })
-            {
-                string candidate = Path.Combine(dir.FullName, "src", "Vhostfsd", "bin", config, "net10.0", "vhostfsd.dll");
-                if (File.Exists(candidate))
-                {
-                    return candidate;
-                }
-            }
-        }
-        throw new FileNotFoundException("vhostfsd.dll was not found next to the tests or under src/Vhostfsd/bin; build the solution first");
     }
 
     /// <summary>Starts <paramref name="fileName"/> with the arguments <paramref name="arguments"/> builds from the

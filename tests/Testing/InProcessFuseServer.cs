@@ -7,8 +7,8 @@ namespace Vhostfsd.Testing;
 
 /// <summary>The one place where the shim touches FusePassthrough's file system rather than its protocol:
 /// a socket-less daemon for tests. FuseServer's dispatcher runs on worker threads that read requests from
-/// an <see cref="InProcessChannelBackend"/> (/dev/fuse semantics) and write the replies back, as a
-/// multi-threaded libfuse daemon does with /dev/fuse.</summary>
+/// an <see cref="InProcessChannelBackend"/> (/dev/fuse semantics), each through its own clone of the channel, and
+/// write the replies back, as a multi-threaded libfuse daemon does with /dev/fuse.</summary>
 public sealed unsafe class InProcessFuseServer : IDisposable
 {
     private readonly Thread[] _workers;
@@ -23,12 +23,22 @@ public sealed unsafe class InProcessFuseServer : IDisposable
         Server = new FuseServer(options, log);
         Channel = new InProcessChannelBackend(maxPagesLimit: FuseServer.MaxWrite / FuseConn.PageSize);
         _workers = new Thread[workers];
+        _clones = new InProcessChannelClone?[workers];
         for (int i = 0; i < workers; i++)
         {
-            _workers[i] = new Thread(Serve) { IsBackground = true, Name = $"fuse-server-{i}" };
+            // The first worker reads the channel itself; the others each read a clone of it (FUSE_DEV_IOC_CLONE),
+            // as a libfuse daemon with clone_fd does.
+            var clone = i == 0 ? null : Channel.Clone();
+            _clones[i] = clone;
+            _workers[i] = new Thread(() => Serve(clone)) { IsBackground = true, Name = $"fuse-server-{i}" };
             _workers[i].Start();
         }
     }
+
+    private readonly InProcessChannelClone?[] _clones;
+
+    /// <summary>Workers reading through a clone of the channel.</summary>
+    public int Clones => _clones.Count(c => c != null);
 
     public FuseServer Server { get; }
 
@@ -42,14 +52,14 @@ public sealed unsafe class InProcessFuseServer : IDisposable
     /// <summary>Mounts the server's file system through the channel.</summary>
     public FuseFs Mount(MountOptions? options = null, FuseConnOptions? connOptions = null) => FuseFs.Mount(Channel, options, connOptions);
 
-    private void Serve()
+    private void Serve(InProcessChannelClone? clone)
     {
         var request = GC.AllocateUninitializedArray<byte>(FuseServer.MaxRequestSize, pinned: true);
         var reply = GC.AllocateUninitializedArray<byte>(FuseServer.MaxRequestSize, pinned: true);
         var token = _stop.Token;
         while (!token.IsCancellationRequested)
         {
-            int n = Channel.ReadRequest(request, cancellation: token);
+            int n = clone != null ? clone.ReadRequest(request, cancellation: token) : Channel.ReadRequest(request, cancellation: token);
             if (n < 0)
             {
                 if (n == -(int)Errno.ENODEV || n == -(int)Errno.EINTR)
@@ -71,7 +81,14 @@ public sealed unsafe class InProcessFuseServer : IDisposable
             }
             if (length > 0)
             {
-                Channel.WriteReply(reply.AsSpan(0, length));
+                if (clone != null)
+                {
+                    clone.WriteReply(reply.AsSpan(0, length));
+                }
+                else
+                {
+                    Channel.WriteReply(reply.AsSpan(0, length));
+                }
             }
             Interlocked.Increment(ref _served);
         }
@@ -87,6 +104,10 @@ public sealed unsafe class InProcessFuseServer : IDisposable
         foreach (var worker in _workers)
         {
             worker.Join(TimeSpan.FromSeconds(10));
+        }
+        foreach (var clone in _clones)
+        {
+            clone?.Dispose();
         }
         Server.Dispose();
     }

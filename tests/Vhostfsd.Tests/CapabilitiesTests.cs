@@ -1,5 +1,6 @@
 using Vhostfsd.Cli;
 using Vhostfsd.Hosting;
+using Vhostfsd.FusePassthrough;
 
 namespace Vhostfsd.Tests;
 
@@ -12,15 +13,15 @@ public class CapabilitiesTests
     {
         ulong expected = Bit(Capabilities.Chown) | Bit(Capabilities.DacOverride) | Bit(Capabilities.Fowner) | Bit(Capabilities.Fsetid)
             | Bit(Capabilities.Setgid) | Bit(Capabilities.Setuid) | Bit(Capabilities.Mknod) | Bit(Capabilities.Setfcap);
-        Assert.Equal(expected, Capabilities.KeptMask(InodeFileHandlesMode.Never, null));
-        Assert.Equal(expected | Bit(Capabilities.DacReadSearch), Capabilities.KeptMask(InodeFileHandlesMode.Prefer, null));
-        Assert.Equal(expected | Bit(Capabilities.DacReadSearch), Capabilities.KeptMask(InodeFileHandlesMode.Mandatory, null));
+        Assert.Equal(expected, Capabilities.KeptMask(InodeFileHandles.Never, null));
+        Assert.Equal(expected | Bit(Capabilities.DacReadSearch), Capabilities.KeptMask(InodeFileHandles.Prefer, null));
+        Assert.Equal(expected | Bit(Capabilities.DacReadSearch), Capabilities.KeptMask(InodeFileHandles.Mandatory, null));
     }
 
     [Fact]
     public void Modcaps_adds_and_removes_in_order()
     {
-        ulong mask = Capabilities.KeptMask(InodeFileHandlesMode.Never, "+SYS_ADMIN:-mknod:+cap_sys_nice:-sys_nice");
+        ulong mask = Capabilities.KeptMask(InodeFileHandles.Never, "+SYS_ADMIN:-mknod:+cap_sys_nice:-sys_nice");
         Assert.NotEqual(0UL, mask & Bit(Capabilities.SysAdmin));
         Assert.Equal(0UL, mask & Bit(Capabilities.Mknod));
         Assert.Equal(0UL, mask & Bit(23));

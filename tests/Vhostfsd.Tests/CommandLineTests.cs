@@ -1,4 +1,5 @@
 using Vhostfsd.Cli;
+using Vhostfsd.FusePassthrough;
 
 namespace Vhostfsd.Tests;
 
@@ -29,10 +30,10 @@ public class CommandLineTests
         Assert.Null(o.Fd);
         Assert.Equal(0, o.ThreadPoolSize);
         Assert.Equal(64, o.PollMaxUs);
-        Assert.Equal(CacheMode.Auto, o.Cache);
+        Assert.Equal(CachePolicy.Auto, o.Cache);
         Assert.Equal(SandboxMode.Namespace, o.Sandbox);
         Assert.Equal(SeccompMode.Kill, o.Seccomp);
-        Assert.Equal(InodeFileHandlesMode.Prefer, o.InodeFileHandles);
+        Assert.Equal(InodeFileHandles.Prefer, o.InodeFileHandles);
         Assert.True(o.AnnounceSubmounts);
         Assert.False(o.KillprivV2);
         Assert.False(o.EffectiveXattr);
@@ -66,8 +67,8 @@ public class CommandLineTests
         Assert.True(o.ReadOnly);
         Assert.Equal(SeccompMode.None, o.Seccomp);
         Assert.False(o.AnnounceSubmounts);
-        Assert.Equal(InodeFileHandlesMode.Mandatory, o.InodeFileHandles);
-        Assert.Equal(CacheMode.Metadata, o.Cache);
+        Assert.Equal(InodeFileHandles.Mandatory, o.InodeFileHandles);
+        Assert.Equal(CachePolicy.Metadata, o.Cache);
         Assert.True(o.AllowMmap);
         Assert.True(o.NoReaddirplus);
         Assert.False(o.EffectiveReaddirplus);
@@ -110,19 +111,19 @@ public class CommandLineTests
     {
         var o = Parse("--shared-dir", "/a", "--fd", "7", "--cache", "never", "--thread-pool-size", "2", "--inode-file-handles", "never");
         Assert.Equal(7, o.Fd);
-        Assert.Equal(CacheMode.Never, o.Cache);
+        Assert.Equal(CachePolicy.Never, o.Cache);
         Assert.False(o.EffectiveReaddirplus);
         Assert.Equal(2, o.ThreadPoolSize);
-        Assert.Equal(InodeFileHandlesMode.Never, o.InodeFileHandles);
+        Assert.Equal(InodeFileHandles.Never, o.InodeFileHandles);
     }
 
     [Theory]
-    [InlineData("never", CacheMode.Never)]
-    [InlineData("none", CacheMode.Never)]
-    [InlineData("metadata", CacheMode.Metadata)]
-    [InlineData("auto", CacheMode.Auto)]
-    [InlineData("ALWAYS", CacheMode.Always)]
-    public void Cache_values(string value, CacheMode expected) =>
+    [InlineData("never", CachePolicy.Never)]
+    [InlineData("none", CachePolicy.Never)]
+    [InlineData("metadata", CachePolicy.Metadata)]
+    [InlineData("auto", CachePolicy.Auto)]
+    [InlineData("ALWAYS", CachePolicy.Always)]
+    public void Cache_values(string value, CachePolicy expected) =>
         Assert.Equal(expected, Parse("--shared-dir=/a", "--fd=3", "--cache=" + value).Cache);
 
     [Fact]
@@ -130,7 +131,7 @@ public class CommandLineTests
     {
         var o = Parse("--shared-dir=/a", "--socket=/tmp/s", "--inode-file-handles=fallback", "-f");
         Assert.Equal("/tmp/s", o.SocketPath);
-        Assert.Equal(InodeFileHandlesMode.Prefer, o.InodeFileHandles);
+        Assert.Equal(InodeFileHandles.Prefer, o.InodeFileHandles);
         Assert.Contains(o.Warnings, w => w.Contains("--socket is deprecated"));
         Assert.Contains(o.Warnings, w => w.Contains("fallback"));
         Assert.Contains(o.Warnings, w => w.Contains("-f has no effect"));
@@ -171,7 +172,7 @@ public class CommandLineTests
         var o = Parse("--fd=3", "-o", "source=/srv/x,cache=always,sandbox=chroot,xattrmap=:map::user.virtiofs.:,modcaps=+sys_admin,loglevel=warn",
             "-o", "xattr,readdirplus,writeback,allow_direct_io,announce_submounts,killpriv_v2,posix_acl,security_label,no_posix_lock,no_flock");
         Assert.Equal("/srv/x", o.SharedDir);
-        Assert.Equal(CacheMode.Always, o.Cache);
+        Assert.Equal(CachePolicy.Always, o.Cache);
         Assert.Equal(SandboxMode.Chroot, o.Sandbox);
         Assert.Equal(":map::user.virtiofs.:", o.XattrMap);
         Assert.Equal("+sys_admin", o.ModCaps);
@@ -191,7 +192,7 @@ public class CommandLineTests
     {
         var o = Parse("--shared-dir=/long", "--cache=auto", "--fd=3", "-o", "source=/compat,cache=none");
         Assert.Equal("/compat", o.SharedDir);
-        Assert.Equal(CacheMode.Never, o.Cache);
+        Assert.Equal(CachePolicy.Never, o.Cache);
     }
 
     [Theory]
@@ -209,13 +210,13 @@ public class CommandLineTests
             "--xattr", "--thread-pool-size=16", "--log-level=debug");
         Assert.Equal(23, o.Fd);
         Assert.Equal("/var/lib/libvirt/shared dir", o.SharedDir);
-        Assert.Equal(CacheMode.Always, o.Cache);
+        Assert.Equal(CachePolicy.Always, o.Cache);
         Assert.Equal(SandboxMode.Chroot, o.Sandbox);
         Assert.True(o.Xattr);
         Assert.Equal(16, o.ThreadPoolSize);
         Assert.Equal(DaemonLogLevel.Debug, o.LogLevel);
         // libvirt's <driver type='virtiofs'> cache modes: none maps to never.
-        Assert.Equal(CacheMode.Never, Parse("--fd=23", "--shared-dir=/x", "--cache=none").Cache);
+        Assert.Equal(CachePolicy.Never, Parse("--fd=23", "--shared-dir=/x", "--cache=none").Cache);
     }
 
     [Fact]
@@ -226,7 +227,7 @@ public class CommandLineTests
             "--thread-pool-size=4", "-d");
         Assert.Equal(23, o.Fd);
         Assert.Equal("/var/lib/libvirt/share,with comma", o.SharedDir);
-        Assert.Equal(CacheMode.Never, o.Cache);
+        Assert.Equal(CachePolicy.Never, o.Cache);
         Assert.Equal(SandboxMode.Namespace, o.Sandbox);
         Assert.True(o.Xattr);
         Assert.Equal(4, o.ThreadPoolSize);
@@ -262,7 +263,7 @@ public class CommandLineTests
         var o = Parse("--syslog", "-o", "cache=auto", "-o", "no_posix_lock", "-o", "source=/run/kata-containers/shared/sandboxes/abc/shared",
             "--fd=3", "-f", "--thread-pool-size=1", "-o", "announce_submounts");
         Assert.True(o.Syslog);
-        Assert.Equal(CacheMode.Auto, o.Cache);
+        Assert.Equal(CachePolicy.Auto, o.Cache);
         Assert.Equal("/run/kata-containers/shared/sandboxes/abc/shared", o.SharedDir);
         Assert.Equal(3, o.Fd);
         Assert.Equal(1, o.ThreadPoolSize);
@@ -276,9 +277,9 @@ public class CommandLineTests
         var o = Parse("--syslog", "--cache=never", "--shared-dir=/run/kata-containers/shared/sandboxes/abc/shared", "--fd=3",
             "--inode-file-handles=prefer", "--thread-pool-size=1", "--announce-submounts", "--sandbox=none", "--seccomp=none");
         Assert.True(o.Syslog);
-        Assert.Equal(CacheMode.Never, o.Cache);
+        Assert.Equal(CachePolicy.Never, o.Cache);
         Assert.Equal(3, o.Fd);
-        Assert.Equal(InodeFileHandlesMode.Prefer, o.InodeFileHandles);
+        Assert.Equal(InodeFileHandles.Prefer, o.InodeFileHandles);
         Assert.Equal(SandboxMode.None, o.Sandbox);
     }
 

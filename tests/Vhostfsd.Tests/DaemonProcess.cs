@@ -1,10 +1,11 @@
 using System.Diagnostics;
 using System.Text;
 using Vhostfsd.Posix;
+using Vhostfsd.Testing;
 
 namespace Vhostfsd.Tests;
 
-/// <summary>Runs the real built vhostfsd (the vhostfsd.dll copied next to this test assembly)
+/// <summary>Runs the real built vhostfsd (the native executable, <see cref="NativeExecutable"/>)
 /// as a child process and collects its output line by line.</summary>
 internal sealed class DaemonProcess : IDisposable
 {
@@ -22,24 +23,16 @@ internal sealed class DaemonProcess : IDisposable
         _process = process;
     }
 
-    public static string Dll
-    {
-        get
-        {
-            string path = Path.Combine(AppContext.BaseDirectory, "vhostfsd.dll");
-            Assert.True(File.Exists(path), "vhostfsd.dll is not next to the test assembly: " + path);
-            return path;
-        }
-    }
+    public static string Executable => NativeExecutable.Find();
 
     public int Pid => _process.Id;
 
     public bool HasExited => _process.HasExited;
 
-    /// <summary>Starts "dotnet vhostfsd.dll ARGS" (or, with <paramref name="shellPrefix"/>, through
-    /// bash -c "PREFIX exec dotnet vhostfsd.dll ARGS"; bash because dash cannot redirect fds above 9)
+    /// <summary>Starts "vhostfsd ARGS" (or, with <paramref name="shellPrefix"/>, through
+    /// bash -c "PREFIX exec vhostfsd ARGS"; bash because dash cannot redirect fds above 9)
     /// with SIGHUP, SIGINT and SIGTERM at their default disposition. <paramref name="runner"/>, when
-    /// given, is a command that runs dotnet as its last arguments (setpriv to drop root).</summary>
+    /// given, is a command that runs the daemon as its last arguments (setpriv to drop root).</summary>
     public static DaemonProcess Start(IEnumerable<string> args, IReadOnlyDictionary<string, string?>? environment = null, string? shellPrefix = null,
         IEnumerable<string>? runner = null)
     {
@@ -62,8 +55,7 @@ internal sealed class DaemonProcess : IDisposable
         }
         if (shellPrefix == null)
         {
-            start.ArgumentList.Add("dotnet");
-            start.ArgumentList.Add(Dll);
+            start.ArgumentList.Add(Executable);
             foreach (string arg in args)
             {
                 start.ArgumentList.Add(arg);
@@ -73,7 +65,7 @@ internal sealed class DaemonProcess : IDisposable
         {
             start.ArgumentList.Add("/bin/bash");
             start.ArgumentList.Add("-c");
-            var line = new StringBuilder(shellPrefix).Append(" exec dotnet ").Append(Quote(Dll));
+            var line = new StringBuilder(shellPrefix).Append(" exec ").Append(Quote(Executable));
             foreach (string arg in args)
             {
                 line.Append(' ').Append(Quote(arg));
@@ -103,7 +95,7 @@ internal sealed class DaemonProcess : IDisposable
         var daemon = new DaemonProcess(process);
         process.ErrorDataReceived += (_, e) => daemon.Add(daemon._stderr, e.Data, stderr: true);
         process.OutputDataReceived += (_, e) => daemon.Add(daemon._stdout, e.Data, stderr: false);
-        Assert.True(process.Start(), "could not start dotnet");
+        Assert.True(process.Start(), "could not start " + Executable);
         process.BeginErrorReadLine();
         process.BeginOutputReadLine();
         return daemon;

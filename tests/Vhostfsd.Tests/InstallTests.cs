@@ -4,7 +4,8 @@ using Vhostfsd.Posix;
 
 namespace Vhostfsd.Tests;
 
-/// <summary>"make install" into a scratch prefix, then the installed launcher runs.</summary>
+/// <summary>"make install" into a scratch prefix, then the installed executable runs; the Debian
+/// package, unpacked into a scratch root, holds the same files and its executable runs too.</summary>
 public class InstallTests
 {
     private static string RepositoryRoot()
@@ -30,7 +31,6 @@ public class InstallTests
             RedirectStandardOutput = true,
             RedirectStandardError = true,
         };
-        start.Environment["DOTNET_EnableDiagnostics"] = "0";
         using var process = Process.Start(start)!;
         var stderr = process.StandardError.ReadToEndAsync();
         string stdout = process.StandardOutput.ReadToEnd();
@@ -39,7 +39,7 @@ public class InstallTests
     }
 
     [Fact]
-    public void Make_install_puts_the_launcher_the_descriptor_and_the_units_in_place()
+    public void Make_install_puts_the_executable_the_descriptor_and_the_units_in_place()
     {
         using var tree = new TempTree();
         string prefix = Path.Combine(tree.Root, "usr");
@@ -51,8 +51,10 @@ public class InstallTests
         Assert.True(code == 0, output);
 
         string launcher = Path.Combine(prefix, "bin", "vhostfsd");
-        Assert.True(File.Exists(Path.Combine(prefix, "lib", "vhostfsd", "vhostfsd.dll")));
-        Assert.True((File.GetUnixFileMode(launcher) & UnixFileMode.UserExecute) != 0);
+        AssertNativeExecutable(launcher);
+        // Only the executable: no runtime, no assemblies beside it.
+        Assert.Equal(new[] { "bin" }, Directory.GetFileSystemEntries(prefix).Select(e => Path.GetFileName(e)!).ToArray());
+        Assert.Equal(new[] { "vhostfsd" }, Directory.GetFileSystemEntries(Path.Combine(prefix, "bin")).Select(e => Path.GetFileName(e)!).ToArray());
 
         using var descriptor = JsonDocument.Parse(File.ReadAllText(Path.Combine(descriptors, "50-vhostfsd.json")));
         Assert.Equal("fs", descriptor.RootElement.GetProperty("type").GetString());
@@ -63,8 +65,8 @@ public class InstallTests
         Assert.Contains($"ExecStart={launcher} --fd=3 ", service);
         Assert.Contains("ListenStream=/run/vhostfsd/%i.sock", File.ReadAllText(Path.Combine(units, "vhostfsd@.socket")));
 
-        // The installed launcher works, with a minimal PATH as libvirt gives it.
-        var capabilities = Run("/usr/bin/env", tree.Root, "-i", "PATH=/bin", launcher, "--print-capabilities");
+        // The installed executable works with an empty environment (libvirt gives a minimal one).
+        var capabilities = Run("/usr/bin/env", tree.Root, "-i", launcher, "--print-capabilities");
         Assert.True(capabilities.Code == 0, capabilities.Output);
         using var json = JsonDocument.Parse(capabilities.Output);
         Assert.Equal("fs", json.RootElement.GetProperty("type").GetString());
@@ -91,5 +93,59 @@ public class InstallTests
         Assert.Equal(0, Libc.Kill(daemon.Id, Libc.SIGTERM));
         Assert.True(daemon.WaitForExit(30_000));
         Assert.Equal(0, daemon.ExitCode);
+    }
+
+    [Fact]
+    public void The_debian_package_installs_a_working_daemon_into_a_scratch_root()
+    {
+        using var tree = new TempTree();
+        string debs = Path.Combine(tree.Root, "debs");
+        var (code, output) = Run("/usr/bin/env", RepositoryRoot(), "CONFIG=" + Configuration(), "packaging/deb.sh", debs);
+        Assert.True(code == 0, output);
+        string deb = output.Trim().Split('\n')[^1];
+        Assert.True(File.Exists(deb), output);
+
+        var fields = Run("dpkg-deb", tree.Root, "--field", deb, "Package", "Version", "Depends");
+        Assert.True(fields.Code == 0, fields.Output);
+        Assert.Contains("Package: vhostfsd", fields.Output);
+        // No .NET runtime among the dependencies: the executable needs only the C library.
+        Assert.Contains("Depends: libc6", fields.Output);
+        Assert.DoesNotContain("dotnet", fields.Output);
+
+        string root = Path.Combine(tree.Root, "root");
+        var unpack = Run("dpkg-deb", tree.Root, "--extract", deb, root);
+        Assert.True(unpack.Code == 0, unpack.Output);
+        string executable = Path.Combine(root, "usr", "bin", "vhostfsd");
+        AssertNativeExecutable(executable);
+
+        using var descriptor = JsonDocument.Parse(File.ReadAllText(Path.Combine(root, "usr", "share", "qemu", "vhost-user", "50-vhostfsd.json")));
+        Assert.Equal("/usr/bin/vhostfsd", descriptor.RootElement.GetProperty("binary").GetString());
+        string units = Path.Combine(root, "usr", "lib", "systemd", "system");
+        Assert.Contains("ExecStart=/usr/bin/vhostfsd --fd=3 ", File.ReadAllText(Path.Combine(units, "vhostfsd@.service")));
+        Assert.True(File.Exists(Path.Combine(units, "vhostfsd@.socket")));
+        Assert.True(new FileInfo(Path.Combine(root, "usr", "share", "man", "man1", "vhostfsd.1.gz")).Length > 500);
+
+        var version = Run("/usr/bin/env", tree.Root, "-i", executable, "--version");
+        Assert.True(version.Code == 0, version.Output);
+        Assert.Matches(@"^vhostfsd \d+\.\d+\.\d+", version.Output);
+        Assert.Contains(version.Output.Split(' ')[1].Trim(), fields.Output);
+
+        var capabilities = Run("/usr/bin/env", tree.Root, "-i", executable, "--print-capabilities");
+        Assert.True(capabilities.Code == 0, capabilities.Output);
+        using var json = JsonDocument.Parse(capabilities.Output);
+        Assert.Equal("fs", json.RootElement.GetProperty("type").GetString());
+    }
+
+    /// <summary>An ELF executable (not a script that starts a runtime).</summary>
+    private static void AssertNativeExecutable(string path)
+    {
+        Assert.True(File.Exists(path), path + " is missing");
+        Assert.True((File.GetUnixFileMode(path) & UnixFileMode.UserExecute) != 0, path + " is not executable");
+        byte[] magic = new byte[4];
+        using (var stream = File.OpenRead(path))
+        {
+            stream.ReadExactly(magic);
+        }
+        Assert.Equal("\u007fELF"u8.ToArray(), magic);
     }
 }

@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Text.RegularExpressions;
 using Vhostfsd.Hosting;
 using Vhostfsd.Posix;
+using Vhostfsd.FusePassthrough;
 
 namespace Vhostfsd.Tests;
 
@@ -74,7 +75,7 @@ public class SandboxTests
         }
     }
 
-    private static readonly ulong DefaultKept = Capabilities.KeptMask(InodeFileHandlesMode.Prefer, null);
+    private static readonly ulong DefaultKept = Capabilities.KeptMask(InodeFileHandles.Prefer, null);
 
     [Fact]
     public void Namespace_sandbox_hides_everything_outside_the_share()
@@ -170,7 +171,7 @@ public class SandboxTests
     {
         using var tree = new TempTree();
         using var daemon = StartProbing(tree, "namespace", "--inode-file-handles=never", "--modcaps=-mknod:+sys_nice");
-        ulong expected = Capabilities.KeptMask(InodeFileHandlesMode.Never, "-mknod:+sys_nice");
+        ulong expected = Capabilities.KeptMask(InodeFileHandles.Never, "-mknod:+sys_nice");
         Assert.Equal(0UL, expected & (1UL << Capabilities.Mknod));
         Assert.Equal(0UL, expected & (1UL << Capabilities.DacReadSearch));
         var summary = ProbeSummary(daemon);

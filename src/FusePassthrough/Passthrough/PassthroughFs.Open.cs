@@ -46,12 +46,17 @@ public sealed unsafe partial class PassthroughFs
         return flags | Libc.O_CLOEXEC;
     }
 
+    /// <summary>Direct-I/O files also get PARALLEL_DIRECT_WRITES: the client kernel otherwise holds the
+    /// file's inode lock exclusively for each direct WRITE's round trip, so writers of one file wait
+    /// for each other's replies (16 writers of 1 MiB ran no faster than one). Each WRITE is a pwritev
+    /// at its own offset here; the kernel still serializes appends and writes past the end.</summary>
     private uint FileOpenOutFlags(bool directory)
     {
+        const FuseOpenOutFlags directFile = FuseOpenOutFlags.DirectIo | FuseOpenOutFlags.ParallelDirectWrites;
         FuseOpenOutFlags f = _options.Cache switch
         {
-            CachePolicy.Never => directory ? FuseOpenOutFlags.None : FuseOpenOutFlags.DirectIo,
-            CachePolicy.Metadata => directory ? FuseOpenOutFlags.CacheDir | FuseOpenOutFlags.KeepCache : FuseOpenOutFlags.DirectIo,
+            CachePolicy.Never => directory ? FuseOpenOutFlags.None : directFile,
+            CachePolicy.Metadata => directory ? FuseOpenOutFlags.CacheDir | FuseOpenOutFlags.KeepCache : directFile,
             CachePolicy.Always => directory ? FuseOpenOutFlags.KeepCache | FuseOpenOutFlags.CacheDir : FuseOpenOutFlags.KeepCache,
             _ => FuseOpenOutFlags.None,
         };

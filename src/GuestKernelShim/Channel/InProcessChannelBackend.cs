@@ -14,7 +14,10 @@ namespace Vhostfsd.GuestKernelShim;
 /// read after the connection was aborted is ENODEV. A reply shorter than fuse_out_header, whose len
 /// disagrees with the bytes written, or whose error is out of range is EINVAL; a reply for a unique that
 /// is not being processed is ENOENT; a reply that does not fit its request ends that request with EIO
-/// and is EINVAL for the writer.
+/// and is EINVAL for the writer. <see cref="Poll"/> is fuse_dev_poll (always writable; readable while a
+/// request is queued; POLLERR once aborted), and <see cref="Clone"/> is FUSE_DEV_IOC_CLONE: another reader
+/// of the same queue with its own list of requests being processed, so a reply goes back through the
+/// reader that read the request.
 /// </remarks>
 public sealed class InProcessChannelBackend : IFuseTransport
 {
@@ -22,7 +25,8 @@ public sealed class InProcessChannelBackend : IFuseTransport
     private readonly LinkedList<FuseRequest> _pending = new();
     private readonly LinkedList<FuseRequest> _interrupts = new();
     private readonly LinkedList<FuseRequest> _forgets = new();
-    private readonly Dictionary<ulong, FuseRequest> _processing = new();
+    private readonly InProcessChannelClone _primary;
+    private readonly List<InProcessChannelClone> _clones = new();
     private FuseConn? _connection;
     private bool _connected = true;
     private int _readersWaiting;
@@ -31,6 +35,7 @@ public sealed class InProcessChannelBackend : IFuseTransport
     public InProcessChannelBackend(int maxPagesLimit = 256)
     {
         MaxPagesLimit = maxPagesLimit;
+        _primary = new InProcessChannelClone(this);
     }
 
     public string Name => "in-process";
@@ -61,14 +66,19 @@ public sealed class InProcessChannelBackend : IFuseTransport
         }
     }
 
-    /// <summary>Requests read and not yet answered.</summary>
+    /// <summary>Requests read and not yet answered (by every reader).</summary>
     public int ProcessingCount
     {
         get
         {
             lock (_lock)
             {
-                return _processing.Count;
+                int count = _primary.Processing.Count;
+                foreach (var clone in _clones)
+                {
+                    count += clone.Processing.Count;
+                }
+                return count;
             }
         }
     }
@@ -146,6 +156,89 @@ public sealed class InProcessChannelBackend : IFuseTransport
     /// length, or a negative errno: EINVAL (buffer below FUSE_MIN_READ_BUFFER), EAGAIN (non-blocking and
     /// nothing queued), ENODEV (aborted), EINTR (<paramref name="cancellation"/> fired).</summary>
     public int ReadRequest(Span<byte> buffer, bool nonBlocking = false, CancellationToken cancellation = default)
+        => ReadRequest(_primary, buffer, nonBlocking, cancellation);
+
+    /// <summary>Writes one reply (write(2) on /dev/fuse). Returns the bytes consumed, or a negative errno.</summary>
+    public int WriteReply(ReadOnlySpan<byte> message) => WriteReply(_primary, message);
+
+    /// <summary>poll(2) on /dev/fuse: <see cref="ChannelPollEvents.Out"/> | WrNorm always, In | RdNorm while a request
+    /// waits to be read, only <see cref="ChannelPollEvents.Err"/> once the connection was aborted. Waits up to
+    /// <paramref name="timeout"/> (0: answer at once; <see cref="Timeout.InfiniteTimeSpan"/>: until readable or
+    /// aborted) for one of In or Err.</summary>
+    public ChannelPollEvents Poll(TimeSpan timeout = default) => Poll(_primary, timeout);
+
+    /// <summary>FUSE_DEV_IOC_CLONE: a second reader on this connection. It reads from the same queue; the replies to
+    /// what it read must be written through it (another reader answers ENOENT). Disposing it ends the requests it
+    /// read and has not answered with ECONNABORTED, as closing a cloned /dev/fuse fd does.</summary>
+    public InProcessChannelClone Clone()
+    {
+        lock (_lock)
+        {
+            if (!_connected)
+            {
+                throw new InvalidOperationException("the connection was aborted: nothing to clone");
+            }
+            var clone = new InProcessChannelClone(this);
+            _clones.Add(clone);
+            return clone;
+        }
+    }
+
+    internal ChannelPollEvents Poll(InProcessChannelClone reader, TimeSpan timeout)
+    {
+        long deadline = timeout == Timeout.InfiniteTimeSpan ? long.MaxValue : Environment.TickCount64 + (long)timeout.TotalMilliseconds;
+        lock (_lock)
+        {
+            while (true)
+            {
+                if (!_connected || reader.Closed)
+                {
+                    return ChannelPollEvents.Err;
+                }
+                if (_pending.Count + _interrupts.Count + _forgets.Count > 0)
+                {
+                    return ChannelPollEvents.In | ChannelPollEvents.RdNorm | ChannelPollEvents.Out | ChannelPollEvents.WrNorm;
+                }
+                long left = deadline - Environment.TickCount64;
+                if (left <= 0)
+                {
+                    return ChannelPollEvents.Out | ChannelPollEvents.WrNorm;
+                }
+                _readersWaiting++;
+                try
+                {
+                    Monitor.Wait(_lock, (int)Math.Min(left, int.MaxValue));
+                }
+                finally
+                {
+                    _readersWaiting--;
+                }
+            }
+        }
+    }
+
+    internal void CloseClone(InProcessChannelClone clone)
+    {
+        List<FuseRequest> abandoned;
+        lock (_lock)
+        {
+            if (clone.Closed)
+            {
+                return;
+            }
+            clone.Closed = true;
+            _clones.Remove(clone);
+            abandoned = new List<FuseRequest>(clone.Processing.Values);
+            clone.Processing.Clear();
+            Monitor.PulseAll(_lock);
+        }
+        foreach (var request in abandoned)
+        {
+            Connection.Fail(request, Errno.ECONNABORTED);
+        }
+    }
+
+    internal int ReadRequest(InProcessChannelClone reader, Span<byte> buffer, bool nonBlocking, CancellationToken cancellation)
     {
         if (buffer.Length < FuseConstants.MinReadBuffer)
         {
@@ -161,7 +254,7 @@ public sealed class InProcessChannelBackend : IFuseTransport
             {
                 while (true)
                 {
-                    if (!_connected)
+                    if (!_connected || reader.Closed)
                     {
                         return -(int)Errno.ENODEV;
                     }
@@ -194,7 +287,7 @@ public sealed class InProcessChannelBackend : IFuseTransport
                     request.ChannelRead = true;
                     if (!request.NoReply)
                     {
-                        _processing[request.Unique] = request;
+                        reader.Processing[request.Unique] = request;
                     }
                     int length = request.RequestLength;
                     if (request.NoReply)
@@ -237,8 +330,7 @@ public sealed class InProcessChannelBackend : IFuseTransport
         return request;
     }
 
-    /// <summary>Writes one reply (write(2) on /dev/fuse). Returns the bytes consumed, or a negative errno.</summary>
-    public int WriteReply(ReadOnlySpan<byte> message)
+    internal int WriteReply(InProcessChannelClone reader, ReadOnlySpan<byte> message)
     {
         if (message.Length < FuseOutHeader.Size)
         {
@@ -262,7 +354,7 @@ public sealed class InProcessChannelBackend : IFuseTransport
         FuseRequest? request;
         lock (_lock)
         {
-            if (!_connected)
+            if (!_connected || reader.Closed)
             {
                 return -(int)Errno.ENOENT;
             }
@@ -270,7 +362,7 @@ public sealed class InProcessChannelBackend : IFuseTransport
             {
                 // An answer to an INTERRUPT: the interrupted request must still be being processed.
                 ulong target = header.Unique & ~FuseConn.InterruptBit;
-                if (!_processing.ContainsKey(target))
+                if (!reader.Processing.ContainsKey(target))
                 {
                     return -(int)Errno.ENOENT;
                 }
@@ -289,7 +381,7 @@ public sealed class InProcessChannelBackend : IFuseTransport
                 }
                 return message.Length;
             }
-            if (!_processing.Remove(header.Unique, out request))
+            if (!reader.Processing.Remove(header.Unique, out request))
             {
                 return -(int)Errno.ENOENT;
             }
@@ -335,7 +427,11 @@ public sealed class InProcessChannelBackend : IFuseTransport
             _pending.Clear();
             _interrupts.Clear();
             _forgets.Clear();
-            _processing.Clear();
+            _primary.Processing.Clear();
+            foreach (var clone in _clones)
+            {
+                clone.Processing.Clear();
+            }
             Monitor.PulseAll(_lock);
         }
         foreach (var request in unanswered)
@@ -352,4 +448,46 @@ public sealed class InProcessChannelBackend : IFuseTransport
         }
         Shutdown(TimeSpan.Zero);
     }
+}
+
+/// <summary>A reader of an <see cref="InProcessChannelBackend"/>'s connection: the channel's own, or one made by
+/// <see cref="InProcessChannelBackend.Clone"/> (a cloned /dev/fuse fd). Each keeps the requests it read until it
+/// answers them.</summary>
+public sealed class InProcessChannelClone : IDisposable
+{
+    private readonly InProcessChannelBackend _channel;
+
+    internal InProcessChannelClone(InProcessChannelBackend channel)
+    {
+        _channel = channel;
+    }
+
+    // Requests read through this reader and not yet answered (fuse_pqueue); guarded by the channel's lock.
+    internal readonly Dictionary<ulong, FuseRequest> Processing = new();
+    internal bool Closed;
+
+    /// <summary>As <see cref="InProcessChannelBackend.ReadRequest(Span{byte}, bool, CancellationToken)"/>, through this reader
+    /// (ENODEV once it is disposed).</summary>
+    public int ReadRequest(Span<byte> buffer, bool nonBlocking = false, CancellationToken cancellation = default)
+        => _channel.ReadRequest(this, buffer, nonBlocking, cancellation);
+
+    /// <summary>As <see cref="InProcessChannelBackend.WriteReply(ReadOnlySpan{byte})"/>: only for requests this reader read.</summary>
+    public int WriteReply(ReadOnlySpan<byte> message) => _channel.WriteReply(this, message);
+
+    /// <summary>As <see cref="InProcessChannelBackend.Poll(TimeSpan)"/>; POLLERR once this reader is disposed.</summary>
+    public ChannelPollEvents Poll(TimeSpan timeout = default) => _channel.Poll(this, timeout);
+
+    public void Dispose() => _channel.CloseClone(this);
+}
+
+/// <summary>poll(2) event bits (Linux values).</summary>
+[Flags]
+public enum ChannelPollEvents : short
+{
+    None = 0,
+    In = 0x001,
+    Out = 0x004,
+    Err = 0x008,
+    RdNorm = 0x040,
+    WrNorm = 0x100,
 }

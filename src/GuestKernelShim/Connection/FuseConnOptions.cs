@@ -6,7 +6,7 @@ namespace Vhostfsd.GuestKernelShim;
 public sealed class FuseConnOptions
 {
     /// <summary>The INIT flags a guest kernel asks for that the shim honours. Left out on purpose:
-    /// SPLICE_* and WRITEBACK_CACHE (no page cache here), POSIX_ACL (no ACL evaluation),
+    /// SPLICE_* (no pipes), WRITEBACK_CACHE (asked for only by a mount with the writeback option), POSIX_ACL (no ACL evaluation),
     /// SECURITY_CTX and CREATE_SUPP_GROUP (no request extensions sent), MAP_ALIGNMENT and HAS_INODE_DAX
     /// (no DAX), PASSTHROUGH, OVER_IO_URING, REQUEST_TIMEOUT, EXPORT_SUPPORT.</summary>
     public const FuseInitFlags DefaultFlags =
@@ -37,4 +37,15 @@ public sealed class FuseConnOptions
 
     /// <summary>How long an unmount waits for the daemon to hand back requests it still holds.</summary>
     public TimeSpan DrainTimeout { get; set; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>A copy that also asks for <paramref name="flags"/>.</summary>
+    internal FuseConnOptions WithFlags(FuseInitFlags flags) => new()
+    {
+        RequestedFlags = RequestedFlags | flags,
+        Minor = Minor,
+        MaxReadahead = MaxReadahead,
+        MaxRead = MaxRead,
+        MaxPagesLimit = MaxPagesLimit,
+        DrainTimeout = DrainTimeout,
+    };
 }

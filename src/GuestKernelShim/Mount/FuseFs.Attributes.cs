@@ -5,11 +5,158 @@ using Vhostfsd.Posix;
 
 namespace Vhostfsd.GuestKernelShim;
 
+// Attributes: getattr, statx, setattr (chmod, chown, truncate, utimens), statfs and syncfs.
 public sealed partial class FuseFs
 {
-    /// <summary>XATTR_CREATE / XATTR_REPLACE.</summary>
-    public const int XattrCreate = 1;
-    public const int XattrReplace = 2;
+    // ---------------------------------------------------------------- attributes
+
+    /// <summary>stat: the cached attributes while the attribute timeout runs, else a GETATTR (through the open
+    /// file's handle when <paramref name="file"/> is given). <paramref name="force"/> skips the cache.</summary>
+    public Errno GetAttr(FuseNode node, out FuseAttr attr, FuseCaller? caller = null, FuseFile? file = null, bool force = false)
+    {
+        var c = Who(caller);
+        attr = default;
+        var rc = CheckLiveAndAllowed(node, c);
+        if (rc != Errno.OK)
+        {
+            return rc;
+        }
+        if (!force && node.AttrValid)
+        {
+            attr = node.Attr;
+            return Errno.OK;
+        }
+        return FetchAttr(node, c, file, out attr);
+    }
+
+    /// <summary>The attributes, refreshed when expired (fuse_update_attributes).</summary>
+    internal Errno RefreshAttr(FuseNode node, in FuseCaller caller, out FuseAttr attr)
+    {
+        if (node.AttrValid)
+        {
+            attr = node.Attr;
+            return Errno.OK;
+        }
+        return FetchAttr(node, caller, null, out attr);
+    }
+
+    private Errno FetchAttr(FuseNode node, in FuseCaller caller, FuseFile? file, out FuseAttr attr)
+    {
+        attr = default;
+        var arg = new FuseGetattrIn();
+        if (file != null && !file.IsDirectory)
+        {
+            arg.GetattrFlags = (uint)FuseGetattrFlags.Fh;
+            arg.Fh = file.Fh;
+        }
+        FuseAttrOut outArg = default;
+        var reply = Conn.Send(FuseOpcode.Getattr, node.NodeId, caller, new FuseArgs(Bytes(in arg)),
+            MemoryMarshal.AsBytes(new Span<FuseAttrOut>(ref outArg)), FuseReplyShape.Fixed);
+        if (!reply.IsOk)
+        {
+            return reply.Errno;
+        }
+        return AcceptAttr(node, outArg, out attr);
+    }
+
+    private static Errno AcceptAttr(FuseNode node, in FuseAttrOut outArg, out FuseAttr attr)
+    {
+        attr = outArg.Attr;
+        if (!ModeBits.IsValidType(attr.Mode) || attr.FileSize > long.MaxValue
+            || ((attr.Mode ^ node.Attr.Mode) & ModeBits.TypeMask) != 0)
+        {
+            // fuse_make_bad: the node changed type under the guest.
+            node.IsStale = true;
+            return Errno.EIO;
+        }
+        node.SetAttr(attr, outArg.AttrValid, outArg.AttrValidNsec);
+        // What the node holds now: under write-back caching the guest's own size and times.
+        attr = node.Attr;
+        return Errno.OK;
+    }
+
+    private const uint StatxType = 0x1;
+    private const uint StatxSize = 0x200;
+
+    /// <summary>statx(2): a STATX request when the daemon speaks 7.39 (falling back to GETATTR for good after
+    /// ENOSYS), else built from GETATTR. st_dev is the mount's device, as the guest's VFS fills it in.</summary>
+    public Errno Statx(FuseNode node, out FuseStatx statx, uint mask = 0x7FF, FuseCaller? caller = null, FuseFile? file = null)
+    {
+        var c = Who(caller);
+        statx = default;
+        var rc = CheckLiveAndAllowed(node, c);
+        if (rc != Errno.OK)
+        {
+            return rc;
+        }
+        if (Conn.Minor >= 39 && !NoStatx)
+        {
+            var arg = new FuseStatxIn { SxMask = mask };
+            if (file != null && !file.IsDirectory)
+            {
+                arg.GetattrFlags = (uint)FuseGetattrFlags.Fh;
+                arg.Fh = file.Fh;
+            }
+            FuseStatxOut outArg = default;
+            var reply = Conn.Send(FuseOpcode.Statx, node.NodeId, c, new FuseArgs(Bytes(in arg)),
+                MemoryMarshal.AsBytes(new Span<FuseStatxOut>(ref outArg)), FuseReplyShape.Fixed);
+            if (reply.IsOk)
+            {
+                // fuse_do_statx: a size past the largest file offset or a mode whose type is not a file type
+                // or not the node's type marks the node bad (as for GETATTR) rather than reaching the caller.
+                var sx = outArg.Stat;
+                if (((sx.Mask & StatxSize) != 0 && sx.FileSize > long.MaxValue)
+                    || ((sx.Mask & StatxType) != 0
+                        && (!ModeBits.IsValidType(sx.Mode) || ((sx.Mode ^ node.Attr.Mode) & ModeBits.TypeMask) != 0)))
+                {
+                    node.IsStale = true;
+                    return Errno.EIO;
+                }
+                statx = sx;
+                if (WritebackCache && node.Pages != null && ModeBits.IsRegular(node.Attr.Mode))
+                {
+                    // The guest is the authority for size and times of a file it writes back (fuse_get_cache_mask).
+                    var local = node.Attr;
+                    statx.FileSize = local.FileSize;
+                    statx.Mtime = new FuseSxTime { TvSec = (long)local.Mtime, TvNsec = local.MtimeNsec };
+                    statx.Ctime = new FuseSxTime { TvSec = (long)local.Ctime, TvNsec = local.CtimeNsec };
+                }
+                statx.DevMajor = node.Mount.DeviceId >> 8;
+                statx.DevMinor = node.Mount.DeviceId & 0xFF;
+                return Errno.OK;
+            }
+            if (reply.Errno != Errno.ENOSYS)
+            {
+                return reply.Errno;
+            }
+            NoStatx = true;
+        }
+        rc = GetAttr(node, out var attr, c, file);
+        if (rc != Errno.OK)
+        {
+            return rc;
+        }
+        statx = new FuseStatx
+        {
+            Mask = 0x7FF,
+            BlkSize = attr.BlkSize,
+            Nlink = attr.Nlink,
+            Uid = attr.Uid,
+            Gid = attr.Gid,
+            Mode = (ushort)attr.Mode,
+            Ino = attr.Ino,
+            FileSize = attr.FileSize,
+            Blocks = attr.Blocks,
+            Atime = new FuseSxTime { TvSec = (long)attr.Atime, TvNsec = attr.AtimeNsec },
+            Mtime = new FuseSxTime { TvSec = (long)attr.Mtime, TvNsec = attr.MtimeNsec },
+            Ctime = new FuseSxTime { TvSec = (long)attr.Ctime, TvNsec = attr.CtimeNsec },
+            RdevMajor = (attr.Rdev >> 8) & 0xFFF,
+            RdevMinor = (attr.Rdev & 0xFF) | ((attr.Rdev >> 12) & 0xFFF00),
+            DevMajor = node.Mount.DeviceId >> 8,
+            DevMinor = node.Mount.DeviceId & 0xFF,
+        };
+        return Errno.OK;
+    }
 
     // ---------------------------------------------------------------- setattr / statfs / syncfs
 
@@ -138,15 +285,50 @@ public sealed partial class FuseFs
             return Errno.OK;
         }
         arg.Valid = (uint)valid;
-        FuseAttrOut outArg = default;
-        var reply = Conn.Send(FuseOpcode.Setattr, node.NodeId, caller, new FuseArgs(Bytes(in arg)),
-            MemoryMarshal.AsBytes(new Span<FuseAttrOut>(ref outArg)), FuseReplyShape.Fixed);
-        if (!reply.IsOk)
+        // A truncate holds off write-back of the file's pages until the cache agrees with the new size
+        // (fuse_set_nowrite): a page written back after the SETATTR would put cut data back.
+        var np = Cache != null && ModeBits.IsRegular(current.Mode) ? node.Pages : null;
+        bool sizeChanged = change.Size is ulong requested && requested != current.FileSize;
+        bool holdWriteback = np != null && change.Size.HasValue;
+        if (holdWriteback)
         {
-            node.InvalidateAttr();
-            return reply.Errno;
+            Monitor.Enter(np!.WritebackLock);
         }
-        return AcceptAttr(node, outArg, out attr);
+        try
+        {
+            FuseAttrOut outArg = default;
+            var reply = Conn.Send(FuseOpcode.Setattr, node.NodeId, caller, new FuseArgs(Bytes(in arg)),
+                MemoryMarshal.AsBytes(new Span<FuseAttrOut>(ref outArg)), FuseReplyShape.Fixed);
+            if (!reply.IsOk)
+            {
+                node.InvalidateAttr();
+                return reply.Errno;
+            }
+            rc = AcceptAttr(node, outArg, out attr);
+            if (rc != Errno.OK || np == null)
+            {
+                return rc;
+            }
+            // What the guest changed itself is its own to know, write-back cache or not (fuse_do_setattr).
+            node.TakeChangedAttr(outArg.Attr, change.Size.HasValue, (valid & FuseSetattrValid.Mtime) != 0, (valid & FuseSetattrValid.Ctime) != 0);
+            if (change.Size is ulong truncatedTo)
+            {
+                Cache!.TruncateTo(np, (long)truncatedTo);
+            }
+            attr = node.Attr;
+        }
+        finally
+        {
+            if (holdWriteback)
+            {
+                Monitor.Exit(np!.WritebackLock);
+            }
+        }
+        if (sizeChanged)
+        {
+            Cache!.Invalidate(np!);
+        }
+        return Errno.OK;
     }
 
     /// <summary>Truncates to <paramref name="size"/> (truncate(2), or ftruncate(2) with <paramref name="file"/>).</summary>
@@ -201,206 +383,6 @@ public sealed partial class FuseFs
         {
             NoSyncfs = true;
             return Errno.OK;
-        }
-        return reply.Errno;
-    }
-
-    // ---------------------------------------------------------------- extended attributes
-
-    private Errno CheckXattr(FuseNode node, string name, int mask, in FuseCaller caller, Span<byte> nameBuffer, out int nameLength)
-    {
-        nameLength = 0;
-        var rc = CheckLive(node);
-        if (rc != Errno.OK)
-        {
-            return rc;
-        }
-        if (name.Length == 0 || name.Contains('\0'))
-        {
-            return Errno.ERANGE;
-        }
-        int length = Encoding.UTF8.GetByteCount(name);
-        if (length > XattrNameMax)
-        {
-            return Errno.ERANGE;
-        }
-        Encoding.UTF8.GetBytes(name, nameBuffer);
-        nameBuffer[length] = 0;
-        nameLength = length + 1;
-        rc = CheckAllowed(caller);
-        if (rc != Errno.OK)
-        {
-            return rc;
-        }
-        // xattr_permission: trusted.* needs CAP_SYS_ADMIN; user.* only on files and directories, with the
-        // file's read or write permission.
-        if (name.StartsWith("trusted.", StringComparison.Ordinal) && !caller.IsRoot)
-        {
-            return mask == ModeBits.MayWrite ? Errno.EPERM : Errno.ENODATA;
-        }
-        if (name.StartsWith("user.", StringComparison.Ordinal))
-        {
-            if (!node.IsRegular && !node.IsDirectory)
-            {
-                return mask == ModeBits.MayWrite ? Errno.EPERM : Errno.ENODATA;
-            }
-            if (Options.DefaultPermissions)
-            {
-                return CheckPermission(node, mask, caller);
-            }
-        }
-        return Errno.OK;
-    }
-
-    /// <summary>setxattr(2): SETXATTR (the 16-byte argument with SETXATTR_EXT, else the 8-byte one);
-    /// EOPNOTSUPP after ENOSYS. Values above 64 KiB are E2BIG, names above 255 bytes ERANGE.</summary>
-    public Errno SetXattr(FuseNode node, string name, ReadOnlySpan<byte> value, int flags = 0, FuseCaller? caller = null)
-    {
-        var c = Who(caller);
-        Span<byte> nameBuffer = stackalloc byte[XattrNameMax * 4 + 2];
-        var rc = CheckXattr(node, name, ModeBits.MayWrite, c, nameBuffer, out int nameLength);
-        if (rc != Errno.OK)
-        {
-            return rc;
-        }
-        if (value.Length > XattrSizeMax)
-        {
-            return Errno.E2BIG;
-        }
-        if ((flags & ~(XattrCreate | XattrReplace)) != 0)
-        {
-            return Errno.EINVAL;
-        }
-        if (NoSetxattr)
-        {
-            return Errno.EOPNOTSUPP;
-        }
-        var arg = new FuseSetxattrIn { Length = (uint)value.Length, Flags = (uint)flags };
-        int argSize = Conn.Has(FuseInitFlags.SetxattrExt) ? FuseSetxattrIn.Size : FuseConstants.CompatSetxattrInSize;
-        var reply = Conn.Send(FuseOpcode.Setxattr, node.NodeId, c, new FuseArgs(Bytes(in arg)[..argSize], nameBuffer[..nameLength], value),
-            Span<byte>.Empty, FuseReplyShape.Fixed);
-        if (reply.Errno == Errno.ENOSYS)
-        {
-            NoSetxattr = true;
-            return Errno.EOPNOTSUPP;
-        }
-        if (reply.IsOk)
-        {
-            node.InvalidateAttr();
-        }
-        return reply.Errno;
-    }
-
-    /// <summary>getxattr(2): with an empty <paramref name="value"/> the size is asked (getxattr_out), else the
-    /// value is read into it (ERANGE when it does not fit). EOPNOTSUPP after ENOSYS.</summary>
-    public Errno GetXattr(FuseNode node, string name, Span<byte> value, out int size, FuseCaller? caller = null)
-    {
-        var c = Who(caller);
-        size = 0;
-        Span<byte> nameBuffer = stackalloc byte[XattrNameMax * 4 + 2];
-        var rc = CheckXattr(node, name, ModeBits.MayRead, c, nameBuffer, out int nameLength);
-        if (rc != Errno.OK)
-        {
-            return rc;
-        }
-        if (NoGetxattr)
-        {
-            return Errno.EOPNOTSUPP;
-        }
-        value = value[..Math.Min(value.Length, XattrSizeMax)];
-        var arg = new FuseGetxattrIn { Length = (uint)value.Length };
-        rc = SendXattrQuery(FuseOpcode.Getxattr, node, c, Bytes(in arg), nameBuffer[..nameLength], value, out size);
-        if (rc == Errno.ENOSYS)
-        {
-            NoGetxattr = true;
-            return Errno.EOPNOTSUPP;
-        }
-        return rc;
-    }
-
-    /// <summary>listxattr(2): the NUL-separated names, or their size with an empty <paramref name="list"/>.
-    /// A list whose last name is not NUL-terminated is EIO (fuse_verify_xattr_list).</summary>
-    public Errno ListXattr(FuseNode node, Span<byte> list, out int size, FuseCaller? caller = null)
-    {
-        var c = Who(caller);
-        size = 0;
-        var rc = CheckLive(node);
-        if (rc == Errno.OK)
-        {
-            rc = CheckAllowed(c);
-        }
-        if (rc != Errno.OK)
-        {
-            return rc;
-        }
-        if (NoListxattr)
-        {
-            return Errno.EOPNOTSUPP;
-        }
-        list = list[..Math.Min(list.Length, XattrSizeMax)];
-        var arg = new FuseGetxattrIn { Length = (uint)list.Length };
-        rc = SendXattrQuery(FuseOpcode.Listxattr, node, c, Bytes(in arg), default, list, out size);
-        if (rc == Errno.ENOSYS)
-        {
-            NoListxattr = true;
-            return Errno.EOPNOTSUPP;
-        }
-        if (rc == Errno.OK && list.Length > 0 && size > 0 && list[size - 1] != 0)
-        {
-            size = 0;
-            return Errno.EIO;
-        }
-        return rc;
-    }
-
-    private Errno SendXattrQuery(FuseOpcode opcode, FuseNode node, in FuseCaller caller, ReadOnlySpan<byte> arg, ReadOnlySpan<byte> name,
-        Span<byte> value, out int size)
-    {
-        size = 0;
-        if (value.Length == 0)
-        {
-            FuseGetxattrOut outArg = default;
-            var sizeReply = Conn.Send(opcode, node.NodeId, caller, name.IsEmpty ? new FuseArgs(arg) : new FuseArgs(arg, name),
-                MemoryMarshal.AsBytes(new Span<FuseGetxattrOut>(ref outArg)), FuseReplyShape.Fixed);
-            if (!sizeReply.IsOk)
-            {
-                return sizeReply.Errno;
-            }
-            size = (int)Math.Min(outArg.Length, (uint)XattrSizeMax);
-            return Errno.OK;
-        }
-        var reply = Conn.Send(opcode, node.NodeId, caller, name.IsEmpty ? new FuseArgs(arg) : new FuseArgs(arg, name), value, FuseReplyShape.Variable);
-        if (!reply.IsOk)
-        {
-            return reply.Errno;
-        }
-        size = reply.Length;
-        return Errno.OK;
-    }
-
-    /// <summary>removexattr(2): REMOVEXATTR; EOPNOTSUPP after ENOSYS.</summary>
-    public Errno RemoveXattr(FuseNode node, string name, FuseCaller? caller = null)
-    {
-        var c = Who(caller);
-        Span<byte> nameBuffer = stackalloc byte[XattrNameMax * 4 + 2];
-        var rc = CheckXattr(node, name, ModeBits.MayWrite, c, nameBuffer, out int nameLength);
-        if (rc != Errno.OK)
-        {
-            return rc;
-        }
-        if (NoRemovexattr)
-        {
-            return Errno.EOPNOTSUPP;
-        }
-        var reply = Conn.Send(FuseOpcode.Removexattr, node.NodeId, c, new FuseArgs(nameBuffer[..nameLength]), Span<byte>.Empty, FuseReplyShape.Fixed);
-        if (reply.Errno == Errno.ENOSYS)
-        {
-            NoRemovexattr = true;
-            return Errno.EOPNOTSUPP;
-        }
-        if (reply.IsOk)
-        {
-            node.InvalidateAttr();
         }
         return reply.Errno;
     }

@@ -4,401 +4,14 @@ using Vhostfsd.Posix;
 
 namespace Vhostfsd.GuestKernelShim;
 
-/// <summary>A byte-range lock as fcntl(F_GETLK/F_SETLK) describes it; <see cref="End"/> is inclusive
-/// (<see cref="ToEof"/> = to the end of the file).</summary>
-public struct FileLockRange
-{
-    public const int ReadLock = 0;   // F_RDLCK
-    public const int WriteLock = 1;  // F_WRLCK
-    public const int Unlock = 2;     // F_UNLCK
-    public const ulong ToEof = long.MaxValue; // OFFSET_MAX
-
-    public int Type;
-    public ulong Start;
-    public ulong End;
-    public uint Pid;
-
-    public FileLockRange(int type, ulong start, ulong end, uint pid = 0)
-    {
-        Type = type;
-        Start = start;
-        End = end;
-        Pid = pid;
-    }
-
-    public override readonly string ToString() => $"{(Type == ReadLock ? "read" : Type == WriteLock ? "write" : "unlock")} {Start}..{End} pid {Pid}";
-}
-
+// Reading and writing: pread, pwrite (copied or from user buffers), fallocate, lseek, copy_file_range.
 public sealed partial class FuseFs
 {
-    /// <summary>flock(2) operations.</summary>
-    public const int LockShared = 1;
-    public const int LockExclusive = 2;
-    public const int LockNonBlocking = 4;
-    public const int LockUnlock = 8;
-
     /// <summary>lseek whence values.</summary>
     public const int SeekSet = 0;
     public const int SeekEnd = 2;
     public const int SeekData = 3;
     public const int SeekHole = 4;
-
-    private readonly LocalLocks _localFlocks = new();
-
-    // ---------------------------------------------------------------- open / create / release
-
-    /// <summary>open(2) of an existing node (fuse_open / fuse_send_open). Flags are filtered as Linux does:
-    /// O_CREAT, O_EXCL and O_NOCTTY are never sent, O_TRUNC only with ATOMIC_O_TRUNC (else the file is
-    /// truncated with a SETATTR after the open), O_LARGEFILE always. With NO_OPEN_SUPPORT, an ENOSYS from
-    /// the daemon switches to no-open mode: later opens send nothing and use handle 0.</summary>
-    public Errno Open(FuseNode node, int flags, out FuseFile? file, FuseCaller? caller = null)
-    {
-        var c = Who(caller);
-        file = null;
-        var rc = CheckLive(node);
-        if (rc != Errno.OK)
-        {
-            return rc;
-        }
-        int accmode = flags & Libc.O_ACCMODE;
-        if (node.IsDirectory)
-        {
-            if (accmode != Libc.O_RDONLY || (flags & Libc.O_TRUNC) != 0)
-            {
-                return Errno.EISDIR;
-            }
-            return OpenDir(node, out file, c);
-        }
-        if (node.IsSymlink)
-        {
-            return Errno.ELOOP;
-        }
-        if ((flags & Libc.O_DIRECTORY) != 0)
-        {
-            return Errno.ENOTDIR;
-        }
-        int mask = accmode switch
-        {
-            Libc.O_RDONLY => ModeBits.MayRead,
-            Libc.O_WRONLY => ModeBits.MayWrite,
-            _ => ModeBits.MayRead | ModeBits.MayWrite,
-        };
-        if ((flags & Libc.O_TRUNC) != 0)
-        {
-            mask |= ModeBits.MayWrite;
-        }
-        rc = CheckPermission(node, mask, c);
-        if (rc != Errno.OK)
-        {
-            return rc;
-        }
-        int sent = (flags & ~(Libc.O_CREAT | Libc.O_EXCL | Libc.O_NOCTTY)) | OLargefile;
-        bool truncate = (flags & Libc.O_TRUNC) != 0;
-        bool atomicTrunc = Conn.Has(FuseInitFlags.AtomicOTrunc);
-        if (truncate && !atomicTrunc)
-        {
-            sent &= ~Libc.O_TRUNC;
-        }
-        rc = SendOpen(node, FuseOpcode.Open, sent, truncate && atomicTrunc, c, out file);
-        if (rc != Errno.OK)
-        {
-            return rc;
-        }
-        if (truncate)
-        {
-            if (atomicTrunc)
-            {
-                node.InvalidateAttr();
-            }
-            else
-            {
-                var change = new SetAttrChange { Size = 0 };
-                rc = SetAttrCore(node, ref change, c, file, checkPermission: false, out _);
-                if (rc != Errno.OK)
-                {
-                    Release(file!);
-                    file = null;
-                    return rc;
-                }
-            }
-        }
-        return Errno.OK;
-    }
-
-    /// <summary>opendir(3): OPENDIR (no-open mode after ENOSYS with NO_OPENDIR_SUPPORT).</summary>
-    public Errno OpenDir(FuseNode node, out FuseFile? dir, FuseCaller? caller = null)
-    {
-        var c = Who(caller);
-        dir = null;
-        var rc = CheckLive(node);
-        if (rc != Errno.OK)
-        {
-            return rc;
-        }
-        if (!node.IsDirectory)
-        {
-            return Errno.ENOTDIR;
-        }
-        rc = CheckPermission(node, ModeBits.MayRead, c);
-        if (rc != Errno.OK)
-        {
-            return rc;
-        }
-        // What glibc's opendir passes and the kernel keeps in f_flags.
-        const int flags = Libc.O_RDONLY | Libc.O_DIRECTORY | Libc.O_NONBLOCK | OLargefile;
-        return SendOpen(node, FuseOpcode.Opendir, flags, false, c, out dir);
-    }
-
-    private Errno SendOpen(FuseNode node, FuseOpcode opcode, int flags, bool killPrivOnTrunc, in FuseCaller caller, out FuseFile? file)
-    {
-        file = null;
-        bool isDir = opcode == FuseOpcode.Opendir;
-        bool noOpen = isDir ? NoOpendir : NoOpen;
-        var outArg = default(FuseOpenOut);
-        if (!noOpen)
-        {
-            var arg = new FuseOpenIn { Flags = (uint)flags };
-            if (killPrivOnTrunc && Conn.Has(FuseInitFlags.HandleKillprivV2) && !caller.IsRoot)
-            {
-                arg.OpenFlags = (uint)FuseOpenInFlags.KillSuidgid;
-            }
-            var reply = Conn.Send(opcode, node.NodeId, caller, new FuseArgs(Bytes(in arg)),
-                MemoryMarshal.AsBytes(new Span<FuseOpenOut>(ref outArg)), FuseReplyShape.Fixed);
-            if (!reply.IsOk)
-            {
-                var supported = isDir ? FuseInitFlags.NoOpendirSupport : FuseInitFlags.NoOpenSupport;
-                if (reply.Errno != Errno.ENOSYS || !Conn.Has(supported))
-                {
-                    return reply.Errno;
-                }
-                if (isDir)
-                {
-                    NoOpendir = true;
-                }
-                else
-                {
-                    NoOpen = true;
-                }
-                noOpen = true;
-                outArg = default;
-            }
-        }
-        lock (node.Sync)
-        {
-            node.OpenCount++;
-        }
-        file = new FuseFile(node, outArg.Fh, flags, (FuseOpenOutFlags)outArg.OpenFlags, isDir, noOpen, caller);
-        return Errno.OK;
-    }
-
-    /// <summary>open(2) with O_CREAT in a directory (fuse_create_open): one CREATE that makes and opens the
-    /// file. The mode is masked by the caller's umask unless DONT_MASK was negotiated (the umask travels
-    /// separately then). After ENOSYS, CREATE is not sent again: MKNOD then OPEN instead.</summary>
-    public Errno Create(FuseNode dir, string name, int flags, uint mode, out FuseNode? node, out FuseFile? file, FuseCaller? caller = null)
-    {
-        var c = Who(caller);
-        node = null;
-        file = null;
-        var rc = PrepareCreate(dir, c);
-        if (rc != Errno.OK)
-        {
-            return rc;
-        }
-        uint perm = CreationPerm(mode, c);
-        if (NoCreate)
-        {
-            return CreateByMknod(dir, name, flags, mode, c, out node, out file);
-        }
-        Span<byte> nameBuffer = stackalloc byte[NameBufferSize];
-        int nameLength = EncodeName(name, nameBuffer);
-        if (nameLength < 0)
-        {
-            return (Errno)(-nameLength);
-        }
-        var arg = new FuseCreateIn
-        {
-            Flags = (uint)((flags & ~Libc.O_NOCTTY) | OLargefile),
-            Mode = ModeBits.Regular | perm,
-            Umask = c.Umask,
-        };
-        if ((flags & Libc.O_TRUNC) != 0 && Conn.Has(FuseInitFlags.HandleKillprivV2) && !c.IsRoot)
-        {
-            arg.OpenFlags = (uint)FuseOpenInFlags.KillSuidgid;
-        }
-        Span<byte> replyBuffer = stackalloc byte[FuseEntryOut.Size + FuseOpenOut.Size];
-        var reply = Conn.Send(FuseOpcode.Create, dir.NodeId, c, new FuseArgs(Bytes(in arg), nameBuffer[..nameLength]), replyBuffer, FuseReplyShape.Fixed);
-        if (reply.Errno == Errno.ENOSYS)
-        {
-            NoCreate = true;
-            return CreateByMknod(dir, name, flags, mode, c, out node, out file);
-        }
-        if (!reply.IsOk)
-        {
-            return reply.Errno;
-        }
-        var entry = MemoryMarshal.Read<FuseEntryOut>(replyBuffer);
-        var open = MemoryMarshal.Read<FuseOpenOut>(replyBuffer[FuseEntryOut.Size..]);
-        if (entry.NodeId == 0 || ValidateEntry(entry, ModeBits.Regular) != Errno.OK)
-        {
-            // ValidateEntry forgot the lookup again; the daemon opened something: give the handle back.
-            SendRelease(entry.NodeId, open.Fh, (int)arg.Flags, FuseOpcode.Release, 0, 0);
-            return Errno.EIO;
-        }
-        node = Instantiate(entry, dir);
-        SetDentry(dir, name, node, entry.EntryValid, entry.EntryValidNsec);
-        lock (node.Sync)
-        {
-            node.OpenCount++;
-        }
-        file = new FuseFile(node, open.Fh, (int)arg.Flags, (FuseOpenOutFlags)open.OpenFlags, false, false, c);
-        InvalidateDir(dir);
-        return Errno.OK;
-    }
-
-    private Errno CreateByMknod(FuseNode dir, string name, int flags, uint mode, in FuseCaller caller, out FuseNode? node, out FuseFile? file)
-    {
-        file = null;
-        var rc = Mknod(dir, name, ModeBits.Regular | (mode & 0xFFF), 0, out node, caller);
-        if (rc == Errno.EEXIST && (flags & Libc.O_EXCL) == 0)
-        {
-            rc = LookupCore(dir, name, caller, out node);
-        }
-        if (rc != Errno.OK)
-        {
-            return rc;
-        }
-        return Open(node!, flags & ~(Libc.O_CREAT | Libc.O_EXCL), out file, caller);
-    }
-
-    private Errno PrepareCreate(FuseNode dir, in FuseCaller caller)
-    {
-        var rc = CheckLive(dir);
-        if (rc != Errno.OK)
-        {
-            return rc;
-        }
-        if (!dir.IsDirectory)
-        {
-            return Errno.ENOTDIR;
-        }
-        return CheckPermission(dir, ModeBits.MayWrite | ModeBits.MayExec, caller);
-    }
-
-    /// <summary>close(2): FLUSH (unless the daemon answered ENOSYS before, or the file is FOPEN_NOFLUSH), then
-    /// RELEASE / RELEASEDIR sent in the background without credentials (not in no-open mode). Local POSIX locks
-    /// of the caller on the file go away. Returns FLUSH's error, as close(2) does.</summary>
-    public Errno Release(FuseFile file, FuseCaller? caller = null)
-    {
-        ArgumentNullException.ThrowIfNull(file);
-        if (Interlocked.Exchange(ref file.Closed, 1) != 0)
-        {
-            return Errno.EBADF;
-        }
-        var c = caller ?? file.Opener;
-        var node = file.Node;
-        var result = Errno.OK;
-        if (!file.IsDirectory)
-        {
-            result = Flush(file, c);
-            if (!Conn.Has(FuseInitFlags.PosixLocks))
-            {
-                _localLocks.ReleaseOwner(node.NodeId, LockOwnerOf(c));
-            }
-        }
-        if (file.UsedFlock && !Conn.Has(FuseInitFlags.FlockLocks))
-        {
-            _localFlocks.ReleaseOwner(node.NodeId, FlockOwnerOf(file));
-        }
-        if (!file.NoRelease && IsMounted)
-        {
-            uint releaseFlags = file.UsedFlock && Conn.Has(FuseInitFlags.FlockLocks) ? (uint)FuseReleaseFlags.FlockUnlock : 0;
-            ulong owner = file.UsedFlock ? FlockOwnerOf(file) : 0;
-            SendRelease(node.NodeId, file.Fh, file.Flags, file.IsDirectory ? FuseOpcode.Releasedir : FuseOpcode.Release, releaseFlags, owner);
-        }
-        bool evict;
-        lock (node.Sync)
-        {
-            node.OpenCount--;
-            evict = node.OpenCount == 0 && node.EvictOnRelease;
-            if (evict)
-            {
-                node.EvictOnRelease = false;
-            }
-        }
-        if (evict)
-        {
-            if (node.IsStale)
-            {
-                DropStale(node);
-            }
-            else
-            {
-                Forget(node);
-            }
-        }
-        return result;
-    }
-
-    private void SendRelease(ulong nodeId, ulong fh, int flags, FuseOpcode opcode, uint releaseFlags, ulong lockOwner)
-    {
-        var arg = new FuseReleaseIn { Fh = fh, Flags = (uint)flags, ReleaseFlags = releaseFlags, LockOwner = lockOwner };
-        Conn.SendBackground(opcode, nodeId, FuseCaller.Kernel, Bytes(in arg), force: true);
-    }
-
-    /// <summary>FLUSH (what close(2) sends; also drops the caller's POSIX locks on the daemon side).</summary>
-    public Errno Flush(FuseFile file, FuseCaller? caller = null)
-    {
-        var c = caller ?? file.Opener;
-        if (NoFlush || (file.OpenFlags & FuseOpenOutFlags.NoFlush) != 0 || file.IsDirectory)
-        {
-            return Errno.OK;
-        }
-        var rc = CheckLive(file.Node);
-        if (rc != Errno.OK)
-        {
-            return rc;
-        }
-        var arg = new FuseFlushIn { Fh = file.Fh, LockOwner = LockOwnerOf(c) };
-        var reply = Conn.Send(FuseOpcode.Flush, file.Node.NodeId, c, new FuseArgs(Bytes(in arg)), Span<byte>.Empty, FuseReplyShape.Fixed);
-        if (reply.Errno == Errno.ENOSYS)
-        {
-            NoFlush = true;
-            return Errno.OK;
-        }
-        file.Node.InvalidateAttr();
-        return reply.Errno;
-    }
-
-    /// <summary>fsync / fdatasync (FSYNC, or FSYNCDIR for a directory); after ENOSYS not sent again and 0.</summary>
-    public Errno Fsync(FuseFile file, bool dataOnly = false, FuseCaller? caller = null)
-    {
-        var c = Who(caller);
-        var rc = CheckLive(file.Node);
-        if (rc != Errno.OK)
-        {
-            return rc;
-        }
-        if (file.IsDirectory ? NoFsyncdir : NoFsync)
-        {
-            return Errno.OK;
-        }
-        var arg = new FuseFsyncIn { Fh = file.Fh, FsyncFlags = dataOnly ? (uint)FuseFsyncFlags.Fdatasync : 0 };
-        var opcode = file.IsDirectory ? FuseOpcode.Fsyncdir : FuseOpcode.Fsync;
-        var reply = Conn.Send(opcode, file.Node.NodeId, c, new FuseArgs(Bytes(in arg)), Span<byte>.Empty, FuseReplyShape.Fixed);
-        if (reply.Errno == Errno.ENOSYS)
-        {
-            if (file.IsDirectory)
-            {
-                NoFsyncdir = true;
-            }
-            else
-            {
-                NoFsync = true;
-            }
-            return Errno.OK;
-        }
-        return reply.Errno;
-    }
 
     // ---------------------------------------------------------------- read / write
 
@@ -425,11 +38,24 @@ public sealed partial class FuseFs
         {
             return Errno.EINVAL;
         }
+        if (!file.IsDirectIo)
+        {
+            return CachedRead(file, buffer, offset, c, out bytesRead);
+        }
+        DirectIoBegin(file, offset, buffer.Length);
         int chunk = Conn.MaxReadSize;
         while (bytesRead < buffer.Length)
         {
             int size = Math.Min(chunk, buffer.Length - bytesRead);
-            var arg = new FuseReadIn { Fh = file.Fh, Offset = (ulong)(offset + bytesRead), Length = (uint)size, Flags = (uint)file.Flags };
+            var arg = new FuseReadIn
+            {
+                Fh = file.Fh,
+                Offset = (ulong)(offset + bytesRead),
+                Length = (uint)size,
+                ReadFlags = (uint)FuseReadFlags.LockOwner,
+                LockOwner = LockOwnerOf(c),
+                Flags = (uint)file.Flags,
+            };
             var reply = Conn.Send(FuseOpcode.Read, file.Node.NodeId, c, new FuseArgs(Bytes(in arg)), buffer.Slice(bytesRead, size), FuseReplyShape.Variable);
             if (!reply.IsOk)
             {
@@ -444,9 +70,11 @@ public sealed partial class FuseFs
         return Errno.OK;
     }
 
-    /// <summary>pwrite(2): WRITE requests of at most min(max_write, max_pages pages) each, the data copied once
-    /// from <paramref name="data"/>. With HANDLE_KILLPRIV_V2 a caller without CAP_FSETID asks the daemon to
-    /// clear suid/sgid. A daemon claiming more bytes than sent is EIO.</summary>
+    /// <summary>pwrite(2). Direct (no page cache, FOPEN_DIRECT_IO, O_DIRECT): WRITE requests of at most
+    /// min(max_write, max_pages pages) each, the data copied once from <paramref name="data"/>, carrying the caller's
+    /// lock owner (FUSE_WRITE_LOCKOWNER) as fuse_direct_io does. Through the page cache: write-through, or into dirty
+    /// pages under write-back caching. With HANDLE_KILLPRIV_V2 a caller without CAP_FSETID asks the daemon to clear
+    /// suid/sgid. A daemon claiming more bytes than sent is EIO.</summary>
     public Errno Write(FuseFile file, ReadOnlySpan<byte> data, long offset, out int bytesWritten, FuseCaller? caller = null)
     {
         var c = Who(caller);
@@ -468,8 +96,34 @@ public sealed partial class FuseFs
         {
             return Errno.EINVAL;
         }
+        if (!file.IsDirectIo)
+        {
+            return CachedWrite(file, data, offset, c, out bytesWritten);
+        }
+        var np = DirectIoBegin(file, offset, data.Length);
+        if (np == null)
+        {
+            return SendWrites(file, data, offset, c, lockOwner: true, out bytesWritten);
+        }
+        lock (np.WritebackLock)
+        {
+            rc = SendWrites(file, data, offset, c, lockOwner: true, out bytesWritten);
+            DirectWriteDone(np, offset, data.Length);
+            return rc;
+        }
+    }
+
+    /// <summary>WRITE requests for <paramref name="data"/> at <paramref name="offset"/>, split at the connection's
+    /// largest WRITE; stops at a short write. The node's attributes are stale afterwards.</summary>
+    private Errno SendWrites(FuseFile file, ReadOnlySpan<byte> data, long offset, in FuseCaller c, bool lockOwner, out int bytesWritten)
+    {
+        bytesWritten = 0;
         int chunk = Conn.MaxWriteSize;
         uint writeFlags = Conn.Has(FuseInitFlags.HandleKillprivV2) && !c.IsRoot ? (uint)FuseWriteFlags.KillSuidgid : 0;
+        if (lockOwner)
+        {
+            writeFlags |= (uint)FuseWriteFlags.LockOwner;
+        }
         try
         {
             while (bytesWritten < data.Length)
@@ -481,6 +135,7 @@ public sealed partial class FuseFs
                     Offset = (ulong)(offset + bytesWritten),
                     Length = (uint)size,
                     WriteFlags = writeFlags,
+                    LockOwner = lockOwner ? LockOwnerOf(c) : 0,
                     Flags = (uint)file.Flags,
                 };
                 FuseWriteOut outArg = default;
@@ -526,11 +181,14 @@ public sealed partial class FuseFs
         {
             return rc;
         }
+        DirectIoBegin(file, offset, length);
         int chunk = Conn.MaxReadSize;
+        ulong owner = LockOwnerOf(c);
         while (bytesRead < length)
         {
             int size = Math.Min(chunk, length - bytesRead);
-            var reply = Conn.Read(file.Node.NodeId, file.Fh, offset + bytesRead, buffer, bufferOffset + bytesRead, size, c, (uint)file.Flags);
+            var reply = Conn.Read(file.Node.NodeId, file.Fh, offset + bytesRead, buffer, bufferOffset + bytesRead, size, c, (uint)file.Flags,
+                lockOwner: owner);
             if (!reply.IsOk)
             {
                 return bytesRead == 0 ? reply.Errno : Errno.OK;
@@ -544,8 +202,9 @@ public sealed partial class FuseFs
         return Errno.OK;
     }
 
-    /// <summary>pwrite(2) with direct I/O from a user buffer: WRITE requests of at most min(max_write, max_pages pages)
-    /// each, split as <see cref="Write(FuseFile, ReadOnlySpan{byte}, long, out int, FuseCaller?)"/> splits, the daemon
+    /// <summary>pwrite(2) with direct I/O from a user buffer (O_DIRECT: never through the page cache, whose pages of
+    /// the range are written back before and dropped after): WRITE requests of at most min(max_write, max_pages pages)
+    /// each, with the caller's lock owner, split as <see cref="Write(FuseFile, ReadOnlySpan{byte}, long, out int, FuseCaller?)"/> splits, the daemon
     /// reading the data straight from <paramref name="buffer"/>[<paramref name="bufferOffset"/>, +<paramref name="length"/>).</summary>
     public Errno Write(FuseFile file, GuestBuffer buffer, int bufferOffset, int length, long offset, out int bytesWritten, FuseCaller? caller = null)
     {
@@ -558,15 +217,32 @@ public sealed partial class FuseFs
         {
             return rc;
         }
+        var np = DirectIoBegin(file, offset, length);
+        if (np == null)
+        {
+            return SendUserWrites(file, buffer, bufferOffset, length, offset, c, out bytesWritten);
+        }
+        lock (np.WritebackLock)
+        {
+            rc = SendUserWrites(file, buffer, bufferOffset, length, offset, c, out bytesWritten);
+            DirectWriteDone(np, offset, length);
+            return rc;
+        }
+    }
+
+    private Errno SendUserWrites(FuseFile file, GuestBuffer buffer, int bufferOffset, int length, long offset, in FuseCaller c, out int bytesWritten)
+    {
+        bytesWritten = 0;
         int chunk = Conn.MaxWriteSize;
         uint writeFlags = Conn.Has(FuseInitFlags.HandleKillprivV2) && !c.IsRoot ? (uint)FuseWriteFlags.KillSuidgid : 0;
+        ulong owner = LockOwnerOf(c);
         try
         {
             while (bytesWritten < length)
             {
                 int size = Math.Min(chunk, length - bytesWritten);
                 var reply = Conn.Write(file.Node.NodeId, file.Fh, offset + bytesWritten, buffer, bufferOffset + bytesWritten, size, c,
-                    out int written, (uint)file.Flags, writeFlags);
+                    out int written, (uint)file.Flags, writeFlags, lockOwner: owner);
                 if (!reply.IsOk)
                 {
                     return bytesWritten == 0 ? reply.Errno : Errno.OK;
@@ -626,12 +302,24 @@ public sealed partial class FuseFs
         {
             return Errno.EOPNOTSUPP;
         }
+        // fuse_file_fallocate: cached dirty pages of the range go first; afterwards the range's pages are stale
+        // (a punched hole reads zeros) and the size the guest knows grows unless FALLOC_FL_KEEP_SIZE.
+        var np = DirectIoBegin(file, offset, length);
         var arg = new FuseFallocateIn { Fh = file.Fh, Offset = (ulong)offset, Length = (ulong)length, Mode = (uint)mode };
         var reply = Conn.Send(FuseOpcode.Fallocate, file.Node.NodeId, c, new FuseArgs(Bytes(in arg)), Span<byte>.Empty, FuseReplyShape.Fixed);
         if (reply.Errno == Errno.ENOSYS)
         {
             NoFallocate = true;
             return Errno.EOPNOTSUPP;
+        }
+        if (reply.IsOk && np != null)
+        {
+            DirectWriteDone(np, offset, length);
+            const int keepSize = 1; // FALLOC_FL_KEEP_SIZE
+            if ((mode & keepSize) == 0)
+            {
+                file.Node.SetLocalSize(offset + length, onlyGrow: true);
+            }
         }
         file.Node.InvalidateAttr();
         return reply.Errno;
@@ -734,6 +422,10 @@ public sealed partial class FuseFs
         }
         if (!NoCopyFileRange)
         {
+            // fuse_copy_file_range: both ranges' dirty pages reach the daemon first; the destination's cached pages
+            // of the range are stale afterwards and its size may have grown.
+            DirectIoBegin(source, sourceOffset, length);
+            var destinationPages = DirectIoBegin(destination, destinationOffset, length);
             var arg = new FuseCopyFileRangeIn
             {
                 FhIn = source.Fh,
@@ -753,6 +445,11 @@ public sealed partial class FuseFs
                     return Errno.EIO;
                 }
                 copied = outArg.Length;
+                if (destinationPages != null && copied > 0)
+                {
+                    DirectWriteDone(destinationPages, destinationOffset, copied);
+                    destination.Node.SetLocalSize(destinationOffset + copied, onlyGrow: true);
+                }
                 destination.Node.InvalidateAttr();
                 return Errno.OK;
             }
@@ -785,131 +482,6 @@ public sealed partial class FuseFs
             {
                 break;
             }
-        }
-        return Errno.OK;
-    }
-
-    // ---------------------------------------------------------------- locks
-
-    /// <summary>The lock owner of a process's POSIX locks (Linux scrambles fl_owner; here, from the tgid).</summary>
-    internal static ulong LockOwnerOf(in FuseCaller caller) => 0x9E37_79B9_7F4A_7C15UL ^ ((ulong)caller.Pid * 0xBF58_476D_1CE4_E5B9UL);
-
-    /// <summary>flock locks belong to the open file.</summary>
-    internal static ulong FlockOwnerOf(FuseFile file) => 0xD6E8_FEB8_6659_FD93UL ^ (file.Id * 0x94D0_49BB_1331_11EBUL);
-
-    /// <summary>fcntl(F_GETLK): GETLK when POSIX_LOCKS was negotiated, else the shim's own lock table (locks
-    /// stay local to this guest, as Linux does without POSIX_LOCKS). <paramref name="lk"/> comes back as the
-    /// conflicting lock, or with type F_UNLCK.</summary>
-    public Errno GetLock(FuseFile file, ref FileLockRange lk, FuseCaller? caller = null)
-    {
-        var c = Who(caller);
-        var rc = CheckLockRequest(file, lk);
-        if (rc != Errno.OK)
-        {
-            return rc;
-        }
-        if (!Conn.Has(FuseInitFlags.PosixLocks))
-        {
-            lk = _localLocks.Test(file.Node.NodeId, LockOwnerOf(c), lk);
-            return Errno.OK;
-        }
-        var arg = new FuseLkIn
-        {
-            Fh = file.Fh,
-            Owner = LockOwnerOf(c),
-            Lk = new FuseFileLock { Start = lk.Start, End = lk.End, Type = (uint)lk.Type, Pid = c.Pid },
-        };
-        FuseLkOut outArg = default;
-        var reply = Conn.Send(FuseOpcode.Getlk, file.Node.NodeId, c, new FuseArgs(Bytes(in arg)),
-            MemoryMarshal.AsBytes(new Span<FuseLkOut>(ref outArg)), FuseReplyShape.Fixed);
-        if (!reply.IsOk)
-        {
-            return reply.Errno;
-        }
-        lk = new FileLockRange((int)outArg.Lk.Type, outArg.Lk.Start, outArg.Lk.End, outArg.Lk.Pid);
-        return Errno.OK;
-    }
-
-    /// <summary>fcntl(F_SETLK / F_SETLKW): SETLK or SETLKW when POSIX_LOCKS was negotiated (a cancelled wait
-    /// sends INTERRUPT), else the shim's local lock table. EAGAIN when a non-waiting lock conflicts.</summary>
-    public Errno SetLock(FuseFile file, in FileLockRange lk, bool wait, FuseCaller? caller = null, CancellationToken cancellation = default)
-    {
-        var c = Who(caller);
-        var rc = CheckLockRequest(file, lk);
-        if (rc != Errno.OK)
-        {
-            return rc;
-        }
-        if ((lk.Type == FileLockRange.ReadLock && !file.CanRead) || (lk.Type == FileLockRange.WriteLock && !file.CanWrite))
-        {
-            return Errno.EBADF;
-        }
-        if (!Conn.Has(FuseInitFlags.PosixLocks))
-        {
-            return _localLocks.Set(file.Node.NodeId, LockOwnerOf(c), lk, wait, cancellation);
-        }
-        return SendSetLock(file, LockOwnerOf(c), lk, wait, 0, c, cancellation);
-    }
-
-    /// <summary>flock(2): SETLK/SETLKW with FUSE_LK_FLOCK when FLOCK_LOCKS was negotiated, else local.</summary>
-    public Errno Flock(FuseFile file, int operation, FuseCaller? caller = null, CancellationToken cancellation = default)
-    {
-        var c = Who(caller);
-        var rc = CheckLive(file.Node);
-        if (rc != Errno.OK)
-        {
-            return rc;
-        }
-        int type = (operation & ~LockNonBlocking) switch
-        {
-            LockShared => FileLockRange.ReadLock,
-            LockExclusive => FileLockRange.WriteLock,
-            LockUnlock => FileLockRange.Unlock,
-            _ => -1,
-        };
-        if (type < 0)
-        {
-            return Errno.EINVAL;
-        }
-        bool wait = (operation & LockNonBlocking) == 0 && type != FileLockRange.Unlock;
-        var range = new FileLockRange(type, 0, FileLockRange.ToEof, c.Pid);
-        file.UsedFlock = true;
-        if (!Conn.Has(FuseInitFlags.FlockLocks))
-        {
-            return _localFlocks.Set(file.Node.NodeId, FlockOwnerOf(file), range, wait, cancellation);
-        }
-        return SendSetLock(file, FlockOwnerOf(file), range, wait, (uint)FuseLkFlags.Flock, c, cancellation);
-    }
-
-    private Errno SendSetLock(FuseFile file, ulong owner, in FileLockRange lk, bool wait, uint lkFlags, in FuseCaller caller, CancellationToken cancellation)
-    {
-        var arg = new FuseLkIn
-        {
-            Fh = file.Fh,
-            Owner = owner,
-            Lk = new FuseFileLock { Start = lk.Start, End = lk.End, Type = (uint)lk.Type, Pid = lk.Type == FileLockRange.Unlock ? 0 : caller.Pid },
-            LkFlags = lkFlags,
-        };
-        var reply = Conn.Send(wait ? FuseOpcode.Setlkw : FuseOpcode.Setlk, file.Node.NodeId, caller, new FuseArgs(Bytes(in arg)),
-            Span<byte>.Empty, FuseReplyShape.Fixed, cancellation);
-        // A daemon that cannot lock remotely answers ENOSYS: Linux then reports ENOLCK... as the VFS does.
-        return reply.Errno == Errno.ENOSYS ? Errno.ENOLCK : reply.Errno;
-    }
-
-    private static Errno CheckLockRequest(FuseFile file, in FileLockRange lk)
-    {
-        var rc = CheckLive(file.Node);
-        if (rc != Errno.OK)
-        {
-            return rc;
-        }
-        if (file.IsClosed)
-        {
-            return Errno.EBADF;
-        }
-        if (lk.Type is < FileLockRange.ReadLock or > FileLockRange.Unlock || lk.End < lk.Start || lk.End > FileLockRange.ToEof)
-        {
-            return Errno.EINVAL;
         }
         return Errno.OK;
     }

@@ -19,6 +19,8 @@ public sealed class FuseNode
     internal string? CachedLink;
     internal Dictionary<string, Dentry>? Children;
     internal FuseMount? ChildMount;
+    // Page-cache state of a regular file (made on first cached use; kept for the node's life).
+    internal NodePages? Pages;
 
     internal FuseNode(FuseFs fs, FuseMount mount, ulong nodeId, ulong generation, in FuseAttr attr, FuseNode? parent)
     {
@@ -93,12 +95,77 @@ public sealed class FuseNode
 
     internal bool AttrValid => Volatile.Read(ref AttrExpiry) > Stopwatch.GetTimestamp();
 
+    /// <summary>fuse_change_attributes: takes the daemon's attributes. With a page cache, a regular file keeps the
+    /// size and times the guest itself is the authority for under FUSE_WRITEBACK_CACHE, and a size or mtime change
+    /// drops cached pages (truncate, AUTO_INVAL_DATA) once the lock is released.</summary>
     internal void SetAttr(in FuseAttr attr, ulong validSec, uint validNsec)
+    {
+        var effect = CacheEffect.None;
+        long newSize = 0;
+        lock (Sync)
+        {
+            var incoming = attr;
+            if (Pages != null)
+            {
+                effect = Fs.ReconcileCachedAttr(CachedAttr, ref incoming);
+                newSize = (long)incoming.FileSize;
+            }
+            CachedAttr = incoming;
+            AttrExpiry = FuseFs.ExpiryFrom(validSec, validNsec);
+        }
+        if (effect != CacheEffect.None)
+        {
+            Fs.ApplyCacheEffect(this, effect, newSize);
+        }
+    }
+
+    /// <summary>A write or truncate done by the guest sets the size it knows (fuse_write_update_attr, i_size_write).</summary>
+    internal void SetLocalSize(long size, bool onlyGrow)
     {
         lock (Sync)
         {
-            CachedAttr = attr;
-            AttrExpiry = FuseFs.ExpiryFrom(validSec, validNsec);
+            if (!onlyGrow || (ulong)size > CachedAttr.FileSize)
+            {
+                CachedAttr.FileSize = (ulong)size;
+            }
+        }
+    }
+
+    /// <summary>After a SETATTR the guest made: the size and times it set come from the daemon's answer even where the
+    /// guest is otherwise the authority for them (write-back caching).</summary>
+    internal void TakeChangedAttr(in FuseAttr answer, bool size, bool mtime, bool ctime)
+    {
+        lock (Sync)
+        {
+            if (size)
+            {
+                CachedAttr.FileSize = answer.FileSize;
+            }
+            if (mtime)
+            {
+                CachedAttr.Mtime = answer.Mtime;
+                CachedAttr.MtimeNsec = answer.MtimeNsec;
+            }
+            if (ctime || size || mtime)
+            {
+                CachedAttr.Ctime = answer.Ctime;
+                CachedAttr.CtimeNsec = answer.CtimeNsec;
+            }
+        }
+    }
+
+    /// <summary>file_update_time under FUSE_WRITEBACK_CACHE: the guest stamps mtime and ctime itself.</summary>
+    internal void TouchLocalTimes()
+    {
+        var now = DateTimeOffset.UtcNow;
+        ulong seconds = (ulong)now.ToUnixTimeSeconds();
+        uint nanoseconds = (uint)(now.Ticks % TimeSpan.TicksPerSecond * 100);
+        lock (Sync)
+        {
+            CachedAttr.Mtime = seconds;
+            CachedAttr.MtimeNsec = nanoseconds;
+            CachedAttr.Ctime = seconds;
+            CachedAttr.CtimeNsec = nanoseconds;
         }
     }
 
@@ -164,6 +231,8 @@ public sealed class FuseFile
         NoRelease = noRelease;
         Opener = opener;
         Id = (ulong)Interlocked.Increment(ref s_nextId);
+        IsDirectIo = isDirectory || node.Fs.Cache == null || !node.IsRegular || (openFlags & FuseOpenOutFlags.DirectIo) != 0
+            || (flags & Posix.Libc.O_DIRECT) != 0;
     }
 
     public FuseNode Node { get; }
@@ -189,6 +258,19 @@ public sealed class FuseFile
 
     /// <summary>flock() was used on this file (RELEASE carries FUSE_RELEASE_FLOCK_UNLOCK).</summary>
     internal bool UsedFlock;
+
+    /// <summary>Reads and writes bypass the page cache: the mount has none, the node is not a regular file, the
+    /// daemon opened the file with FOPEN_DIRECT_IO, or it was opened with O_DIRECT.</summary>
+    public bool IsDirectIo { get; }
+
+    // The write-back error this file has reported up to (errseq_t f_wb_err), sampled at open.
+    internal int WbErrSince;
+    // The page after the last one read through the cache: a miss there is sequential and reads ahead.
+    internal long ReadaheadNext;
+    // Mappings made through this file; its RELEASE waits for the last of them (the mapping holds the file).
+    internal int MapRefs;
+    internal bool ReleaseDeferred;
+    internal bool InWriteFiles;
 
     internal int Closed;
 

@@ -26,8 +26,26 @@ public sealed class MountOptions
     /// <summary>dax: only "never" exists here (no DAX window is mapped).</summary>
     public DaxMode Dax { get; set; } = DaxMode.Never;
 
+    /// <summary>cache_size: bytes of page cache the mount may hold (the guest's memory for file data), rounded down
+    /// to whole pages; least recently used pages go first when it is full. 0 (the default) means no page cache:
+    /// every read and write goes to the daemon (as direct I/O) and mmap is refused (ENODEV), which is what the
+    /// uncached benchmarks and the suites that count requests need.</summary>
+    public long CacheSize { get; set; }
+
+    /// <summary>writeback: ask for FUSE_WRITEBACK_CACHE at INIT. When the daemon grants it, writes land in the page
+    /// cache and reach the daemon later (fsync, close, msync, munmap, memory pressure, the dirty timer, unmount).
+    /// Needs a page cache.</summary>
+    public bool Writeback { get; set; }
+
+    /// <summary>dirty_expire_ms: how old dirty pages may get before the flusher writes them back
+    /// (Linux's dirty_expire_centisecs, 30 s there).</summary>
+    public TimeSpan DirtyExpire { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>Pages the page cache holds at most (<see cref="CacheSize"/> in pages).</summary>
+    public int CachePages => (int)Math.Min(int.MaxValue, CacheSize / FuseConn.PageSize);
+
     /// <summary>Parses a mount option string: "rootmode=040000,user_id=0,group_id=0,default_permissions,
-    /// allow_other,dax=never". Unknown options and DAX modes other than never are refused with
+    /// allow_other,dax=never,cache_size=64M,writeback,dirty_expire_ms=30000". Unknown options and DAX modes other than never are refused with
     /// <see cref="ArgumentException"/>. Options not named keep the virtio-fs defaults; naming
     /// default_permissions or allow_other is allowed (they are on already).</summary>
     public static MountOptions Parse(string? text)
@@ -66,6 +84,15 @@ public sealed class MountOptions
                 case "dax":
                     options.Dax = ParseDax(value ?? "always");
                     break;
+                case "cache_size":
+                    options.CacheSize = ParseSize(key, value);
+                    break;
+                case "writeback":
+                    options.Writeback = true;
+                    break;
+                case "dirty_expire_ms":
+                    options.DirtyExpire = TimeSpan.FromMilliseconds(ParseDecimal(key, value));
+                    break;
                 default:
                     throw new ArgumentException($"unknown mount option '{raw}'");
             }
@@ -85,6 +112,40 @@ public sealed class MountOptions
         {
             throw new ArgumentException("rootmode has no file type bits");
         }
+        if (CacheSize < 0 || (CacheSize > 0 && CacheSize < 16 * FuseConn.PageSize))
+        {
+            throw new ArgumentException($"cache_size={CacheSize} is below 16 pages ({16 * FuseConn.PageSize} bytes)");
+        }
+        if (Writeback && CacheSize == 0)
+        {
+            throw new ArgumentException("writeback needs a page cache (cache_size)");
+        }
+        if (DirtyExpire <= TimeSpan.Zero)
+        {
+            throw new ArgumentException("dirty_expire_ms must be positive");
+        }
+    }
+
+    /// <summary>A byte count with an optional K, M or G suffix (powers of 1024).</summary>
+    private static long ParseSize(string key, string? value)
+    {
+        if (string.IsNullOrEmpty(value))
+        {
+            throw new ArgumentException($"{key} needs a value");
+        }
+        long multiplier = char.ToUpperInvariant(value[^1]) switch
+        {
+            'K' => 1L << 10,
+            'M' => 1L << 20,
+            'G' => 1L << 30,
+            _ => 1,
+        };
+        string digits = multiplier == 1 ? value : value[..^1];
+        if (!long.TryParse(digits, NumberStyles.None, CultureInfo.InvariantCulture, out long number) || number > long.MaxValue / multiplier)
+        {
+            throw new ArgumentException($"{key}={value} is not a size");
+        }
+        return number * multiplier;
     }
 
     private static DaxMode ParseDax(string value) => value switch
@@ -124,7 +185,9 @@ public sealed class MountOptions
 
     public override string ToString() =>
         $"rootmode={Convert.ToString(RootMode, 8)},user_id={UserId},group_id={GroupId}"
-        + (DefaultPermissions ? ",default_permissions" : "") + (AllowOther ? ",allow_other" : "") + ",dax=never";
+        + (DefaultPermissions ? ",default_permissions" : "") + (AllowOther ? ",allow_other" : "") + ",dax=never"
+        + (CacheSize > 0 ? $",cache_size={CacheSize}" : "") + (Writeback ? ",writeback" : "")
+        + (CacheSize > 0 ? $",dirty_expire_ms={(long)DirtyExpire.TotalMilliseconds}" : "");
 }
 
 /// <summary>virtiofs's dax= mount option.</summary>

@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text;
 using Vhostfsd.Hosting;
+using Vhostfsd.FusePassthrough;
 
 namespace Vhostfsd.Cli;
 
@@ -70,6 +71,8 @@ internal static class CommandLine
         public readonly Option<bool> NoPosixLock = new("--no-posix-lock") { Description = "Keep POSIX locks local to the guest [default]" };
         public readonly Option<bool> Flock = new("--flock") { Description = "Forward the guest's flock() locks to the host (C dialect: -o flock)" };
         public readonly Option<bool> NoFlock = new("--no-flock") { Description = "Keep flock() locks local to the guest [default]" };
+        public readonly Option<string> FuseMount = new("--fuse-mount") { Description = "Instead of serving a vhost-user socket, mount the share on this host directory through the kernel's FUSE (/dev/fuse) and serve it there until unmounted or signalled (needs root)", HelpName = "MOUNTPOINT" };
+        public readonly Option<string> FuseOptions = new("--fuse-options") { Description = "With --fuse-mount: allow_other (every user may use the mount, not only root), default_permissions (the kernel checks file modes itself), comma-separated", HelpName = "OPT[,OPT]" };
 
         // Recognised so that they get a clear refusal instead of "unrecognized".
         public readonly Option<string[]> UidMap = new("--uid-map") { Hidden = true };
@@ -100,7 +103,7 @@ internal static class CommandLine
                 RlimitNofile, Compat, Debug, Foreground, KillprivV2, NoKillprivV2, SecurityLabel, PreserveNoatime,
                 Version, UidMap, GidMap, TranslateUid, TranslateGid, MigrationMode, MigrationOnError,
                 MigrationVerifyHandles, MigrationConfirmPaths,
-                PosixLock, NoPosixLock, Flock, NoFlock,
+                PosixLock, NoPosixLock, Flock, NoFlock, FuseMount, FuseOptions,
             ];
             foreach (Option option in all)
             {
@@ -130,7 +133,7 @@ internal static class CommandLine
         {
             result.Invoke(new InvocationConfiguration { Output = output, Error = output });
             output.WriteLine();
-            output.WriteLine("Exit status: 0 after a normal disconnect or a termination signal, 1 when start-up or serving fails, 2 for a wrong command line.");
+            output.WriteLine("Exit status: 0 after a normal disconnect, an unmount (--fuse-mount) or a termination signal, 1 when start-up or serving fails, 2 for a wrong command line.");
             output.WriteLine("See docs/cli.md for every option, the C (-o) dialect and how to run under libvirt, Kata and systemd.");
             return new ParsedCommandLine(CommandLineOutcome.Printed, new DaemonOptions());
         }
@@ -238,6 +241,7 @@ internal static class CommandLine
             o.Warnings.Add("the -o option form is deprecated: use the long options (e.g. --cache=auto instead of -o cache=auto)");
         }
 
+        ApplyFuseMount(result, d, o);
         Validate(o);
         return new ParsedCommandLine(CommandLineOutcome.Run, o);
     }
@@ -265,10 +269,47 @@ internal static class CommandLine
         {
             throw new UsageException($"--fd={o.Fd} is a standard stream (0-2), not a listening socket");
         }
-        if (o.InodeFileHandles != InodeFileHandlesMode.Never && o.ModCaps != null
+        if (o.InodeFileHandles != InodeFileHandles.Never && o.ModCaps != null
             && Capabilities.ParseModCaps(o.ModCaps).Removed.Contains(Capabilities.DacReadSearch))
         {
             throw new UsageException($"--modcaps cannot remove dac_read_search while --inode-file-handles={o.InodeFileHandles.ToString().ToLowerInvariant()} needs it; add --inode-file-handles=never");
+        }
+    }
+
+    /// <summary>--fuse-mount and --fuse-options; the vhost-user options mean nothing without a socket
+    /// and are refused beside --fuse-mount rather than ignored.</summary>
+    private static void ApplyFuseMount(ParseResult result, Definition d, DaemonOptions o)
+    {
+        o.FuseMount = NonEmpty(result, d.FuseMount);
+        string? fuseOptions = NonEmpty(result, d.FuseOptions);
+        if (o.FuseMount == null)
+        {
+            if (fuseOptions != null)
+            {
+                throw new UsageException("--fuse-options applies only with --fuse-mount MOUNTPOINT");
+            }
+            return;
+        }
+        foreach (Option vhostUser in new Option[] { d.SocketPath, d.Socket, d.Fd, d.SocketGroup, d.Tag, d.ThreadPoolSize, d.PollMaxUs })
+        {
+            if (Given(result, vhostUser))
+            {
+                throw new UsageException($"{vhostUser.Name} is a vhost-user option; it does not apply with --fuse-mount");
+            }
+        }
+        foreach (string word in (fuseOptions ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            switch (word)
+            {
+                case "allow_other":
+                    o.FuseAllowOther = true;
+                    break;
+                case "default_permissions":
+                    o.FuseDefaultPermissions = true;
+                    break;
+                default:
+                    throw new UsageException($"unknown --fuse-options word '{word}' (expected allow_other, default_permissions)");
+            }
         }
     }
 
@@ -295,11 +336,11 @@ internal static class CommandLine
     private static readonly (string Name, SeccompMode Value)[] SeccompChoices =
         [("none", SeccompMode.None), ("kill", SeccompMode.Kill), ("log", SeccompMode.Log), ("trap", SeccompMode.Trap)];
 
-    private static readonly (string Name, InodeFileHandlesMode Value)[] InodeFileHandleChoices =
-        [("never", InodeFileHandlesMode.Never), ("prefer", InodeFileHandlesMode.Prefer), ("fallback", InodeFileHandlesMode.Prefer), ("mandatory", InodeFileHandlesMode.Mandatory)];
+    private static readonly (string Name, InodeFileHandles Value)[] InodeFileHandleChoices =
+        [("never", InodeFileHandles.Never), ("prefer", InodeFileHandles.Prefer), ("fallback", InodeFileHandles.Prefer), ("mandatory", InodeFileHandles.Mandatory)];
 
-    private static readonly (string Name, CacheMode Value)[] CacheChoices =
-        [("never", CacheMode.Never), ("none", CacheMode.Never), ("metadata", CacheMode.Metadata), ("auto", CacheMode.Auto), ("always", CacheMode.Always)];
+    private static readonly (string Name, CachePolicy Value)[] CacheChoices =
+        [("never", CachePolicy.Never), ("none", CachePolicy.Never), ("metadata", CachePolicy.Metadata), ("auto", CachePolicy.Auto), ("always", CachePolicy.Always)];
 
     private static readonly (string Name, DaemonLogLevel Value)[] LogLevelChoices =
         [("error", DaemonLogLevel.Error), ("err", DaemonLogLevel.Error), ("warn", DaemonLogLevel.Warn), ("warning", DaemonLogLevel.Warn),

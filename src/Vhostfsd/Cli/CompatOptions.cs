@@ -1,5 +1,6 @@
 using System.Text;
 using Vhostfsd.Hosting;
+using Vhostfsd.FusePassthrough;
 
 namespace Vhostfsd.Cli;
 
@@ -84,10 +85,10 @@ internal static class CompatOptions
             case "cache":
                 options.Cache = value switch
                 {
-                    "none" or "never" => CacheMode.Never,
-                    "metadata" => CacheMode.Metadata,
-                    "auto" => CacheMode.Auto,
-                    "always" => CacheMode.Always,
+                    "none" or "never" => CachePolicy.Never,
+                    "metadata" => CachePolicy.Metadata,
+                    "auto" => CachePolicy.Auto,
+                    "always" => CachePolicy.Always,
                     _ => throw Invalid(key, value, "none, never, metadata, auto, always"),
                 };
                 break;

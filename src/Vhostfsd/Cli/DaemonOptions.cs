@@ -1,3 +1,4 @@
+using Vhostfsd.FusePassthrough;
 namespace Vhostfsd.Cli;
 
 /// <summary>The command line after both dialects were merged and every value was checked,
@@ -24,8 +25,8 @@ internal sealed class DaemonOptions
     public bool ReadOnly { get; set; }
     public SeccompMode Seccomp { get; set; } = SeccompMode.Kill;
     public bool AnnounceSubmounts { get; set; } = true;
-    public InodeFileHandlesMode InodeFileHandles { get; set; } = InodeFileHandlesMode.Prefer;
-    public CacheMode Cache { get; set; } = CacheMode.Auto;
+    public InodeFileHandles InodeFileHandles { get; set; } = InodeFileHandles.Prefer;
+    public CachePolicy Cache { get; set; } = CachePolicy.Auto;
     public bool AllowMmap { get; set; }
     public bool NoReaddirplus { get; set; }
     public bool Writeback { get; set; }
@@ -48,6 +49,16 @@ internal sealed class DaemonOptions
     /// <summary>Forward flock() locks to the host (off by default).</summary>
     public bool Flock { get; set; }
 
+    /// <summary>--fuse-mount: serve through the host kernel's FUSE on this directory instead of a
+    /// vhost-user socket (null: vhost-user).</summary>
+    public string? FuseMount { get; set; }
+
+    /// <summary>--fuse-options allow_other.</summary>
+    public bool FuseAllowOther { get; set; }
+
+    /// <summary>--fuse-options default_permissions.</summary>
+    public bool FuseDefaultPermissions { get; set; }
+
     /// <summary>Deprecation notes to log once logging is up (the reference daemon warns the same way).</summary>
     public List<string> Warnings { get; } = new();
 
@@ -55,5 +66,5 @@ internal sealed class DaemonOptions
     public bool EffectiveXattr => Xattr || PosixAcl || SecurityLabel || XattrMap != null;
 
     /// <summary>READDIRPLUS is never offered with --cache=never.</summary>
-    public bool EffectiveReaddirplus => !NoReaddirplus && Cache != CacheMode.Never;
+    public bool EffectiveReaddirplus => !NoReaddirplus && Cache != CachePolicy.Never;
 }

@@ -38,13 +38,7 @@ public static class FsDaemon
     {
         SharedDir = settings.SharedRoot,
         ProcSelfFdDir = settings.ProcSelfFd is { IsInvalid: false } proc ? proc.Fd : null,
-        Cache = settings.Cache switch
-        {
-            CacheMode.Never => CachePolicy.Never,
-            CacheMode.Metadata => CachePolicy.Metadata,
-            CacheMode.Always => CachePolicy.Always,
-            _ => CachePolicy.Auto,
-        },
+        Cache = settings.Cache,
         Xattr = settings.Xattr,
         PosixAcl = settings.PosixAcl,
         SecurityLabel = settings.SecurityLabel,
@@ -52,12 +46,7 @@ public static class FsDaemon
         Writeback = settings.Writeback,
         KillprivV2 = settings.KillprivV2,
         AnnounceSubmounts = settings.AnnounceSubmounts,
-        InodeFileHandles = settings.InodeFileHandles switch
-        {
-            InodeFileHandlesMode.Never => InodeFileHandles.Never,
-            InodeFileHandlesMode.Mandatory => InodeFileHandles.Mandatory,
-            _ => InodeFileHandles.Prefer,
-        },
+        InodeFileHandles = settings.InodeFileHandles,
         AllowDirectIo = settings.AllowDirectIo,
         AllowMmap = settings.AllowMmap,
         Readdirplus = settings.Readdirplus,

@@ -1,5 +1,6 @@
 using Vhostfsd.Cli;
 using Vhostfsd.Posix;
+using Vhostfsd.FusePassthrough;
 
 namespace Vhostfsd.Hosting;
 
@@ -85,14 +86,14 @@ internal static class Capabilities
 
     /// <summary>The set kept after start-up as a bit mask: the default set, DAC_READ_SEARCH
     /// unless inode file handles are off, edited by --modcaps.</summary>
-    public static ulong KeptMask(InodeFileHandlesMode inodeFileHandles, string? modCaps)
+    public static ulong KeptMask(InodeFileHandles inodeFileHandles, string? modCaps)
     {
         ulong mask = 0;
         foreach (int cap in Default)
         {
             mask |= 1UL << cap;
         }
-        if (inodeFileHandles != InodeFileHandlesMode.Never)
+        if (inodeFileHandles != InodeFileHandles.Never)
         {
             mask |= 1UL << DacReadSearch;
         }

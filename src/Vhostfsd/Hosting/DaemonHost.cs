@@ -71,6 +71,10 @@ internal static unsafe class DaemonHost
 
     private static int RunMain(DaemonOptions options, ILogger log)
     {
+        if (options.FuseMount != null)
+        {
+            return FuseMountHost.RunSupervisor(options, log);
+        }
         string sharedDir = CheckSharedDir(options.SharedDir!);
         using var signals = InstallShutdownSignals();
         int lastCap = Capabilities.KernelLastCap();
@@ -98,7 +102,7 @@ internal static unsafe class DaemonHost
 
         try
         {
-            ulong fdLimit = ResourceLimits.SetUpNofile(options.RlimitNofile, log);
+            ResourceLimits.SetUpNofile(options.RlimitNofile, log);
             ulong keep = Capabilities.KeptMask(options.InodeFileHandles, options.ModCaps);
             bool root = Libc.GetEuid() == 0;
             if (options.Sandbox != SandboxMode.None && !root)
@@ -111,7 +115,7 @@ internal static unsafe class DaemonHost
             {
                 // Unprivileged: nothing to drop, so no reason for a second process.
                 SandboxResult result = Sandbox.EnterNone(sharedDir);
-                return Serve(options, sharedDir, result, listener, fdLimit, lastCap, log);
+                return Serve(options, sharedDir, result, listener, lastCap, log);
             }
             // Before the copy is spawned: it inherits the empty list.
             SupplementaryGroups.DropAll(log);
@@ -139,6 +143,7 @@ internal static unsafe class DaemonHost
     {
         // SIGTERM when the parent's spawning thread (and so the parent) goes away.
         Libc.Prctl(Libc.PR_SET_PDEATHSIG, Libc.SIGTERM, 0, 0, 0);
+        SandboxSpawner.NameAfterExecutable();
         using var signals = InstallShutdownSignals();
         using var toParent = new SafeFd(marker.ToParentFd);
         SandboxSpawner.Send(toParent.Fd, SandboxSpawner.ChildHandlesSignals);
@@ -148,6 +153,10 @@ internal static unsafe class DaemonHost
         }
         string sharedDir = CheckSharedDir(options.SharedDir!);
         int lastCap = Capabilities.KernelLastCap();
+        if (options.FuseMount != null)
+        {
+            return FuseMountHost.RunChild(options, marker, sharedDir, lastCap, log);
+        }
         using DaemonListener listener = DaemonListener.Adopt(marker.ListenFd);
         SandboxResult result;
         switch (marker.Mode)
@@ -164,11 +173,11 @@ internal static unsafe class DaemonHost
                 result = Sandbox.EnterNone(sharedDir);
                 break;
         }
-        return Serve(options, sharedDir, result, listener, ResourceLimits.CurrentNofile(), lastCap, log, logListening: false);
+        return Serve(options, sharedDir, result, listener, lastCap, log, logListening: false);
     }
 
     private static int Serve(DaemonOptions options, string sharedDir, SandboxResult sandbox, DaemonListener listener,
-        ulong fdLimit, int lastCap, ILogger log, bool logListening = true)
+        int lastCap, ILogger log, bool logListening = true)
     {
         if (Libc.GetEuid() == 0)
         {
@@ -183,7 +192,6 @@ internal static unsafe class DaemonHost
         var settings = new DaemonSettings
         {
             SharedRoot = sandbox.SharedRoot,
-            SharedDirOnHost = sharedDir,
             Tag = options.Tag,
             ThreadPoolSize = options.ThreadPoolSize,
             PollMax = TimeSpan.FromMicroseconds(options.PollMaxUs),
@@ -201,10 +209,7 @@ internal static unsafe class DaemonHost
             Readdirplus = options.EffectiveReaddirplus,
             PreserveNoatime = options.PreserveNoatime,
             ReadOnly = options.ReadOnly,
-            Sandbox = options.Sandbox,
             ProcSelfFd = sandbox.ProcSelfFd,
-            MountInfoFd = sandbox.MountInfoFd,
-            FdLimit = fdLimit,
             AvoidXattrAt = TestProbe.NoXattrAtRequested,
             PosixLocks = options.PosixLock,
             FlockLocks = options.Flock,
@@ -266,7 +271,6 @@ internal static unsafe class DaemonHost
             finally
             {
                 settings.ProcSelfFd?.Dispose();
-                settings.MountInfoFd?.Dispose();
             }
             if (ShutdownSignal.IsRequested)
             {
@@ -324,7 +328,7 @@ internal static unsafe class DaemonHost
         }
     }
 
-    private static string CheckSharedDir(string sharedDir)
+    internal static string CheckSharedDir(string sharedDir)
     {
         string full = Path.GetFullPath(sharedDir);
         if (Directory.Exists(full))
@@ -342,7 +346,7 @@ internal static unsafe class DaemonHost
         listener.SocketPath ?? $"fd {listener.Socket.Fd}";
 
     /// <summary>SIGTERM, SIGINT and SIGHUP request a clean shutdown instead of killing the process.</summary>
-    private static IDisposable InstallShutdownSignals()
+    internal static IDisposable InstallShutdownSignals()
     {
         var registrations = new List<PosixSignalRegistration>();
         foreach (var (signal, name) in new[] { (PosixSignal.SIGTERM, "SIGTERM"), (PosixSignal.SIGINT, "SIGINT"), (PosixSignal.SIGHUP, "SIGHUP") })

@@ -4,9 +4,9 @@ using Vhostfsd.Posix;
 
 namespace Vhostfsd.Hosting;
 
-/// <summary>What the device needs from the sandbox: where the share is now, and the /proc
-/// handles opened before /proc went out of reach.</summary>
-internal sealed record SandboxResult(string SharedRoot, SafeFd ProcSelfFd, SafeFd MountInfoFd);
+/// <summary>What the device needs from the sandbox: where the share is now, and the handle on the
+/// /proc/self/fd directory opened before /proc went out of reach.</summary>
+internal sealed record SandboxResult(string SharedRoot, SafeFd ProcSelfFd);
 
 /// <summary>The in-process parts of the three sandbox modes. The namespace mode's other half
 /// (creating the namespaces and spawning the process that enters them) is
@@ -18,8 +18,7 @@ internal static unsafe class Sandbox
     public static SandboxResult EnterNone(string sharedDir)
     {
         SafeFd procSelfFd = Open("/proc/self/fd", Libc.O_PATH | Libc.O_DIRECTORY | Libc.O_CLOEXEC, "/proc/self/fd");
-        SafeFd mountInfo = Open("/proc/self/mountinfo", Libc.O_RDONLY | Libc.O_CLOEXEC, "/proc/self/mountinfo");
-        return new SandboxResult(sharedDir, procSelfFd, mountInfo);
+        return new SandboxResult(sharedDir, procSelfFd);
     }
 
     /// <summary>--sandbox=chroot: chroot(2) into the share. The root directory is part of the
@@ -31,25 +30,23 @@ internal static unsafe class Sandbox
             throw new StartupException("--sandbox=chroot needs root (CAP_SYS_CHROOT); use --sandbox=none to run unprivileged");
         }
         SafeFd procSelfFd = Open("/proc/self/fd", Libc.O_PATH | Libc.O_DIRECTORY | Libc.O_CLOEXEC, "/proc/self/fd");
-        SafeFd mountInfo = Open("/proc/self/mountinfo", Libc.O_RDONLY | Libc.O_CLOEXEC, "/proc/self/mountinfo");
         fixed (byte* dir = Z(sharedDir))
         fixed (byte* root = Z("/"))
         {
             Check(Libc.Chroot(dir), "chroot " + sharedDir);
             Check(Libc.Chdir(root), "chdir / after chroot");
         }
-        return new SandboxResult("/", procSelfFd, mountInfo);
+        return new SandboxResult("/", procSelfFd);
     }
 
     /// <summary>--sandbox=namespace, the spawned process's side (see <see cref="SandboxSpawner"/>):
     /// it runs inside the new namespaces from its first instruction but holds no capability that
     /// could change mounts, so the spawning thread of the parent does the mount work while this
-    /// process follows a short pipe handshake: open /proc/self/mountinfo, say "ready", wait until
+    /// process follows a short pipe handshake: say "ready", wait until
     /// the parent has bound our /proc/PID/fd over /proc, open that, say so, wait until the parent
     /// has pivoted the shared mount namespace into the share, then chdir("/").</summary>
     public static SandboxResult JoinNamespaceSandbox(SandboxSpawner.ChildMarker marker)
     {
-        SafeFd mountInfo = Open("/proc/self/mountinfo", Libc.O_RDONLY | Libc.O_CLOEXEC, "/proc/self/mountinfo");
         int toParent = marker.ToParentFd;
         using var fromParent = new SafeFd(marker.FromParentFd);
         SandboxSpawner.Send(toParent, SandboxSpawner.ChildReady);
@@ -62,7 +59,7 @@ internal static unsafe class Sandbox
             // The working directory was left in the old, now detached, root.
             Check(Libc.Chdir(root), "chdir / in the new root");
         }
-        return new SandboxResult("/", procSelfFd, mountInfo);
+        return new SandboxResult("/", procSelfFd);
     }
 
     /// <summary>The parent's mount work for --sandbox=namespace, run by the spawning thread inside

@@ -99,6 +99,25 @@ internal static unsafe class SandboxSpawner
         }
     }
 
+    /// <summary>Gives the spawned process the name of its executable. Started through
+    /// /proc/self/exe, the kernel names it "exe", which ps, pgrep and the journal would show.
+    /// PR_SET_NAME names the calling thread, and the main thread's name is the process's (threads
+    /// it starts afterwards take it too), so the main thread calls this.</summary>
+    public static void NameAfterExecutable()
+    {
+        string name = Path.GetFileName(Environment.ProcessPath ?? "vhostfsd");
+        // At most 4 bytes a character; the kernel keeps the first TaskCommLength bytes.
+        Span<byte> utf8 = stackalloc byte[4 * Libc.TaskCommLength];
+        int length = Encoding.UTF8.GetBytes(name.AsSpan(0, Math.Min(name.Length, Libc.TaskCommLength)), utf8);
+        Span<byte> comm = stackalloc byte[Libc.TaskCommLength + 1];
+        comm.Clear();
+        utf8[..Math.Min(length, Libc.TaskCommLength)].CopyTo(comm);
+        fixed (byte* p = comm)
+        {
+            Libc.Prctl(Libc.PR_SET_NAME, (nuint)p, 0, 0, 0);
+        }
+    }
+
     public static void Send(int fd, byte message)
     {
         if (Libc.WriteAll(fd, new ReadOnlySpan<byte>(ref message)) < 0)
@@ -154,10 +173,11 @@ internal static unsafe class SandboxSpawner
                 environment.Add(key + "=" + (string?)entry.Value);
             }
         }
-        if (!diagnosticsChosen)
+        if (!diagnosticsChosen && Preload.RunsFromAssemblyFiles)
         {
-            // The runtime's diagnostics server would create its IPC socket in the host's /tmp
-            // and could never remove it from inside the sandbox; leave it off unless asked for.
+            // On the JIT (make run-jit), the runtime's diagnostics server would create its IPC
+            // socket in the host's /tmp and could never remove it from inside the sandbox; leave
+            // it off unless asked for. The native executable has no diagnostics server.
             environment.Add("DOTNET_EnableDiagnostics_IPC=0");
         }
 
@@ -307,16 +327,21 @@ internal static unsafe class SandboxSpawner
         _ => Libc.SIGTERM,
     };
 
-    /// <summary>argv for the copy: the same program and arguments. Under the dotnet host the
-    /// executable is the host and the program is the entry assembly.</summary>
+    /// <summary>The program the copy runs: this process's own executable through /proc/self/exe,
+    /// which names the running file even if a package upgrade replaced the path since.</summary>
+    private const string SelfExecutable = "/proc/self/exe";
+
+    /// <summary>argv for the copy: the same program and arguments. The native executable is the
+    /// program; under the dotnet host (the JIT build, make run-jit) the executable is the host
+    /// and the program is the entry assembly, vhostfsd.dll in the application directory.</summary>
     private static string[] ChildArguments()
     {
-        string executable = Environment.ProcessPath ?? throw new StartupException("sandbox: cannot find the path of the running executable");
+        string executable = Environment.ProcessPath ?? SelfExecutable;
         string[] args = Environment.GetCommandLineArgs();
         var argv = new List<string> { executable };
-        if (Path.GetFileNameWithoutExtension(executable) == "dotnet")
+        if (Preload.RunsFromAssemblyFiles && Path.GetFileNameWithoutExtension(executable) == "dotnet")
         {
-            argv.Add(typeof(SandboxSpawner).Assembly.Location);
+            argv.Add(Path.Combine(AppContext.BaseDirectory, AppDomain.CurrentDomain.FriendlyName + ".dll"));
         }
         for (int i = 1; i < args.Length; i++)
         {
@@ -347,7 +372,7 @@ internal static unsafe class SandboxSpawner
             {
                 byte** nativeArgv = ToNative(argv, allocations);
                 byte** nativeEnv = ToNative(environment, allocations);
-                byte* path = (byte*)Marshal.StringToCoTaskMemUTF8(argv[0]);
+                byte* path = (byte*)Marshal.StringToCoTaskMemUTF8(SelfExecutable);
                 allocations.Add((nint)path);
                 bool namespaces = mode == SandboxMode.Namespace;
                 if (namespaces)

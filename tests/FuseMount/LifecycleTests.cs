@@ -1,0 +1,155 @@
+using System.Diagnostics;
+using Vhostfsd.Posix;
+
+namespace Vhostfsd.FuseMount.Tests;
+
+/// <summary>How a --fuse-mount daemon ends: on a signal it unmounts and exits 0; when the mount is
+/// removed from outside it sees that and exits 0; in every sandbox mode.</summary>
+public sealed class LifecycleTests
+{
+    [Theory]
+    [InlineData("namespace")]
+    [InlineData("chroot")]
+    [InlineData("none")]
+    public void Sigterm_unmounts_and_exits_zero_in_every_sandbox_mode(string sandbox)
+    {
+        using var m = MountedShare.Start(["--sandbox", sandbox], share => File.WriteAllText(Path.Combine(share, "inside.txt"), "inside\n"));
+        Assert.True(m.IsMounted);
+        Assert.Equal("inside\n", File.ReadAllText(m.InMount("inside.txt")));
+        File.WriteAllText(m.InMount("written.txt"), sandbox);
+        Assert.Equal(sandbox, File.ReadAllText(m.InShare("written.txt")));
+        // The process that reads the host's requests has the default system-call filter on every thread.
+        int serving = ServingPid(m.Daemon.Pid);
+        foreach (string task in Directory.GetDirectories($"/proc/{serving}/task"))
+        {
+            Assert.Contains("Seccomp:\t2", File.ReadAllText(Path.Combine(task, "status")));
+        }
+
+        Assert.Equal(0, m.Stop());
+        Assert.False(m.IsMounted);
+        Assert.Contains("Unmounted " + m.MountPoint + " on SIGTERM", m.Daemon.Stderr);
+        Assert.DoesNotContain("ERR]", m.Daemon.Stderr);
+    }
+
+    [Fact]
+    public void Fusermount_u_from_outside_ends_the_daemon_with_zero()
+    {
+        using var m = MountedShare.Start([]);
+        Run("fusermount3", "-u", m.MountPoint);
+        Assert.Equal(0, m.Daemon.WaitForExit());
+        Assert.False(m.IsMounted);
+        Assert.Contains("The file system was unmounted", m.Daemon.Stderr);
+    }
+
+    [Fact]
+    public void Sigterm_while_a_file_is_open_on_the_mount_still_exits_and_the_file_fails_with_ENOTCONN()
+    {
+        using var m = MountedShare.Start([], share => File.WriteAllText(Path.Combine(share, "held.txt"), "held"));
+        using var held = new FileStream(m.InMount("held.txt"), FileMode.Open, FileAccess.Read);
+        var started = Stopwatch.StartNew();
+        Assert.Equal(0, m.Stop());
+        Assert.True(started.Elapsed < TimeSpan.FromSeconds(15), $"took {started.Elapsed}");
+        Assert.False(m.IsMounted);
+        // The detached mount stays only for this open file, and its connection is gone.
+        var error = Assert.ThrowsAny<IOException>(() => held.ReadByte());
+        Assert.Contains("not connected", error.Message, StringComparison.OrdinalIgnoreCase);
+    }
+
+    [Fact]
+    public void Readers_allocate_nothing_per_request_once_warmed_up()
+    {
+        using var m = MountedShare.Start(["--cache", "never"], share =>
+        {
+            for (int i = 0; i < 100; i++)
+            {
+                File.WriteAllText(Path.Combine(share, $"f{i}"), "content");
+            }
+        });
+        // LOOKUP + GETATTR per stat (no cache), and OPEN, READ, FLUSH, RELEASE, CREATE, WRITE, UNLINK.
+        for (int round = 0; round < 60; round++)
+        {
+            for (int i = 0; i < 100; i++)
+            {
+                Assert.True(File.Exists(m.InMount($"f{i}")));
+            }
+            Assert.Equal("content", File.ReadAllText(m.InMount($"f{round}")));
+            File.WriteAllText(m.InMount($"new{round}"), "new");
+            File.Delete(m.InMount($"new{round}"));
+        }
+        Assert.Equal(0, m.Stop());
+        var counts = System.Text.RegularExpressions.Regex.Match(m.Daemon.Stderr, @"Readers allocated (\d+) bytes over (\d+) requests");
+        Assert.True(counts.Success, m.Daemon.Stderr);
+        long bytes = long.Parse(counts.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+        long requests = long.Parse(counts.Groups[2].Value, System.Globalization.CultureInfo.InvariantCulture);
+        Assert.True(requests > 5000, $"only {requests} requests after the warm-up");
+        // A spare reader started late costs its thread once; nothing grows with the requests.
+        Assert.True(bytes < 16 * 1024, $"{bytes} bytes allocated over {requests} requests");
+    }
+
+    [Fact]
+    public void Readonly_mounts_read_only_and_refuses_changes()
+    {
+        using var m = MountedShare.Start(["--readonly"], share => File.WriteAllText(Path.Combine(share, "kept.txt"), "kept"));
+        Assert.Equal("kept", File.ReadAllText(m.InMount("kept.txt")));
+        var error = Assert.ThrowsAny<IOException>(() => File.WriteAllText(m.InMount("new.txt"), "no"));
+        Assert.Contains("read-only", error.Message, StringComparison.OrdinalIgnoreCase);
+        Assert.False(File.Exists(m.InShare("new.txt")));
+    }
+
+    [Fact]
+    public void Without_allow_other_only_the_mounting_user_gets_in()
+    {
+        using (var m = MountedShare.Start([]))
+        {
+            var (code, output) = RunAsNobody("stat", m.MountPoint);
+            Assert.NotEqual(0, code);
+            Assert.Contains("Permission denied", output);
+        }
+        using (var m = MountedShare.Start(["--fuse-options", "allow_other,default_permissions"]))
+        {
+            var (code, output) = RunAsNobody("stat", "-c", "%F", m.MountPoint);
+            Assert.True(code == 0, output);
+            Assert.Contains("directory", output);
+        }
+    }
+
+    private static (int Code, string Output) RunAsNobody(params string[] command)
+    {
+        var start = new ProcessStartInfo("setpriv") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (string arg in (string[])["--reuid", "65534", "--regid", "65534", "--clear-groups", .. command])
+        {
+            start.ArgumentList.Add(arg);
+        }
+        using var process = Process.Start(start)!;
+        string output = process.StandardOutput.ReadToEnd() + process.StandardError.ReadToEnd();
+        process.WaitForExit();
+        return (process.ExitCode, output);
+    }
+
+    internal static void Run(string file, params string[] args)
+    {
+        var start = new ProcessStartInfo(file) { RedirectStandardError = true, UseShellExecute = false };
+        foreach (string arg in args)
+        {
+            start.ArgumentList.Add(arg);
+        }
+        using var process = Process.Start(start)!;
+        string error = process.StandardError.ReadToEnd();
+        process.WaitForExit();
+        Assert.True(process.ExitCode == 0, $"{file} {string.Join(' ', args)} failed ({process.ExitCode}): {error}");
+    }
+
+    /// <summary>The process the supervisor spawned (a child of one of its threads).</summary>
+    private static int ServingPid(int supervisor)
+    {
+        foreach (string task in Directory.GetDirectories($"/proc/{supervisor}/task"))
+        {
+            string children = File.ReadAllText(Path.Combine(task, "children")).Trim();
+            if (children.Length > 0)
+            {
+                return int.Parse(children.Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture);
+            }
+        }
+        throw new InvalidOperationException($"vhostfsd {supervisor} has no serving process");
+    }
+}
