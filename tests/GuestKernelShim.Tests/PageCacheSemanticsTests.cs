@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using Vhostfsd.FusePassthrough;
 using Vhostfsd.FuseProtocol;
 using Vhostfsd.Posix;
@@ -373,14 +374,15 @@ public class PageCacheSemanticsTests
         File.WriteAllBytes(mount.HostPath("f"), new byte[threads * region]);
         Assert.Equal(Errno.OK, fs.Walk("f", out var node));
         var expected = new byte[threads * region];
-        int failures = 0;
+        var failures = new ConcurrentQueue<string>();
         var workers = Enumerable.Range(0, threads).Select(i => new Thread(() =>
         {
             var random = new Random(i);
-            if (fs.Open(node, Libc.O_RDWR, out var file) != Errno.OK
-                || fs.Mmap(file!, (long)i * region, region, shared: true, writable: true, out var map) != Errno.OK)
+            var rc = fs.Open(node, Libc.O_RDWR, out var file);
+            FuseMapping? map = null;
+            if (rc != Errno.OK || (rc = fs.Mmap(file!, (long)i * region, region, shared: true, writable: true, out map)) != Errno.OK)
             {
-                Interlocked.Increment(ref failures);
+                failures.Enqueue($"thread {i}: open or mmap: {rc}");
                 return;
             }
             var chunk = new byte[3000];
@@ -389,23 +391,43 @@ public class PageCacheSemanticsTests
             {
                 random.NextBytes(chunk);
                 int at = random.Next(region - chunk.Length);
-                var rc = k % 3 == 0 ? map!.Write(at, chunk) : fs.Write(file!, chunk, (long)i * region + at, out _);
-                chunk.CopyTo(expected, i * region + at);
+                long fileAt = (long)i * region + at;
+                bool viaMap = k % 3 == 0;
+                int written = chunk.Length;
+                rc = viaMap ? map!.Write(at, chunk) : fs.Write(file!, chunk, fileAt, out written);
+                chunk.CopyTo(expected, fileAt);
                 // Whatever path wrote it, both paths read it back.
-                if (rc != Errno.OK || map!.Read(at, check) != Errno.OK || !check.AsSpan().SequenceEqual(chunk)
-                    || fs.Read(file!, check, (long)i * region + at, out _) != Errno.OK || !check.AsSpan().SequenceEqual(chunk))
+                string what = $"thread {i} step {k}: {(viaMap ? "map.Write" : "fs.Write")} of {chunk.Length} at file offset {fileAt}";
+                if (rc != Errno.OK || written != chunk.Length)
                 {
-                    Interlocked.Increment(ref failures);
+                    failures.Enqueue($"{what} returned {rc} having written {written}");
+                    continue;
                 }
-                if (k % 50 == 0 && (k % 100 == 0 ? map!.Msync() : fs.Fsync(file!)) != Errno.OK)
+                if ((rc = map!.Read(at, check)) != Errno.OK)
                 {
-                    Interlocked.Increment(ref failures);
+                    failures.Enqueue($"{what}, then map.Read returned {rc}");
+                }
+                else if (Mismatch(check, chunk) is int bad and >= 0)
+                {
+                    failures.Enqueue($"{what}, then map.Read differs from byte {bad} (file offset {fileAt + bad}, page {(fileAt + bad) / Page})");
+                }
+                if ((rc = fs.Read(file!, check, fileAt, out int got)) != Errno.OK || got != check.Length)
+                {
+                    failures.Enqueue($"{what}, then fs.Read returned {rc} having read {got}");
+                }
+                else if (Mismatch(check, chunk) is int bad2 and >= 0)
+                {
+                    failures.Enqueue($"{what}, then fs.Read differs from byte {bad2} (file offset {fileAt + bad2}, page {(fileAt + bad2) / Page})");
+                }
+                if (k % 50 == 0 && (rc = k % 100 == 0 ? map!.Msync() : fs.Fsync(file!)) != Errno.OK)
+                {
+                    failures.Enqueue($"thread {i} step {k}: {(k % 100 == 0 ? "msync" : "fsync")} returned {rc}");
                 }
             }
             map!.Unmap();
-            if (fs.Release(file!) != Errno.OK)
+            if ((rc = fs.Release(file!)) != Errno.OK)
             {
-                Interlocked.Increment(ref failures);
+                failures.Enqueue($"thread {i}: release returned {rc}");
             }
         })).ToArray();
         foreach (var worker in workers)
@@ -416,8 +438,15 @@ public class PageCacheSemanticsTests
         {
             Assert.True(worker.Join(TimeSpan.FromSeconds(60)), "a worker hangs");
         }
-        Assert.Equal(0, failures);
+        Assert.True(failures.IsEmpty, string.Join("\n", failures));
         Assert.Equal(0, fs.PageCache!.DirtyPages);
         Assert.Equal(expected, File.ReadAllBytes(mount.HostPath("f")));
+    }
+
+    /// <summary>The first position where <paramref name="actual"/> differs from <paramref name="expected"/>, or -1.</summary>
+    private static int Mismatch(ReadOnlySpan<byte> actual, ReadOnlySpan<byte> expected)
+    {
+        int common = actual.CommonPrefixLength(expected);
+        return common == expected.Length && actual.Length == expected.Length ? -1 : common;
     }
 }

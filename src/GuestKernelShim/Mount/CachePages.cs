@@ -41,8 +41,9 @@ internal sealed class CachePage
 
 /// <summary>The page-cache state of one regular file (Linux's address_space and the writeback parts of fuse_inode):
 /// its cached pages, the dirty ones in file order, the open files write-back may use (fuse_inode.write_files), the
-/// write-back error sequence (mapping->wb_err) and a generation that moves whenever pages are invalidated, so that a
-/// READ racing an invalidation does not put stale data back.</summary>
+/// write-back error sequence (mapping->wb_err), the pages whose write-back WRITE is in flight (fuse_inode.writepages)
+/// and a generation that moves whenever pages are invalidated or written back, so that a READ racing either does not
+/// put stale data back.</summary>
 internal sealed class NodePages
 {
     public NodePages(FuseNode node)
@@ -60,6 +61,11 @@ internal sealed class NodePages
     /// one page never reach the daemon out of order.</summary>
     public readonly object WritebackLock = new();
     public int Generation;
+    /// <summary>Pages [<see cref="WritebackFirst"/>, <see cref="WritebackEnd"/>) went out in a write-back WRITE that
+    /// has not been answered: the daemon may still hold their old bytes while the cache may already have let them go
+    /// (empty when equal; guarded by the cache lock, set only under <see cref="WritebackLock"/>, so one run at a time).</summary>
+    public long WritebackFirst;
+    public long WritebackEnd;
     public int WbErr;
     public long DirtySince;
 }

@@ -281,7 +281,15 @@ public sealed partial class FuseFs
                 cache.RelievePressure();
                 continue;
             }
-            var rc = cache.Fill(file, np, index, 1, caller, position, Span<byte>.Empty, out _, out int fetched);
+            // The page is read under the file's write-back lock, which keeps write-back and invalidation out (the
+            // locked page of fuse_write_begin): otherwise a write-back anywhere in a busy file could discard the
+            // read page again and again. Writes that create the page meanwhile win; the read does not overwrite them.
+            Errno rc;
+            int fetched;
+            lock (np.WritebackLock)
+            {
+                rc = cache.Fill(file, np, index, 1, caller, position, Span<byte>.Empty, out _, out fetched, keepEvenIfInvalidated: true);
+            }
             if (rc != Errno.OK)
             {
                 return bytesWritten == 0 ? rc : Errno.OK;

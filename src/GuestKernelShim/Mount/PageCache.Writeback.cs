@@ -15,7 +15,10 @@ public sealed partial class PageCache
     /// to the daemon (fuse_writepages): runs of contiguous pages up to the connection's largest WRITE, each sent with
     /// FUSE_WRITE_CACHE on the handle of the file's first writable open file, with that opener's credentials and lock
     /// owner (FUSE_WRITE_LOCKOWNER), clamped to the file size the guest knows. A page is clean once its bytes are
-    /// copied for sending; a failed WRITE records its error in the file's <see cref="ErrSeq"/> (the data is lost, as
+    /// copied for sending, and may then be evicted before the daemon has them: until the WRITE is answered its range
+    /// is recorded as in flight, which a READ of it waits for (fuse_wait_on_page_writeback), and the copy moves the
+    /// file's generation, so a READ the daemon answered before the copy does not put the old bytes back once the
+    /// pages are gone. A failed WRITE records its error in the file's <see cref="ErrSeq"/> (the data is lost, as
     /// in Linux) and is returned too. A node the daemon reused for another file (stale) is not written at all: its
     /// dirty pages are dropped and ESTALE recorded, so old data never lands in the new file.</summary>
     internal Errno Writeback(NodePages np, WritebackReason reason, long first = 0, long last = long.MaxValue)
@@ -83,15 +86,28 @@ public sealed partial class PageCache
                             _dirtyNodes.Remove(np);
                         }
                         _writtenBack[(int)reason] += run;
+                        np.Generation++;
+                        np.WritebackFirst = start;
+                        np.WritebackEnd = start + run;
                     }
                     long size = (long)node.Attr.FileSize;
                     long length = Math.Min((long)run * PageSize, size - start * PageSize);
-                    if (length <= 0)
+                    var rc = Errno.OK;
+                    try
                     {
-                        // Pages past the end of the file (a truncate raced): nothing to write.
-                        continue;
+                        // Pages past the end of the file (a truncate raced) have nothing to write.
+                        if (length > 0)
+                        {
+                            rc = SendWrite(file, start * PageSize, buffer.AsSpan(0, (int)length));
+                        }
                     }
-                    var rc = SendWrite(file, start * PageSize, buffer.AsSpan(0, (int)length));
+                    finally
+                    {
+                        lock (_lock)
+                        {
+                            np.WritebackEnd = np.WritebackFirst;
+                        }
+                    }
                     if (rc != Errno.OK)
                     {
                         ErrSeq.Set(ref np.WbErr, (int)rc);

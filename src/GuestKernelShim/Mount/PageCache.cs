@@ -14,7 +14,8 @@ namespace Vhostfsd.GuestKernelShim;
 /// One lock guards the page tables, the LRU list, page contents and the counters; it is never held across a request
 /// to the daemon, and no other lock is taken under it. Page contents are copied in and out under it one page at a
 /// time. A file's write-back lock (<see cref="NodePages.WritebackLock"/>) is taken before it, never after: it keeps
-/// write-back, write-through, truncation, invalidation and a mapping's slow fault of one file from interleaving.
+/// write-back, write-through, truncation, invalidation and a mapping's slow fault of one file from interleaving, and
+/// a READ over pages whose write-back is in flight waits on it.
 /// </remarks>
 public sealed partial class PageCache
 {
@@ -307,9 +308,10 @@ public sealed partial class PageCache
     /// <summary>Fills pages [<paramref name="first"/>, +<paramref name="count"/>) of the file with one READ on
     /// <paramref name="file"/>'s handle (stopping the window at the first page already cached) and copies what the
     /// caller asked for — file bytes from <paramref name="position"/> — into <paramref name="destination"/>.
-    /// <paramref name="fetched"/> is what the READ returned (short at end of file). Pages are kept only when no
-    /// invalidation or write ran meanwhile, unless <paramref name="keepEvenIfInvalidated"/> (a caller that holds the
-    /// file's write-back lock, which keeps writes and invalidations out).</summary>
+    /// <paramref name="fetched"/> is what the READ returned (short at end of file). The READ waits for a write-back
+    /// WRITE in flight over the window, so it sees the written bytes. Pages are kept only when no invalidation, write
+    /// or write-back ran meanwhile, unless <paramref name="keepEvenIfInvalidated"/> (a caller that holds the file's
+    /// write-back lock, which keeps write-back and invalidations out).</summary>
     internal Errno Fill(FuseFile file, NodePages np, long first, int count, in FuseCaller caller, long position, Span<byte> destination,
         out int copied, out int fetched, bool keepEvenIfInvalidated = false)
     {
@@ -326,18 +328,31 @@ public sealed partial class PageCache
         copied = 0;
         fetched = 0;
         int generation;
-        lock (_lock)
+        while (true)
         {
-            generation = np.Generation;
-            for (int i = 1; i < count; i++)
+            lock (_lock)
             {
-                if (np.Pages.ContainsKey(first + i))
+                for (int i = 1; i < count; i++)
                 {
-                    count = i;
+                    if (np.Pages.ContainsKey(first + i))
+                    {
+                        count = i;
+                        break;
+                    }
+                }
+                if (np.WritebackEnd == np.WritebackFirst || np.WritebackFirst >= first + count || np.WritebackEnd <= first)
+                {
+                    generation = np.Generation;
+                    _misses++;
                     break;
                 }
             }
-            _misses++;
+            // Pages of the window are in a write-back WRITE not answered yet, maybe gone from the cache already: the
+            // daemon may still answer the READ with their old bytes (fuse_wait_on_page_writeback). The write-back
+            // holds the file's write-back lock until it is done.
+            lock (np.WritebackLock)
+            {
+            }
         }
         int length = count * PageSize;
         byte[] buffer = ArrayPool<byte>.Shared.Rent(length);
