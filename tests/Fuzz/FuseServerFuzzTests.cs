@@ -102,15 +102,37 @@ internal static class ProcessFds
     /// <summary>"" when no fd is open now that was not open in <paramref name="before"/>; otherwise the list.</summary>
     public static string Leaked(Dictionary<int, string> before)
     {
-        var leaked = new List<string>();
-        foreach (var (fd, target) in Snapshot())
+        Snapshot();
+        return string.Join(", ", Lingering(before).Select(kv => $"{kv.Key} -> {kv.Value}"));
+    }
+
+    /// <summary>The fds open now that were not open in <paramref name="baseline"/> (or pointed
+    /// elsewhere), and still are a moment later. The runtime opens some files for an instant on its
+    /// own threads (the GC reads /proc/meminfo): those are gone at the second look, a leak is not.</summary>
+    public static Dictionary<int, string> Lingering(Dictionary<int, string> baseline)
+    {
+        var first = New(baseline, Current());
+        if (first.Count == 0)
+        {
+            return first;
+        }
+        Thread.Sleep(200);
+        var second = New(baseline, Current());
+        return first.Where(kv => second.TryGetValue(kv.Key, out string? now) && now == kv.Value)
+            .ToDictionary(kv => kv.Key, kv => kv.Value);
+    }
+
+    private static Dictionary<int, string> New(Dictionary<int, string> baseline, Dictionary<int, string> now)
+    {
+        var added = new Dictionary<int, string>();
+        foreach (var (fd, target) in now)
         {
             // Assemblies the runtime loads on first use keep an fd on their file: not the target's.
-            if ((!before.TryGetValue(fd, out string? was) || was != target) && !target.EndsWith(".dll", StringComparison.Ordinal))
+            if ((!baseline.TryGetValue(fd, out string? was) || was != target) && !target.EndsWith(".dll", StringComparison.Ordinal))
             {
-                leaked.Add($"{fd} -> {target}");
+                added[fd] = target;
             }
         }
-        return string.Join(", ", leaked);
+        return added;
     }
 }
