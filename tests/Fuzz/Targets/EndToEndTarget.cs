@@ -121,6 +121,7 @@ public sealed unsafe class EndToEndTarget : IDisposable
         {
             throw new InvalidOperationException("INIT failed:\n" + daemon.Output);
         }
+        _state.Granted(reply);
         _host.ForgetNodes();
         // The guest looks up the share's directories and files first, so that any case can reach them.
         foreach (string name in FuzzShare.Directories.Concat(FuzzShare.Files))

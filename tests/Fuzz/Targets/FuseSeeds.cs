@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using Vhostfsd.Fuzz.Engine;
 using Vhostfsd.FuseProtocol;
 
@@ -19,6 +20,18 @@ public sealed class FuseGuestState
     public List<(ulong Node, ulong Fh)> DirHandles { get; } = new();
     public List<string> Names { get; } = new();
     public ulong NextUnique { get; set; } = 1000;
+
+    /// <summary>The server granted SETXATTR_EXT (it does with --posix-acl): a SETXATTR then carries the
+    /// 16-byte fuse_setxattr_in, with setxattr_flags, not the 8-byte form of older guests.</summary>
+    public bool SetxattrExt { get; private set; }
+
+    /// <summary>Takes what INIT granted from its reply (out header, then fuse_init_out).</summary>
+    public void Granted(ReadOnlySpan<byte> initReply)
+    {
+        const uint setxattrExt = 1u << 29; // FUSE_SETXATTR_EXT, in the low word of the flags
+        uint flags = initReply.Length >= FuseOutHeader.Size + 16 ? BinaryPrimitives.ReadUInt32LittleEndian(initReply[(FuseOutHeader.Size + 12)..]) : 0;
+        SetxattrExt = (flags & setxattrExt) != 0;
+    }
 
     public void Clear()
     {
@@ -210,8 +223,13 @@ public static class FuseSeeds
                 {
                     value = wellFormed;
                 }
-                b.U32("size", (uint)value.Length, FieldKind.Length).U32("flags", (uint)rng.Next(0, 4), FieldKind.Flags)
-                    .Name("name", xattrName).Bytes(value);
+                b.U32("size", (uint)value.Length, FieldKind.Length).U32("flags", (uint)rng.Next(0, 4), FieldKind.Flags);
+                if (s.SetxattrExt)
+                {
+                    // FUSE_SETXATTR_ACL_KILL_SGID now and then: an ACL set by a non-member drops S_ISGID.
+                    b.U32("setxattr_flags", rng.OneIn(4) ? 1u : 0u, FieldKind.Flags).U32("padding", 0);
+                }
+                b.Name("name", xattrName).Bytes(value);
                 break;
             }
             case FuseOpcode.Getxattr:

@@ -114,6 +114,7 @@ public sealed unsafe class FuseServerTarget : IDisposable
             throw new InvalidOperationException("INIT failed");
         }
         _state.Clear();
+        _state.Granted(reply.AsSpan(0, n));
         _host.ForgetNodes();
         // The guest looks up the share's directories and files first, so that any case can reach them.
         foreach (string name in FuzzShare.Directories.Concat(FuzzShare.Files))
