@@ -11,6 +11,10 @@ NATIVE_DIR := src/Vhostfsd/bin/$(CONFIG)/native
 NATIVE := $(NATIVE_DIR)/vhostfsd
 # The same program on the JIT, for the debugger (make run-jit).
 JIT_DLL := src/Vhostfsd/bin/$(CONFIG)/net10.0/vhostfsd.dll
+# FIXED_ADDRESS=1 links the executable at a fixed address (not PIE) with its type data stored
+# ready to use: about 0.9 MiB less idle memory, no ASLR for the executable (src/Vhostfsd/Vhostfsd.csproj).
+FIXED_ADDRESS ?= 0
+PUBLISH_FLAGS := $(if $(filter 1,$(FIXED_ADDRESS)),-p:VhostfsdFixedAddress=true)
 
 .PHONY: all deps build-deps restore build test test-unit run run-jit fuse-mount-run demo bench bench-quick bench-micro install deb clean e2e fuzz fuzz-afl soak
 
@@ -28,7 +32,7 @@ restore:
 # Builds the solution, then compiles the daemon to native code (clang links it) from that build.
 build: build-deps restore
 	$(DOTNET) build $(SLN) -c $(CONFIG) --no-restore
-	$(DOTNET) publish src/Vhostfsd/Vhostfsd.csproj -c $(CONFIG) --no-build --nologo -o $(NATIVE_DIR)
+	$(DOTNET) publish src/Vhostfsd/Vhostfsd.csproj -c $(CONFIG) --no-build --nologo $(PUBLISH_FLAGS) -o $(NATIVE_DIR)
 
 # The README's test command. Installs what it needs first.
 # The projects run in parallel and their output interleaves; the failed tests are listed again

@@ -132,29 +132,6 @@ public unsafe ref struct ReplyWriter
         {
             return -1;
         }
-        int filled = 0;
-        int segment = _segment;
-        nuint offset = _offset;
-        int left = count;
-        while (left > 0)
-        {
-            IoVec seg = _segments[segment];
-            nuint available = seg.Length - offset;
-            if (available == 0)
-            {
-                segment++;
-                offset = 0;
-                continue;
-            }
-            if (filled == destination.Length)
-            {
-                return -1;
-            }
-            int n = (int)Math.Min((nuint)left, available);
-            destination[filled++] = new IoVec((byte*)seg.Base + offset, (nuint)n);
-            offset += (nuint)n;
-            left -= n;
-        }
-        return filled;
+        return SegmentSpan.Describe(_segments, _segment, _offset, count, destination);
     }
 }

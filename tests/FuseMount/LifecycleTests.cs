@@ -113,6 +113,44 @@ public sealed class LifecycleTests
         }
     }
 
+    /// <summary>The daemon acts with the caller's ids only where it creates an entry; every other
+    /// call (open, write, chmod, chown, unlink, rename, setxattr) runs with the daemon's own
+    /// rights, as in the virtio mode, where the guest kernel checks permissions first. On a mount
+    /// that other users may enter, the host kernel must therefore check them too: with
+    /// allow_other alone, user nobody read a root-only file, wrote a root-owned 0644 file, made it
+    /// setuid and removed a file from a root-owned 0755 directory.</summary>
+    [Fact]
+    public void With_allow_other_other_users_are_held_to_the_file_modes()
+    {
+        using var m = MountedShare.Start(["--fuse-options", "allow_other"], share =>
+        {
+            File.WriteAllText(Path.Combine(share, "secret"), "secret\n");
+            File.SetUnixFileMode(Path.Combine(share, "secret"), UnixFileMode.UserRead | UnixFileMode.UserWrite);
+            File.WriteAllText(Path.Combine(share, "public"), "public\n");
+            File.SetUnixFileMode(Path.Combine(share, "public"), (UnixFileMode)0x1A4);
+            Directory.CreateDirectory(Path.Combine(share, "rootdir"));
+            File.SetUnixFileMode(Path.Combine(share, "rootdir"), (UnixFileMode)0x1ED);
+            File.WriteAllText(Path.Combine(share, "rootdir", "keep"), "keep\n");
+        });
+
+        var (code, output) = RunAsNobody("cat", m.InMount("secret"));
+        Assert.True(code != 0 && !output.StartsWith("secret", StringComparison.Ordinal), output);
+        (code, output) = RunAsNobody("sh", "-c", "echo owned >> " + m.InMount("public"));
+        Assert.True(code != 0, output);
+        (code, output) = RunAsNobody("chmod", "4777", m.InMount("public"));
+        Assert.True(code != 0, output);
+        (code, output) = RunAsNobody("rm", "-f", m.InMount("rootdir/keep"));
+        Assert.True(code != 0, output);
+
+        Assert.Equal("public\n", File.ReadAllText(m.InShare("public")));
+        Assert.Equal((UnixFileMode)0x1A4, File.GetUnixFileMode(m.InShare("public")));
+        Assert.True(File.Exists(m.InShare("rootdir/keep")));
+        // What the mount is for still works: nobody reads what is readable.
+        (code, output) = RunAsNobody("cat", m.InMount("public"));
+        Assert.True(code == 0 && output == "public\n", output);
+        Assert.Contains("default_permissions", File.ReadAllText("/proc/self/mountinfo").Split('\n').Single(l => l.Contains(" " + m.MountPoint + " ")));
+    }
+
     private static (int Code, string Output) RunAsNobody(params string[] command)
     {
         var start = new ProcessStartInfo("setpriv") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };

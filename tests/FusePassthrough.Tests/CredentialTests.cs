@@ -22,6 +22,64 @@ public class CredentialTests
         return (Field("Uid:"), Field("Gid:"));
     }
 
+    /// <summary>Clears <paramref name="cap"/> from the calling thread's effective set (it stays
+    /// permitted, so <see cref="RaiseEffective"/> can put it back).</summary>
+    private static unsafe void LowerEffective(int cap)
+    {
+        var header = new CapUserHeader { Version = Libc._LINUX_CAPABILITY_VERSION_3 };
+        CapUserData* data = stackalloc CapUserData[2];
+        Assert.Equal(0, Libc.Capget(&header, data));
+        data[0].Effective &= ~(1u << cap);
+        Assert.Equal(0, Libc.Capset(&header, data));
+    }
+
+    private static unsafe void RaiseEffective(int cap)
+    {
+        var header = new CapUserHeader { Version = Libc._LINUX_CAPABILITY_VERSION_3 };
+        CapUserData* data = stackalloc CapUserData[2];
+        Assert.Equal(0, Libc.Capget(&header, data));
+        data[0].Effective |= 1u << cap;
+        Assert.Equal(0, Libc.Capset(&header, data));
+    }
+
+    /// <summary>setfsuid/setfsgid report no error: without CAP_SETUID (--modcaps=-setuid) or
+    /// CAP_SETGID the call leaves the thread as it was. A create the guest asked for as uid 1000
+    /// then ran as root: a setuid-root file made by a guest user. The switch is checked; a
+    /// request whose ids the thread cannot take fails with EPERM and creates nothing.</summary>
+    [Theory]
+    [InlineData(7)] // CAP_SETUID
+    [InlineData(6)] // CAP_SETGID
+    public void ACreateWhoseIdsTheThreadCannotTakeIsRefused(int cap)
+    {
+        RequireRoot();
+        using var f = new ShareFixture();
+        Directory.CreateDirectory(f.HostPath("open"));
+        ShareFixture.Chmod(f.HostPath("open"), 0x1FF);
+        FuseEntryOut open = f.Client.LookupOk(Root, "open");
+        // One create as root first, so that the thread has dropped its groups already.
+        f.Client.CreateOk(open.NodeId, "warm");
+        f.Client.Uid = 1000;
+        f.Client.Gid = 1000;
+        LowerEffective(cap);
+        try
+        {
+            FuseReply created = f.Client.Create(open.NodeId, "suid", 0x42 /* O_RDWR|O_CREAT */, mode: 0xDED);
+            FuseReply dir = f.Client.Mkdir(open.NodeId, "dir", mode: 0xDED);
+            FuseReply node = f.Client.Mknod(open.NodeId, "node", Libc.S_IFREG | 0xDED);
+            Assert.Equal(Errno.EPERM, created.Errno);
+            Assert.Equal(Errno.EPERM, dir.Errno);
+            Assert.Equal(Errno.EPERM, node.Errno);
+        }
+        finally
+        {
+            RaiseEffective(cap);
+        }
+        Assert.False(File.Exists(f.HostPath("open/suid")));
+        Assert.False(Directory.Exists(f.HostPath("open/dir")));
+        Assert.False(File.Exists(f.HostPath("open/node")));
+        Assert.Equal((0u, 0u), ThreadFsIds());
+    }
+
     [Fact]
     public void FilesAreCreatedAsTheRequester()
     {

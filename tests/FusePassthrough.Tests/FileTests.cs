@@ -305,6 +305,51 @@ public class FileTests
         Assert.Equal(0x1A4u, Mode());
         Assert.Equal(0L, new FileInfo(f.HostPath("f")).Length);
     }
+
+    /// <summary>With HANDLE_KILLPRIV_V2 the guest kernel leaves clearing S_ISUID/S_ISGID to the daemon
+    /// for every data change, but only WRITE, SETATTR and OPEN carry KILL_SUIDGID: COPY_FILE_RANGE
+    /// and FALLOCATE come without it (the guest's file_modified() turns into nothing on the wire).
+    /// Done as root they kept the bits, so a guest user with write access to another user's setuid
+    /// file could replace its contents and keep it setuid. A requester other than root changes data
+    /// without CAP_FSETID, as the host kernel would treat that user; root keeps the bits.</summary>
+    [Fact]
+    public void KillprivV2ClearsSetuidOnCopyAndFallocateByAUserOtherThanRoot()
+    {
+        Assert.Equal(0u, Libc.GetEuid());
+        using var f = new ShareFixture(makeOptions: s => new PassthroughOptions { SharedDir = s, KillprivV2 = true });
+        File.WriteAllText(f.HostPath("payload"), "#!/bin/sh\nid\n");
+        File.WriteAllText(f.HostPath("victim"), "original contents");
+        ShareFixture.Chown(f.HostPath("victim"), 1000, 1234);
+        FuseEntryOut src = f.Client.LookupOk(Root, "payload");
+        FuseEntryOut dst = f.Client.LookupOk(Root, "victim");
+        ulong sfh = f.Client.Open(src.NodeId, Libc.O_RDONLY).Ok().Read<FuseOpenOut>().Fh;
+        ulong dfh = f.Client.Open(dst.NodeId, Libc.O_RDWR).Ok().Read<FuseOpenOut>().Fh;
+        uint Mode() => ShareFixture.HostStat(f.HostPath("victim")).Mode & 0xFFFu;
+        FuseReply Copy() => f.Client.Send(FuseOpcode.CopyFileRange, src.NodeId, new FuseArgs().Add(
+            new FuseCopyFileRangeIn { FhIn = sfh, NodeIdOut = dst.NodeId, FhOut = dfh, Len = 8 }));
+        FuseReply Allocate(int mode) => f.Client.Send(FuseOpcode.Fallocate, dst.NodeId, new FuseArgs().Add(
+            new FuseFallocateIn { Fh = dfh, Offset = 0, Length = 4, Mode = (uint)mode }));
+        const int FALLOC_FL_KEEP_SIZE = 1;
+        const int FALLOC_FL_PUNCH_HOLE = 2;
+
+        // Root (CAP_FSETID) keeps the bits, as on the host.
+        f.Client.Uid = 0;
+        f.Client.Gid = 0;
+        ShareFixture.Chmod(f.HostPath("victim"), 0xDFD); // 06775
+        Copy().Ok();
+        Assert.Equal(0xDFDu, Mode());
+
+        // A group member (uid 1001, gid 1234) may write the file; the copy must not keep it setuid.
+        f.Client.Uid = 1001;
+        f.Client.Gid = 1234;
+        Copy().Ok();
+        Assert.Equal(0x1FDu, Mode());
+
+        ShareFixture.Chmod(f.HostPath("victim"), 0xDFD);
+        Assert.Equal(0, Allocate(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE).Error);
+        Assert.Equal(0x1FDu, Mode());
+        Assert.StartsWith("\0\0\0\0", File.ReadAllText(f.HostPath("victim")));
+    }
 }
 
 public class OpenFlagTests

@@ -38,6 +38,23 @@ public class InstallTests
         return (process.ExitCode, stdout + stderr.Result);
     }
 
+    /// <summary>The executable that ships is position-independent (ELF type ET_DYN), so ASLR moves
+    /// its code: the daemon parses what a hostile guest sends. `make build FIXED_ADDRESS=1` trades
+    /// that for memory on purpose (docs/performance.md); the default build must not.</summary>
+    [Fact]
+    public void The_shipped_executable_is_position_independent()
+    {
+        string path = Vhostfsd.Testing.NativeExecutable.Find();
+        Span<byte> header = stackalloc byte[18];
+        using (var file = File.OpenRead(path))
+        {
+            file.ReadExactly(header);
+        }
+        Assert.True(header[..4].SequenceEqual("\u007fELF"u8), path + " is not an ELF file");
+        const ushort EtDyn = 3;
+        Assert.Equal(EtDyn, System.Buffers.Binary.BinaryPrimitives.ReadUInt16LittleEndian(header[16..]));
+    }
+
     [Fact]
     public void Make_install_puts_the_executable_the_descriptor_and_the_units_in_place()
     {

@@ -25,7 +25,7 @@ internal sealed class Handle
 /// <see cref="NodeTable"/>: READ and WRITE on different queues do not share a lock.</summary>
 internal sealed class HandleTable
 {
-    private readonly Stripes<ulong, Handle> _byId = new(1024);
+    private readonly Stripes<ulong, Handle> _byId = new();
     private readonly FdBudget _budget;
     private readonly NodeTable _nodes;
     private long _lastId;

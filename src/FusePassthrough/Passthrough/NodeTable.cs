@@ -52,8 +52,8 @@ internal sealed class Node
 /// still holds the id map's reference). Locks are never taken in the other order.</summary>
 internal sealed class NodeTable
 {
-    private readonly Stripes<ulong, Node> _byId = new(1024);
-    private readonly Stripes<InodeKey, Node> _byKey = new(1024);
+    private readonly Stripes<ulong, Node> _byId = new();
+    private readonly Stripes<InodeKey, Node> _byKey = new();
     private readonly FdBudget _budget;
     private readonly int _maxHandleOnly;
     private long _lastId = (long)FuseConstants.RootId;

@@ -97,15 +97,28 @@ public sealed unsafe partial class PassthroughFs
                 return rc;
             }
         }
+        // setfsuid/setfsgid never report an error: without CAP_SETUID/CAP_SETGID (--modcaps) they
+        // leave the thread as it was, and the request would run as root. Each switch is read back
+        // (an invalid id changes nothing and returns the current one).
         if (context.Gid != 0)
         {
             Libc.SetFsGid(context.Gid);
             state.Gid = true;
+            if ((uint)Libc.SetFsGid(uint.MaxValue) != context.Gid)
+            {
+                LeaveCredentials(in state);
+                return -(int)Errno.EPERM;
+            }
         }
         if (context.Uid != 0)
         {
             Libc.SetFsUid(context.Uid);
             state.Uid = true;
+            if ((uint)Libc.SetFsUid(uint.MaxValue) != context.Uid)
+            {
+                LeaveCredentials(in state);
+                return -(int)Errno.EPERM;
+            }
         }
         return 0;
     }

@@ -245,6 +245,15 @@ public sealed unsafe partial class PassthroughFs
         }
     }
 
+    /// <summary>For a data change that comes without KILL_SUIDGID although the guest kernel, with
+    /// HANDLE_KILLPRIV_V2, leaves clearing S_ISUID/S_ISGID to us (COPY_FILE_RANGE into the output file,
+    /// FALLOCATE): the request does not say whether its caller holds CAP_FSETID, so a requester other
+    /// than root is taken to lack it, as the host kernel would take that user. The thread's CAP_FSETID
+    /// is cleared (see <see cref="DropFsetid"/>) and the host file system clears the bits as part of
+    /// the change. Returns true when the set changed.</summary>
+    private bool DropFsetidForUnflaggedChange(in RequestContext context) =>
+        context.Uid != 0 && (_negotiated & FuseInitFlags.HandleKillprivV2) != 0 && DropFsetid();
+
     public int Fallocate(in RequestContext context, ulong nodeId, in FuseFallocateIn a)
     {
         Handle? handle = _handles.Acquire(a.Fh, nodeId);
@@ -252,12 +261,14 @@ public sealed unsafe partial class PassthroughFs
         {
             return EBADF;
         }
+        bool fsetidDropped = DropFsetidForUnflaggedChange(in context);
         try
         {
             return Libc.Fallocate(handle.Fd, (int)a.Mode, (long)a.Offset, (long)a.Length) < 0 ? Libc.NegErrno : 0;
         }
         finally
         {
+            RestoreFsetid(fsetidDropped);
             _handles.Release(handle);
         }
     }
@@ -312,10 +323,13 @@ public sealed unsafe partial class PassthroughFs
             long offIn = (long)a.OffIn;
             long offOut = (long)a.OffOut;
             long length = (long)Math.Min(a.Len, (ulong)MaxCopyLength);
+            bool fsetidDropped = DropFsetidForUnflaggedChange(in context);
             nint n = Libc.CopyFileRange(input.Fd, &offIn, output.Fd, &offOut, (nuint)length, 0);
+            int error = n < 0 ? Libc.NegErrno : 0;
+            RestoreFsetid(fsetidDropped);
             if (n < 0)
             {
-                return Libc.NegErrno;
+                return error;
             }
             copied = (uint)n;
             return 0;

@@ -2,17 +2,21 @@ namespace Vhostfsd.FusePassthrough.Passthrough;
 
 /// <summary>One stripe of a <see cref="Stripes{TKey, TValue}"/>: a dictionary, the pool of
 /// recycled values that belong to it, and itself as the lock that guards both.</summary>
-internal sealed class Stripe<TKey, TValue>(int capacity)
+internal sealed class Stripe<TKey, TValue>
     where TKey : notnull
     where TValue : class
 {
     public const int PoolLimit = 64;
 
-    public readonly Dictionary<TKey, TValue> Map = new(capacity);
+    /// <summary>Grows as keys are added (nothing is allocated for a stripe that holds none: an idle
+    /// daemon's three tables have 192 stripes).</summary>
+    public readonly Dictionary<TKey, TValue> Map = new();
 
     /// <summary>Values whose life ended, kept for reuse so that adding does not allocate in the
-    /// steady state (at most <see cref="PoolLimit"/>).</summary>
-    public readonly Stack<TValue> Pool = new(PoolLimit);
+    /// steady state (at most <see cref="PoolLimit"/>). It grows to that size as values are
+    /// recycled: allocated full for every stripe of every table, the pools alone would be 100 KB
+    /// of an idle daemon's heap.</summary>
+    public readonly Stack<TValue> Pool = new();
 }
 
 /// <summary>A map split into a fixed number of stripes, each with its own lock. The request
@@ -28,11 +32,11 @@ internal sealed class Stripes<TKey, TValue>
 
     private readonly Stripe<TKey, TValue>[] _stripes = new Stripe<TKey, TValue>[Count];
 
-    public Stripes(int capacity)
+    public Stripes()
     {
         for (int i = 0; i < Count; i++)
         {
-            _stripes[i] = new Stripe<TKey, TValue>(Math.Max(4, capacity / Count));
+            _stripes[i] = new Stripe<TKey, TValue>();
         }
     }
 

@@ -311,6 +311,13 @@ internal static class CommandLine
                     throw new UsageException($"unknown --fuse-options word '{word}' (expected allow_other, default_permissions)");
             }
         }
+        // The daemon takes the caller's ids only to create entries; open, write, chmod, chown,
+        // unlink, rename and the rest run with its own rights, so on a mount that other users may
+        // enter the kernel has to check their permissions first.
+        if (o.FuseAllowOther)
+        {
+            o.FuseDefaultPermissions = true;
+        }
     }
 
     private static void RefuseUnsupported(ParseResult result, Definition d)

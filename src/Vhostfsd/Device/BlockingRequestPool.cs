@@ -9,14 +9,18 @@ namespace Vhostfsd.Device;
 /// whenever a request is queued while no thread is idle, up to <see cref="MaxExtraThreads"/> more:
 /// a SETLKW holds its thread until the lock is free, and the FLUSH or FSYNC of the process that
 /// holds the lock must not queue behind it (that would deadlock the two). Threads that were added
-/// stay. Work items live in a preallocated ring buffer: no allocation per request. When the buffer
-/// is full the caller runs the request itself.</summary>
+/// stay. Work items live in a ring buffer that starts small and doubles when full, up to the
+/// pool's capacity: no allocation per request once it has grown to the busiest moment's size.
+/// When it is full at its capacity the caller runs the request itself.</summary>
 /// <remarks>A queued chain is the pool's until a thread has run it and completed it through its
 /// <see cref="OwnedChain"/>: the pool knows nothing of where the chain came from.</remarks>
 public sealed class BlockingRequestPool : IDisposable
 {
     private readonly FuseServer _server;
-    private readonly (OwnedChain Chain, FuseRequestHeader Request, bool Copy)[] _items;
+    private (OwnedChain Chain, FuseRequestHeader Request, bool Copy)[] _items;
+    private readonly int _capacity;
+    /// <summary>The ring's first size: an idle daemon holds 64 KB less than with the whole capacity.</summary>
+    private const int InitialItems = 32;
     /// <summary>Threads added beyond the configured count at most (so at most this many lock
     /// waits can be parked before a further request queues behind them).</summary>
     public const int MaxExtraThreads = 64;
@@ -42,7 +46,8 @@ public sealed class BlockingRequestPool : IDisposable
             throw new ArgumentOutOfRangeException(nameof(threads), threads, "a pool needs at least one thread");
         }
         _server = server;
-        _items = new (OwnedChain, FuseRequestHeader, bool)[capacity];
+        _capacity = capacity;
+        _items = new (OwnedChain, FuseRequestHeader, bool)[Math.Min(capacity, InitialItems)];
         _threads = new List<Thread>(threads);
         _maxThreads = threads + MaxExtraThreads;
         lock (_lock)
@@ -80,7 +85,7 @@ public sealed class BlockingRequestPool : IDisposable
     {
         lock (_lock)
         {
-            if (_stopping || _count == _items.Length)
+            if (_stopping || !HasRoomLocked())
             {
                 return false;
             }
@@ -105,7 +110,7 @@ public sealed class BlockingRequestPool : IDisposable
     {
         lock (_lock)
         {
-            if (_stopping || _copies >= 2 * (_threads.Count - _blocking) || _count == _items.Length)
+            if (_stopping || _copies >= 2 * (_threads.Count - _blocking) || !HasRoomLocked())
             {
                 return false;
             }
@@ -114,6 +119,28 @@ public sealed class BlockingRequestPool : IDisposable
             _handedOffCopies++;
             return true;
         }
+    }
+
+    /// <summary>True when the ring has room for one more item, after doubling it if it was full
+    /// below the capacity.</summary>
+    private bool HasRoomLocked()
+    {
+        if (_count < _items.Length)
+        {
+            return true;
+        }
+        if (_items.Length >= _capacity)
+        {
+            return false;
+        }
+        var grown = new (OwnedChain, FuseRequestHeader, bool)[Math.Min(_capacity, 2 * _items.Length)];
+        for (int i = 0; i < _count; i++)
+        {
+            grown[i] = _items[(_head + i) % _items.Length];
+        }
+        _items = grown;
+        _head = 0;
+        return true;
     }
 
     /// <summary>Appends a chain to the work ring and wakes one waiting thread (the pulse reaches
