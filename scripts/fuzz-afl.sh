@@ -7,7 +7,8 @@
 #
 #   scripts/fuzz-afl.sh TARGET|all [SECONDS]      (make fuzz-afl TARGET=... SECONDS=...)
 #
-# Prints one line per target (executions, edges found, corpus size, crashes, hangs) and appends it
+# Prints one line per target (executions, edges found and the instrumented basic blocks they join,
+# stability, corpus size, crashes, hangs) and appends it
 # to out/afl-report.txt. A crash fails the run: its inputs are kept in out/afl/TARGET/crashes, and
 # `dotnet out/afl/TARGET/bin/Vhostfsd.AflTargets.dll TARGET FILE` replays one (with its stack);
 # `afl-tmin -i FILE -o MIN -- dotnet out/afl/TARGET/bin/Vhostfsd.AflTargets.dll TARGET` shrinks it.
@@ -40,10 +41,14 @@ for t in $targets; do
   rm -rf "$work"
   mkdir -p "$work/bin" "$work/in"
   cp -r "$build/." "$work/bin/"
-  dotnet "$work/bin/$dll" --assemblies "$t" | while read -r assembly prefixes; do
+  instrumented=()
+  while read -r assembly prefixes; do
     # shellcheck disable=SC2086 # the prefixes are separate arguments
     dotnet sharpfuzz "$work/bin/$assembly" $prefixes >/dev/null
-  done
+    instrumented+=("$work/bin/$assembly")
+  done < <(dotnet "$work/bin/$dll" --assemblies "$t")
+  # The basic blocks instrumented: what the edges below are transitions between.
+  blocks=$(dotnet "$work/bin/$dll" --trace-points "${instrumented[@]}")
   cp "tests/AflTargets/corpus/$t/"* "$work/in/"
   if [ -d "tests/AflTargets/regressions/$t" ]; then
     cp "tests/AflTargets/regressions/$t/"* "$work/in/"
@@ -72,7 +77,7 @@ for t in $targets; do
   stats="$work/findings/default/fuzzer_stats"
   stat() { sed -n "s/^$1 *: *//p" "$stats"; }
   crashes=$(stat saved_crashes)
-  line="afl $t: $(stat execs_done) execs in $(stat run_time) s ($(stat execs_per_sec)/s), edges $(stat edges_found) ($(stat bitmap_cvg) of the map), corpus $(stat corpus_count), crashes $crashes, hangs $(stat saved_hangs)"
+  line="afl $t: $(stat execs_done) execs in $(stat run_time) s ($(stat execs_per_sec)/s), edges $(stat edges_found) (between $blocks instrumented blocks; $(stat bitmap_cvg) of the map), stability $(stat stability), corpus $(stat corpus_count), crashes $crashes, hangs $(stat saved_hangs)"
   echo "$line"
   echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) $line" >>"$root/out/afl-report.txt"
   if [ "${crashes:-0}" != 0 ]; then

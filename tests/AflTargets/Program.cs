@@ -12,6 +12,7 @@ namespace Vhostfsd.AflTargets;
 /// <item><c>Vhostfsd.AflTargets --seed-corpus DIR</c>: writes the seed corpus of every target under DIR.</item>
 /// <item><c>Vhostfsd.AflTargets --assemblies TARGET</c>: the assemblies (and type prefixes) to instrument.</item>
 /// <item><c>Vhostfsd.AflTargets --list</c>: the targets' names.</item>
+/// <item><c>Vhostfsd.AflTargets --trace-points ASSEMBLY...</c>: the basic blocks SharpFuzz instrumented in them.</item>
 /// </list></summary>
 public static class Program
 {
@@ -46,9 +47,14 @@ public static class Program
             }
             return 0;
         }
+        if (args.Length >= 2 && args[0] == "--trace-points")
+        {
+            Console.WriteLine(args.Skip(1).Sum(TracePoints.Count));
+            return 0;
+        }
         if (args.Length < 1)
         {
-            Console.Error.WriteLine("usage: Vhostfsd.AflTargets TARGET [FILE...] | --seed-corpus DIR | --assemblies TARGET; targets: "
+            Console.Error.WriteLine("usage: Vhostfsd.AflTargets TARGET [FILE...] | --seed-corpus DIR | --assemblies TARGET | --trace-points ASSEMBLY...; targets: "
                 + string.Join(", ", AflTarget.All.Select(t => t.Name)));
             return 2;
         }
