@@ -16,7 +16,7 @@ JIT_DLL := src/Vhostfsd/bin/$(CONFIG)/net10.0/vhostfsd.dll
 FIXED_ADDRESS ?= 0
 PUBLISH_FLAGS := $(if $(filter 1,$(FIXED_ADDRESS)),-p:VhostfsdFixedAddress=true)
 
-.PHONY: all deps build-deps restore build test test-unit run run-jit fuse-mount-run demo bench bench-quick bench-micro install deb clean e2e
+.PHONY: all deps build-deps restore build test test-unit run run-jit fuse-mount-run demo bench bench-quick bench-micro install deb clean e2e fuzz fuzz-afl soak
 
 all: build
 
@@ -124,6 +124,16 @@ fuzz: build
 	FUZZ_CASES=$(FUZZ_CASES) FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_SEED=$(FUZZ_SEED) FUZZ_REPORT=$(abspath $(OUT))/fuzz-report.txt \
 	  $(DOTNET) test tests/Fuzz/Fuzz.csproj -c $(CONFIG) --no-build --logger "console;verbosity=detailed"
 	@cat $(OUT)/fuzz-report.txt
+
+# Coverage-guided fuzzing (docs/testing.md): afl-fuzz (Debian's afl++) through SharpFuzz on the pure
+# decoders — fuse-request, descriptor-chain, vhost-user, xattrmap, or all. make test runs each for a
+# short budget (tests/Fuzz AflFuzzTests, AFL_SECONDS); this runs SECONDS per target. One line per
+# target (executions, edges, crashes) is appended to $(OUT)/afl-report.txt; crash inputs stay in
+# $(OUT)/afl/TARGET/crashes.
+TARGET ?= all
+SECONDS ?= 60
+fuzz-afl: deps build
+	@scripts/fuzz-afl.sh $(TARGET) $(SECONDS)
 
 # The soak (tests/Hardening): 16 callers on 4 queues, mixed workload, then the host directory and the
 # daemon's fds and RSS are checked. make test runs 16,000 operations; this runs SOAK_OPS of them.

@@ -2,7 +2,7 @@
 # Installs the Debian packages that the build, the tests, the demo and the benchmark need, if
 # missing: clang (links the native executable), help2man (its man page in the .deb), QEMU 7.2
 # (with the reference daemon /usr/lib/qemu/virtiofsd), busybox-static, cpio and kmod for the
-# guest initramfs, fuse3, fio, stress-ng, attr/acl tools.
+# guest initramfs, fuse3, fio, stress-ng, attr/acl tools, afl++ (the coverage-guided fuzzers).
 # With --build, only what `make build` needs (clang). Safe to run repeatedly; does nothing
 # when everything is present.
 set -euo pipefail
@@ -25,6 +25,7 @@ if [ "${1:-}" != --build ]; then
   check fio /usr/bin/fio
   check stress-ng /usr/bin/stress-ng
   check systemd /usr/bin/systemd-socket-activate   # the e2e socket-activation (--fd 3) run
+  check afl++ /usr/bin/afl-fuzz                    # make fuzz-afl and the AFL fuzz tests (with SharpFuzz)
 fi
 
 if [ ${#need[@]} -eq 0 ]; then

@@ -74,6 +74,7 @@ public static unsafe partial class Libc
     public const int MSG_DONTWAIT = 0x40;
     public const int MSG_NOSIGNAL = 0x4000;
     public const int MSG_CMSG_CLOEXEC = 0x40000000;
+    public const int SHUT_WR = 1;
     public const int SHUT_RDWR = 2;
 
     [LibraryImport(Lib, EntryPoint = "socket", SetLastError = true)]

@@ -17,31 +17,50 @@ public sealed class FuseServerFuzzTests
         _output = output;
     }
 
+    /// <summary>Each configuration changes what a request may do to the host; the serving thread starts
+    /// in supplementary group 0 in most (a daemon started from a root login would).</summary>
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public void EveryOpcodeMalformedGetsAnAnswerAndNothingOutsideTheShareMoves(bool fileHandles)
+    [InlineData("groups")]
+    [InlineData("file-handles-prefer")]
+    [InlineData("file-handles-mandatory")]
+    [InlineData("xattrmap-security-label")]
+    [InlineData("posix-acl")]
+    [InlineData("readonly")]
+    public void EveryOpcodeMalformedGetsAnAnswerAndTheHostChangesOnlyAsTheRequesterMay(string configuration)
     {
-        var budget = FuzzBudget.FromEnvironment(defaultCases: 40_000, defaultDuration: TimeSpan.FromSeconds(fileHandles ? 10 : 20));
+        var config = FuzzConfiguration.Named(configuration);
+        var budget = FuzzBudget.FromEnvironment(defaultCases: 40_000, defaultDuration: TimeSpan.FromSeconds(config == FuzzConfiguration.Groups ? 20 : 5));
         var fdsBefore = ProcessFds.Snapshot();
-        var target = new FuseServerTarget(fileHandles);
+        var target = new FuseServerTarget(config);
         FuzzReport report;
         try
         {
-            report = FuzzRunner.Run(fileHandles ? "fuse-server (file handles)" : "fuse-server", budget, TimeSpan.FromSeconds(15), target.RunCase);
+            report = FuzzRunner.Run("fuse-server " + config.Name, budget, TimeSpan.FromSeconds(15), target.RunCase);
             _output.WriteLine(report.Summary());
-            Assert.True(report.FailureCount == 0, report.Details());
+            string? minimised = FuzzMinimiser.IfAsked(report, budget, TimeSpan.FromSeconds(15), () =>
+            {
+                var fresh = new FuseServerTarget(config);
+                return (fresh.RunCase, fresh);
+            });
+            Assert.True(report.FailureCount == 0, report.Details() + (minimised is null ? "" : Environment.NewLine + minimised));
             target.CheckSentinel(null);
             Assert.Null(target.CheckReleasedAfterReset());
             Assert.Equal(0, target.Server.Stats.Exceptions);
             Assert.True(report.Cases >= Math.Min(budget.Cases, 200), "too few cases ran: " + report.Summary());
-            if (budget.OnlyCase is null && !fileHandles)
+            if (budget.OnlyCase is null && config == FuzzConfiguration.Groups)
             {
                 // Every opcode was answered at least once in its well-formed shape.
                 foreach (var opcode in new[] { FuseOpcode.Lookup, FuseOpcode.Mkdir, FuseOpcode.Create, FuseOpcode.Read, FuseOpcode.Write, FuseOpcode.Readdirplus, FuseOpcode.Rename2, FuseOpcode.Setxattr, FuseOpcode.Setlk, FuseOpcode.CopyFileRange, FuseOpcode.Statx })
                 {
                     Assert.True(target.AnsweredWellFormed.Contains(opcode), $"{opcode} was never answered: " + report.Summary());
                 }
+                // The privilege oracle judged entries it had to allow, setgid ones among them.
+                Assert.True(report.CountOf("host:created") > 0 && report.CountOf("host:created-setgid") > 0 && report.CountOf("host:xattr-set") > 0, report.Summary());
+            }
+            if (budget.OnlyCase is null && config.PosixAcl)
+            {
+                // SETXATTR in the form SETXATTR_EXT gives it: ACLs (and other attributes) reached the host to be judged.
+                Assert.True(report.CountOf("host:xattr-set") > 0, report.Summary());
             }
         }
         finally
@@ -88,15 +107,37 @@ internal static class ProcessFds
     /// <summary>"" when no fd is open now that was not open in <paramref name="before"/>; otherwise the list.</summary>
     public static string Leaked(Dictionary<int, string> before)
     {
-        var leaked = new List<string>();
-        foreach (var (fd, target) in Snapshot())
+        Snapshot();
+        return string.Join(", ", Lingering(before).Select(kv => $"{kv.Key} -> {kv.Value}"));
+    }
+
+    /// <summary>The fds open now that were not open in <paramref name="baseline"/> (or pointed
+    /// elsewhere), and still are a moment later. The runtime opens some files for an instant on its
+    /// own threads (the GC reads /proc/meminfo): those are gone at the second look, a leak is not.</summary>
+    public static Dictionary<int, string> Lingering(Dictionary<int, string> baseline)
+    {
+        var first = New(baseline, Current());
+        if (first.Count == 0)
+        {
+            return first;
+        }
+        Thread.Sleep(200);
+        var second = New(baseline, Current());
+        return first.Where(kv => second.TryGetValue(kv.Key, out string? now) && now == kv.Value)
+            .ToDictionary(kv => kv.Key, kv => kv.Value);
+    }
+
+    private static Dictionary<int, string> New(Dictionary<int, string> baseline, Dictionary<int, string> now)
+    {
+        var added = new Dictionary<int, string>();
+        foreach (var (fd, target) in now)
         {
             // Assemblies the runtime loads on first use keep an fd on their file: not the target's.
-            if ((!before.TryGetValue(fd, out string? was) || was != target) && !target.EndsWith(".dll", StringComparison.Ordinal))
+            if ((!baseline.TryGetValue(fd, out string? was) || was != target) && !target.EndsWith(".dll", StringComparison.Ordinal))
             {
-                leaked.Add($"{fd} -> {target}");
+                added[fd] = target;
             }
         }
-        return string.Join(", ", leaked);
+        return added;
     }
 }

@@ -24,7 +24,12 @@ public sealed class VhostUserFuzzTests
         var target = new VhostUserTarget();
         var report = FuzzRunner.Run("vhost-user", budget, TimeSpan.FromSeconds(40), target.RunCase);
         _output.WriteLine(report.Summary());
-        Assert.True(report.FailureCount == 0, report.Details());
+        string? minimised = FuzzMinimiser.IfAsked(report, budget, TimeSpan.FromSeconds(40), () =>
+        {
+            var fresh = new VhostUserTarget();
+            return (fresh.RunCase, new NothingToDispose());
+        });
+        Assert.True(report.FailureCount == 0, report.Details() + (minimised is null ? "" : Environment.NewLine + minimised));
         Assert.True(report.Cases >= Math.Min(budget.Cases, 50), "too few cases ran: " + report.Summary());
         if (budget.OnlyCase is null)
         {
@@ -32,5 +37,13 @@ public sealed class VhostUserFuzzTests
             Assert.True(report.CountOf("ring-answered") > 0, report.Summary());
             Assert.True(report.CountOf("session:protocol-error") > 0 && report.CountOf("session:disconnected") > 0, report.Summary());
         }
+    }
+}
+
+/// <summary>For a target that holds nothing beyond its cases.</summary>
+internal sealed class NothingToDispose : IDisposable
+{
+    public void Dispose()
+    {
     }
 }

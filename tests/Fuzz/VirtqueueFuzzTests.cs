@@ -24,7 +24,12 @@ public sealed class VirtqueueFuzzTests
         using var target = new VirtqueueTarget();
         var report = FuzzRunner.Run("virtqueue", budget, TimeSpan.FromSeconds(10), target.RunCase);
         _output.WriteLine(report.Summary());
-        Assert.True(report.FailureCount == 0, report.Details());
+        string? minimised = FuzzMinimiser.IfAsked(report, budget, TimeSpan.FromSeconds(10), () =>
+        {
+            var fresh = new VirtqueueTarget();
+            return (fresh.RunCase, fresh);
+        });
+        Assert.True(report.FailureCount == 0, report.Details() + (minimised is null ? "" : Environment.NewLine + minimised));
         Assert.True(report.Cases >= Math.Min(budget.Cases, 200), $"only {report.Cases} cases ran: " + report.Summary());
         // The run reached well-formed chains, the racing mode and every way a chain can be refused.
         Assert.True(report.CountOf("popped") > 0 && report.CountOf("race-popped") + report.CountOf("race-refused") > 0, report.Summary());

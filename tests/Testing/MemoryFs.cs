@@ -496,9 +496,10 @@ public readonly struct MemoryFs : IFileSystem
         {
             return EBADF;
         }
-        for (int i = (int)arguments.Offset; i < children.Count; i++)
+        // The offset is the guest's: any 64-bit value (past the end, the listing is over).
+        for (ulong i = arguments.Offset; i < (ulong)children.Count; i++)
         {
-            var (name, id, mode) = children[i];
+            var (name, id, mode) = children[(int)i];
             byte[] bytes = Encoding.UTF8.GetBytes(name);
             if (!entries.Fits(bytes.Length))
             {
@@ -507,11 +508,11 @@ public readonly struct MemoryFs : IFileSystem
             if (entries.Plus)
             {
                 FuseEntryOut entry = tree.Run("Readdir.Lookup", () => tree.Entry(tree.Node(id)!));
-                entries.TryAddPlus(in entry, id, (ulong)i + 1, (mode & Libc.S_IFMT) >> 12, bytes);
+                entries.TryAddPlus(in entry, id, i + 1, (mode & Libc.S_IFMT) >> 12, bytes);
             }
             else
             {
-                entries.TryAdd(id, (ulong)i + 1, (mode & Libc.S_IFMT) >> 12, bytes);
+                entries.TryAdd(id, i + 1, (mode & Libc.S_IFMT) >> 12, bytes);
             }
         }
         return 0;

@@ -53,19 +53,41 @@ public static class Mutator
         new string('a', 255), new string('a', 256), new string('b', 1025), "\u00ff\u00fe", "-", " ",
     ];
 
-    /// <summary>Returns a mutated copy of <paramref name="seed"/>; <paramref name="log"/> collects what was done.</summary>
-    public static byte[] Mutate(FuzzRng rng, Seed seed, IReadOnlyList<Seed>? corpus, MutationDictionary? dictionary, List<string>? log)
+    /// <summary>Returns a mutated copy of <paramref name="seed"/> for case <paramref name="c"/>: what was done
+    /// goes to its log, and the mutations the case skips (a minimisation, FUZZ_SKIP) are left out.</summary>
+    public static byte[] Mutate(FuzzRng rng, Seed seed, IReadOnlyList<Seed>? corpus, MutationDictionary? dictionary, FuzzCase c)
+    {
+        lock (c.Mutations)
+        {
+            return Mutate(rng, seed, corpus, dictionary, c.Mutations, c);
+        }
+    }
+
+    /// <summary>Returns a mutated copy of <paramref name="seed"/>; <paramref name="log"/> collects what was done.
+    /// Each mutation draws from a generator of its own (seeded from <paramref name="rng"/>), so leaving
+    /// one out changes nothing in the others: a minimisation can drop them one at a time.</summary>
+    public static byte[] Mutate(FuzzRng caseRng, Seed seed, IReadOnlyList<Seed>? corpus, MutationDictionary? dictionary, List<string>? log, FuzzCase? c = null)
     {
         var data = new List<byte>(seed.Bytes);
         // Field offsets are valid until a length-changing mutation; after one, only raw mutations follow.
         bool fieldsValid = true;
         int count = 1;
-        while (count < 4 && rng.OneIn(3))
+        while (count < 4 && caseRng.OneIn(3))
         {
             count++;
         }
         for (int i = 0; i < count; i++)
         {
+            var rng = new FuzzRng(caseRng.NextU64());
+            if (c != null)
+            {
+                int index = c.MutationCount++;
+                if (c.Skip.Contains(index))
+                {
+                    log?.Add($"(#{index} skipped)");
+                    continue;
+                }
+            }
             int choice = rng.Next(100);
             if (choice < 40 && fieldsValid && seed.Fields.Count > 0)
             {

@@ -18,15 +18,17 @@ namespace Vhostfsd.Fuzz.Targets;
 /// length equal to its out header's (errno in range, the request's unique; 0 for FORGET, BATCH_FORGET
 /// and INTERRUPT), within 10 s (a request still open after 300 ms is interrupted, as a guest would);
 /// bytes between and around the writable buffers and the request itself are untouched; a malformed
-/// chain breaks its queue (the err eventfd fires, the used ring stays where it was); the sentinel
-/// tree is unchanged; the daemon logs no internal error; on disconnect it exits with 0.</summary>
+/// chain breaks its queue (the err eventfd fires, the used ring stays where it was); after every
+/// request the host-state oracles hold (<see cref="HostOracles"/>: the sentinel tree unchanged, every
+/// change in the share one the requester was entitled to under the daemon's configuration); the
+/// daemon logs no internal error; on disconnect it exits with 0. The daemon runs under a
+/// <see cref="FuzzConfiguration"/>, started through setpriv in its supplementary groups.</summary>
 public sealed unsafe class EndToEndTarget : IDisposable
 {
     private const ushort QueueSize = 16;
     private const int SlotSize = 2 << 20;
     private const int Gap = 64;
     private const byte Canary = 0xC3;
-    private const int SentinelEvery = 250;
 
     private readonly ScratchMount _mount;
     private readonly string _share;
@@ -34,22 +36,23 @@ public sealed unsafe class EndToEndTarget : IDisposable
     private readonly SortedDictionary<string, string> _sentinelBefore;
     private readonly FuseGuestState _state = new();
     private readonly MutationDictionary _dictionary = new();
-    private readonly string[] _daemonArgs;
+    private readonly FuzzConfiguration _config;
+    private readonly HostOracles _host;
     private Session? _session;
 
-    public EndToEndTarget(params string[] daemonArgs)
+    public EndToEndTarget(FuzzConfiguration config)
     {
-        _daemonArgs = daemonArgs;
+        _config = config;
         _mount = ScratchMount.Create(96);
         _share = Path.Combine(_mount.Path, "share");
-        Directory.CreateDirectory(Path.Combine(_share, "d", "e"));
-        File.WriteAllText(Path.Combine(_share, "a.txt"), "inside the share\n");
-        File.WriteAllBytes(Path.Combine(_share, "d", "f"), new byte[20000]);
-        File.CreateSymbolicLink(Path.Combine(_share, "up"), "../outside");
+        Directory.CreateDirectory(_share);
         _sentinel = SentinelTree.CreateBeside(_mount.Path);
+        FuzzShare.Populate(_share, Path.Combine(_mount.Path, "outside"));
         _sentinelBefore = _sentinel.Snapshot();
-        _state.Names.AddRange(["a.txt", "d", "up", "n1", "n2"]);
-        foreach (string name in new[] { "a.txt", "d", "up", "outside", "..", "." })
+        _host = new HostOracles(_share, _sentinel, config.Rules);
+        _state.Names.AddRange(FuzzShare.Names);
+        _state.Names.AddRange(["n1", "n2"]);
+        foreach (string name in FuzzShare.Names.Concat(["outside", "..", "."]))
         {
             _dictionary.AddName(name);
         }
@@ -82,9 +85,9 @@ public sealed unsafe class EndToEndTarget : IDisposable
 
     private Session Start()
     {
-        var args = new List<string> { "--sandbox=none", "--log-level=warn", "--xattr", "--posix-lock", "--flock" };
-        args.AddRange(_daemonArgs);
-        var daemon = DaemonProcess.StartVhostfsd(_share, args.ToArray());
+        var args = new List<string> { "--sandbox=none", "--log-level=warn" };
+        args.AddRange(_config.DaemonArgs());
+        var daemon = DaemonProcess.StartVhostfsdUnder(_config.DaemonWrapper(), _share, args.ToArray());
         var guest = new VhostUserTestGuest(queueCount: 2, QueueSize, SlotSize, eventIdx: true, indirect: true);
         var errs = new[] { EventFd.Create(nonBlocking: true), EventFd.Create(nonBlocking: true) };
         VhostUserFrontend frontend;
@@ -112,10 +115,32 @@ public sealed unsafe class EndToEndTarget : IDisposable
         _state.Clear();
         var init = new byte[FuseInHeader.Size + FuseInitIn.Size];
         MemoryMarshal.Write(init, new FuseInHeader { Len = (uint)init.Length, Opcode = (uint)FuseOpcode.Init, Unique = 1 });
-        MemoryMarshal.Write(init.AsSpan(FuseInHeader.Size), new FuseInitIn { Major = 7, Minor = FuseConstants.KernelMinorVersion, MaxReadahead = 131072, Flags = 0xFFFF_FFFF, Flags2 = 0x3 });
+        // Every flag, SECURITY_CTX and CREATE_SUPP_GROUP among them.
+        MemoryMarshal.Write(init.AsSpan(FuseInHeader.Size), new FuseInitIn { Major = 7, Minor = FuseConstants.KernelMinorVersion, MaxReadahead = 131072, Flags = 0xFFFF_FFFF, Flags2 = 0x7 });
         if (Roundtrip(session, 1, init, [init.Length], [4096], out _, out byte[] reply) != RoundtripResult.Answered || BinaryPrimitives.ReadInt32LittleEndian(reply.AsSpan(4)) != 0)
         {
             throw new InvalidOperationException("INIT failed:\n" + daemon.Output);
+        }
+        _state.Granted(reply);
+        _host.ForgetNodes();
+        // The guest looks up the share's directories and files first, so that any case can reach them.
+        foreach (string name in FuzzShare.Directories.Concat(FuzzShare.Files))
+        {
+            byte[] nameBytes = System.Text.Encoding.UTF8.GetBytes(name + "\0");
+            var lookup = new byte[FuseInHeader.Size + nameBytes.Length];
+            MemoryMarshal.Write(lookup, new FuseInHeader { Len = (uint)lookup.Length, Opcode = (uint)FuseOpcode.Lookup, Unique = 2, NodeId = FuseConstants.RootId });
+            nameBytes.CopyTo(lookup, FuseInHeader.Size);
+            if (Roundtrip(session, 1, lookup, [lookup.Length], [4096], out uint used, out byte[] entryReply) == RoundtripResult.Answered
+                && used >= FuseOutHeader.Size + FuseEntryOut.Size && BinaryPrimitives.ReadInt32LittleEndian(entryReply.AsSpan(4)) == 0)
+            {
+                var entry = MemoryMarshal.Read<FuseEntryOut>(entryReply.AsSpan(FuseOutHeader.Size));
+                _state.AddNode(entry.NodeId, entry.Attr.Mode);
+                _host.NoteNode(entry.NodeId, entry.Attr.Ino);
+                if ((entry.Attr.Mode & Libc.S_IFMT) == Libc.S_IFDIR)
+                {
+                    _state.FixtureDirectories.Add(entry.NodeId);
+                }
+            }
         }
         return session;
     }
@@ -345,7 +370,8 @@ public sealed unsafe class EndToEndTarget : IDisposable
         var seed = FuseSeeds.Build(rng, _state, out _, out int replyHint);
         c.SeedName = seed.Name;
         bool mutated = !rng.OneIn(4);
-        byte[] request = mutated ? Mutator.Mutate(rng, seed, null, _dictionary, c.Mutations) : seed.Bytes;
+        byte[] request = mutated ? Mutator.Mutate(rng, seed, null, _dictionary, c) : seed.Bytes;
+        c.Input = request;
         if (mutated && request.Length >= 4 && rng.Next(10) < 7)
         {
             Mutator.PatchU32(request, 0, (uint)request.Length);
@@ -369,6 +395,12 @@ public sealed unsafe class EndToEndTarget : IDisposable
         bool corrupt = rng.OneIn(100);
         _damage = null;
         var result = Roundtrip(s, q, request, readable, writable, out uint used, out byte[] reply, corrupt, unique);
+        // The daemon has finished the request (or broken its queue): judge what it did to the host.
+        var requester = Requester.From(request, request);
+        if (_host.Check(requester, c.Count) is { } violation)
+        {
+            c.Fail(violation);
+        }
         if (corrupt)
         {
             if (result == RoundtripResult.Broken)
@@ -420,11 +452,7 @@ public sealed unsafe class EndToEndTarget : IDisposable
         c.Count(header.Error == 0 ? "ok" : "errno:" + (Errno)(-header.Error));
         if (header.Error == 0)
         {
-            Learn((FuseOpcode)opcode, request, reply);
-        }
-        if (c.Index % SentinelEvery == SentinelEvery - 1 && CheckSentinel() is { } changed)
-        {
-            c.Fail(changed);
+            Learn((FuseOpcode)opcode, request, reply, requester, c);
         }
     }
 
@@ -453,14 +481,23 @@ public sealed unsafe class EndToEndTarget : IDisposable
         return pieces;
     }
 
-    private void Learn(FuseOpcode opcode, byte[] request, byte[] reply)
+    private void Learn(FuseOpcode opcode, byte[] request, byte[] reply, Requester requester, FuzzCase c)
     {
         var payload = reply.AsSpan(FuseOutHeader.Size);
         if (opcode is FuseOpcode.Lookup or FuseOpcode.Mkdir or FuseOpcode.Mknod or FuseOpcode.Symlink or FuseOpcode.Link or FuseOpcode.Create
-            && payload.Length >= FuseEntryOut.Size)
+            or FuseOpcode.Tmpfile && payload.Length >= FuseEntryOut.Size)
         {
             var entry = MemoryMarshal.Read<FuseEntryOut>(payload);
             _state.AddNode(entry.NodeId, entry.Attr.Mode);
+            if (entry.NodeId != 0)
+            {
+                _host.NoteNode(entry.NodeId, entry.Attr.Ino);
+            }
+            if (opcode == FuseOpcode.Tmpfile && request.Length >= 24
+                && _host.CheckUnnamed(requester, BinaryPrimitives.ReadUInt64LittleEndian(request.AsSpan(16)), entry.Attr.Ino, entry.Attr.Mode, entry.Attr.Uid, entry.Attr.Gid, c.Count) is { } violation)
+            {
+                c.Fail(violation);
+            }
             if (opcode == FuseOpcode.Create && payload.Length >= FuseEntryOut.Size + FuseOpenOut.Size)
             {
                 FuseGuestState.Add(_state.FileHandles, (entry.NodeId, MemoryMarshal.Read<FuseOpenOut>(payload[FuseEntryOut.Size..]).Fh));

@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using Vhostfsd.Fuzz.Engine;
 using Vhostfsd.FuseProtocol;
 
@@ -10,6 +11,9 @@ public sealed class FuseGuestState
     private const int Keep = 64;
 
     public List<ulong> Directories { get; } = [FuseConstants.RootId];
+
+    /// <summary>The share's own directories, looked up before the first case (where privileges are at stake).</summary>
+    public List<ulong> FixtureDirectories { get; } = new();
     public List<ulong> Files { get; } = new();
     public List<ulong> Others { get; } = new();
     public List<(ulong Node, ulong Fh)> FileHandles { get; } = new();
@@ -17,10 +21,23 @@ public sealed class FuseGuestState
     public List<string> Names { get; } = new();
     public ulong NextUnique { get; set; } = 1000;
 
+    /// <summary>The server granted SETXATTR_EXT (it does with --posix-acl): a SETXATTR then carries the
+    /// 16-byte fuse_setxattr_in, with setxattr_flags, not the 8-byte form of older guests.</summary>
+    public bool SetxattrExt { get; private set; }
+
+    /// <summary>Takes what INIT granted from its reply (out header, then fuse_init_out).</summary>
+    public void Granted(ReadOnlySpan<byte> initReply)
+    {
+        const uint setxattrExt = 1u << 29; // FUSE_SETXATTR_EXT, in the low word of the flags
+        uint flags = initReply.Length >= FuseOutHeader.Size + 16 ? BinaryPrimitives.ReadUInt32LittleEndian(initReply[(FuseOutHeader.Size + 12)..]) : 0;
+        SetxattrExt = (flags & setxattrExt) != 0;
+    }
+
     public void Clear()
     {
         Directories.Clear();
         Directories.Add(FuseConstants.RootId);
+        FixtureDirectories.Clear();
         Files.Clear();
         Others.Clear();
         FileHandles.Clear();
@@ -73,6 +90,8 @@ public static class FuseSeeds
         FuseOpcode.Bmap, FuseOpcode.Ioctl, FuseOpcode.Poll, FuseOpcode.BatchForget, FuseOpcode.Fallocate, FuseOpcode.Lseek,
         FuseOpcode.CopyFileRange, FuseOpcode.Setupmapping, FuseOpcode.Removemapping, FuseOpcode.Syncfs, FuseOpcode.Tmpfile,
         FuseOpcode.Statx, FuseOpcode.NotifyReply, FuseOpcode.Destroy, (FuseOpcode)0, (FuseOpcode)53, (FuseOpcode)4096,
+        // Once more each, the opcodes where the host decides an owner, a group or a set-id bit.
+        FuseOpcode.Create, FuseOpcode.Create, FuseOpcode.Mknod, FuseOpcode.Mkdir, FuseOpcode.Setattr,
     ];
 
     /// <summary>A request seed; <paramref name="replyHint"/> is the reply size the request asks for.</summary>
@@ -88,11 +107,10 @@ public static class FuseSeeds
         ulong node = s.AnyNode(rng);
         (ulong Node, ulong Fh) handle = s.FileHandles.Count > 0 ? rng.Pick(s.FileHandles) : (node, (ulong)rng.Next(1, 64));
         (ulong Node, ulong Fh) dirHandle = s.DirHandles.Count > 0 ? rng.Pick(s.DirHandles) : (FuseConstants.RootId, (ulong)rng.Next(1, 64));
-        ulong dir = rng.Pick(s.Directories);
+        ulong dir = s.FixtureDirectories.Count > 0 && rng.Coin() ? rng.Pick(s.FixtureDirectories) : rng.Pick(s.Directories);
         string name = NewOrOldName(rng, s);
         ulong unique = s.NextUnique++;
-        uint uid = rng.OneIn(6) ? rng.Pick<uint>([1000, 65534, 0xFFFF_FFFF]) : 0;
-        uint gid = rng.OneIn(6) ? rng.Pick<uint>([1000, 65534, 0xFFFF_FFFF]) : 0;
+        var (uid, gid) = Persona(rng);
 
         ulong headerNode = opcode switch
         {
@@ -123,23 +141,25 @@ public static class FuseSeeds
                 b.U32("getattr_flags", rng.OneIn(3) ? 1u : 0u, FieldKind.Flags).U32("dummy", 0).U64("fh", handle.Fh, FieldKind.Handle);
                 break;
             case FuseOpcode.Setattr:
-                b.U32("valid", (uint)rng.Next(0, 0x1000), FieldKind.Flags).U32("padding", 0).U64("fh", handle.Fh, FieldKind.Handle)
+                b.U32("valid", rng.Coin() ? rng.Pick<uint>([1, 2, 4, 6, 7, 1 | 8]) : (uint)rng.Next(0, 0x1000), FieldKind.Flags).U32("padding", 0).U64("fh", handle.Fh, FieldKind.Handle)
                     .U64("size", (ulong)rng.Next(0, 100_000), FieldKind.Offset).U64("lock_owner", 0, FieldKind.Handle)
                     .U64("atime", 1_700_000_000, FieldKind.Offset).U64("mtime", 1_700_000_000, FieldKind.Offset).U64("ctime", 0, FieldKind.Offset)
-                    .U32("atimensec", 0).U32("mtimensec", 0).U32("ctimensec", 0).U32("mode", (uint)rng.Next(0, 0x1000), FieldKind.Flags)
-                    .U32("unused4", 0).U32("uid", (uint)rng.Next(0, 2000)).U32("gid", (uint)rng.Next(0, 2000)).U32("unused5", 0);
+                    .U32("atimensec", 0).U32("mtimensec", 0).U32("ctimensec", 0).U32("mode", rng.Coin() ? rng.Pick(SetidModes) : (uint)rng.Next(0, 0x1000), FieldKind.Flags)
+                    .U32("unused4", 0).U32("uid", rng.Coin() ? rng.Pick(Ids) : (uint)rng.Next(0, 2000)).U32("gid", rng.Coin() ? rng.Pick(Ids) : (uint)rng.Next(0, 2000)).U32("unused5", 0);
                 break;
             case FuseOpcode.Symlink:
                 b.Name("name", name).Name("target", rng.Pick<string>(["a.txt", "../outside/secret", "/etc/passwd", "d/f", "..", new string('t', 4000)]));
+                AddExtensions(rng, b);
                 break;
             case FuseOpcode.Mknod:
-                b.U32("mode", rng.Pick<uint>([0x8000 | 0x1A4, 0x1000 | 0x1A4, 0xC000 | 0x1A4, 0x2000 | 0x1A4, 0x6000 | 0x1A4, 0x1A4, 0xA000 | 0x1FF]), FieldKind.Flags)
+                b.U32("mode", rng.Pick<uint>([0x8000 | 0x1A4, 0x1000 | 0x1A4, 0xC000 | 0x1A4, 0x2000 | 0x1A4, 0x6000 | 0x1A4, 0x1A4, 0xA000 | 0x1FF,
+                        0x8000 | 0x5ED, 0x8000 | 0x9ED, 0x8000 | 0xDED]), FieldKind.Flags)
                     .U32("rdev", rng.Pick<uint>([0, 0x103, 0x105, 0xFD00]), FieldKind.Integer).U32("umask", 0x12, FieldKind.Flags).U32("padding", 0);
                 b.Name("name", name);
                 AddExtensions(rng, b);
                 break;
             case FuseOpcode.Mkdir:
-                b.U32("mode", 0x1ED, FieldKind.Flags).U32("umask", 0x12, FieldKind.Flags).Name("name", name);
+                b.U32("mode", rng.Pick<uint>([0x1ED, 0x5ED, 0x9ED, 0x3FF]), FieldKind.Flags).U32("umask", 0x12, FieldKind.Flags).Name("name", name);
                 AddExtensions(rng, b);
                 break;
             case FuseOpcode.Rename:
@@ -198,8 +218,18 @@ public static class FuseSeeds
             {
                 var value = new byte[rng.Pick<int>([0, 1, 16, 255, 4096])];
                 rng.Fill(value);
-                b.U32("size", (uint)value.Length, FieldKind.Length).U32("flags", (uint)rng.Next(0, 4), FieldKind.Flags)
-                    .Name("name", XattrName(rng)).Bytes(value);
+                string xattrName = XattrName(rng);
+                if (!rng.OneIn(4) && WellFormedValue(rng, xattrName) is { } wellFormed)
+                {
+                    value = wellFormed;
+                }
+                b.U32("size", (uint)value.Length, FieldKind.Length).U32("flags", (uint)rng.Next(0, 4), FieldKind.Flags);
+                if (s.SetxattrExt)
+                {
+                    // FUSE_SETXATTR_ACL_KILL_SGID now and then: an ACL set by a non-member drops S_ISGID.
+                    b.U32("setxattr_flags", rng.OneIn(4) ? 1u : 0u, FieldKind.Flags).U32("padding", 0);
+                }
+                b.Name("name", xattrName).Bytes(value);
                 break;
             }
             case FuseOpcode.Getxattr:
@@ -230,7 +260,8 @@ public static class FuseSeeds
                 break;
             case FuseOpcode.Create:
             case FuseOpcode.Tmpfile:
-                b.U32("flags", rng.Pick<uint>([0x42, 0xC2, 0x241, 0x80042, 0x4042]), FieldKind.Flags).U32("mode", 0x8000 | 0x1A4, FieldKind.Flags)
+                b.U32("flags", rng.Pick<uint>([0x42, 0xC2, 0x241, 0x80042, 0x4042]), FieldKind.Flags)
+                    .U32("mode", rng.Pick<uint>([0x8000 | 0x1A4, 0x8000 | 0x1A4, 0x8000 | 0x5ED, 0x8000 | 0x9ED, 0x8000 | 0xDED, 0x8000 | 0x7FF]), FieldKind.Flags)
                     .U32("umask", 0x12, FieldKind.Flags).U32("open_flags", 0, FieldKind.Flags).Name("name", name);
                 AddExtensions(rng, b);
                 break;
@@ -304,32 +335,111 @@ public static class FuseSeeds
         return seed;
     }
 
-    /// <summary>Sometimes a request extension (supplementary groups, or a security context) after the names.</summary>
+    /// <summary>Who a request speaks for: root most often, then a user with a group of its own, one whose
+    /// gid is 0, nobody, and now and then an id the daemon must refuse.</summary>
+    private static (uint Uid, uint Gid) Persona(FuzzRng rng) => rng.Next(20) switch
+    {
+        < 9 => (0, 0),
+        < 15 => (1000, 1000),
+        15 => (1000, 0),
+        16 => (0, 1000),
+        17 => (65534, 65534),
+        18 => (4242, 4242),
+        _ => (rng.Pick<uint>([1000, 0xFFFF_FFFF]), 0xFFFF_FFFF),
+    };
+
+    private static readonly uint[] Ids = [0, 1000, 4242, 65534];
+
+    /// <summary>Modes with the set-id bits (04755, 02755, 06755, 02644) and plain ones.</summary>
+    private static readonly uint[] SetidModes = [0x9ED, 0x5ED, 0xDED, 0x5A4, 0x1ED, 0x1A4];
+
+    /// <summary>Groups a CREATE_SUPP_GROUP extension may carry: root's, the user's own, the team's, another.</summary>
+    private static readonly uint[] ExtensionGroups = [0, 1000, 4242, 100];
+
+    /// <summary>Names a security context may carry: labels, and the names a hostile guest would try.</summary>
+    private static readonly string[] ContextNames =
+    [
+        "security.selinux", "security.x", "security.capability", "user.hostile", "trusted.overlay.opaque",
+        "system.posix_acl_access", "user.virtiofs.x", "security.",
+    ];
+
+    /// <summary>struct vfs_cap_data, revision 2, effective: CAP_SYS_ADMIN permitted.</summary>
+    public static readonly byte[] FileCapability =
+    [
+        0x01, 0x00, 0x00, 0x02, // magic_etc = VFS_CAP_REVISION_2 | VFS_CAP_FLAGS_EFFECTIVE
+        0x00, 0x00, 0x20, 0x00, 0x00, 0x00, 0x00, 0x00, // data[0]: permitted bit 21, inheritable 0
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // data[1]
+    ];
+
+    /// <summary>A POSIX ACL xattr value (version 2): user::rwx, user 1000 rwx, group::r-x, mask::rwx, other::r-x.</summary>
+    public static readonly byte[] PosixAcl =
+    [
+        0x02, 0x00, 0x00, 0x00,
+        0x01, 0x00, 0x07, 0x00, 0xFF, 0xFF, 0xFF, 0xFF,
+        0x02, 0x00, 0x07, 0x00, 0xE8, 0x03, 0x00, 0x00,
+        0x04, 0x00, 0x05, 0x00, 0xFF, 0xFF, 0xFF, 0xFF,
+        0x10, 0x00, 0x07, 0x00, 0xFF, 0xFF, 0xFF, 0xFF,
+        0x20, 0x00, 0x05, 0x00, 0xFF, 0xFF, 0xFF, 0xFF,
+    ];
+
+    /// <summary>A value the kernel accepts for <paramref name="name"/> where it checks the format.</summary>
+    private static byte[]? WellFormedValue(FuzzRng rng, string name) => name switch
+    {
+        "security.capability" => FileCapability,
+        "system.posix_acl_access" or "system.posix_acl_default" => PosixAcl,
+        _ => rng.Coin() ? "system_u:object_r:fuzz_t:s0\0"u8.ToArray() : null,
+    };
+
+    /// <summary>Often, the extensions a creating request carries (fuse_ext_header records after the names,
+    /// counted by total_extlen): supplementary groups, a security context, or both, in the order the
+    /// kernel writes them; sometimes the 7.36 form, a security context after the names with no
+    /// total_extlen.</summary>
     private static void AddExtensions(FuzzRng rng, SeedBuilder b)
     {
-        if (!rng.OneIn(4))
+        if (rng.OneIn(3))
         {
             return;
         }
+        int which = rng.Next(3); // 0 groups, 1 context, 2 both
         int start = b.Length;
-        if (rng.Coin())
+        if (which >= 1)
+        {
+            // fuse_secctx_header { size, nr } + fuse_secctx { size, padding } + name + NUL + value, padded to 8.
+            string contextName = rng.Pick(ContextNames);
+            byte[] value = WellFormedValue(rng, contextName) ?? "system_u:object_r:fuzz_t:s0\0"u8.ToArray();
+            int nameBytes = System.Text.Encoding.UTF8.GetByteCount(contextName) + 1;
+            int size = 16 + nameBytes + value.Length;
+            int padded = (size + 7) & ~7;
+            b.U32("secctx.size", (uint)padded, FieldKind.Length).U32("secctx.nr", 1, FieldKind.Count)
+                .U32("ctx.size", (uint)value.Length, FieldKind.Length).U32("ctx.padding", 0)
+                .Name("ctx.name", contextName).Bytes(value).Zeros(padded - size);
+        }
+        if (which != 1)
         {
             // fuse_ext_header { size, type = FUSE_EXT_GROUPS } + fuse_supp_groups { nr_groups } + groups, padded to 8.
-            b.U32("ext.size", 16, FieldKind.Length).U32("ext.type", 32, FieldKind.Integer).U32("groups.nr", 1, FieldKind.Count).U32("groups[0]", 100);
-        }
-        else
-        {
-            // A security context: fuse_secctx_header { size, nr } + fuse_secctx { size, padding } + name + value.
-            b.U32("secctx.size", 32, FieldKind.Length).U32("secctx.nr", 1, FieldKind.Count).U32("ctx.size", 4, FieldKind.Length).U32("ctx.padding", 0)
-                .Name("ctx.name", "security.x").Bytes("lbl\0"u8).Zeros(1);
+            int count = rng.OneIn(4) ? 2 : 1;
+            int size = 12 + 4 * count;
+            int padded = (size + 7) & ~7;
+            b.U32("ext.size", (uint)padded, FieldKind.Length).U32("ext.type", 32, FieldKind.Integer).U32("groups.nr", (uint)count, FieldKind.Count);
+            for (int i = 0; i < count; i++)
+            {
+                b.U32($"groups[{i}]", rng.Pick(ExtensionGroups));
+            }
+            b.Zeros(padded - size);
         }
         int extBytes = b.Length - start;
-        // total_extlen counts 8-byte units; the header field sits at offset 36.
+        // total_extlen counts 8-byte units (the header field at offset 36); a lone context is sometimes
+        // sent the 7.36 way, with none.
+        if (which == 1 && rng.OneIn(4))
+        {
+            return;
+        }
         b.PatchU32(36, (uint)(extBytes / 8) & 0xFFFF);
     }
 
     private static string XattrName(FuzzRng rng) => rng.Pick<string>(
-        ["user.fuzz", "user.a", "trusted.x", "security.capability", "system.posix_acl_access", "user." + new string('n', 250), "nope", "user."]);
+        ["user.fuzz", "user.a", "trusted.x", "security.capability", "system.posix_acl_access", "system.posix_acl_default", "user." + new string('n', 250),
+            "nope", "user.", "security.selinux", "user.virtiofs.x", "trusted.overlay.opaque"]);
 
     private static string OldName(FuzzRng rng, FuseGuestState s) => s.Names.Count > 0 ? rng.Pick(s.Names) : "a.txt";
 

@@ -19,17 +19,21 @@ namespace Vhostfsd.Fuzz.Targets;
 /// that take a reply get one unless the space cannot hold an out header; FORGET/BATCH_FORGET/
 /// INTERRUPT get none; canaries and request bytes are intact; a SETLKW that waits ends when the
 /// guest interrupts it; all of it holds when the guest rewrites the request's header in its buffer
-/// after the device copied it (the server acts on the copy). Every 200 cases and at the end, the sentinel tree next to the share is
-/// unchanged (content, listing, atime/mtime/ctime). At the end, after a reset, no fd is held.</summary>
+/// after the device copied it (the server acts on the copy). After every request, the host-state
+/// oracles (<see cref="HostOracles"/>): the sentinel tree next to the share is unchanged (content,
+/// listing, atime/mtime/ctime) and every change in the share is one the request's uid, gid and
+/// groups were entitled to under the configuration. The serving thread starts in the
+/// configuration's supplementary groups. At the end, after a reset, no fd is held.</summary>
 public sealed unsafe class FuseServerTarget : IDisposable
 {
     private const int RefreshEvery = 4000;
-    private const int SentinelEvery = 200;
 
     private readonly ScratchMount _mount;
     private readonly string _share;
     private readonly SentinelTree _sentinel;
     private readonly SortedDictionary<string, string> _sentinelBefore;
+    private readonly FuzzConfiguration _config;
+    private readonly HostOracles _host;
     private readonly FuseServer _server;
     private readonly FuseGuestState _state = new();
     private readonly ReplyBuffers _buffers = new(4 << 20);
@@ -37,53 +41,63 @@ public sealed unsafe class FuseServerTarget : IDisposable
     private readonly HashSet<FuseOpcode> _answeredWellFormed = new();
     private long _internalErrorsLogged;
 
-    public FuseServerTarget(bool fileHandles)
+    [ThreadStatic]
+    private static bool t_inServingGroups;
+
+    public FuseServerTarget(FuzzConfiguration config)
     {
+        _config = config;
         _mount = ScratchMount.Create(96);
         _share = Path.Combine(_mount.Path, "share");
         Directory.CreateDirectory(_share);
         _sentinel = SentinelTree.CreateBeside(_mount.Path);
         Populate();
-        _server = new FuseServer(new PassthroughOptions
-        {
-            SharedDir = _share,
-            Xattr = true,
-            PosixLocks = true,
-            FlockLocks = true,
-            MaxGuestFds = 300,
-            InodeFileHandles = fileHandles ? InodeFileHandles.Prefer : InodeFileHandles.Never,
-        }, message =>
+        // Built on a thread in the serving groups, like every thread of a daemon started in them: a
+        // server that reads "its own" groups at start-up sees them.
+        _server = InServingGroups(() => new FuseServer(config.Options(_share), message =>
         {
             if (message.Contains("internal error", StringComparison.Ordinal))
             {
                 Interlocked.Increment(ref _internalErrorsLogged);
             }
-        });
+        }));
         _sentinelBefore = _sentinel.Snapshot();
-        foreach (string name in new[] { "a.txt", "d", "up", "abs", "p", "outside", "..", "." })
+        _host = new HostOracles(_share, _sentinel, config.Rules);
+        foreach (string name in FuzzShare.Names.Concat(["outside", "..", "."]))
         {
             _dictionary.AddName(name);
         }
         Init();
     }
 
+    public FuzzConfiguration Configuration => _config;
+
     public FuseServer Server => _server;
+
+    /// <summary>Node ids of the share's own entries (looked up before the first case), by name.</summary>
+    public IReadOnlyDictionary<string, ulong> Fixtures => _fixtures;
+
+    private readonly Dictionary<string, ulong> _fixtures = new();
+
+    /// <summary>Sends one request outside the fuzzing, on a thread in the serving groups, and runs the
+    /// host-state oracles on what it did: the reply's errno (0 for success) and the oracles' verdict.</summary>
+    public (int Errno, string? Violation) Send(byte[] request)
+    {
+        int error = InServingGroups(() =>
+        {
+            byte[] reply = Call(request, 1 << 16, out int n);
+            return n >= FuseOutHeader.Size ? -BinaryPrimitives.ReadInt32LittleEndian(reply.AsSpan(4)) : -1;
+        });
+        return (error, _host.Check(Requester.From(request, request), _ => { }));
+    }
     public IReadOnlySet<FuseOpcode> AnsweredWellFormed => _answeredWellFormed;
 
     private void Populate()
     {
-        File.WriteAllText(Path.Combine(_share, "a.txt"), "inside the share\n");
-        Directory.CreateDirectory(Path.Combine(_share, "d", "e"));
-        File.WriteAllBytes(Path.Combine(_share, "d", "f"), new byte[20000]);
-        File.CreateSymbolicLink(Path.Combine(_share, "up"), "../outside");
-        File.CreateSymbolicLink(Path.Combine(_share, "abs"), Path.Combine(_mount.Path, "outside", "secret"));
-        File.CreateSymbolicLink(Path.Combine(_share, "d", "upup"), "../../outside/secret");
-        fixed (byte* p = System.Text.Encoding.UTF8.GetBytes(Path.Combine(_share, "p") + "\0"))
-        {
-            Libc.MknodAt(Libc.AT_FDCWD, p, Libc.S_IFIFO | 0x1A4, 0);
-        }
+        FuzzShare.Populate(_share, Path.Combine(_mount.Path, "outside"));
         _state.Names.Clear();
-        _state.Names.AddRange(["a.txt", "d", "up", "abs", "p", "n1", "n2"]);
+        _state.Names.AddRange(FuzzShare.Names);
+        _state.Names.AddRange(["n1", "n2"]);
     }
 
     private void Init()
@@ -91,7 +105,8 @@ public sealed unsafe class FuseServerTarget : IDisposable
         var request = new byte[FuseInHeader.Size + FuseInitIn.Size];
         var h = new FuseInHeader { Len = (uint)request.Length, Opcode = (uint)FuseOpcode.Init, Unique = 1 };
         MemoryMarshal.Write(request, in h);
-        var init = new FuseInitIn { Major = 7, Minor = FuseConstants.KernelMinorVersion, MaxReadahead = 131072, Flags = 0xFFFF_FFFF, Flags2 = 0x3 };
+        // Every flag, SECURITY_CTX and CREATE_SUPP_GROUP among them.
+        var init = new FuseInitIn { Major = 7, Minor = FuseConstants.KernelMinorVersion, MaxReadahead = 131072, Flags = 0xFFFF_FFFF, Flags2 = 0x7 };
         MemoryMarshal.Write(request.AsSpan(FuseInHeader.Size), in init);
         var reply = Call(request, 4096, out int n);
         if (n < FuseOutHeader.Size || BinaryPrimitives.ReadInt32LittleEndian(reply.AsSpan(4)) != 0)
@@ -99,6 +114,28 @@ public sealed unsafe class FuseServerTarget : IDisposable
             throw new InvalidOperationException("INIT failed");
         }
         _state.Clear();
+        _state.Granted(reply.AsSpan(0, n));
+        _host.ForgetNodes();
+        // The guest looks up the share's directories and files first, so that any case can reach them.
+        foreach (string name in FuzzShare.Directories.Concat(FuzzShare.Files))
+        {
+            byte[] nameBytes = System.Text.Encoding.UTF8.GetBytes(name + "\0");
+            var lookup = new byte[FuseInHeader.Size + nameBytes.Length];
+            MemoryMarshal.Write(lookup, new FuseInHeader { Len = (uint)lookup.Length, Opcode = (uint)FuseOpcode.Lookup, Unique = 2, NodeId = FuseConstants.RootId });
+            nameBytes.CopyTo(lookup, FuseInHeader.Size);
+            var entryReply = Call(lookup, 4096, out int got);
+            if (got >= FuseOutHeader.Size + FuseEntryOut.Size && BinaryPrimitives.ReadInt32LittleEndian(entryReply.AsSpan(4)) == 0)
+            {
+                var entry = MemoryMarshal.Read<FuseEntryOut>(entryReply.AsSpan(FuseOutHeader.Size));
+                _state.AddNode(entry.NodeId, entry.Attr.Mode);
+                _host.NoteNode(entry.NodeId, entry.Attr.Ino);
+                _fixtures[name] = entry.NodeId;
+                if ((entry.Attr.Mode & Libc.S_IFMT) == Libc.S_IFDIR)
+                {
+                    _state.FixtureDirectories.Add(entry.NodeId);
+                }
+            }
+        }
     }
 
     /// <summary>A request outside the fuzzing (INIT, INTERRUPT), with its own buffers.</summary>
@@ -120,6 +157,12 @@ public sealed unsafe class FuseServerTarget : IDisposable
     public void RunCase(FuzzCase c)
     {
         var rng = c.Rng;
+        if (!t_inServingGroups)
+        {
+            // As a daemon's thread would be when started in these groups (the daemon itself must drop them).
+            EnterGroups(_config.ServingGroups);
+            t_inServingGroups = true;
+        }
         if (c.Index > 0 && c.Index % RefreshEvery == 0)
         {
             Refresh();
@@ -131,7 +174,8 @@ public sealed unsafe class FuseServerTarget : IDisposable
         var seed = FuseSeeds.Build(rng, _state, out var builtOpcode, out int replyHint);
         c.SeedName = seed.Name;
         bool mutated = !rng.OneIn(4);
-        byte[] request = mutated ? Mutator.Mutate(rng, seed, null, _dictionary, c.Mutations) : seed.Bytes;
+        byte[] request = mutated ? Mutator.Mutate(rng, seed, null, _dictionary, c) : seed.Bytes;
+        c.Input = request;
         if (mutated && request.Length >= 4 && rng.Next(10) < 7)
         {
             // Mostly keep the header length honest, so the mutation reaches the opcode's own checks.
@@ -150,11 +194,16 @@ public sealed unsafe class FuseServerTarget : IDisposable
 
         using var interrupter = opcode == (uint)FuseOpcode.Setlkw ? ArmInterrupt(unique) : null;
         int n;
+        var headerCopy = new byte[FuseInHeader.Size];
         try
         {
             // As the device: the header is copied once and routed; then the guest may rewrite it in
             // its buffer, and the request still runs (and is checked below) as it was copied.
             var copied = FuseRequestHeader.Read(_buffers.Readable);
+            if (copied.IsComplete)
+            {
+                MemoryMarshal.Write(headerCopy, in copied.In);
+            }
             FuseServer.Triage(in copied, rng.Next(0, FuseServer.MaxWrite + 2));
             if (rng.OneIn(8))
             {
@@ -167,6 +216,11 @@ public sealed unsafe class FuseServerTarget : IDisposable
         {
             c.Fail("HandleRequest threw " + e);
             return;
+        }
+        var requester = Requester.From(hasHeader ? headerCopy : [], request);
+        if (_host.Check(requester, c.Count) is { } violation)
+        {
+            c.Fail(violation);
         }
         if (_server.Stats.Exceptions != exceptionsBefore)
         {
@@ -226,16 +280,49 @@ public sealed unsafe class FuseServerTarget : IDisposable
         }
         if (header.Error == 0)
         {
-            Learn((FuseOpcode)opcode, request, reply);
+            Learn((FuseOpcode)opcode, request, reply, requester, c);
         }
-        if (c.Index % SentinelEvery == SentinelEvery - 1)
+    }
+
+    private T InServingGroups<T>(Func<T> make)
+    {
+        T? made = default;
+        Exception? failure = null;
+        var thread = new Thread(() =>
         {
-            CheckSentinel(c);
+            try
+            {
+                EnterGroups(_config.ServingGroups);
+                made = make();
+            }
+            catch (Exception e)
+            {
+                failure = e;
+            }
+        });
+        thread.Start();
+        thread.Join();
+        if (failure != null)
+        {
+            throw new InvalidOperationException("could not build the server in the serving groups", failure);
+        }
+        return made!;
+    }
+
+    /// <summary>Puts the calling thread (only) in <paramref name="groups"/>.</summary>
+    private static void EnterGroups(uint[] groups)
+    {
+        fixed (uint* g = groups)
+        {
+            if (Libc.SetGroupsThread(groups.Length, g) != 0)
+            {
+                throw new PosixException("setgroups (this thread)", Libc.LastErrno);
+            }
         }
     }
 
     /// <summary>What a guest remembers from a successful reply: new node ids, handles, names.</summary>
-    private void Learn(FuseOpcode opcode, byte[] request, byte[] reply)
+    private void Learn(FuseOpcode opcode, byte[] request, byte[] reply, Requester requester, FuzzCase c)
     {
         var payload = reply.AsSpan(FuseOutHeader.Size);
         switch (opcode)
@@ -253,6 +340,15 @@ public sealed unsafe class FuseServerTarget : IDisposable
                     if (entry.NodeId != 0)
                     {
                         _state.AddNode(entry.NodeId, entry.Attr.Mode);
+                    }
+                    if (entry.NodeId != 0)
+                    {
+                        _host.NoteNode(entry.NodeId, entry.Attr.Ino);
+                    }
+                    if (opcode == FuseOpcode.Tmpfile && request.Length >= 24
+                        && _host.CheckUnnamed(requester, BinaryPrimitives.ReadUInt64LittleEndian(request.AsSpan(16)), entry.Attr.Ino, entry.Attr.Mode, entry.Attr.Uid, entry.Attr.Gid, c.Count) is { } violation)
+                    {
+                        c.Fail(violation);
                     }
                     if (opcode is FuseOpcode.Create or FuseOpcode.Tmpfile && payload.Length >= FuseEntryOut.Size + FuseOpenOut.Size)
                     {
@@ -338,6 +434,7 @@ public sealed unsafe class FuseServerTarget : IDisposable
         }
         Populate();
         Init();
+        _host.Baseline();
     }
 
     /// <summary>After a reset the server holds nothing for the guest.</summary>

@@ -214,17 +214,10 @@ public sealed class VhostUserTarget
                 break;
             }
         }
-        var leaked = new List<string>();
-        foreach (var (fd, target) in ProcessFds.Current())
-        {
-            if ((!_fdBaseline.TryGetValue(fd, out string? was) || was != target) && !target.EndsWith(".dll", StringComparison.Ordinal))
-            {
-                leaked.Add($"{fd} -> {target}");
-            }
-        }
+        var leaked = ProcessFds.Lingering(_fdBaseline);
         if (leaked.Count > 0)
         {
-            c.Fail("fds left open after the session: " + string.Join(", ", leaked));
+            c.Fail("fds left open after the session: " + string.Join(", ", leaked.Select(kv => $"{kv.Key} -> {kv.Value}")));
             // Adopt them so that one leak is reported once.
             foreach (var (fd, target) in ProcessFds.Current())
             {
@@ -365,7 +358,7 @@ public sealed class VhostUserTarget
                 case <= 4:
                 {
                     c.Mutations.Add($"[{m.Seed.Name}]");
-                    byte[] bytes = Mutator.Mutate(rng, m.Seed, null, Dictionary, c.Mutations);
+                    byte[] bytes = Mutator.Mutate(rng, m.Seed, null, Dictionary, c);
                     if (bytes.Length >= VhostUserHeader.Size && rng.Next(10) < 8)
                     {
                         Mutator.PatchU32(bytes, 8, (uint)(bytes.Length - VhostUserHeader.Size));

@@ -61,7 +61,8 @@ public sealed unsafe class VirtqueueTarget : IDisposable
         var driver = new QueueMockDriver(_memory, size, ringBase: 0, bufferEnd: IndirectA);
         Seed seed = BuildSeed(rng, size, out string seedName);
         c.SeedName = seedName;
-        byte[] bytes = rng.OneIn(8) ? seed.Bytes : Mutator.Mutate(rng, seed, null, Dictionary, c.Mutations);
+        byte[] bytes = rng.OneIn(8) ? seed.Bytes : Mutator.Mutate(rng, seed, null, Dictionary, c);
+        c.Input = bytes;
         ushort availBase = rng.OneIn(3) ? (ushort)rng.NextU32() : (ushort)0;
         Apply(driver, size, bytes, availBase);
 
