@@ -20,6 +20,10 @@ public readonly record struct FuzzBudget(long Cases, TimeSpan MaxDuration, ulong
     /// <summary>Minimise the replayed case if it fails.</summary>
     public bool Minimise { get; init; }
 
+    /// <summary>Cases that run even past <see cref="MaxDuration"/>: a test whose check needs the seed's
+    /// early cases (a kind of request that first succeeds at a known index) stays true on a slow machine.</summary>
+    public long MinCases { get; init; }
+
     public const ulong DefaultSeed = 0x5EED_F5_2025;
 
     public static FuzzBudget FromEnvironment(long defaultCases, TimeSpan defaultDuration)
@@ -71,7 +75,7 @@ public static class FuzzRunner
             {
                 long first = budget.From ?? budget.OnlyCase ?? 0;
                 long last = budget.OnlyCase is long o ? o + 1 : budget.Cases;
-                for (long i = first; i < last && DateTime.UtcNow < deadline; i++)
+                for (long i = first; i < last && (i < budget.MinCases || DateTime.UtcNow < deadline); i++)
                 {
                     var fuzzCase = new FuzzCase(i, new FuzzRng(FuzzRng.CaseSeed(budget.RunSeed, i)), report)
                     {
