@@ -8,15 +8,18 @@ internal sealed class Stripe<TKey, TValue>
 {
     public const int PoolLimit = 64;
 
-    /// <summary>Grows as keys are added (nothing is allocated for a stripe that holds none: an idle
-    /// daemon's three tables have 192 stripes).</summary>
-    public readonly Dictionary<TKey, TValue> Map = new();
+    /// <summary>Room for a few keys from the start (7 buckets, about 250 bytes): a table keyed by host
+    /// inode number gets its keys in any stripe, and a stripe's first key must not allocate on the
+    /// request path once the daemon is warm. It grows past that as keys are added.</summary>
+    public readonly Dictionary<TKey, TValue> Map = new(4);
 
     /// <summary>Values whose life ended, kept for reuse so that adding does not allocate in the
-    /// steady state (at most <see cref="PoolLimit"/>). It grows to that size as values are
-    /// recycled: allocated full for every stripe of every table, the pools alone would be 100 KB
-    /// of an idle daemon's heap.</summary>
-    public readonly Stack<TValue> Pool = new();
+    /// steady state (at most <see cref="PoolLimit"/>). Allocated full (about 100 KB over an idle
+    /// daemon's 192 stripes): grown on demand, a stack grows whenever some stripe reaches a new
+    /// high, and which stripe a host inode number lands in is anyone's guess, so the request path
+    /// would allocate long after warm-up (AllocationTests.HotPathsAllocateNothing on a busy file
+    /// system).</summary>
+    public readonly Stack<TValue> Pool = new(PoolLimit);
 }
 
 /// <summary>A map split into a fixed number of stripes, each with its own lock. The request
