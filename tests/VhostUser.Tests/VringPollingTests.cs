@@ -136,16 +136,26 @@ public sealed class VringPollingTests : IDisposable
         Assert.True(TryReap(1, TimeSpan.FromSeconds(10)), "an unkicked request was not served while the worker polled");
     }
 
+    /// <summary>The worker times its requests by the clock, so on a loaded machine a short request can
+    /// be descheduled long enough to look long and stretch the window once; a worker that stretches
+    /// after every short request fails all three tries.</summary>
     [Fact]
     public void AfterAShortRequestTheWindowDoesNotStretch()
     {
         Start(TimeSpan.FromMilliseconds(20));
-        Publish(0, kick: true);
-        Assert.True(TryReap(0, TimeSpan.FromSeconds(10)));
-        Thread.Sleep(80);
-        Assert.True(Publish(1, kick: false), "80 ms after a short request the worker still polled a 20 ms window");
-        _guest.Kick(0).Signal();
-        Assert.True(TryReap(1, TimeSpan.FromSeconds(10)));
+        int slot = 0;
+        bool askedForKick = false;
+        for (int attempt = 0; attempt < 3 && !askedForKick; attempt++)
+        {
+            Publish(slot, kick: true);
+            Assert.True(TryReap(slot, TimeSpan.FromSeconds(10)));
+            Thread.Sleep(80);
+            askedForKick = Publish(++slot, kick: false);
+            _guest.Kick(0).Signal();
+            Assert.True(TryReap(slot, TimeSpan.FromSeconds(10)));
+            slot++;
+        }
+        Assert.True(askedForKick, "80 ms after a short request the worker still polled a 20 ms window, three times");
     }
 
     /// <summary>Echoes each chain after keeping the worker busy for <paramref name="busy"/>.</summary>
