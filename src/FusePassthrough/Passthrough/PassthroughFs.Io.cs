@@ -29,6 +29,15 @@ public sealed unsafe partial class PassthroughFs
                 return -(int)Errno.EISDIR;
             }
             int size = Math.Min((int)a.Length, w.Available);
+            if (size > 0 && w.FileDataAvailable >= size)
+            {
+                int moved = ReadByReference(handle.Fd, (long)a.Offset, size, ref w);
+                if (moved >= 0)
+                {
+                    return 0;
+                }
+                // Nothing moved (the file cannot be spliced, say): copy as below.
+            }
             Span<IoVec> iov = stackalloc IoVec[StackIovecs];
             int count = w.Describe(size, iov);
             if (count < 0)
@@ -80,6 +89,32 @@ public sealed unsafe partial class PassthroughFs
             }
             _handles.Release(handle);
         }
+    }
+
+    /// <summary>A READ whose data the transport takes from the file itself
+    /// (<see cref="ReplyWriter.AppendFromFile"/>): returns the bytes appended, short at end of file,
+    /// or -errno when the first attempt moved nothing.</summary>
+    private static int ReadByReference(int fd, long offset, int size, ref ReplyWriter w)
+    {
+        int total = 0;
+        while (total < size)
+        {
+            int n = w.AppendFromFile(fd, offset + total, size - total);
+            if (n == -(int)Errno.EINTR)
+            {
+                continue;
+            }
+            if (n < 0)
+            {
+                return total > 0 ? total : n;
+            }
+            if (n == 0)
+            {
+                break;
+            }
+            total += n;
+        }
+        return total;
     }
 
     /// <summary>Drops <paramref name="done"/> bytes from the front of iov[first..count].</summary>

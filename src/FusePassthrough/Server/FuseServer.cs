@@ -56,11 +56,20 @@ public partial class FuseServer<TFs> : IDisposable where TFs : IFileSystem
     /// (0 for FORGET, BATCH_FORGET and INTERRUPT, which get no reply, and when the writable space
     /// cannot hold even fuse_out_header). Never throws.
     /// <para>Contract: every IoVec describes memory that stays valid for the duration of the call.</para></summary>
-    public int HandleRequest(in FuseRequestHeader request, ReadOnlySpan<IoVec> readable, ReadOnlySpan<IoVec> writable)
+    public int HandleRequest(in FuseRequestHeader request, ReadOnlySpan<IoVec> readable, ReadOnlySpan<IoVec> writable) =>
+        HandleRequest(in request, readable, writable, null);
+
+    /// <summary><see cref="HandleRequest(in FuseRequestHeader, ReadOnlySpan{IoVec}, ReadOnlySpan{IoVec})"/>
+    /// with a transport that can carry a READ's data by reference: the file system may append file
+    /// data to <paramref name="fileData"/> instead of copying it into <paramref name="writable"/>.
+    /// The returned length then counts those bytes, which the segments do not hold: the transport
+    /// sends the segments up to <see cref="ReplyFileData.Start"/> followed by the data, and must
+    /// check that the two add up (an error reply drops the data).</summary>
+    public int HandleRequest(in FuseRequestHeader request, ReadOnlySpan<IoVec> readable, ReadOnlySpan<IoVec> writable, ReplyFileData? fileData)
     {
         Interlocked.Increment(ref Stats._requests);
         int capacity = RequestReader.TotalLength(writable);
-        var w = new ReplyWriter(writable, capacity);
+        var w = new ReplyWriter(writable, capacity, fileData);
         ulong unique = request.Unique;
         try
         {

@@ -20,10 +20,14 @@ internal sealed unsafe class FuseDeviceReader
     private readonly int _fd;
     private readonly SafeFd? _ownedFd;
     private readonly Thread _thread;
+    private readonly FuseReplySplicer? _splicer;
+    private readonly bool _failSpliceAssembly;
     private byte* _request;
     private byte* _reply;
     private long _requests;
     private long _allocatedBeforeSteady;
+    private long _splicedReplies;
+    private long _copiedBackReplies;
 
     /// <summary>Requests a reader serves before its allocations are counted: the first ones of each
     /// kind run one-time initialisation (static fields, type loading).</summary>
@@ -31,12 +35,19 @@ internal sealed unsafe class FuseDeviceReader
 
     /// <param name="fd">The /dev/fuse fd to serve; <paramref name="ownedFd"/> is closed when the
     /// reader stops (null when the fd is shared and owned by the session).</param>
-    public FuseDeviceReader(FuseDeviceSession session, FuseServer server, int fd, SafeFd? ownedFd, string name)
+    /// <param name="splicer">This reader's pipes for READ replies by reference, owned by the reader
+    /// from now on; null to copy every reply through the reply buffer.</param>
+    /// <param name="failSpliceAssembly">Test hook: every spliced reply takes the path of a reply the
+    /// pipes could not assemble (its data copied back into the buffer).</param>
+    public FuseDeviceReader(FuseDeviceSession session, FuseServer server, int fd, SafeFd? ownedFd, string name,
+        FuseReplySplicer? splicer = null, bool failSpliceAssembly = false)
     {
         _session = session;
         _server = server;
         _fd = fd;
         _ownedFd = ownedFd;
+        _splicer = splicer;
+        _failSpliceAssembly = failSpliceAssembly;
         _thread = new Thread(Run) { IsBackground = true, Name = name };
     }
 
@@ -65,6 +76,8 @@ internal sealed unsafe class FuseDeviceReader
             long steady = Math.Max(0, _requests - WarmUpRequests);
             long allocated = steady > 0 ? GC.GetAllocatedBytesForCurrentThread() - _allocatedBeforeSteady : 0;
             _session.CountServed(_requests, steady, allocated);
+            _session.CountSpliced(_splicedReplies, _copiedBackReplies);
+            _splicer?.Dispose();
             NativeMemory.AlignedFree(_request);
             NativeMemory.AlignedFree(_reply);
             _request = null;
@@ -108,12 +121,20 @@ internal sealed unsafe class FuseDeviceReader
             {
                 _session.EnterBlocking();
             }
-            int length = _server.HandleRequest(in header, new ReadOnlySpan<IoVec>(in readable), new ReadOnlySpan<IoVec>(in writable));
+            _splicer?.Reset();
+            int length = _server.HandleRequest(in header, new ReadOnlySpan<IoVec>(in readable), new ReadOnlySpan<IoVec>(in writable), _splicer);
             if (mayBlock)
             {
                 _session.LeaveBlocking();
             }
-            if (length > 0 && !WriteReply(length))
+            if (_splicer is { Start: >= 0 })
+            {
+                if (!SendSpliced(length))
+                {
+                    return null;
+                }
+            }
+            else if (length > 0 && !WriteReply(length))
             {
                 return null;
             }
@@ -140,6 +161,51 @@ internal sealed unsafe class FuseDeviceReader
         if ((init.Flags & (uint)FuseInitFlags.InitExt) != 0)
         {
             init.Flags2 &= ~FuseConstants.SplitInitFlags(FuseInitFlags.AllowIdmap).Flags2;
+        }
+    }
+
+    /// <summary>Sends a reply whose data the file system appended by reference (in the splicer's pipe,
+    /// after the header in the reply buffer); false when the connection is gone.</summary>
+    private bool SendSpliced(int length)
+    {
+        FuseReplySplicer splicer = _splicer!;
+        // SAFETY: the server wrote a whole fuse_out_header at the start of the reply buffer.
+        ref FuseOutHeader reply = ref Unsafe.AsRef<FuseOutHeader>(_reply);
+        int start = splicer.Start;
+        bool addsUp = reply.Error == 0 && start >= FuseOutHeader.Size && start <= 4096
+            && (long)start + splicer.Length == length && reply.Len == (uint)length;
+        if (!addsUp)
+        {
+            // An error reply (the data goes), or one that does not add up — the server's bug,
+            // answered EIO rather than sent malformed.
+            splicer.Discard(_request, BufferSize);
+            if (reply.Error == 0)
+            {
+                reply = new FuseOutHeader { Len = FuseOutHeader.Size, Error = -(int)Errno.EIO, Unique = reply.Unique };
+                length = FuseOutHeader.Size;
+            }
+            return WriteReply(length);
+        }
+        int rc = splicer.Send(_fd, _reply, BufferSize, _failSpliceAssembly);
+        switch (rc)
+        {
+            case 0:
+                _splicedReplies++;
+                return true;
+            case 1:
+                // The pipes could not take it: the whole reply is back in the buffer.
+                _copiedBackReplies++;
+                return WriteReply(length);
+            case -(int)Errno.ENOENT:
+                _session.CountAbandonedReply();
+                return true;
+            case -(int)Errno.ENODEV:
+                return false;
+            default:
+                // Refused for another reason (or lost in the pipes): the caller must not wait forever.
+                _session.ReplyRefused((Errno)(-rc));
+                reply = new FuseOutHeader { Len = FuseOutHeader.Size, Error = -(int)Errno.EIO, Unique = reply.Unique };
+                return WriteReply(FuseOutHeader.Size);
         }
     }
 

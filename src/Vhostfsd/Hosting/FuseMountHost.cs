@@ -1,6 +1,7 @@
 using Serilog;
 using Vhostfsd.Cli;
 using Vhostfsd.FuseDevice;
+using Vhostfsd.FusePassthrough;
 using Vhostfsd.Posix;
 
 namespace Vhostfsd.Hosting;
@@ -41,8 +42,10 @@ internal static class FuseMountHost
         ulong bounding = Capabilities.KeptMask(options.InodeFileHandles, options.ModCaps);
         if (options.Sandbox == SandboxMode.Chroot)
         {
-            // The serving process chroots itself, then drops these two on its main thread.
-            bounding |= (1UL << Capabilities.SysChroot) | (1UL << Capabilities.Setpcap);
+            // The serving process chroots itself, then drops these two on its main thread; and
+            // SYS_RESOURCE, with which it grows its readers' splice pipes past fs.pipe-max-size
+            // (FuseReplySplicer) before that drop.
+            bounding |= (1UL << Capabilities.SysChroot) | (1UL << Capabilities.Setpcap) | (1UL << Capabilities.SysResource);
         }
         // Before the serving process is spawned: it inherits the empty list.
         SupplementaryGroups.DropAll(log);
@@ -102,6 +105,10 @@ internal static class FuseMountHost
         {
             throw new StartupException("cannot attach a reader to the FUSE connection: " + e.Message);
         }
+        // The readers' pipes for READ replies by reference, made now: a pipe that holds a 1 MiB READ
+        // and its header is 2 MiB, above the default fs.pipe-max-size, which only CAP_SYS_RESOURCE
+        // (dropped below) may exceed.
+        var splicers = CreateSplicers(clones.Count, log);
 
         SandboxResult sandbox;
         switch (marker.Mode)
@@ -161,12 +168,42 @@ internal static class FuseMountHost
             options.Sandbox.ToString().ToLowerInvariant(), options.Seccomp.ToString().ToLowerInvariant(), options.Cache.ToString().ToLowerInvariant());
         try
         {
-            return FuseDeviceDaemon.Serve(settings, session, clones, options.FuseDefaultPermissions, ShutdownSignal.Token, log);
+            return FuseDeviceDaemon.Serve(settings, session, clones, options.FuseDefaultPermissions, ShutdownSignal.Token, log,
+                splicers, TestProbe.SpliceRequest == TestProbe.SpliceFailAssembly);
         }
         finally
         {
             sandbox.ProcSelfFd.Dispose();
         }
+    }
+
+    private static FuseReplySplicer?[] CreateSplicers(int count, ILogger log)
+    {
+        var splicers = new FuseReplySplicer?[count];
+        if (TestProbe.SpliceRequest == TestProbe.SpliceOff)
+        {
+            log.Information("READ replies are copied: splicing is off ({Variable})", TestProbe.SpliceEnvironment);
+            return splicers;
+        }
+        string? failure = null;
+        for (int i = 0; i < count; i++)
+        {
+            splicers[i] = FuseReplySplicer.TryCreate(out failure);
+        }
+        if (splicers[0] is null)
+        {
+            log.Information("READ replies are copied: no splice pipes ({Failure})", failure);
+        }
+        else if (splicers[0]!.Capacity < FuseServer.MaxWrite)
+        {
+            log.Information("READ replies of up to {Bytes} bytes are spliced, larger ones copied: the pipes could not grow to {Wanted} bytes (fs.pipe-max-size, CAP_SYS_RESOURCE)",
+                splicers[0]!.Capacity, FuseReplySplicer.WantedPipeBytes);
+        }
+        else
+        {
+            log.Debug("READ replies are spliced through pipes of {Bytes} bytes", FuseReplySplicer.WantedPipeBytes);
+        }
+        return splicers;
     }
 
     private static string Canonical(string path, string what)

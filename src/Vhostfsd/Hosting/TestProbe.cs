@@ -72,6 +72,15 @@ internal static unsafe class TestProbe
     /// (no *xattrat calls) on any kernel, so the tests can run them inside each sandbox.</summary>
     public const string NoXattrAtEnvironment = "VHOSTFSD_TEST_NO_XATTRAT";
 
+    /// <summary>Third test hook, for --fuse-mount: "off" copies every READ reply (no splice pipes);
+    /// "fail-assembly" makes every spliced READ reply take the path of a reply the pipes could not
+    /// assemble (its data copied back into the reply buffer).</summary>
+    public const string SpliceEnvironment = "VHOSTFSD_TEST_SPLICE";
+    public const string SpliceOff = "off";
+    public const string SpliceFailAssembly = "fail-assembly";
+
+    public static string? SpliceRequest => System.Environment.GetEnvironmentVariable(SpliceEnvironment);
+
     public static bool NoXattrAtRequested => System.Environment.GetEnvironmentVariable(NoXattrAtEnvironment) == "1";
 
     public static void RunIfRequested(DaemonSettings settings, int lastCap, ILogger log)
