@@ -22,7 +22,7 @@ internal static class FuseDeviceDaemon
     /// system was unmounted or stop was requested, 1 when a reader failed. <paramref name="kernelChecksPermissions"/>:
     /// the mount has default_permissions.</summary>
     public static int Serve(DaemonSettings settings, SafeFd session, IReadOnlyList<SafeFd> clones, bool kernelChecksPermissions,
-        CancellationToken stop, ILogger log, IReadOnlyList<FuseReplySplicer?>? splicers = null, bool failSpliceAssembly = false)
+        CancellationToken stop, ILogger log, IReadOnlyList<FuseSplicePipes>? splicers = null, bool failSpliceAssembly = false)
     {
         var server = new FuseServer(FsDaemon.CreatePassthroughOptions(settings), message => log.Warning("fuse: {Message}", message));
         server.InitNegotiated = init => log.Information(
@@ -43,6 +43,8 @@ internal static class FuseDeviceDaemon
                     allocated, steady, FuseDeviceReader.WarmUpRequests);
                 var (spliced, copiedBack) = fuse.SplicedReplies;
                 log.Debug("READ replies spliced: {Spliced}, copied back after a splice failed: {CopiedBack}", spliced, copiedBack);
+                var (splicedWrites, fetchedWrites) = fuse.SplicedWrites;
+                log.Debug("WRITE data spliced: {Spliced}, copied after a splice failed: {Fetched}", splicedWrites, fetchedWrites);
                 fuse.Dispose();
                 server.Dispose();
                 return ExitCodes.Success;

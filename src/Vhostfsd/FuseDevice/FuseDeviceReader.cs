@@ -9,6 +9,9 @@ namespace Vhostfsd.FuseDevice;
 /// <summary>One thread serving /dev/fuse: read one request into its own buffer, run it, write the
 /// reply to the same fd (the kernel matches a reply only against the requests read from that fd).
 /// The buffers are native memory taken once, so the loop allocates nothing.</summary>
+/// <summary>A reader's splice pipes: for READ replies and for WRITE data (either may be null).</summary>
+internal readonly record struct FuseSplicePipes(FuseReplySplicer? Reply, FuseRequestSplicer? Request);
+
 internal sealed unsafe class FuseDeviceReader
 {
     /// <summary>Request and reply buffer size. The kernel refuses a read(2) shorter than a maximal
@@ -21,6 +24,7 @@ internal sealed unsafe class FuseDeviceReader
     private readonly SafeFd? _ownedFd;
     private readonly Thread _thread;
     private readonly FuseReplySplicer? _splicer;
+    private readonly FuseRequestSplicer? _requestSplicer;
     private readonly bool _failSpliceAssembly;
     private byte* _request;
     private byte* _reply;
@@ -35,18 +39,19 @@ internal sealed unsafe class FuseDeviceReader
 
     /// <param name="fd">The /dev/fuse fd to serve; <paramref name="ownedFd"/> is closed when the
     /// reader stops (null when the fd is shared and owned by the session).</param>
-    /// <param name="splicer">This reader's pipes for READ replies by reference, owned by the reader
-    /// from now on; null to copy every reply through the reply buffer.</param>
+    /// <param name="pipes">This reader's pipes for READ replies and WRITE data by reference, owned
+    /// by the reader from now on; a null one: that direction is copied through the buffers.</param>
     /// <param name="failSpliceAssembly">Test hook: every spliced reply takes the path of a reply the
     /// pipes could not assemble (its data copied back into the buffer).</param>
     public FuseDeviceReader(FuseDeviceSession session, FuseServer server, int fd, SafeFd? ownedFd, string name,
-        FuseReplySplicer? splicer = null, bool failSpliceAssembly = false)
+        FuseSplicePipes pipes = default, bool failSpliceAssembly = false)
     {
         _session = session;
         _server = server;
         _fd = fd;
         _ownedFd = ownedFd;
-        _splicer = splicer;
+        _splicer = pipes.Reply;
+        _requestSplicer = pipes.Request;
         _failSpliceAssembly = failSpliceAssembly;
         _thread = new Thread(Run) { IsBackground = true, Name = name };
     }
@@ -56,6 +61,7 @@ internal sealed unsafe class FuseDeviceReader
         // Page-aligned: the kernel copies whole pages in and out of these.
         _request = (byte*)NativeMemory.AlignedAlloc(BufferSize, 4096);
         _reply = (byte*)NativeMemory.AlignedAlloc(BufferSize, 4096);
+        _requestSplicer?.UseBuffer(_request, BufferSize);
         _thread.Start();
     }
 
@@ -76,8 +82,9 @@ internal sealed unsafe class FuseDeviceReader
             long steady = Math.Max(0, _requests - WarmUpRequests);
             long allocated = steady > 0 ? GC.GetAllocatedBytesForCurrentThread() - _allocatedBeforeSteady : 0;
             _session.CountServed(_requests, steady, allocated);
-            _session.CountSpliced(_splicedReplies, _copiedBackReplies);
+            _session.CountSpliced(_splicedReplies, _copiedBackReplies, _requestSplicer?.Moved ?? 0, _requestSplicer?.Fetched ?? 0);
             _splicer?.Dispose();
+            _requestSplicer?.Dispose();
             NativeMemory.AlignedFree(_request);
             NativeMemory.AlignedFree(_reply);
             _request = null;
@@ -93,7 +100,11 @@ internal sealed unsafe class FuseDeviceReader
     {
         while (true)
         {
-            nint n = Libc.Read(_fd, _request, BufferSize);
+            nint n = _requestSplicer is null ? Libc.Read(_fd, _request, BufferSize) : _requestSplicer.Receive(_fd);
+            if (n == -2)
+            {
+                return "splice from /dev/fuse: the pipe did not give back the request";
+            }
             if (n < 0)
             {
                 switch (Libc.LastErrno)
@@ -122,7 +133,7 @@ internal sealed unsafe class FuseDeviceReader
                 _session.EnterBlocking();
             }
             _splicer?.Reset();
-            int length = _server.HandleRequest(in header, new ReadOnlySpan<IoVec>(in readable), new ReadOnlySpan<IoVec>(in writable), _splicer);
+            int length = _server.HandleRequest(in header, new ReadOnlySpan<IoVec>(in readable), new ReadOnlySpan<IoVec>(in writable), _splicer, _requestSplicer);
             if (mayBlock)
             {
                 _session.LeaveBlocking();
@@ -137,6 +148,11 @@ internal sealed unsafe class FuseDeviceReader
             else if (length > 0 && !WriteReply(length))
             {
                 return null;
+            }
+            if (_requestSplicer is { Length: > 0 })
+            {
+                // A WRITE answered before its data was needed (an error): its data goes.
+                _requestSplicer.Discard(_reply, BufferSize);
             }
             if (++_requests == WarmUpRequests)
             {

@@ -55,6 +55,8 @@ internal sealed class FuseDeviceSession : IDisposable
     private int _refusedReplyLogged;
     private long _splicedReplies;
     private long _copiedBackReplies;
+    private long _splicedWrites;
+    private long _fetchedWrites;
 
     /// <param name="sessionFd">The fd mount(2) was given; owned by the session from now on.</param>
     /// <param name="clones">Fds cloned from it (<see cref="DevFuse.Clone"/>), one reader each;
@@ -65,7 +67,7 @@ internal sealed class FuseDeviceSession : IDisposable
     /// copy: pipes grown past fs.pipe-max-size can only be made before the capability drop.</param>
     /// <param name="failSpliceAssembly">Test hook, see <see cref="FuseDeviceReader"/>.</param>
     public FuseDeviceSession(FuseServer server, SafeFd sessionFd, IReadOnlyList<SafeFd> clones, bool kernelChecksPermissions, ILogger log,
-        IReadOnlyList<FuseReplySplicer?>? splicers = null, bool failSpliceAssembly = false)
+        IReadOnlyList<FuseSplicePipes>? splicers = null, bool failSpliceAssembly = false)
     {
         KernelChecksPermissions = kernelChecksPermissions;
         if (clones.Count == 0)
@@ -78,7 +80,7 @@ internal sealed class FuseDeviceSession : IDisposable
         _baseReaders = clones.Count;
         for (int i = 0; i < clones.Count; i++)
         {
-            FuseReplySplicer? splicer = splicers != null && i < splicers.Count ? splicers[i] : null;
+            FuseSplicePipes splicer = splicers != null && i < splicers.Count ? splicers[i] : default;
             _pending.Add(new FuseDeviceReader(this, server, clones[i].Fd, clones[i], $"fuse-reader-{i}", splicer, failSpliceAssembly));
         }
     }
@@ -192,10 +194,16 @@ internal sealed class FuseDeviceSession : IDisposable
     /// to be copied back into the reply buffer (stopped readers).</summary>
     public (long Spliced, long CopiedBack) SplicedReplies => (Interlocked.Read(ref _splicedReplies), Interlocked.Read(ref _copiedBackReplies));
 
-    public void CountSpliced(long spliced, long copiedBack)
+    /// <summary>WRITEs whose data went from the pipe to the file, and those whose data had to be read
+    /// into memory instead (stopped readers).</summary>
+    public (long Spliced, long Fetched) SplicedWrites => (Interlocked.Read(ref _splicedWrites), Interlocked.Read(ref _fetchedWrites));
+
+    public void CountSpliced(long spliced, long copiedBack, long splicedWrites, long fetchedWrites)
     {
         Interlocked.Add(ref _splicedReplies, spliced);
         Interlocked.Add(ref _copiedBackReplies, copiedBack);
+        Interlocked.Add(ref _splicedWrites, splicedWrites);
+        Interlocked.Add(ref _fetchedWrites, fetchedWrites);
     }
 
     /// <summary>The kernel refused a reply (a malformed reply is a bug in the server): logged once.</summary>

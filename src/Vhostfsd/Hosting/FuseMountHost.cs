@@ -169,7 +169,7 @@ internal static class FuseMountHost
         try
         {
             return FuseDeviceDaemon.Serve(settings, session, clones, options.FuseDefaultPermissions, ShutdownSignal.Token, log,
-                splicers, TestProbe.SpliceRequest == TestProbe.SpliceFailAssembly);
+                splicers, TestProbe.SpliceRequest == TestProbe.SpliceFail);
         }
         finally
         {
@@ -177,33 +177,44 @@ internal static class FuseMountHost
         }
     }
 
-    private static FuseReplySplicer?[] CreateSplicers(int count, ILogger log)
+    private static FuseSplicePipes[] CreateSplicers(int count, ILogger log)
     {
-        var splicers = new FuseReplySplicer?[count];
+        var pipes = new FuseSplicePipes[count];
         if (TestProbe.SpliceRequest == TestProbe.SpliceOff)
         {
-            log.Information("READ replies are copied: splicing is off ({Variable})", TestProbe.SpliceEnvironment);
-            return splicers;
+            log.Information("READ and WRITE data are copied: splicing is off ({Variable})", TestProbe.SpliceEnvironment);
+            return pipes;
         }
+        bool failMoves = TestProbe.SpliceRequest == TestProbe.SpliceFail;
         string? failure = null;
         for (int i = 0; i < count; i++)
         {
-            splicers[i] = FuseReplySplicer.TryCreate(out failure);
+            pipes[i] = new FuseSplicePipes(FuseReplySplicer.TryCreate(out failure), FuseRequestSplicer.TryCreate(failMoves));
         }
-        if (splicers[0] is null)
+        FuseReplySplicer? reply = pipes[0].Reply;
+        if (reply is null)
         {
             log.Information("READ replies are copied: no splice pipes ({Failure})", failure);
         }
-        else if (splicers[0]!.Capacity < FuseServer.MaxWrite)
+        else if (reply.Capacity < FuseServer.MaxWrite)
         {
             log.Information("READ replies of up to {Bytes} bytes are spliced, larger ones copied: the pipes could not grow to {Wanted} bytes (fs.pipe-max-size, CAP_SYS_RESOURCE)",
-                splicers[0]!.Capacity, FuseReplySplicer.WantedPipeBytes);
+                reply.Capacity, FuseReplySplicer.WantedPipeBytes);
         }
         else
         {
             log.Debug("READ replies are spliced through pipes of {Bytes} bytes", FuseReplySplicer.WantedPipeBytes);
         }
-        return splicers;
+        if (pipes[0].Request is null)
+        {
+            log.Information("WRITE data is copied: a request pipe could not grow to {Wanted} bytes (fs.pipe-max-size, CAP_SYS_RESOURCE)",
+                FuseReplySplicer.WantedPipeBytes);
+        }
+        else
+        {
+            log.Debug("Requests are spliced from /dev/fuse, WRITE data into files");
+        }
+        return pipes;
     }
 
     private static string Canonical(string path, string what)
