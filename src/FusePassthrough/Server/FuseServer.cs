@@ -81,7 +81,7 @@ public partial class FuseServer<TFs> : IDisposable where TFs : IFileSystem
             int held = requestData?.Length ?? 0;
             int total = held > MaxRequestSize || inSegments > MaxRequestSize ? int.MaxValue : inSegments + held;
             // A header copied from other segments is the transport's bug; answered like a short request.
-            if (!request.IsComplete || request.Length != total)
+            if (!request.IsComplete || request.Length != inSegments)
             {
                 Interlocked.Increment(ref Stats._malformed);
                 return Finish(ref w, unique, -(int)Errno.EINVAL);
