@@ -19,6 +19,10 @@ public abstract class ReplyFileData
     /// bigger than that through the reply buffer instead.</summary>
     public abstract int Capacity { get; }
 
+    /// <summary>Smallest READ worth carrying by reference: below it a copy costs the transport less
+    /// than the extra system calls (0: any).</summary>
+    public virtual int MinimumLength => 0;
+
     /// <summary>Forgets the appended data's position (the transport has sent or discarded it).</summary>
     public void Reset()
     {

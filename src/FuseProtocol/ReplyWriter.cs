@@ -31,9 +31,10 @@ public unsafe ref struct ReplyWriter
         _fileData = fileData;
     }
 
-    /// <summary>How many bytes of file data <see cref="AppendFromFile"/> can still take (0 when the
-    /// transport carries every byte in the segments).</summary>
-    public readonly int FileDataAvailable => _fileData is null ? 0 : Math.Min(Available, _fileData.Capacity - _fileData.Length);
+    /// <summary>Whether the transport takes <paramref name="length"/> bytes of file data by reference
+    /// (<see cref="AppendFromFile"/>): it offers to, they fit, and they are worth it.</summary>
+    public readonly bool TakesFileData(int length) =>
+        _fileData is not null && length >= _fileData.MinimumLength && length <= Math.Min(Available, _fileData.Capacity - _fileData.Length);
 
     /// <summary>Appends up to <paramref name="length"/> bytes of file <paramref name="fd"/> from
     /// <paramref name="offset"/> to the reply by reference: the transport moves them, the segments

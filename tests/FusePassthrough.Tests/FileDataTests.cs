@@ -92,13 +92,18 @@ public sealed unsafe class FileDataTests
         return client.SendRaw(request);
     }
 
-    private static byte[] ReadRequest(ulong node, ulong fh, ulong offset, uint size) =>
-        Request(FuseOpcode.Read, node, MemoryMarshal.AsBytes(new ReadOnlySpan<FuseReadIn>(new FuseReadIn { Fh = fh, Offset = offset, Length = size })), 0);
+    private static byte[] ReadRequest(ulong node, ulong fh, ulong offset, uint size)
+    {
+        var read = new FuseReadIn { Fh = fh, Offset = offset, Length = size };
+        return Request(FuseOpcode.Read, node, MemoryMarshal.AsBytes(new ReadOnlySpan<FuseReadIn>(in read)), 0);
+    }
 
     /// <summary>A WRITE of <paramref name="held"/> bytes whose data is not in the request's bytes.</summary>
-    private static byte[] WriteHeaders(ulong node, ulong fh, ulong offset, int held, int openFlags = 0) =>
-        Request(FuseOpcode.Write, node,
-            MemoryMarshal.AsBytes(new ReadOnlySpan<FuseWriteIn>(new FuseWriteIn { Fh = fh, Offset = offset, Length = (uint)held, Flags = (uint)openFlags })), held);
+    private static byte[] WriteHeaders(ulong node, ulong fh, ulong offset, int held, int openFlags = 0)
+    {
+        var write = new FuseWriteIn { Fh = fh, Offset = offset, Length = (uint)held, Flags = (uint)openFlags };
+        return Request(FuseOpcode.Write, node, MemoryMarshal.AsBytes(new ReadOnlySpan<FuseWriteIn>(in write)), held);
+    }
 
     private static byte[] Request(FuseOpcode opcode, ulong node, ReadOnlySpan<byte> arguments, int held)
     {

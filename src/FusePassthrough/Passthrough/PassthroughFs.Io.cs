@@ -29,7 +29,7 @@ public sealed unsafe partial class PassthroughFs
                 return -(int)Errno.EISDIR;
             }
             int size = Math.Min((int)a.Length, w.Available);
-            if (size > 0 && w.FileDataAvailable >= size)
+            if (size > 0 && w.TakesFileData(size))
             {
                 int moved = ReadByReference(handle.Fd, (long)a.Offset, size, ref w);
                 if (moved >= 0)

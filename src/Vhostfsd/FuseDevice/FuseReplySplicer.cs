@@ -22,6 +22,10 @@ internal sealed unsafe class FuseReplySplicer : ReplyFileData, IDisposable
 
     private const int PageSize = 4096;
 
+    /// <summary>Smallest READ spliced: a splice reply takes four system calls instead of two
+    /// (preadv2 and write), about 2 µs more, which a copy of fewer than 64 KiB costs less than.</summary>
+    public const int Threshold = 64 * 1024;
+
     private int _dataRead;
     private int _dataWrite;
     private int _replyRead;
@@ -41,6 +45,8 @@ internal sealed unsafe class FuseReplySplicer : ReplyFileData, IDisposable
     /// <summary>The largest READ this splicer carries: at least <see cref="FuseServer.MaxWrite"/> with
     /// pipes of <see cref="WantedPipeBytes"/>; less when they could not grow (larger READs are copied).</summary>
     public override int Capacity => _capacity;
+
+    public override int MinimumLength => Threshold;
 
     /// <summary>Makes the two pipes and grows them towards <see cref="WantedPipeBytes"/>. Null, with
     /// the reason, when pipes cannot be made or do not even hold a page of data.</summary>

@@ -3,8 +3,8 @@ using Vhostfsd.Posix;
 
 namespace Vhostfsd.FuseDevice;
 
-/// <summary>One reader's zero-copy path for WRITE data. Requests are spliced from /dev/fuse into a
-/// pipe: the kernel copies the headers and arguments into a pipe page and adds the caller's data
+/// <summary>One reader's zero-copy path for WRITE data. While large WRITEs come (the reader
+/// decides), requests are spliced from /dev/fuse into a pipe: the kernel copies the headers and arguments into a pipe page and adds the caller's data
 /// pages by reference. The reader then reads the request's first <see cref="WriteHeaders"/> bytes
 /// into its buffer: a WRITE's data stays in the pipe (held, <see cref="RequestFileData"/>) until the
 /// file system splices it into the file, the one copy left; any other request is read whole.
@@ -15,6 +15,9 @@ internal sealed unsafe class FuseRequestSplicer : RequestFileData, IDisposable
 {
     /// <summary>fuse_in_header and fuse_write_in: what precedes a WRITE's data.</summary>
     public const int WriteHeaders = FuseInHeader.Size + FuseWriteIn.Size;
+
+    /// <summary>Smallest WRITE whose data is worth splicing (as <see cref="FuseReplySplicer.Threshold"/>).</summary>
+    public const int Threshold = FuseReplySplicer.Threshold;
 
     private int _read;
     private int _write;
