@@ -42,11 +42,13 @@ internal static class FuseMountHost
         ulong bounding = Capabilities.KeptMask(options.InodeFileHandles, options.ModCaps);
         if (options.Sandbox == SandboxMode.Chroot)
         {
-            // The serving process chroots itself, then drops these two on its main thread; and
-            // SYS_RESOURCE, with which it grows its readers' splice pipes past fs.pipe-max-size
-            // (FuseReplySplicer) before that drop.
-            bounding |= (1UL << Capabilities.SysChroot) | (1UL << Capabilities.Setpcap) | (1UL << Capabilities.SysResource);
+            // The serving process chroots itself, then drops these two on its main thread.
+            bounding |= (1UL << Capabilities.SysChroot) | (1UL << Capabilities.Setpcap);
         }
+        // In every mode, SYS_RESOURCE: the serving process grows its readers' splice pipes past
+        // fs.pipe-max-size with it (FuseReplySplicer), then drops it with the rest, SETPCAP taking
+        // it out of the bounding set.
+        bounding |= (1UL << Capabilities.SysResource) | (1UL << Capabilities.Setpcap);
         // Before the serving process is spawned: it inherits the empty list.
         SupplementaryGroups.DropAll(log);
 
