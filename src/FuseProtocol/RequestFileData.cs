@@ -3,8 +3,7 @@ using Vhostfsd.Posix;
 namespace Vhostfsd.FuseProtocol;
 
 /// <summary>A transport's way to hold the data of a WRITE request outside the readable segments: the
-/// /dev/fuse transport leaves it in a pipe, as references to the caller's pages, and the file system
-/// moves it into the file with one copy (<see cref="RequestReader.MoveToFile"/>), or asks for it in
+/// /dev/fuse transport leaves it in a pipe, and the file system moves it into the file by splice (<see cref="RequestReader.MoveToFile"/>), or asks for it in
 /// memory (<see cref="RequestReader.FetchFileData"/>) when it cannot. The held bytes always end the
 /// request: they follow the readable segments.
 /// <para>A transport that offers one sets <see cref="Hold"/> before the request and, after it, drops

@@ -6,12 +6,14 @@ using Vhostfsd.Posix;
 
 namespace Vhostfsd.FuseDevice;
 
-/// <summary>One thread serving /dev/fuse: read one request into its own buffer, run it, write the
-/// reply to the same fd (the kernel matches a reply only against the requests read from that fd).
-/// The buffers are native memory taken once, so the loop allocates nothing.</summary>
 /// <summary>A reader's splice pipes: for READ replies and for WRITE data (either may be null).</summary>
 internal readonly record struct FuseSplicePipes(FuseReplySplicer? Reply, FuseRequestSplicer? Request);
 
+/// <summary>One thread serving /dev/fuse: read one request into its own buffer, run it, write the
+/// reply to the same fd (the kernel matches a reply only against the requests read from that fd).
+/// The buffers are native memory taken once, so the loop allocates nothing. Large READ and WRITE
+/// data goes by splice through the reader's pipes when it has them (<see cref="FuseReplySplicer"/>,
+/// <see cref="FuseRequestSplicer"/>).</summary>
 internal sealed unsafe class FuseDeviceReader
 {
     /// <summary>Request and reply buffer size. The kernel refuses a read(2) shorter than a maximal

@@ -3,11 +3,14 @@ using Vhostfsd.Posix;
 
 namespace Vhostfsd.FuseDevice;
 
-/// <summary>One reader's zero-copy path for WRITE data. While large WRITEs come (the reader
-/// decides), requests are spliced from /dev/fuse into a pipe: the kernel copies the headers and arguments into a pipe page and adds the caller's data
-/// pages by reference. The reader then reads the request's first <see cref="WriteHeaders"/> bytes
-/// into its buffer: a WRITE's data stays in the pipe (held, <see cref="RequestFileData"/>) until the
-/// file system splices it into the file, the one copy left; any other request is read whole.
+/// <summary>One reader's path for WRITE data by splice. While large WRITEs come (the reader
+/// decides), requests are spliced from /dev/fuse into a pipe: the kernel copies the headers and
+/// arguments into a pipe page, and the data follows — references to the FUSE page cache's pages for
+/// a write-back, copies of the caller's pages for a direct-I/O WRITE (/dev/fuse does not lend those
+/// out). The reader then reads the request's first <see cref="WriteHeaders"/> bytes into its
+/// buffer: a WRITE's data stays in the pipe (held, <see cref="RequestFileData"/>) until the file
+/// system splices it into the file; any other request is read whole. Either way the pass through
+/// the reader's buffer in user space is saved.
 /// <para>Only with a pipe that holds a maximal request: /dev/fuse fails a request (EIO to its
 /// caller) that does not fit the pipe it is spliced into. The pipe is non-blocking and empty
 /// between requests.</para></summary>
