@@ -12,14 +12,50 @@ public unsafe ref struct ReplyWriter
     private int _position;
     private int _segment;
     private nuint _offset;
+    private readonly ReplyFileData? _fileData;
 
     public ReplyWriter(ReadOnlySpan<IoVec> segments, int capacity)
+        : this(segments, capacity, null)
+    {
+    }
+
+    /// <param name="fileData">The transport's carrier for file data that ends the reply
+    /// (<see cref="AppendFromFile"/>), or null when every byte goes through the segments.</param>
+    public ReplyWriter(ReadOnlySpan<IoVec> segments, int capacity, ReplyFileData? fileData)
     {
         _segments = segments;
         _capacity = capacity;
         _position = 0;
         _segment = 0;
         _offset = 0;
+        _fileData = fileData;
+    }
+
+    /// <summary>Whether the transport takes <paramref name="length"/> bytes of file data by reference
+    /// (<see cref="AppendFromFile"/>): it offers to, they fit, and they are worth it.</summary>
+    public readonly bool TakesFileData(int length) =>
+        _fileData is not null && length >= _fileData.MinimumLength && length <= Math.Min(Available, _fileData.Capacity - _fileData.Length);
+
+    /// <summary>Appends up to <paramref name="length"/> bytes of file <paramref name="fd"/> from
+    /// <paramref name="offset"/> to the reply by reference: the transport moves them, the segments
+    /// are skipped over, not written. They must end the reply. Returns the bytes appended (0 at end
+    /// of file) or -errno; when nothing was appended, the caller may copy into the segments instead.</summary>
+    public int AppendFromFile(int fd, long offset, int length)
+    {
+        if (_fileData is null)
+        {
+            return -(int)Errno.EOPNOTSUPP;
+        }
+        if (length < 0 || length > Available)
+        {
+            return -(int)Errno.EINVAL;
+        }
+        int moved = _fileData.Append(_position, fd, offset, length);
+        if (moved > 0)
+        {
+            Advance(moved);
+        }
+        return moved;
     }
 
     /// <summary>Segments from the current position on: an upper bound on the iovecs Describe needs.</summary>

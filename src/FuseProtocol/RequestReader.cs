@@ -9,26 +9,76 @@ namespace Vhostfsd.FuseProtocol;
 /// are handed on in place (as iovecs for pwritev2).</summary>
 public unsafe ref struct RequestReader
 {
-    private readonly ReadOnlySpan<IoVec> _segments;
+    private ReadOnlySpan<IoVec> _segments;
     private int _segment;
     private nuint _offset;
     private int _remaining;
+    private RequestFileData? _fileData;
 
     /// <param name="segments">The readable segments; callers guarantee each describes valid memory.</param>
     /// <param name="length">Request bytes to expose (at most the segments' total).</param>
     public RequestReader(ReadOnlySpan<IoVec> segments, int length)
+        : this(segments, length, null)
+    {
+    }
+
+    /// <param name="fileData">The rest of the request, held by the transport after the segments'
+    /// <paramref name="length"/> bytes (a WRITE's data), or null.</param>
+    public RequestReader(ReadOnlySpan<IoVec> segments, int length, RequestFileData? fileData)
     {
         _segments = segments;
         _segment = 0;
         _offset = 0;
         _remaining = length;
+        _fileData = fileData;
     }
 
     /// <summary>Segments from the current position on: an upper bound on the iovecs Describe needs.</summary>
     public readonly int SegmentsLeft => _segments.Length - _segment;
 
-    /// <summary>Bytes of the request not consumed yet.</summary>
-    public readonly int Remaining => _remaining;
+    /// <summary>Bytes of the request not consumed yet, those the transport holds included.</summary>
+    public readonly int Remaining => _remaining + HeldRemaining;
+
+    /// <summary>Bytes of the request the transport holds outside the segments (see
+    /// <see cref="RequestFileData"/>). They can only be moved to a file or fetched, once every byte
+    /// in the segments has been consumed; TryRead, TryCopy, Skip and Describe stop before them.</summary>
+    public readonly int HeldRemaining => _fileData?.Length ?? 0;
+
+    /// <summary>Moves up to <paramref name="length"/> held bytes into <paramref name="fd"/> at
+    /// <paramref name="offset"/> (splice: no copy through this process). Returns the bytes moved or
+    /// -errno; when nothing was moved, <see cref="FetchFileData"/> gives the bytes in memory instead.</summary>
+    public int MoveToFile(int fd, long offset, int length)
+    {
+        if (_fileData is null || _remaining != 0)
+        {
+            return -(int)Errno.EOPNOTSUPP;
+        }
+        if (length < 0 || length > _fileData.Length)
+        {
+            return -(int)Errno.EINVAL;
+        }
+        return _fileData.MoveTo(fd, offset, length);
+    }
+
+    /// <summary>Brings the held bytes into memory: from then on they are ordinary segments, for
+    /// Describe and the rest. True when there were none; false when the transport could not.</summary>
+    public bool FetchFileData()
+    {
+        if (_fileData is null || _fileData.Length == 0)
+        {
+            return true;
+        }
+        if (_remaining != 0 || !_fileData.FetchAll(out ReadOnlySpan<IoVec> segments, out int length))
+        {
+            return false;
+        }
+        _fileData = null;
+        _segments = segments;
+        _segment = 0;
+        _offset = 0;
+        _remaining = length;
+        return true;
+    }
 
     /// <summary>Sum of the segment lengths, saturated at int.MaxValue.</summary>
     public static int TotalLength(ReadOnlySpan<IoVec> segments)

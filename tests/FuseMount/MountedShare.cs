@@ -23,13 +23,13 @@ internal sealed unsafe class MountedShare : IDisposable
 
     /// <summary>Creates the tree, lets <paramref name="prepare"/> fill the share, starts the daemon
     /// with <paramref name="extra"/> arguments and waits until the mount is served.</summary>
-    public static MountedShare Start(string[] extra, Action<string>? prepare = null)
+    public static MountedShare Start(string[] extra, Action<string>? prepare = null, IReadOnlyDictionary<string, string?>? environment = null)
     {
         string root = Path.Combine("/tmp", "vfm-" + Guid.NewGuid().ToString("N")[..10]);
         Directory.CreateDirectory(Path.Combine(root, "share"));
         Directory.CreateDirectory(Path.Combine(root, "mnt"));
         prepare?.Invoke(Path.Combine(root, "share"));
-        var daemon = DaemonProcess.Start(["--shared-dir", Path.Combine(root, "share"), "--fuse-mount", Path.Combine(root, "mnt"), "--log-level", "debug", .. extra]);
+        var daemon = DaemonProcess.Start(["--shared-dir", Path.Combine(root, "share"), "--fuse-mount", Path.Combine(root, "mnt"), "--log-level", "debug", .. extra], environment);
         var share = new MountedShare(root, daemon);
         try
         {

@@ -29,6 +29,15 @@ public sealed unsafe partial class PassthroughFs
                 return -(int)Errno.EISDIR;
             }
             int size = Math.Min((int)a.Length, w.Available);
+            if (size > 0 && w.TakesFileData(size))
+            {
+                int moved = ReadByReference(handle.Fd, (long)a.Offset, size, ref w);
+                if (moved >= 0)
+                {
+                    return 0;
+                }
+                // Nothing moved (the file cannot be spliced, say): copy as below.
+            }
             Span<IoVec> iov = stackalloc IoVec[StackIovecs];
             int count = w.Describe(size, iov);
             if (count < 0)
@@ -82,6 +91,57 @@ public sealed unsafe partial class PassthroughFs
         }
     }
 
+    /// <summary>A READ whose data the transport takes from the file itself
+    /// (<see cref="ReplyWriter.AppendFromFile"/>): returns the bytes appended, short at end of file,
+    /// or -errno when the first attempt moved nothing.</summary>
+    private static int ReadByReference(int fd, long offset, int size, ref ReplyWriter w)
+    {
+        int total = 0;
+        while (total < size)
+        {
+            int n = w.AppendFromFile(fd, offset + total, size - total);
+            if (n == -(int)Errno.EINTR)
+            {
+                continue;
+            }
+            if (n < 0)
+            {
+                return total > 0 ? total : n;
+            }
+            if (n == 0)
+            {
+                break;
+            }
+            total += n;
+        }
+        return total;
+    }
+
+    /// <summary>A WRITE whose data the transport holds (<see cref="RequestReader.MoveToFile"/>):
+    /// returns the bytes written, or -errno when the first attempt moved nothing.</summary>
+    private static int WriteByReference(int fd, long offset, int size, ref RequestReader r)
+    {
+        int total = 0;
+        while (total < size)
+        {
+            int n = r.MoveToFile(fd, offset + total, size - total);
+            if (n == -(int)Errno.EINTR)
+            {
+                continue;
+            }
+            if (n < 0)
+            {
+                return total > 0 ? total : n;
+            }
+            if (n == 0)
+            {
+                break;
+            }
+            total += n;
+        }
+        return total;
+    }
+
     /// <summary>Drops <paramref name="done"/> bytes from the front of iov[first..count].</summary>
     private static void ConsumeIovecs(Span<IoVec> iov, ref int first, int count, nuint done)
     {
@@ -120,6 +180,40 @@ public sealed unsafe partial class PassthroughFs
                 return EBADF;
             }
             int size = (int)a.Length;
+            // Appends of a non-cached write go through RWF_APPEND, so that several guests (or the
+            // host) sharing the file still append atomically; writeback and mmap writes carry the
+            // offset the guest computed (FUSE_WRITE_CACHE).
+            bool delayed = ((FuseWriteFlags)a.WriteFlags & FuseWriteFlags.Cache) != 0;
+            int rwf = !delayed && !Writeback && ((int)a.Flags & Libc.O_APPEND) != 0 ? Libc.RWF_APPEND : 0;
+            long offset = (long)a.Offset;
+            bool killPrivileges = ((FuseWriteFlags)a.WriteFlags & FuseWriteFlags.KillSuidgid) != 0 && (_negotiated & FuseInitFlags.HandleKillprivV2) != 0;
+            if (size > 0 && r.HeldRemaining == size)
+            {
+                // The transport holds the data (a pipe of page references): splice it into the file,
+                // except for an append, which splice cannot do at the file's end atomically.
+                if (rwf == 0)
+                {
+                    bool dropped = killPrivileges && DropFsetid();
+                    int moved;
+                    try
+                    {
+                        moved = WriteByReference(handle.Fd, offset, size, ref r);
+                    }
+                    finally
+                    {
+                        RestoreFsetid(dropped);
+                    }
+                    if (moved >= 0)
+                    {
+                        written = (uint)moved;
+                        return 0;
+                    }
+                }
+                if (!r.FetchFileData())
+                {
+                    return EIO;
+                }
+            }
             Span<IoVec> iov = stackalloc IoVec[StackIovecs];
             int count = r.Describe(size, iov);
             if (count < 0)
@@ -132,15 +226,8 @@ public sealed unsafe partial class PassthroughFs
                     return EIO;
                 }
             }
-            // Appends of a non-cached write go through RWF_APPEND, so that several guests (or the
-            // host) sharing the file still append atomically; writeback and mmap writes carry the
-            // offset the guest computed (FUSE_WRITE_CACHE).
-            bool delayed = ((FuseWriteFlags)a.WriteFlags & FuseWriteFlags.Cache) != 0;
-            int rwf = !delayed && !Writeback && ((int)a.Flags & Libc.O_APPEND) != 0 ? Libc.RWF_APPEND : 0;
             int total = 0;
             int first = 0;
-            long offset = (long)a.Offset;
-            bool killPrivileges = ((FuseWriteFlags)a.WriteFlags & FuseWriteFlags.KillSuidgid) != 0 && (_negotiated & FuseInitFlags.HandleKillprivV2) != 0;
             bool fsetidDropped = killPrivileges && DropFsetid();
             try
             {

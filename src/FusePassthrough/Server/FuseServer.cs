@@ -56,17 +56,32 @@ public partial class FuseServer<TFs> : IDisposable where TFs : IFileSystem
     /// (0 for FORGET, BATCH_FORGET and INTERRUPT, which get no reply, and when the writable space
     /// cannot hold even fuse_out_header). Never throws.
     /// <para>Contract: every IoVec describes memory that stays valid for the duration of the call.</para></summary>
-    public int HandleRequest(in FuseRequestHeader request, ReadOnlySpan<IoVec> readable, ReadOnlySpan<IoVec> writable)
+    public int HandleRequest(in FuseRequestHeader request, ReadOnlySpan<IoVec> readable, ReadOnlySpan<IoVec> writable) =>
+        HandleRequest(in request, readable, writable, null, null);
+
+    /// <summary><see cref="HandleRequest(in FuseRequestHeader, ReadOnlySpan{IoVec}, ReadOnlySpan{IoVec})"/>
+    /// with a transport that can carry a READ's data by reference: the file system may append file
+    /// data to <paramref name="fileData"/> instead of copying it into <paramref name="writable"/>.
+    /// The returned length then counts those bytes, which the segments do not hold: the transport
+    /// sends the segments up to <see cref="ReplyFileData.Start"/> followed by the data, and must
+    /// check that the two add up (an error reply drops the data).
+    /// <para><paramref name="requestData"/>: the end of the request (a WRITE's data), held by the
+    /// transport after <paramref name="readable"/>; what the file system leaves of it is the
+    /// transport's to drop.</para></summary>
+    public int HandleRequest(in FuseRequestHeader request, ReadOnlySpan<IoVec> readable, ReadOnlySpan<IoVec> writable, ReplyFileData? fileData,
+        RequestFileData? requestData)
     {
         Interlocked.Increment(ref Stats._requests);
         int capacity = RequestReader.TotalLength(writable);
-        var w = new ReplyWriter(writable, capacity);
+        var w = new ReplyWriter(writable, capacity, fileData);
         ulong unique = request.Unique;
         try
         {
-            int total = RequestReader.TotalLength(readable);
+            int inSegments = RequestReader.TotalLength(readable);
+            int held = requestData?.Length ?? 0;
+            int total = held > MaxRequestSize || inSegments > MaxRequestSize ? int.MaxValue : inSegments + held;
             // A header copied from other segments is the transport's bug; answered like a short request.
-            if (!request.IsComplete || request.Length != total)
+            if (!request.IsComplete || request.Length != inSegments)
             {
                 Interlocked.Increment(ref Stats._malformed);
                 return Finish(ref w, unique, -(int)Errno.EINVAL);
@@ -79,7 +94,7 @@ public partial class FuseServer<TFs> : IDisposable where TFs : IFileSystem
                 Interlocked.Increment(ref Stats._malformed);
                 return noReply ? 0 : Finish(ref w, unique, -(int)Errno.EINVAL);
             }
-            var r = new RequestReader(readable, total);
+            var r = new RequestReader(readable, inSegments, requestData);
             r.Skip(FuseInHeader.Size);
             if (noReply)
             {

@@ -22,13 +22,13 @@ internal static class FuseDeviceDaemon
     /// system was unmounted or stop was requested, 1 when a reader failed. <paramref name="kernelChecksPermissions"/>:
     /// the mount has default_permissions.</summary>
     public static int Serve(DaemonSettings settings, SafeFd session, IReadOnlyList<SafeFd> clones, bool kernelChecksPermissions,
-        CancellationToken stop, ILogger log)
+        CancellationToken stop, ILogger log, IReadOnlyList<FuseSplicePipes>? splicers = null, bool failSpliceAssembly = false)
     {
         var server = new FuseServer(FsDaemon.CreatePassthroughOptions(settings), message => log.Warning("fuse: {Message}", message));
         server.InitNegotiated = init => log.Information(
             "FUSE INIT: kernel protocol {Major}.{Minor}, answered 7.{Answered}; granted {Granted}",
             init.GuestMajor, init.GuestMinor, init.AnsweredMinor, init.Granted);
-        var fuse = new FuseDeviceSession(server, session, clones, kernelChecksPermissions, log);
+        var fuse = new FuseDeviceSession(server, session, clones, kernelChecksPermissions, log, splicers, failSpliceAssembly);
         log.Information("Serving the mount with {Readers} FUSE reader(s), one per CPU, and up to {Spares} more while requests block; shared root {Root}, names resolved with {Resolver}, inodes held as {Inodes}",
             clones.Count, FuseDeviceSession.MaxSpareReaders, settings.SharedRoot,
             server.UsesOpenat2 ? "openat2 RESOLVE_BENEATH" : "openat O_NOFOLLOW", server.UsesFileHandles ? "file handles" : "O_PATH fds");
@@ -41,6 +41,10 @@ internal static class FuseDeviceDaemon
                     fuse.ReaderCount, fuse.SpareCount, fuse.Requests);
                 log.Debug("Readers allocated {Bytes} bytes over {Steady} requests after their first {WarmUp} each",
                     allocated, steady, FuseDeviceReader.WarmUpRequests);
+                var (spliced, copiedBack) = fuse.SplicedReplies;
+                log.Debug("READ replies spliced: {Spliced}, copied back after a splice failed: {CopiedBack}", spliced, copiedBack);
+                var (splicedWrites, fetchedWrites) = fuse.SplicedWrites;
+                log.Debug("WRITE data spliced: {Spliced}, copied after a splice failed: {Fetched}", splicedWrites, fetchedWrites);
                 fuse.Dispose();
                 server.Dispose();
                 return ExitCodes.Success;

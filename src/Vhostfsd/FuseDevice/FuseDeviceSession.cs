@@ -53,12 +53,21 @@ internal sealed class FuseDeviceSession : IDisposable
     private long _steadyRequests;
     private long _steadyAllocatedBytes;
     private int _refusedReplyLogged;
+    private long _splicedReplies;
+    private long _copiedBackReplies;
+    private long _splicedWrites;
+    private long _fetchedWrites;
 
     /// <param name="sessionFd">The fd mount(2) was given; owned by the session from now on.</param>
     /// <param name="clones">Fds cloned from it (<see cref="DevFuse.Clone"/>), one reader each;
     /// owned by their readers from now on.</param>
     /// <param name="kernelChecksPermissions">The mount has default_permissions.</param>
-    public FuseDeviceSession(FuseServer server, SafeFd sessionFd, IReadOnlyList<SafeFd> clones, bool kernelChecksPermissions, ILogger log)
+    /// <param name="splicers">Per clone, its reader's pipes for READ replies by reference (null
+    /// entries, or a null list: that reader copies); owned by the readers from now on. Spare readers
+    /// copy: pipes grown past fs.pipe-max-size can only be made before the capability drop.</param>
+    /// <param name="failSpliceAssembly">Test hook, see <see cref="FuseDeviceReader"/>.</param>
+    public FuseDeviceSession(FuseServer server, SafeFd sessionFd, IReadOnlyList<SafeFd> clones, bool kernelChecksPermissions, ILogger log,
+        IReadOnlyList<FuseSplicePipes>? splicers = null, bool failSpliceAssembly = false)
     {
         KernelChecksPermissions = kernelChecksPermissions;
         if (clones.Count == 0)
@@ -71,7 +80,8 @@ internal sealed class FuseDeviceSession : IDisposable
         _baseReaders = clones.Count;
         for (int i = 0; i < clones.Count; i++)
         {
-            _pending.Add(new FuseDeviceReader(this, server, clones[i].Fd, clones[i], $"fuse-reader-{i}"));
+            FuseSplicePipes splicer = splicers != null && i < splicers.Count ? splicers[i] : default;
+            _pending.Add(new FuseDeviceReader(this, server, clones[i].Fd, clones[i], $"fuse-reader-{i}", splicer, failSpliceAssembly));
         }
     }
 
@@ -178,6 +188,22 @@ internal sealed class FuseDeviceSession : IDisposable
         Interlocked.Add(ref _requests, requests);
         Interlocked.Add(ref _steadyRequests, steadyRequests);
         Interlocked.Add(ref _steadyAllocatedBytes, steadyAllocatedBytes);
+    }
+
+    /// <summary>READ replies sent by reference through the readers' pipes, and those whose data had
+    /// to be copied back into the reply buffer (stopped readers).</summary>
+    public (long Spliced, long CopiedBack) SplicedReplies => (Interlocked.Read(ref _splicedReplies), Interlocked.Read(ref _copiedBackReplies));
+
+    /// <summary>WRITEs whose data went from the pipe to the file, and those whose data had to be read
+    /// into memory instead (stopped readers).</summary>
+    public (long Spliced, long Fetched) SplicedWrites => (Interlocked.Read(ref _splicedWrites), Interlocked.Read(ref _fetchedWrites));
+
+    public void CountSpliced(long spliced, long copiedBack, long splicedWrites, long fetchedWrites)
+    {
+        Interlocked.Add(ref _splicedReplies, spliced);
+        Interlocked.Add(ref _copiedBackReplies, copiedBack);
+        Interlocked.Add(ref _splicedWrites, splicedWrites);
+        Interlocked.Add(ref _fetchedWrites, fetchedWrites);
     }
 
     /// <summary>The kernel refused a reply (a malformed reply is a bug in the server): logged once.</summary>

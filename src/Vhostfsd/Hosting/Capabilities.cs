@@ -22,6 +22,7 @@ internal static class Capabilities
     public const int Setpcap = 8;
     public const int SysChroot = 18;
     public const int SysAdmin = 21;
+    public const int SysResource = 24;
     public const int Mknod = 27;
     public const int Setfcap = 31;
 

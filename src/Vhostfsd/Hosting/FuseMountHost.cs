@@ -1,6 +1,7 @@
 using Serilog;
 using Vhostfsd.Cli;
 using Vhostfsd.FuseDevice;
+using Vhostfsd.FusePassthrough;
 using Vhostfsd.Posix;
 
 namespace Vhostfsd.Hosting;
@@ -44,6 +45,10 @@ internal static class FuseMountHost
             // The serving process chroots itself, then drops these two on its main thread.
             bounding |= (1UL << Capabilities.SysChroot) | (1UL << Capabilities.Setpcap);
         }
+        // In every mode, SYS_RESOURCE: the serving process grows its readers' splice pipes past
+        // fs.pipe-max-size with it (FuseReplySplicer), then drops it with the rest, SETPCAP taking
+        // it out of the bounding set.
+        bounding |= (1UL << Capabilities.SysResource) | (1UL << Capabilities.Setpcap);
         // Before the serving process is spawned: it inherits the empty list.
         SupplementaryGroups.DropAll(log);
 
@@ -102,6 +107,10 @@ internal static class FuseMountHost
         {
             throw new StartupException("cannot attach a reader to the FUSE connection: " + e.Message);
         }
+        // The readers' pipes for READ replies by reference, made now: a pipe that holds a 1 MiB READ
+        // and its header is 2 MiB, above the default fs.pipe-max-size, which only CAP_SYS_RESOURCE
+        // (dropped below) may exceed.
+        var splicers = CreateSplicers(clones.Count, log);
 
         SandboxResult sandbox;
         switch (marker.Mode)
@@ -161,12 +170,53 @@ internal static class FuseMountHost
             options.Sandbox.ToString().ToLowerInvariant(), options.Seccomp.ToString().ToLowerInvariant(), options.Cache.ToString().ToLowerInvariant());
         try
         {
-            return FuseDeviceDaemon.Serve(settings, session, clones, options.FuseDefaultPermissions, ShutdownSignal.Token, log);
+            return FuseDeviceDaemon.Serve(settings, session, clones, options.FuseDefaultPermissions, ShutdownSignal.Token, log,
+                splicers, TestProbe.SpliceRequest == TestProbe.SpliceFail);
         }
         finally
         {
             sandbox.ProcSelfFd.Dispose();
         }
+    }
+
+    private static FuseSplicePipes[] CreateSplicers(int count, ILogger log)
+    {
+        var pipes = new FuseSplicePipes[count];
+        if (TestProbe.SpliceRequest == TestProbe.SpliceOff)
+        {
+            log.Information("READ and WRITE data are copied: splicing is off ({Variable})", TestProbe.SpliceEnvironment);
+            return pipes;
+        }
+        bool failMoves = TestProbe.SpliceRequest == TestProbe.SpliceFail;
+        string? failure = null;
+        for (int i = 0; i < count; i++)
+        {
+            pipes[i] = new FuseSplicePipes(FuseReplySplicer.TryCreate(out failure), FuseRequestSplicer.TryCreate(failMoves));
+        }
+        FuseReplySplicer? reply = pipes[0].Reply;
+        if (reply is null)
+        {
+            log.Information("READ replies are copied: no splice pipes ({Failure})", failure);
+        }
+        else if (reply.Capacity < FuseServer.MaxWrite)
+        {
+            log.Information("READ replies of up to {Bytes} bytes are spliced, larger ones copied: the pipes could not grow to {Wanted} bytes (fs.pipe-max-size, CAP_SYS_RESOURCE)",
+                reply.Capacity, FuseReplySplicer.WantedPipeBytes);
+        }
+        else
+        {
+            log.Debug("READ replies are spliced through pipes of {Bytes} bytes", FuseReplySplicer.WantedPipeBytes);
+        }
+        if (pipes[0].Request is null)
+        {
+            log.Information("WRITE data is copied: a request pipe could not grow to {Wanted} bytes (fs.pipe-max-size, CAP_SYS_RESOURCE)",
+                FuseReplySplicer.WantedPipeBytes);
+        }
+        else
+        {
+            log.Debug("Requests are spliced from /dev/fuse, WRITE data into files");
+        }
+        return pipes;
     }
 
     private static string Canonical(string path, string what)

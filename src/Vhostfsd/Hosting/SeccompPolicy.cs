@@ -58,6 +58,11 @@ internal static unsafe class SeccompPolicy
              "lseek", "readlinkat", "mkdirat", "mknodat", "symlinkat", "unlinkat", "renameat", "renameat2", "linkat",
              "fchmod", "fchmodat", "fchmodat2", "fchownat", "utimensat", "fallocate", "ftruncate", "preadv2",
              "pwritev2", "fsync", "fdatasync", "syncfs", "copy_file_range", "fstatfs", "umask"]),
+        new("READ replies of the host FUSE mount (--fuse-mount) by reference: splice of the file's "
+            + "pages into a reader's pipe, of that pipe into the reply pipe, and of the reply into "
+            + "/dev/fuse (pipe2 and fcntl F_SETPIPE_SZ are allowed for other reasons; the pipes are "
+            + "made before the filter goes in).",
+            ["splice"]),
         new("Extended attributes, POSIX ACLs and security labels (--xattr, --posix-acl, "
             + "--security-label): the *xattrat calls of Linux 6.13, and the fd and /proc/self/fd "
             + "path forms the daemon falls back to on older kernels (not reachable on this 6.18 "
@@ -223,6 +228,7 @@ internal static unsafe class SeccompPolicy
         new("ppoll", 271, 73),
         new("unshare", 272, 97),
         new("set_robust_list", 273, 99),
+        new("splice", 275, 76),
         new("utimensat", 280, 88),
         new("fallocate", 285, 47),
         new("accept4", 288, 242),

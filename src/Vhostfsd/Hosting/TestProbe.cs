@@ -72,6 +72,16 @@ internal static unsafe class TestProbe
     /// (no *xattrat calls) on any kernel, so the tests can run them inside each sandbox.</summary>
     public const string NoXattrAtEnvironment = "VHOSTFSD_TEST_NO_XATTRAT";
 
+    /// <summary>Third test hook, for --fuse-mount: "off" copies READ and WRITE data (no splice pipes);
+    /// "fail" makes every splice of data take its fallback: a READ reply the pipes could not
+    /// assemble (its data copied back into the reply buffer), a WRITE whose data could not be
+    /// spliced into the file (read into memory and written as before).</summary>
+    public const string SpliceEnvironment = "VHOSTFSD_TEST_SPLICE";
+    public const string SpliceOff = "off";
+    public const string SpliceFail = "fail";
+
+    public static string? SpliceRequest => System.Environment.GetEnvironmentVariable(SpliceEnvironment);
+
     public static bool NoXattrAtRequested => System.Environment.GetEnvironmentVariable(NoXattrAtEnvironment) == "1";
 
     public static void RunIfRequested(DaemonSettings settings, int lastCap, ILogger log)
