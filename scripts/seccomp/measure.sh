@@ -137,6 +137,12 @@ number_names() {
 report() {
   local counts
   counts=$(summarise "$@") || return 1
+  if [[ -z $counts ]]; then
+    # Counting starts at seccomp(2), or at accept4(2) for a process attached after its filter
+    # went in; a --fuse-mount daemon accepts nothing, so one attached late shows no call.
+    echo "measure: no call counted in $* (attached after the filter went in, and no accept4 followed)" >&2
+    return 1
+  fi
   declare -A byNumber=()
   while read -r number name; do byNumber[$number]=$name; done < <(number_names)
   declare -A seen=()
