@@ -285,4 +285,73 @@ public class SecurityLabelTests
         Assert.Equal("kept", File.ReadAllText(f.HostPath("existing")));
         Assert.Null(HostLabel(f.HostPath("existing"), "security.label"));
     }
+    /// <summary>Plays the host user who renames their own entry of the same type (owned by uid 4242)
+    /// over the name a labelled request just created, before the daemon sets the label.</summary>
+    private static unsafe void SwapInDecoy(ShareFixture f, string name)
+    {
+        string decoy = f.HostPath(".decoy-" + name);
+        string path = f.HostPath(name);
+        switch (name[(name.LastIndexOf('-') + 1)..])
+        {
+            case "dir":
+                Directory.CreateDirectory(decoy);
+                break;
+            case "file":
+                File.WriteAllText(decoy, "the host user's");
+                break;
+            case "fifo":
+                fixed (byte* p = Encoding.UTF8.GetBytes(decoy + "\0"))
+                {
+                    PosixException.Check(Libc.MknodAt(Libc.AT_FDCWD, p, Libc.S_IFIFO | 0x1A4, 0), "mkfifo");
+                }
+                break;
+            default:
+                File.CreateSymbolicLink(decoy, "elsewhere");
+                break;
+        }
+        ShareFixture.Chown(decoy, 4242, 4242);
+        fixed (byte* from = Encoding.UTF8.GetBytes(decoy + "\0"))
+        fixed (byte* to = Encoding.UTF8.GetBytes(path + "\0"))
+        {
+            PosixException.Check(Libc.RenameAt2(Libc.AT_FDCWD, from, Libc.AT_FDCWD, to, 0), "rename");
+        }
+    }
+
+    /// <summary>The label is set on the inode the request created, never by name: a host user who
+    /// swaps their own entry in under the new name between the creation and the labelling gets no
+    /// guest-chosen label on it, and the reply never describes their entry (the request fails, or —
+    /// CREATE, which labels through its open fd — succeeds for the file it created).</summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void ALabelNeverLandsOnAnEntrySwappedInUnderTheNewName(bool legacy)
+    {
+        using var f = new ShareFixture(makeOptions: s => new PassthroughOptions { SharedDir = s, SecurityLabel = true, AvoidXattrAt = legacy });
+        f.Server.Passthrough.AfterCreateBeforeLabel = name => SwapInDecoy(f, name);
+        FuseArgs ctx = SecurityContext("security.label", "system_u:object_r:test_t:s0", out ushort units);
+        f.Client.TotalExtLen = units;
+        var replies = new[]
+        {
+            ("dir", f.Client.Send(FuseOpcode.Mkdir, Root, new FuseArgs().Add(new FuseMkdirIn { Mode = 0x1ED }).Name("race-dir").Bytes(ctx.ToArray()))),
+            ("file", f.Client.Create(Root, "race-file", Libc.O_RDWR | Libc.O_CREAT | Libc.O_EXCL, extensions: ctx)),
+            ("fifo", f.Client.Send(FuseOpcode.Mknod, Root, new FuseArgs().Add(new FuseMknodIn { Mode = Libc.S_IFIFO | 0x1A4 }).Name("race-fifo").Bytes(ctx.ToArray()))),
+            ("link", f.Client.Send(FuseOpcode.Symlink, Root, new FuseArgs().Name("race-link").Name("target").Bytes(ctx.ToArray()))),
+        };
+        f.Client.TotalExtLen = 0;
+        f.Server.Passthrough.AfterCreateBeforeLabel = null;
+        foreach (var (kind, reply) in replies)
+        {
+            string path = f.HostPath("race-" + kind);
+            Statx decoy = ShareFixture.HostStat(path);
+            Assert.Equal(4242u, decoy.Uid);
+            Assert.True(HostLabel(path, "security.label") is null, $"the decoy under race-{kind} got the guest's label");
+            if (reply.Error == 0)
+            {
+                FuseEntryOut entry = reply.Read<FuseEntryOut>();
+                Assert.NotEqual(decoy.Ino, entry.Attr.Ino);
+                Assert.NotEqual(4242u, entry.Attr.Uid);
+            }
+        }
+        Assert.Equal(Errno.OK, replies[1].Item2.Errno);
+    }
 }

@@ -79,6 +79,11 @@ public sealed unsafe partial class PassthroughFs
         }
     }
 
+    /// <summary>Tests only (null in production): called with the entry's name right after MKDIR, MKNOD,
+    /// SYMLINK or CREATE made it and before its security label is set, so a test can play the host
+    /// user who renames another entry over that name in between.</summary>
+    internal Action<string>? AfterCreateBeforeLabel { get; set; }
+
     private enum CreateKind
     {
         Symlink,
@@ -141,11 +146,18 @@ public sealed unsafe partial class PassthroughFs
             {
                 return rc;
             }
-            if (label.IsPresent && (rc = ApplySecurityLabel(parentFd, name, labelName, label.Value)) < 0)
+            if (!label.IsPresent)
             {
-                return rc;
+                return LookupChild(parent, parentFd, name, out entry);
             }
-            return LookupChild(parent, parentFd, name, out entry);
+            AfterCreateBeforeLabel?.Invoke(System.Text.Encoding.UTF8.GetString(System.Runtime.InteropServices.MemoryMarshal.CreateReadOnlySpanFromNullTerminated(name)));
+            uint type = kind switch
+            {
+                CreateKind.Symlink => Libc.S_IFLNK,
+                CreateKind.Mkdir => Libc.S_IFDIR,
+                _ => (mode & Libc.S_IFMT) == 0 ? Libc.S_IFREG : mode & Libc.S_IFMT,
+            };
+            return LabelCreatedEntry(in context, parent, parentFd, name, type, labelName, label.Value, out entry);
         }
         finally
         {
@@ -154,55 +166,76 @@ public sealed unsafe partial class PassthroughFs
         }
     }
 
-    /// <summary>Sets the guest's security label on a just-created entry (through the magic link of
-    /// its parent, so it works for every file type); on failure the entry is removed again.</summary>
-    private int ApplySecurityLabel(int parentFd, byte* name, ReadOnlySpan<byte> labelName, ReadOnlySpan<byte> labelValue)
+    /// <summary>Labels the entry MKDIR, MKNOD or SYMLINK just created as the requester, and answers
+    /// with it. The label is set as root, so never by name: a host user who can rename in the
+    /// directory could swap their own entry in under the name after the creation, and a label they
+    /// could not set (a security.selinux context) would land on it. So the name is pinned once with
+    /// an O_PATH fd, the inode checked to be the one this request made (its type, and its owner:
+    /// the uid the request created it as), labelled through that fd, and the reply made of that
+    /// same fd. The group is not checked: a setgid directory gives a new entry its own group.
+    /// Returns 0 or -errno.</summary>
+    private int LabelCreatedEntry(in RequestContext context, Node parent, int parentFd, byte* name, uint type,
+        ReadOnlySpan<byte> labelName, ReadOnlySpan<byte> labelValue, out FuseEntryOut entry)
     {
-        if (_hasXattrAt)
+        entry = default;
+        // The pinning fd is taken from the budget only once the entry is labelled (below), so that
+        // a full budget undoes the creation like a failed label instead of leaving it unlabelled.
+        int fd = OpenPathBelow(parentFd, name);
+        if (fd < 0)
         {
-            int result;
-            fixed (byte* xname = labelName)
-            fixed (byte* value = labelValue)
-            {
-                result = Libc.SetxattrAt(parentFd, name, Libc.AT_SYMLINK_NOFOLLOW, xname, value, (nuint)labelValue.Length, 0) < 0 ? Libc.NegErrno : 0;
-            }
-            if (result < 0)
-            {
-                RemoveUnlabelled(parentFd, name);
-            }
-            return result;
+            // Renamed away or replaced already: nothing of ours to label under this name.
+            return fd;
         }
-        // "N/name" relative to the /proc/self/fd directory (see EnterProcFdDirectory): the parent through
-        // its magic link, then the new entry, not followed if it is a symlink.
-        int nameLength = new ReadOnlySpan<byte>(name, (int)NameMax + 1).IndexOf((byte)0);
-        Span<byte> path = stackalloc byte[16 + (int)NameMax + 2];
-        FormatFd(parentFd, path);
-        int at = path.IndexOf((byte)0);
-        path[at++] = (byte)'/';
-        new ReadOnlySpan<byte>(name, nameLength + 1).CopyTo(path[at..]);
-        int rc = EnterProcFdDirectory();
-        if (rc >= 0)
+        Statx st;
+        byte empty = 0;
+        int rc = 0;
+        uint owner = _privileged && context.Uid != 0 ? context.Uid : Libc.GetEuid();
+        if (Libc.StatxAt(fd, &empty, Libc.AT_EMPTY_PATH | Libc.AT_SYMLINK_NOFOLLOW, Libc.STATX_TYPE | Libc.STATX_UID | Libc.STATX_INO, &st) < 0)
         {
-            int previousDirectory = rc;
-            fixed (byte* p = path)
+            rc = Libc.NegErrno;
+        }
+        else if ((st.Mode & Libc.S_IFMT) != type || st.Uid != owner)
+        {
+            // Someone else's entry was put in under the name after the creation (ours was renamed
+            // away or replaced). It is neither labelled nor removed, and the reply must not make it
+            // the guest's new entry: EIO, since the guest cannot retry (the name is taken) and no
+            // errno of the creating calls describes a host-side swap.
+            rc = -(int)Errno.EIO;
+        }
+        else
+        {
             fixed (byte* xname = labelName)
             fixed (byte* value = labelValue)
             {
-                rc = Libc.Lsetxattr(p, xname, value, (nuint)labelValue.Length, 0) < 0 ? Libc.NegErrno : 0;
+                nint set = XattrCallOnPathFd(fd, XattrOp.Set, xname, value, (nuint)labelValue.Length, 0);
+                rc = set < 0 ? (int)set : 0;
             }
-            LeaveProcFdDirectory(previousDirectory);
+            if (rc == 0 && !_budget.TryTake())
+            {
+                rc = -(int)Errno.ENFILE;
+            }
+            if (rc < 0)
+            {
+                RemoveIfSame(parentFd, name, in st);
+            }
         }
         if (rc < 0)
         {
-            RemoveUnlabelled(parentFd, name);
+            Libc.Close(fd);
+            return rc;
         }
-        return rc;
+        return InsertFromFd(parent, fd, out entry);
     }
 
-    private static void RemoveUnlabelled(int parentFd, byte* name)
+    /// <summary>Undoes a creation whose label could not be set (or whose reply cannot be made):
+    /// removes <paramref name="name"/> only if it still names the inode <paramref name="created"/>
+    /// describes (dev and inode number), never an entry put there since. (A rename between this
+    /// check and the unlink could still slip in; there is no unlink by fd.)</summary>
+    private static void RemoveIfSame(int parentFd, byte* name, in Statx created)
     {
         Statx st;
-        if (Libc.StatxAt(parentFd, name, Libc.AT_SYMLINK_NOFOLLOW, Libc.STATX_TYPE, &st) == 0)
+        if (Libc.StatxAt(parentFd, name, Libc.AT_SYMLINK_NOFOLLOW, Libc.STATX_TYPE | Libc.STATX_INO, &st) == 0
+            && st.Ino == created.Ino && st.Dev == created.Dev)
         {
             Libc.UnlinkAt(parentFd, name, (st.Mode & Libc.S_IFMT) == Libc.S_IFDIR ? Libc.AT_REMOVEDIR : 0);
         }

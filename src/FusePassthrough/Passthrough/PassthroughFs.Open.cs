@@ -209,9 +209,19 @@ public sealed unsafe partial class PassthroughFs
             // and a failure must not remove a file this request did not create.
             if (label.IsPresent && created)
             {
-                rc = tmpfile ? SetLabelOnFd(fd, labelName, label.Value) : ApplySecurityLabelByName(parentFd, nameZ, labelName, label.Value);
+                if (!tmpfile)
+                {
+                    AfterCreateBeforeLabel?.Invoke(System.Text.Encoding.UTF8.GetString(nameZ[..^1]));
+                }
+                // Through the open fd, never by name: the name may already point to an entry a host
+                // user renamed in after the creation (see LabelCreatedEntry).
+                rc = SetLabelOnFd(fd, labelName, label.Value);
                 if (rc < 0)
                 {
+                    if (!tmpfile)
+                    {
+                        RemoveCreatedFile(parentFd, nameZ, fd);
+                    }
                     return rc;
                 }
             }
@@ -334,11 +344,18 @@ public sealed unsafe partial class PassthroughFs
         return fd < 0 ? Libc.NegErrno : fd;
     }
 
-    private int ApplySecurityLabelByName(int parentFd, ReadOnlySpan<byte> nameZ, ReadOnlySpan<byte> labelName, ReadOnlySpan<byte> labelValue)
+    /// <summary>Removes the file CREATE made (open as <paramref name="fd"/>) after its label failed,
+    /// if <paramref name="nameZ"/> still names it.</summary>
+    private static void RemoveCreatedFile(int parentFd, ReadOnlySpan<byte> nameZ, int fd)
     {
-        fixed (byte* name = nameZ)
+        Statx st;
+        byte empty = 0;
+        if (Libc.StatxAt(fd, &empty, Libc.AT_EMPTY_PATH, Libc.STATX_TYPE | Libc.STATX_INO, &st) == 0)
         {
-            return ApplySecurityLabel(parentFd, name, labelName, labelValue);
+            fixed (byte* name = nameZ)
+            {
+                RemoveIfSame(parentFd, name, in st);
+            }
         }
     }
 

@@ -56,37 +56,12 @@ public sealed unsafe partial class PassthroughFs
         return length;
     }
 
-    /// <summary>Runs one xattr call on <paramref name="node"/>: with the *xattrat calls relative to the
-    /// /proc/self/fd directory fd where the kernel has them; else through a real fd for regular files and
-    /// directories (f*xattr refuse O_PATH fds) and, for the rest, through the relative path "N" from the
-    /// /proc/self/fd directory made the thread's working directory (never an absolute /proc path, which
-    /// a sandbox would resolve inside the share).</summary>
+    /// <summary>Runs one xattr call on <paramref name="node"/>: with the *xattrat calls where the kernel
+    /// has them, else through a real fd for regular files and directories (f*xattr refuse O_PATH fds)
+    /// and, for the rest, through <see cref="XattrCallOnPathFd"/>.</summary>
     private nint XattrCall(Node node, XattrOp op, byte* name, byte* value, nuint size, int flags)
     {
-        if (_hasXattrAt)
-        {
-            int temp = -1;
-            int fd = PathFd(node, ref temp);
-            if (fd < 0)
-            {
-                return fd;
-            }
-            // AT_EMPTY_PATH on an O_PATH fd is refused (EBADF) like f*xattr; the magic link
-            // "N" below the /proc/self/fd directory fd reaches the inode itself, even a symlink.
-            byte* fdName = stackalloc byte[16];
-            FormatFd(fd, new Span<byte>(fdName, 16));
-            nint r = op switch
-            {
-                XattrOp.Get => Libc.GetxattrAt(_procSelfFd, fdName, 0, name, value, size),
-                XattrOp.Set => Libc.SetxattrAt(_procSelfFd, fdName, 0, name, value, size, flags),
-                XattrOp.List => Libc.ListxattrAt(_procSelfFd, fdName, 0, value, size),
-                _ => Libc.RemovexattrAt(_procSelfFd, fdName, 0, name),
-            };
-            int e = r < 0 ? Libc.NegErrno : 0;
-            CloseTemporary(temp);
-            return r < 0 ? e : r;
-        }
-        if (node.IsRegular || node.IsDirectory)
+        if (!_hasXattrAt && (node.IsRegular || node.IsDirectory))
         {
             int fd = Reopen(node, Libc.O_RDONLY | Libc.O_NONBLOCK | (node.IsDirectory ? Libc.O_DIRECTORY : 0));
             if (fd < 0)
@@ -110,26 +85,46 @@ public sealed unsafe partial class PassthroughFs
         {
             return pathFd;
         }
+        nint result = XattrCallOnPathFd(pathFd, op, name, value, size, flags);
+        CloseTemporary(temporary);
+        return result;
+    }
+
+    /// <summary>Runs one xattr call on the inode of the O_PATH fd <paramref name="pathFd"/> (any file
+    /// type, a symlink included, whose own attributes these are), through the magic link "N" of the
+    /// fd: with the *xattrat calls relative to the /proc/self/fd directory fd (AT_EMPTY_PATH on an
+    /// O_PATH fd is refused, EBADF, like f*xattr); else relative to the /proc/self/fd directory made
+    /// the thread's working directory (never an absolute /proc path, which a sandbox would resolve
+    /// inside the share). Returns the call's result or -errno.</summary>
+    private nint XattrCallOnPathFd(int pathFd, XattrOp op, byte* name, byte* value, nuint size, int flags)
+    {
+        byte* fdName = stackalloc byte[16];
+        FormatFd(pathFd, new Span<byte>(fdName, 16));
+        if (_hasXattrAt)
+        {
+            nint r = op switch
+            {
+                XattrOp.Get => Libc.GetxattrAt(_procSelfFd, fdName, 0, name, value, size),
+                XattrOp.Set => Libc.SetxattrAt(_procSelfFd, fdName, 0, name, value, size, flags),
+                XattrOp.List => Libc.ListxattrAt(_procSelfFd, fdName, 0, value, size),
+                _ => Libc.RemovexattrAt(_procSelfFd, fdName, 0, name),
+            };
+            return r < 0 ? Libc.NegErrno : r;
+        }
         int previousDirectory = EnterProcFdDirectory();
         if (previousDirectory < 0)
         {
-            CloseTemporary(temporary);
             return previousDirectory;
         }
-        // "N" relative to the /proc/self/fd directory: the magic link reaches the inode itself (a
-        // symlink included, whose own attributes these are).
-        byte* path = stackalloc byte[16];
-        FormatFd(pathFd, new Span<byte>(path, 16));
         nint result = op switch
         {
-            XattrOp.Get => Libc.Getxattr(path, name, value, size),
-            XattrOp.Set => Libc.Setxattr(path, name, value, size, flags),
-            XattrOp.List => Libc.Listxattr(path, value, size),
-            _ => Libc.Removexattr(path, name),
+            XattrOp.Get => Libc.Getxattr(fdName, name, value, size),
+            XattrOp.Set => Libc.Setxattr(fdName, name, value, size, flags),
+            XattrOp.List => Libc.Listxattr(fdName, value, size),
+            _ => Libc.Removexattr(fdName, name),
         };
         int error = result < 0 ? Libc.NegErrno : 0;
         LeaveProcFdDirectory(previousDirectory);
-        CloseTemporary(temporary);
         return result < 0 ? error : result;
     }
 
