@@ -352,6 +352,12 @@ public class SecurityLabelTests
                 Assert.NotEqual(4242u, entry.Attr.Uid);
             }
         }
-        Assert.Equal(Errno.OK, replies[1].Item2.Errno);
+        // CREATE labels through its open fd: the label is on the file it created (now unlinked by
+        // the rename, still reachable through the reply's node).
+        FuseReply created = replies[1].Item2;
+        Assert.Equal(Errno.OK, created.Errno);
+        FuseReply got = f.Client.Getxattr(created.Read<FuseEntryOut>().NodeId, "security.label", 256);
+        Assert.Equal(Errno.OK, got.Errno);
+        Assert.Equal("system_u:object_r:test_t:s0", Encoding.UTF8.GetString(got.Payload));
     }
 }
