@@ -72,7 +72,7 @@ internal static class CommandLine
         public readonly Option<bool> Flock = new("--flock") { Description = "Forward the guest's flock() locks to the host (C dialect: -o flock)" };
         public readonly Option<bool> NoFlock = new("--no-flock") { Description = "Keep flock() locks local to the guest [default]" };
         public readonly Option<string> FuseMount = new("--fuse-mount") { Description = "Instead of serving a vhost-user socket, mount the share on this host directory through the kernel's FUSE (/dev/fuse) and serve it there until unmounted or signalled (needs root)", HelpName = "MOUNTPOINT" };
-        public readonly Option<string> FuseOptions = new("--fuse-options") { Description = "With --fuse-mount: allow_other (every user may use the mount, not only root), default_permissions (the kernel checks file modes itself), comma-separated", HelpName = "OPT[,OPT]" };
+        public readonly Option<string> FuseOptions = new("--fuse-options") { Description = "With --fuse-mount: allow_other (every user may use the mount, not only root; implies default_permissions), default_permissions (the kernel checks file modes itself), comma-separated", HelpName = "OPT[,OPT]" };
 
         // Recognised so that they get a clear refusal instead of "unrecognized".
         public readonly Option<string[]> UidMap = new("--uid-map") { Hidden = true };
