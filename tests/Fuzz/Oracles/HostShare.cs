@@ -30,6 +30,7 @@ public sealed class HostEntry
 
     public uint Type => Mode & Libc.S_IFMT;
     public bool IsDirectory => Type == Libc.S_IFDIR;
+    public bool IsRegular => Type == Libc.S_IFREG;
     public bool IsSetuid => (Mode & Libc.S_ISUID) != 0;
     public bool IsSetgid => (Mode & Libc.S_ISGID) != 0;
 

@@ -8,6 +8,9 @@ public sealed class HostRules
     /// <summary>--readonly: nothing in the share may change.</summary>
     public bool ReadOnly { get; init; }
 
+    /// <summary>--killpriv-v2: a data change by a user other than root clears S_ISUID, and S_ISGID with S_IXGRP.</summary>
+    public bool KillprivV2 { get; init; }
+
     /// <summary>True when a guest-set attribute may exist on the host under this (host) name.</summary>
     public required Func<string, bool> HostXattrName { get; init; }
 
@@ -59,6 +62,10 @@ public sealed class HostRules
 /// model: an existing inode changes owner or group, or gains S_ISUID or S_ISGID, only through a
 /// SETATTR that asked for exactly that, and gains or changes security.capability only through a
 /// SETXATTR.</para>
+/// <para>With --killpriv-v2 the daemon, not the guest kernel, clears the set-id bits a data change
+/// removes (the kernel's should_remove_suid): after a WRITE or truncating SETATTR that carried
+/// KILL_SUIDGID, a COPY_FILE_RANGE or a FALLOCATE by a requester other than uid 0 that changed a
+/// regular file's mtime or size on the host, the file has no S_ISUID, and no S_ISGID with S_IXGRP.</para>
 /// <para>For every request: an attribute name appears or changes on the host only in a form the
 /// configuration's xattr rules produce, and with --readonly nothing changes at all.</para></summary>
 public static class PrivilegeOracle
@@ -219,6 +226,18 @@ public static class PrivilegeOracle
                 problems.Add($"{was} became setgid {now.Gid} (mode {Convert.ToString(now.Mode, 8)}) for a request (opcode {request.Opcode}, {request}) that did not ask for it");
             }
             count("host:setgid-gained");
+        }
+        if (rules.KillprivV2 && now.IsRegular && (now.Mtime != was.Mtime || now.Size != was.Size) && request.KillsSuidgidOnDataChange)
+        {
+            const uint groupExec = 0x8;
+            if (was.IsSetuid || (was.IsSetgid && (was.Mode & groupExec) != 0))
+            {
+                count("host:killpriv-checked");
+            }
+            if (now.IsSetuid || (now.IsSetgid && (now.Mode & groupExec) != 0))
+            {
+                problems.Add($"{was} kept set-id bits (mode {Convert.ToString(now.Mode, 8)}) through a data change by {request} (opcode {request.Opcode}) with --killpriv-v2, which must clear S_ISUID, and S_ISGID with S_IXGRP, for a user other than root");
+            }
         }
         foreach (var (name, value) in now.Xattrs)
         {

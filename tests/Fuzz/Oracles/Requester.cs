@@ -16,6 +16,9 @@ public sealed class Requester
     public const uint Rename = 12;
     public const uint Link = 13;
     public const uint Setattr = 4;
+    public const uint Write = 16;
+    public const uint Fallocate = 43;
+    public const uint CopyFileRange = 47;
     public const uint Setxattr = 21;
     public const uint Create = 35;
     public const uint Rename2 = 45;
@@ -25,6 +28,11 @@ public sealed class Requester
     public const uint AttrMode = 1;
     public const uint AttrUid = 2;
     public const uint AttrGid = 4;
+    public const uint AttrSize = 8;
+    public const uint AttrKillSuidgid = 1u << 11;
+
+    /// <summary>fuse_write_in.write_flags FUSE_WRITE_KILL_SUIDGID.</summary>
+    public const uint WriteKillSuidgid = 1u << 2;
 
     /// <summary>fuse_ext_type FUSE_EXT_GROUPS.</summary>
     private const uint ExtGroups = 32;
@@ -44,6 +52,22 @@ public sealed class Requester
     public uint SetMode { get; private init; }
     public uint SetUid { get; private init; }
     public uint SetGid { get; private init; }
+
+    /// <summary>For a WRITE: fuse_write_in's write_flags (0 otherwise, or when too short).</summary>
+    public uint WriteFlags { get; private init; }
+
+    /// <summary>With HANDLE_KILLPRIV_V2, a data or size change this request makes must clear S_ISUID (and
+    /// S_ISGID with S_IXGRP) when its requester is not root: a WRITE or a truncating SETATTR that carry
+    /// KILL_SUIDGID (the guest kernel sets it for a caller without CAP_FSETID), and COPY_FILE_RANGE
+    /// and FALLOCATE, which have no such flag (the guest kernel leaves the decision to the daemon).
+    /// A SETATTR that also sets the mode is left out: the mode it asked for is the mode.</summary>
+    public bool KillsSuidgidOnDataChange => !IsRoot && Opcode switch
+    {
+        Write => (WriteFlags & WriteKillSuidgid) != 0,
+        Setattr => (SetValid & (AttrSize | AttrKillSuidgid)) == (AttrSize | AttrKillSuidgid) && (SetValid & AttrMode) == 0,
+        Fallocate or CopyFileRange => true,
+        _ => false,
+    };
 
     /// <summary>True for a SETATTR that set <paramref name="bit"/> (AttrMode, AttrUid, AttrGid).</summary>
     public bool Sets(uint bit) => Opcode == Setattr && (SetValid & bit) != 0;
@@ -95,6 +119,14 @@ public sealed class Requester
                 SetMode = BinaryPrimitives.ReadUInt32LittleEndian(a[68..]),
                 SetUid = BinaryPrimitives.ReadUInt32LittleEndian(a[76..]),
                 SetGid = BinaryPrimitives.ReadUInt32LittleEndian(a[80..]),
+            };
+        }
+        // fuse_write_in: write_flags at 20.
+        if (opcode == Write && request.Length >= 40 + 24)
+        {
+            requester = new Requester(opcode, uid, gid, requester.Groups)
+            {
+                WriteFlags = BinaryPrimitives.ReadUInt32LittleEndian(request[(40 + 20)..]),
             };
         }
         return requester;

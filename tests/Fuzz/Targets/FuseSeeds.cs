@@ -141,12 +141,17 @@ public static class FuseSeeds
                 b.U32("getattr_flags", rng.OneIn(3) ? 1u : 0u, FieldKind.Flags).U32("dummy", 0).U64("fh", handle.Fh, FieldKind.Handle);
                 break;
             case FuseOpcode.Setattr:
-                b.U32("valid", rng.Coin() ? rng.Pick<uint>([1, 2, 4, 6, 7, 1 | 8]) : (uint)rng.Next(0, 0x1000), FieldKind.Flags).U32("padding", 0).U64("fh", handle.Fh, FieldKind.Handle)
+            {
+                // A truncation by a user other than root carries FATTR_KILL_SUIDGID, as the guest kernel's would with HANDLE_KILLPRIV_V2.
+                uint valid = rng.Coin() ? rng.Pick<uint>([1, 2, 4, 6, 7, 1 | 8]) : (uint)rng.Next(0, 0x1000);
+                valid |= uid != 0 && (valid & 8) != 0 ? 1u << 11 : 0;
+                b.U32("valid", valid, FieldKind.Flags).U32("padding", 0).U64("fh", handle.Fh, FieldKind.Handle)
                     .U64("size", (ulong)rng.Next(0, 100_000), FieldKind.Offset).U64("lock_owner", 0, FieldKind.Handle)
                     .U64("atime", 1_700_000_000, FieldKind.Offset).U64("mtime", 1_700_000_000, FieldKind.Offset).U64("ctime", 0, FieldKind.Offset)
                     .U32("atimensec", 0).U32("mtimensec", 0).U32("ctimensec", 0).U32("mode", rng.Coin() ? rng.Pick(SetidModes) : (uint)rng.Next(0, 0x1000), FieldKind.Flags)
                     .U32("unused4", 0).U32("uid", rng.Coin() ? rng.Pick(Ids) : (uint)rng.Next(0, 2000)).U32("gid", rng.Coin() ? rng.Pick(Ids) : (uint)rng.Next(0, 2000)).U32("unused5", 0);
                 break;
+            }
             case FuseOpcode.Symlink:
                 b.Name("name", name).Name("target", rng.Pick<string>(["a.txt", "../outside/secret", "/etc/passwd", "d/f", "..", new string('t', 4000)]));
                 AddExtensions(rng, b);
@@ -191,11 +196,12 @@ public static class FuseSeeds
             }
             case FuseOpcode.Write:
             {
+                // A user other than root writes with FUSE_WRITE_KILL_SUIDGID, as under HANDLE_KILLPRIV_V2.
                 int size = rng.Next(10) switch { 0 => 0, 1 => 65536, 2 => rng.OneIn(4) ? 1 << 20 : 8192, _ => rng.Next(1, 600) };
                 var data = new byte[size];
                 rng.Fill(data);
                 b.U64("fh", handle.Fh, FieldKind.Handle).U64("offset", rng.OneIn(8) ? (ulong)long.MaxValue - 10 : (ulong)rng.Next(0, 100_000), FieldKind.Offset)
-                    .U32("size", (uint)size, FieldKind.Length).U32("write_flags", 0, FieldKind.Flags).U64("lock_owner", 0, FieldKind.Handle)
+                    .U32("size", (uint)size, FieldKind.Length).U32("write_flags", uid != 0 ? 4u : 0u, FieldKind.Flags).U64("lock_owner", 0, FieldKind.Handle)
                     .U32("flags", 2, FieldKind.Flags).U32("padding", 0).Bytes(data);
                 break;
             }

@@ -21,6 +21,9 @@ public sealed record FuzzConfiguration(string Name)
     public bool PosixAcl { get; init; }
     public bool ReadOnly { get; init; }
 
+    /// <summary>--killpriv-v2: the daemon clears S_ISUID/S_ISGID on a data change by a user other than root.</summary>
+    public bool KillprivV2 { get; init; }
+
     /// <summary>Supplementary groups of the serving thread (in process) or of the daemon's start (setpriv).</summary>
     public uint[] ServingGroups { get; init; } = [];
 
@@ -30,6 +33,7 @@ public sealed record FuzzConfiguration(string Name)
     public static readonly FuzzConfiguration XattrMapLabels = new("xattrmap-security-label") { XattrMap = MapAll, SecurityLabel = true, ServingGroups = [0] };
     public static readonly FuzzConfiguration PosixAcls = new("posix-acl") { PosixAcl = true, ServingGroups = [0] };
     public static readonly FuzzConfiguration ReadOnlyShare = new("readonly") { ReadOnly = true, ServingGroups = [0] };
+    public static readonly FuzzConfiguration KillprivV2Share = new("killpriv-v2") { KillprivV2 = true, ServingGroups = [0] };
 
     /// <summary>A real daemon under setpriv --groups 0,4242, a trusted.*-only map and security labels.</summary>
     public static readonly FuzzConfiguration DaemonGroupsTrustedMap = new("setpriv-groups-xattrmap-security-label")
@@ -48,7 +52,7 @@ public sealed record FuzzConfiguration(string Name)
 
     private static readonly FuzzConfiguration[] All =
     [
-        Groups, FileHandlesPrefer, FileHandlesMandatory, XattrMapLabels, PosixAcls, ReadOnlyShare,
+        Groups, FileHandlesPrefer, FileHandlesMandatory, XattrMapLabels, PosixAcls, ReadOnlyShare, KillprivV2Share,
         DaemonGroupsTrustedMap, DaemonGroupsAcl, DaemonReadOnly,
     ];
 
@@ -67,6 +71,7 @@ public sealed record FuzzConfiguration(string Name)
         SecurityLabel = SecurityLabel,
         PosixAcl = PosixAcl,
         ReadOnly = ReadOnly,
+        KillprivV2 = KillprivV2,
     };
 
     /// <summary>vhostfsd's options for this configuration (beyond the socket and share).</summary>
@@ -89,6 +94,10 @@ public sealed record FuzzConfiguration(string Name)
         {
             args.Add("--readonly");
         }
+        if (KillprivV2)
+        {
+            args.Add("--killpriv-v2");
+        }
         return args.ToArray();
     }
 
@@ -107,7 +116,7 @@ public sealed record FuzzConfiguration(string Name)
                 TrustedOnly => HostRules.TrustedOnlyUnderUserVirtiofs(),
                 _ => throw new InvalidOperationException("no host rules written for --xattrmap " + XattrMap),
             };
-            return new HostRules { ReadOnly = ReadOnly, HostXattrName = rules.HostXattrName, XattrRule = rules.XattrRule };
+            return new HostRules { ReadOnly = ReadOnly, KillprivV2 = KillprivV2, HostXattrName = rules.HostXattrName, XattrRule = rules.XattrRule };
         }
     }
 

@@ -6,18 +6,19 @@ namespace Vhostfsd.Fuzz.Targets;
 /// <summary>What a FUSE target's share holds before the guest starts: files, a directory tree and
 /// links that lead out of the share, plus the entries where a privilege is at stake — a setgid
 /// root:root 2777 directory (a file a user makes there takes group 0), a setgid directory of group
-/// 4242 that only its members may write, a world-writable directory, a root-owned executable, and a
-/// file and directory of uid 1000.</summary>
+/// 4242 that only its members may write, a world-writable directory, a root-owned executable, a
+/// file and directory of uid 1000, and a setuid and setgid 06775 program of 1000:4242 its group may
+/// write (where --killpriv-v2 must clear the bits on a change by anyone but root).</summary>
 public static unsafe class FuzzShare
 {
     /// <summary>The names the guest is told of at the start (and looks up before the first case).</summary>
-    public static readonly string[] Names = ["a.txt", "d", "up", "abs", "p", "sgid", "team", "pub", "bin", "mine", "home"];
+    public static readonly string[] Names = ["a.txt", "d", "up", "abs", "p", "sgid", "team", "pub", "bin", "mine", "home", "suid"];
 
     /// <summary>Directories looked up before the first case, so that every case can reach them.</summary>
     public static readonly string[] Directories = ["d", "sgid", "team", "pub", "home"];
 
     /// <summary>Files looked up before the first case.</summary>
-    public static readonly string[] Files = ["a.txt", "bin", "mine"];
+    public static readonly string[] Files = ["a.txt", "bin", "mine", "suid"];
 
     /// <remarks>Every mode is set explicitly: a thread the server ran a request on (the test's own, for
     /// INIT) has a umask of 0 of its own, and a later target built on that thread would otherwise
@@ -43,6 +44,8 @@ public static unsafe class FuzzShare
         Own(Path.Combine(share, "bin"), 0, 0, 0x1ED);               // 0755 root:root
         File.WriteAllText(Path.Combine(share, "mine"), "#!/bin/sh\necho a user's program\n");
         Own(Path.Combine(share, "mine"), 1000, 1000, 0x1ED);        // 0755 1000:1000
+        File.WriteAllText(Path.Combine(share, "suid"), "#!/bin/sh\necho a setuid, setgid program its group may rewrite\n");
+        Own(Path.Combine(share, "suid"), 1000, 4242, 0xDFD);       // 06775 1000:4242
     }
 
     private static void MakeDirectory(string path, uint uid, uint gid, uint mode)
