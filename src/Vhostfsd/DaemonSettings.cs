@@ -7,7 +7,7 @@ namespace Vhostfsd;
 /// in place. Built once at start-up by the command-line code; the device only reads it.
 /// Option semantics are plain values; mapping them to the file system's own options (timeouts,
 /// FOPEN flags, INIT flags) is the device's job.</summary>
-public sealed class DaemonSettings
+public sealed record DaemonSettings
 {
     /// <summary>The shared directory as the daemon sees it after the sandbox is set up
     /// ("/" after pivot_root or chroot; the original absolute path with --sandbox none).</summary>

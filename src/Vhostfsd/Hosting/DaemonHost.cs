@@ -176,6 +176,32 @@ internal static unsafe class DaemonHost
         return Serve(options, sharedDir, result, listener, lastCap, log, logListening: false);
     }
 
+    /// <summary>What the command line says about the shared file system, the same for both
+    /// transports (the virtio device and --fuse-mount): one place, so an option that changes what a
+    /// request may do cannot reach one transport and not the other.</summary>
+    internal static DaemonSettings ShareSettings(DaemonOptions options, SandboxResult sandbox) => new()
+    {
+        SharedRoot = sandbox.SharedRoot,
+        Cache = options.Cache,
+        Xattr = options.EffectiveXattr,
+        PosixAcl = options.PosixAcl,
+        XattrMap = options.XattrMap,
+        SecurityLabel = options.SecurityLabel,
+        AnnounceSubmounts = options.AnnounceSubmounts,
+        InodeFileHandles = options.InodeFileHandles,
+        Writeback = options.Writeback,
+        AllowDirectIo = options.AllowDirectIo,
+        AllowMmap = options.AllowMmap,
+        KillprivV2 = options.KillprivV2,
+        Readdirplus = options.EffectiveReaddirplus,
+        PreserveNoatime = options.PreserveNoatime,
+        ReadOnly = options.ReadOnly,
+        ProcSelfFd = sandbox.ProcSelfFd,
+        AvoidXattrAt = TestProbe.NoXattrAtRequested,
+        PosixLocks = options.PosixLock,
+        FlockLocks = options.Flock,
+    };
+
     private static int Serve(DaemonOptions options, string sharedDir, SandboxResult sandbox, DaemonListener listener,
         int lastCap, ILogger log, bool logListening = true)
     {
@@ -189,30 +215,11 @@ internal static unsafe class DaemonHost
             log.Debug("Capabilities kept: {Caps}", Capabilities.Describe(keep));
         }
 
-        var settings = new DaemonSettings
+        var settings = ShareSettings(options, sandbox) with
         {
-            SharedRoot = sandbox.SharedRoot,
             Tag = options.Tag,
             ThreadPoolSize = options.ThreadPoolSize,
             PollMax = TimeSpan.FromMicroseconds(options.PollMaxUs),
-            Cache = options.Cache,
-            Xattr = options.EffectiveXattr,
-            PosixAcl = options.PosixAcl,
-            XattrMap = options.XattrMap,
-            SecurityLabel = options.SecurityLabel,
-            AnnounceSubmounts = options.AnnounceSubmounts,
-            InodeFileHandles = options.InodeFileHandles,
-            Writeback = options.Writeback,
-            AllowDirectIo = options.AllowDirectIo,
-            AllowMmap = options.AllowMmap,
-            KillprivV2 = options.KillprivV2,
-            Readdirplus = options.EffectiveReaddirplus,
-            PreserveNoatime = options.PreserveNoatime,
-            ReadOnly = options.ReadOnly,
-            ProcSelfFd = sandbox.ProcSelfFd,
-            AvoidXattrAt = TestProbe.NoXattrAtRequested,
-            PosixLocks = options.PosixLock,
-            FlockLocks = options.Flock,
         };
         TestProbe.RunIfRequested(settings, lastCap, log);
 

@@ -135,28 +135,7 @@ internal static class FuseMountHost
             Capabilities.DropOnCurrentThread(keep, lastCap);
             log.Debug("Capabilities kept: {Caps}", Capabilities.Describe(keep));
         }
-        var settings = new DaemonSettings
-        {
-            SharedRoot = sandbox.SharedRoot,
-            Cache = options.Cache,
-            Xattr = options.EffectiveXattr,
-            PosixAcl = options.PosixAcl,
-            XattrMap = options.XattrMap,
-            SecurityLabel = options.SecurityLabel,
-            AnnounceSubmounts = options.AnnounceSubmounts,
-            InodeFileHandles = options.InodeFileHandles,
-            Writeback = options.Writeback,
-            AllowDirectIo = options.AllowDirectIo,
-            AllowMmap = options.AllowMmap,
-            KillprivV2 = options.KillprivV2,
-            Readdirplus = options.EffectiveReaddirplus,
-            PreserveNoatime = options.PreserveNoatime,
-            ReadOnly = options.ReadOnly,
-            ProcSelfFd = sandbox.ProcSelfFd,
-            AvoidXattrAt = TestProbe.NoXattrAtRequested,
-            PosixLocks = options.PosixLock,
-            FlockLocks = options.Flock,
-        };
+        var settings = DaemonHost.ShareSettings(options, sandbox);
         if (options.Seccomp != SeccompMode.None && options.Sandbox == SandboxMode.None)
         {
             // As in the virtio mode: without a sandbox the runtime would load assemblies lazily,
