@@ -15,7 +15,7 @@ public sealed record BenchSettings
     public required DatasetShape Shape { get; init; }
     public required bool Native { get; init; }
     /// <summary>vhostfsd.dll to measure as a host FUSE mount (<see cref="FuseMountUnderTest"/>); null: not measured.</summary>
-    public string? FuseMountDll { get; init; }
+    public string? FuseMountExecutable { get; init; }
     public string? JsonPath { get; init; }
     /// <summary>A command run during each daemon cell's measured phase ({pid} = the daemon), stopped with SIGINT.</summary>
     public string? ProfileCommand { get; init; }
@@ -117,7 +117,7 @@ public sealed class BenchRun
                                 Add(RunDaemonCell(dataset, Workload.Create(workloadName), daemon, callers, effective, rep));
                             }
                         }
-                        if (_settings.FuseMountDll != null)
+                        if (_settings.FuseMountExecutable != null)
                         {
                             Add(RunFuseMountCell(dataset, Workload.Create(workloadName), callers, rep));
                         }
@@ -198,46 +198,13 @@ public sealed class BenchRun
                 workload.Prepare(session);
                 // Idle: connected, INIT done, the dataset's directories looked up, nothing in flight.
                 Thread.Sleep(50);
-                long idleRss = daemon.RssBytes();
-                long idleUss = daemon.UssBytes();
-                int threads = daemon.Threads();
-                double cpuBefore = 0;
-                double cpuAfter = 0;
-                double driverCpuBefore = 0;
-                double driverCpuAfter = 0;
-                long switchesBefore = 0;
-                long switchesAfter = 0;
-                (long, long) hostBefore = default;
-                (long, long) hostAfter = default;
-                Process? profiler = null;
-                double jitCpu = daemon.JitCpuSeconds();
-                bool JitIdle()
-                {
-                    // Settled once the runtime's background JIT used no CPU tick since the last look.
-                    double now = daemon.JitCpuSeconds();
-                    bool idle = now - jitCpu < 0.015;
-                    jitCpu = now;
-                    return idle;
-                }
-                var measurement = CallerRunner.Run(callers, caller => workload.CreateFuse(session, caller, callers), _settings.Budget,
-                    () =>
-                    {
-                        profiler = StartProfiler(daemon.Pid, $"{workload.Name}-{spec.Name}-c{callers}-q{queues}-r{rep}");
-                        cpuBefore = daemon.CpuSeconds();
-                        driverCpuBefore = ProcStats.CpuSeconds(Environment.ProcessId);
-                        switchesBefore = daemon.ContextSwitches();
-                        hostBefore = ProcStats.HostCpuTicks();
-                    },
-                    () =>
-                    {
-                        cpuAfter = daemon.CpuSeconds();
-                        driverCpuAfter = ProcStats.CpuSeconds(Environment.ProcessId);
-                        switchesAfter = daemon.ContextSwitches();
-                        hostAfter = ProcStats.HostCpuTicks();
-                        StopProfiler(profiler);
-                    },
-                    _settings.WarmupUntilJitIdle ? JitIdle : null);
-                long peak = daemon.PeakRssBytes();
+                long idleRss = daemon.Tree.RssBytes();
+                long idleUss = daemon.Tree.UssBytes();
+                int threads = daemon.Tree.Threads();
+                var measured = MeasureTree(daemon.Tree, callers, caller => workload.CreateFuse(session, caller, callers),
+                    $"{workload.Name}-{spec.Name}-c{callers}-q{queues}-r{rep}");
+                var measurement = measured.Measurement;
+                long peak = daemon.Tree.PeakRssBytes();
                 return new CellResult
                 {
                     DirKind = dataset.Kind,
@@ -254,10 +221,10 @@ public sealed class BenchRun
                     Steps = measurement.Steps,
                     WarmupSeconds = measurement.WarmupSeconds,
                     ElapsedSeconds = measurement.ElapsedSeconds,
-                    CpuSeconds = cpuAfter - cpuBefore,
-                    DriverCpuSeconds = driverCpuAfter - driverCpuBefore,
-                    SleepsPerStep = (switchesAfter - switchesBefore) / (double)Math.Max(1, measurement.Steps),
-                    StealPercent = ProcStats.StealPercent(hostBefore, hostAfter),
+                    CpuSeconds = measured.CpuSeconds,
+                    DriverCpuSeconds = measured.DriverCpuSeconds,
+                    SleepsPerStep = measured.SleepsPerStep,
+                    StealPercent = measured.StealPercent,
                     PeakRssBytes = peak,
                     ListenMs = daemon.TimeToListen.TotalMilliseconds,
                     IdleRssBytes = idleRss,
@@ -304,6 +271,49 @@ public sealed class BenchRun
         profiler.Dispose();
     }
 
+    /// <summary>What a cell measures of a daemon's process tree around <see cref="CallerRunner.Run"/>: the
+    /// tree's and the driver's CPU, the tree's sleeps per step and the host's steal, over the measured phase
+    /// only; the warm-up lasts until the runtime's background JIT is idle when the settings ask.</summary>
+    private TreeMeasurement MeasureTree(ProcessTree tree, int callers, Func<int, CallerWork> create, string profileName)
+    {
+        double cpuBefore = 0, cpuAfter = 0, driverCpuBefore = 0, driverCpuAfter = 0;
+        long switchesBefore = 0, switchesAfter = 0;
+        (long, long) hostBefore = default, hostAfter = default;
+        Process? profiler = null;
+        double jitCpu = tree.JitCpuSeconds();
+        bool JitIdle()
+        {
+            // Settled once the runtime's background JIT used no CPU tick since the last look.
+            double now = tree.JitCpuSeconds();
+            bool idle = now - jitCpu < 0.015;
+            jitCpu = now;
+            return idle;
+        }
+        var measurement = CallerRunner.Run(callers, create, _settings.Budget,
+            () =>
+            {
+                profiler = StartProfiler(tree.Pid, profileName);
+                cpuBefore = tree.CpuSeconds();
+                driverCpuBefore = ProcStats.CpuSeconds(Environment.ProcessId);
+                switchesBefore = tree.ContextSwitches();
+                hostBefore = ProcStats.HostCpuTicks();
+            },
+            () =>
+            {
+                cpuAfter = tree.CpuSeconds();
+                driverCpuAfter = ProcStats.CpuSeconds(Environment.ProcessId);
+                switchesAfter = tree.ContextSwitches();
+                hostAfter = ProcStats.HostCpuTicks();
+                StopProfiler(profiler);
+            },
+            _settings.WarmupUntilJitIdle ? JitIdle : null);
+        return new TreeMeasurement(measurement, cpuAfter - cpuBefore, driverCpuAfter - driverCpuBefore,
+            (switchesAfter - switchesBefore) / (double)Math.Max(1, measurement.Steps), ProcStats.StealPercent(hostBefore, hostAfter));
+    }
+
+    private readonly record struct TreeMeasurement(Measurement Measurement, double CpuSeconds, double DriverCpuSeconds, double SleepsPerStep,
+        double StealPercent);
+
     /// <summary>The native workload code on a host FUSE mount of the dataset served by a fresh vhostfsd: the
     /// host kernel's FUSE client is the guest.</summary>
     private CellResult RunFuseMountCell(Dataset dataset, Workload workload, int callers, int rep)
@@ -312,44 +322,17 @@ public sealed class BenchRun
         {
             dataset.CleanSmall();
         }
-        using var daemon = FuseMountUnderTest.Start(DaemonSpec.FindDotnet(), _settings.FuseMountDll!, dataset.Root, _settings.StartTimeout);
+        using var daemon = FuseMountUnderTest.Start(_settings.FuseMountExecutable!, dataset.Root, _settings.StartTimeout);
         try
         {
             using var native = new NativeSession(dataset, daemon.MountPoint);
             Thread.Sleep(50);
-            long idleRss = daemon.RssBytes();
-            long idleUss = daemon.UssBytes();
-            int threads = daemon.Threads();
-            double cpuBefore = 0, cpuAfter = 0, driverCpuBefore = 0, driverCpuAfter = 0;
-            long switchesBefore = 0, switchesAfter = 0;
-            (long, long) hostBefore = default, hostAfter = default;
-            Process? profiler = null;
-            double jitCpu = daemon.JitCpuSeconds();
-            bool JitIdle()
-            {
-                double now = daemon.JitCpuSeconds();
-                bool idle = now - jitCpu < 0.015;
-                jitCpu = now;
-                return idle;
-            }
-            var measurement = CallerRunner.Run(callers, caller => workload.CreateNative(native, caller, callers), _settings.Budget,
-                () =>
-                {
-                    profiler = StartProfiler(daemon.Pid, $"{workload.Name}-{FuseMountUnderTest.Name}-c{callers}-r{rep}");
-                    cpuBefore = daemon.CpuSeconds();
-                    driverCpuBefore = ProcStats.CpuSeconds(Environment.ProcessId);
-                    switchesBefore = daemon.ContextSwitches();
-                    hostBefore = ProcStats.HostCpuTicks();
-                },
-                () =>
-                {
-                    cpuAfter = daemon.CpuSeconds();
-                    driverCpuAfter = ProcStats.CpuSeconds(Environment.ProcessId);
-                    switchesAfter = daemon.ContextSwitches();
-                    hostAfter = ProcStats.HostCpuTicks();
-                    StopProfiler(profiler);
-                },
-                _settings.WarmupUntilJitIdle ? JitIdle : null);
+            long idleRss = daemon.Tree.RssBytes();
+            long idleUss = daemon.Tree.UssBytes();
+            int threads = daemon.Tree.Threads();
+            var measured = MeasureTree(daemon.Tree, callers, caller => workload.CreateNative(native, caller, callers),
+                $"{workload.Name}-{FuseMountUnderTest.Name}-c{callers}-r{rep}");
+            var measurement = measured.Measurement;
             return new CellResult
             {
                 DirKind = dataset.Kind,
@@ -366,11 +349,11 @@ public sealed class BenchRun
                 Steps = measurement.Steps,
                 WarmupSeconds = measurement.WarmupSeconds,
                 ElapsedSeconds = measurement.ElapsedSeconds,
-                CpuSeconds = cpuAfter - cpuBefore,
-                DriverCpuSeconds = driverCpuAfter - driverCpuBefore,
-                SleepsPerStep = (switchesAfter - switchesBefore) / (double)Math.Max(1, measurement.Steps),
-                StealPercent = ProcStats.StealPercent(hostBefore, hostAfter),
-                PeakRssBytes = daemon.PeakRssBytes(),
+                CpuSeconds = measured.CpuSeconds,
+                DriverCpuSeconds = measured.DriverCpuSeconds,
+                SleepsPerStep = measured.SleepsPerStep,
+                StealPercent = measured.StealPercent,
+                PeakRssBytes = daemon.Tree.PeakRssBytes(),
                 ListenMs = daemon.TimeToMount.TotalMilliseconds,
                 IdleRssBytes = idleRss,
                 IdleUssBytes = idleUss,

@@ -27,8 +27,8 @@ public sealed unsafe class FuseMountUnderTest : IDisposable
     }
 
     /// <summary>The command line, with {dir} and {mnt} placeholders, for the report.</summary>
-    public static string Display(string dll) =>
-        $"dotnet {dll} --shared-dir {{dir}} --fuse-mount {{mnt}} {string.Join(' ', FixedArgs)}";
+    public static string Display(string executable) =>
+        $"{(executable.EndsWith(".dll", StringComparison.Ordinal) ? "dotnet " : "")}{executable} --shared-dir {{dir}} --fuse-mount {{mnt}} {string.Join(' ', FixedArgs)}";
 
     public string MountPoint => Path.Combine(_mountDir, "mnt");
     public int Pid => _process.Id;
@@ -50,12 +50,17 @@ public sealed unsafe class FuseMountUnderTest : IDisposable
         }
     }
 
-    public static FuseMountUnderTest Start(string dotnet, string dll, string sharedDir, TimeSpan timeout)
+    /// <param name="executable">The native vhostfsd, or a JIT build's vhostfsd.dll (run through dotnet).</param>
+    public static FuseMountUnderTest Start(string executable, string sharedDir, TimeSpan timeout)
     {
         string mountDir = Directory.CreateTempSubdirectory("vhostfs-bench-mnt-").FullName;
         Directory.CreateDirectory(Path.Combine(mountDir, "mnt"));
-        var info = new ProcessStartInfo(dotnet) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (string arg in (string[])[dll, "--shared-dir", sharedDir, "--fuse-mount", Path.Combine(mountDir, "mnt"), .. FixedArgs])
+        bool dll = executable.EndsWith(".dll", StringComparison.Ordinal);
+        var info = new ProcessStartInfo(dll ? DaemonSpec.FindDotnet() : executable)
+        {
+            RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
+        };
+        foreach (string arg in (string[])[.. (dll ? [executable] : Array.Empty<string>()), "--shared-dir", sharedDir, "--fuse-mount", Path.Combine(mountDir, "mnt"), .. FixedArgs])
         {
             info.ArgumentList.Add(arg);
         }
@@ -112,13 +117,8 @@ public sealed unsafe class FuseMountUnderTest : IDisposable
         }
     }
 
-    public double CpuSeconds() => ProcStats.TreeCpuSeconds(Pid);
-    public long PeakRssBytes() => ProcStats.TreeResidentBytes(Pid, "VmHWM:");
-    public long RssBytes() => ProcStats.TreeResidentBytes(Pid, "VmRSS:");
-    public long UssBytes() => ProcStats.TreeUssBytes(Pid);
-    public long ContextSwitches() => ProcStats.TreeContextSwitches(Pid);
-    public double JitCpuSeconds() => ProcStats.TreeThreadCpuSeconds(Pid, ".NET Tiered");
-    public int Threads() => (int)ProcStats.TreeStatusBytes(Pid, "Threads:", 1);
+    /// <summary>The daemon's processes, as the bench measures them.</summary>
+    public ProcessTree Tree => new(Pid);
 
     /// <summary>SIGTERM (the daemon unmounts and exits), then cleanup of whatever is left.</summary>
     public void Dispose()

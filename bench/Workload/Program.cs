@@ -109,7 +109,7 @@ root.SetAction(parse =>
             parse.GetValue(opsOption) ?? 0),
         Shape = quick ? DatasetShape.Quick : DatasetShape.Full,
         Native = !parse.GetValue(noNativeOption),
-        FuseMountDll = parse.GetValue(fuseMountOption) ? parse.GetValue(vhostfsdOption) ?? DaemonSpec.FindVhostfsdDll() : null,
+        FuseMountExecutable = parse.GetValue(fuseMountOption) ? parse.GetValue(vhostfsdOption) ?? DaemonSpec.FindVhostfsd() : null,
         JsonPath = parse.GetValue(jsonOption),
         ProfileCommand = parse.GetValue(profileOption),
         WarmupUntilJitIdle = !quick,
@@ -122,9 +122,9 @@ root.SetAction(parse =>
     {
         Console.Error.WriteLine($"  {d.Name}: {d.Display}");
     }
-    if (settings.FuseMountDll != null)
+    if (settings.FuseMountExecutable != null)
     {
-        Console.Error.WriteLine($"  {FuseMountUnderTest.Name}: {FuseMountUnderTest.Display(settings.FuseMountDll)}");
+        Console.Error.WriteLine($"  {FuseMountUnderTest.Name}: {FuseMountUnderTest.Display(settings.FuseMountExecutable)}");
     }
     var run = new BenchRun(settings, line => Console.Error.WriteLine(line));
     try
@@ -154,9 +154,9 @@ root.SetAction(parse =>
     {
         Console.WriteLine($"{d.Name}: {d.Display}");
     }
-    if (settings.FuseMountDll != null)
+    if (settings.FuseMountExecutable != null)
     {
-        Console.WriteLine($"{FuseMountUnderTest.Name}: {FuseMountUnderTest.Display(settings.FuseMountDll)}, driven by the native workload code on the mount point");
+        Console.WriteLine($"{FuseMountUnderTest.Name}: {FuseMountUnderTest.Display(settings.FuseMountExecutable)}, driven by the native workload code on the mount point");
     }
     Console.WriteLine($"Medians of {settings.Repeat} repetition(s), {(settings.Budget.ByOps ? $"{settings.Budget.Ops} ops" : $"{settings.Budget.Duration.TotalSeconds} s")} per cell " +
         $"after {settings.Budget.Warmup.TotalSeconds} s warm-up; rates are per second.");
