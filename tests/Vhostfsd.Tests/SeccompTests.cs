@@ -128,7 +128,7 @@ public class SeccompTests(ITestOutputHelper output)
         Assert.Equal(Errno.OK, fs.GetAttr(file, out _, force: true));
         daemon.Signal(Libc.SIGTERM);
         Assert.Equal(0, daemon.WaitForExit());
-        Assert.Contains("Front-end session ended on SIGTERM; exiting", daemon.Stderr);
+        Assert.True(daemon.Stderr.Contains("Front-end session ended on SIGTERM; exiting", StringComparison.Ordinal), daemon.Stderr);
         Assert.DoesNotContain("ERR]", daemon.Stderr);
         Assert.False(File.Exists(tree.Socket));
     }
