@@ -23,9 +23,11 @@ public class SeccompTests(ITestOutputHelper output)
 
     private static Dictionary<string, string?> Probe(string value) => new() { [TestProbe.SyscallEnvironment] = value };
 
-    /// <summary>The pid of the process that serves, from the supervisor's debug line.</summary>
+    /// <summary>The pid of the process that serves, from the supervisor's debug line. The supervisor
+    /// writes it after the spawn returns, so it may come after the serving process's own lines.</summary>
     private static int ServingPid(DaemonProcess daemon)
     {
+        daemon.WaitForLine("serving from process");
         var serving = Regex.Match(daemon.Stderr, @"serving from process (\d+)");
         Assert.True(serving.Success, daemon.Stderr);
         return int.Parse(serving.Groups[1].Value, CultureInfo.InvariantCulture);
