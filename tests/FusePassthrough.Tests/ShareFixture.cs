@@ -97,4 +97,18 @@ public sealed class ShareFixture : IDisposable
 
     /// <summary>Open descriptors of this process.</summary>
     public static int OpenFdCount() => Directory.GetFiles("/proc/self/fd").Length;
+
+    /// <summary>The process's fd count once it is back at <paramref name="expected"/>, or after 2 s: the
+    /// test classes run in parallel in one process, and another test's fd open for a moment is not a
+    /// leak of this one, while a leaked fd stays.</summary>
+    public static int OpenFdCountSettled(int expected)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(2);
+        int count;
+        while ((count = OpenFdCount()) != expected && DateTime.UtcNow < deadline)
+        {
+            Thread.Sleep(20);
+        }
+        return count;
+    }
 }
