@@ -442,13 +442,5 @@ internal static class CommandLine
     private static string OneLine(string message) =>
         string.Join(' ', message.Split(['\r', '\n', '\t'], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
 
-    internal static string VersionText()
-    {
-        var assembly = typeof(CommandLine).Assembly;
-        string? informational = ((System.Reflection.AssemblyInformationalVersionAttribute?)Attribute.GetCustomAttribute(
-            assembly, typeof(System.Reflection.AssemblyInformationalVersionAttribute)))?.InformationalVersion;
-        string version = informational ?? assembly.GetName().Version?.ToString() ?? "0";
-        int plus = version.IndexOf('+');
-        return plus > 0 ? version[..plus] : version;
-    }
+    internal static string VersionText() => BuildInfo.Version;
 }
