@@ -1,5 +1,4 @@
-using Serilog;
-using Serilog.Events;
+using Vhostfsd.Logging;
 using Vhostfsd.Posix;
 using Vhostfsd.Virtqueue;
 
@@ -62,7 +61,7 @@ public sealed class VhostUserBackend : IDisposable
 
     private readonly VhostUserChannel _channel;
     private readonly IVhostUserDevice _device;
-    private readonly ILogger _log;
+    private readonly Logger _log;
     private readonly VhostUserMessage _message = new();
     private readonly Vring[] _vrings;
     private readonly byte[] _replyBuffer = new byte[ConfigHeader.Size + VhostUserLimits.MaxConfigSize];
@@ -75,7 +74,7 @@ public sealed class VhostUserBackend : IDisposable
     private volatile bool _needsReset;
     private int _shutDown;
 
-    public VhostUserBackend(UnixSocket connection, IVhostUserDevice device, VhostUserBackendOptions? options = null, ILogger? log = null)
+    public VhostUserBackend(UnixSocket connection, IVhostUserDevice device, VhostUserBackendOptions? options = null, Logger? log = null)
     {
         ArgumentNullException.ThrowIfNull(connection);
         ArgumentNullException.ThrowIfNull(device);
@@ -94,7 +93,7 @@ public sealed class VhostUserBackend : IDisposable
         options ??= new VhostUserBackendOptions();
         _channel = new VhostUserChannel(connection);
         _device = device;
-        _log = log ?? Serilog.Core.Logger.None;
+        _log = log ?? Logger.None;
         OfferedFeatures = TransportFeatures | device.DeviceFeatures;
         OfferedProtocolFeatures = ImplementedProtocolFeatures | (device.OffersConfig ? VhostUserProtocolFeatures.Config : 0);
         _vrings = new Vring[device.QueueCount];

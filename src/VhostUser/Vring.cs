@@ -1,5 +1,4 @@
-using Serilog;
-using Serilog.Events;
+using Vhostfsd.Logging;
 using Vhostfsd.Posix;
 using Vhostfsd.Virtqueue;
 
@@ -30,7 +29,7 @@ namespace Vhostfsd.VhostUser;
 public sealed class Vring : IChainCompletion, IDisposable
 {
     private readonly object _lock = new();
-    private readonly ILogger _log;
+    private readonly Logger _log;
     private readonly VhostUserBackendOptions _options;
     private readonly Action<Vring>? _onBroken;
     private readonly IVhostUserDevice _device;
@@ -64,7 +63,7 @@ public sealed class Vring : IChainCompletion, IDisposable
     private volatile bool _broken;
     private int _brokenLogged;
 
-    internal Vring(int index, IVhostUserDevice device, VhostUserBackendOptions options, ILogger log, Action<Vring>? onBroken)
+    internal Vring(int index, IVhostUserDevice device, VhostUserBackendOptions options, Logger log, Action<Vring>? onBroken)
     {
         Index = index;
         _device = device;

@@ -1,5 +1,5 @@
 using System.Diagnostics;
-using Serilog;
+using Vhostfsd.Logging;
 using Vhostfsd.Posix;
 using Vhostfsd.Virtqueue;
 
@@ -40,7 +40,7 @@ internal sealed class VringWorker
     private readonly EventFd? _kick;
     private readonly bool _polling;
     private readonly TimeSpan _pollMax;
-    private readonly ILogger _log;
+    private readonly Logger _log;
     private int _phase = InRing;
     private volatile bool _stopRequested;
     private DescriptorChain? _spare;
@@ -55,7 +55,7 @@ internal sealed class VringWorker
 
     /// <param name="kick">The kick fd to sleep on; null when <paramref name="polling"/>.</param>
     /// <param name="pollMax">The longest window to poll the avail ring for after it ran dry (zero: never).</param>
-    public VringWorker(Vring ring, DeviceQueue queue, IVringHandler handler, EventFd? kick, bool polling, TimeSpan pollMax, ILogger log)
+    public VringWorker(Vring ring, DeviceQueue queue, IVringHandler handler, EventFd? kick, bool polling, TimeSpan pollMax, Logger log)
     {
         _ring = ring;
         _queue = queue;

@@ -40,9 +40,8 @@ public static partial class DaemonLog
                 // Everything printed at log_level=err, except the line virtio_loop prints at
                 // every ordinary disconnect (POLLIN|POLLHUP on the vhost-user socket).
                 DaemonKind.Reference => !ReferenceDisconnect().IsMatch(line),
-                // A Serilog event at level Error or Fatal in the console or file template
-                // ("[12:00:00 ERR] ...", "2026-01-01 12:00:00.000 +00:00 [ERR] ..."), in
-                // compact JSON ("@l":"Error"), or a .NET crash ("Unhandled exception.").
+                // A line logged at level Error or Fatal ("[2026-01-01T12:00:00.000+00:00 ERR] ...")
+                // or a .NET crash ("Unhandled exception.").
                 _ => VhostfsdErrorLevel().IsMatch(line) || line.StartsWith("Unhandled exception", StringComparison.Ordinal),
             };
             if (isError)
@@ -60,8 +59,7 @@ public static partial class DaemonLog
     [GeneratedRegex(@"^virtio_loop: Unexpected poll revents 11$")]
     private static partial Regex ReferenceDisconnect();
 
-    // The level is the last word of the line's first [...] group: Serilog's console
-    // template "[HH:mm:ss ERR] msg" and its file template "date time zone [ERR] msg".
-    [GeneratedRegex(@"^[^\[]*\[(?:[^\]]*\s)?(ERR|FTL|ERROR|FATAL|Error|Fatal)\]|""(@l|Level)""\s*:\s*""(Error|Fatal)""")]
+    // The level is the last word of the line's first [...] group: "[timestamp ERR] msg".
+    [GeneratedRegex(@"^[^\[]*\[(?:[^\]]*\s)?(ERR|FTL)\]")]
     private static partial Regex VhostfsdErrorLevel();
 }

@@ -5,9 +5,7 @@ using Vhostfsd.FuseProtocol;
 using Vhostfsd.Posix;
 using Vhostfsd.VhostUser;
 using Vhostfsd.Virtqueue;
-using Serilog;
-using Serilog.Core;
-using Serilog.Events;
+using Vhostfsd.Logging;
 
 namespace Vhostfsd.GuestKernelShim.Tests;
 
@@ -42,7 +40,7 @@ public sealed unsafe class TestFsDevice : IVhostUserDevice, IDisposable
             _handlers[i] = new Handler(this, i);
         }
         // The back-end logs each front-end message at Debug: that log is how the device sees GET_VRING_BASE.
-        _log = new LoggerConfiguration().MinimumLevel.Debug().WriteTo.Sink(new ControlRequestSink(this)).CreateLogger();
+        _log = new Logger(LogEventLevel.Debug, new ControlRequestSink(this));
         _listener = UnixSocket.Listen(SocketPath);
         _thread = new Thread(Serve) { IsBackground = true, Name = "test-fs-device" };
         _thread.Start();
@@ -258,8 +256,8 @@ public sealed unsafe class TestFsDevice : IVhostUserDevice, IDisposable
         {
             // Each message is logged once at Debug as "vhost-user: {Request} ...", Request = "GetVringBase (11)"
             // (a refused or failed one is logged again at Warning/Error: not counted twice).
-            if (logEvent.Level == LogEventLevel.Debug && logEvent.Properties.TryGetValue("Request", out var value)
-                && value is ScalarValue { Value: string text })
+            if (logEvent.Level == LogEventLevel.Debug && logEvent.MessageTemplate.StartsWith("vhost-user: {Request} ", StringComparison.Ordinal)
+                && logEvent.Values is [string text, ..])
             {
                 int space = text.IndexOf(' ');
                 if (Enum.TryParse<VhostUserRequest>(space < 0 ? text : text[..space], out var request))

@@ -1,7 +1,5 @@
 using System.Collections.Concurrent;
-using Serilog;
-using Serilog.Core;
-using Serilog.Events;
+using Vhostfsd.Logging;
 using Vhostfsd.Posix;
 using Vhostfsd.VhostUser;
 using Vhostfsd.Virtqueue;
@@ -170,7 +168,7 @@ public sealed class EchoVringHandler : IVringHandler, IDisposable
     }
 }
 
-/// <summary>A Serilog sink that keeps every event, for asserting on log lines.</summary>
+/// <summary>A log sink that keeps every event, for asserting on log lines.</summary>
 public sealed class ListLogSink : ILogEventSink
 {
     private readonly ConcurrentQueue<LogEvent> _events = new();
@@ -190,7 +188,7 @@ public sealed class ListLogSink : ILogEventSink
         }
     }
 
-    public ILogger CreateLogger() => new LoggerConfiguration().MinimumLevel.Debug().WriteTo.Sink(this).CreateLogger();
+    public Logger CreateLogger() => new(LogEventLevel.Debug, this);
 }
 
 /// <summary>A back-end running on its own thread over one end of a socketpair (or an accepted

@@ -1,4 +1,4 @@
-using Serilog.Events;
+using Vhostfsd.Logging;
 using Vhostfsd.Posix;
 using Vhostfsd.Testing;
 using Vhostfsd.VhostUser;

@@ -1,6 +1,6 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
-using Serilog.Events;
+using Vhostfsd.Logging;
 using Vhostfsd.Posix;
 using Vhostfsd.Testing;
 using Vhostfsd.VhostUser;

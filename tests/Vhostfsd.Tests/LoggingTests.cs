@@ -1,8 +1,6 @@
 using System.Globalization;
 using System.Text;
 using System.Text.RegularExpressions;
-using Serilog.Events;
-using Serilog.Parsing;
 using Vhostfsd.Logging;
 using Vhostfsd.Posix;
 
@@ -128,9 +126,8 @@ public class LoggingTests
     [InlineData(LogEventLevel.Verbose, 31)]
     public void Syslog_priority_is_facility_daemon_plus_severity(LogEventLevel level, int priority)
     {
-        var template = new MessageTemplateParser().Parse("hello {Name}");
         var time = new DateTimeOffset(2025, 3, 7, 9, 5, 1, TimeSpan.Zero);
-        var e = new LogEvent(time, level, null, template, [new LogEventProperty("Name", new ScalarValue("world"))]);
+        var e = new LogEvent(time, level, null, "hello {Name}", ["world"]);
         string text = SyslogSink.Format(e, "vhostfsd", 42);
         var local = time.ToLocalTime();
         string stamp = local.ToString("MMM", CultureInfo.InvariantCulture) + " " + local.Day.ToString(CultureInfo.InvariantCulture).PadLeft(2) + " " + local.ToString("HH:mm:ss", CultureInfo.InvariantCulture);
@@ -138,50 +135,69 @@ public class LoggingTests
         Assert.Matches(new Regex(@"^<\d+>\w{3} [ \d]\d "), text);
     }
 
-    private sealed class CapturingSink : Serilog.Core.ILogEventSink
+    private sealed class CapturingSink : ILogEventSink
     {
         public List<LogEvent> Events { get; } = [];
 
         public void Emit(LogEvent logEvent) => Events.Add(logEvent);
     }
 
-    /// <summary>The daemon's events carry no trace ids (its logger never reads Activity.Current,
-    /// whose initialisation costs each process 0.8 MiB), and otherwise are what Serilog makes:
-    /// the level gate, the bound properties, the exception, the generic overloads.</summary>
+    /// <summary>The level gate, the exception, and the values reaching the sink by position.</summary>
     [Fact]
-    public void Daemon_events_carry_no_trace_id_even_inside_an_activity()
+    public void The_logger_passes_events_at_its_level_and_above_with_their_values()
     {
-        var plainSink = new CapturingSink();
-        var untracedSink = new CapturingSink();
-        using Serilog.Core.Logger plain = new Serilog.LoggerConfiguration().WriteTo.Sink(plainSink).CreateLogger();
-        using var untraced = new UntracedLogger(new Serilog.LoggerConfiguration().MinimumLevel.Information().WriteTo.Sink(untracedSink).CreateLogger());
-        Serilog.ILogger log = untraced;
-        using (var activity = new System.Diagnostics.Activity("request").SetIdFormat(System.Diagnostics.ActivityIdFormat.W3C).Start())
-        {
-            plain.Information("traced {Value}", 1);
-            log.Debug("dropped {Value}", 2);
-            log.Information("kept {Value} and {Name}", 3, "three");
-            log.Warning(new InvalidOperationException("boom"), "with an exception");
-            log.Error("generic {Value}", 4L);
-            log.Information("names {Names}", new[] { "a", "b" });
-        }
+        var sink = new CapturingSink();
+        using var log = new Logger(LogEventLevel.Information, sink);
+        log.Debug("dropped {Value}", 2);
+        log.Information("kept {Value} and {Name}", 3, "three");
+        log.Warning(new InvalidOperationException("boom"), "with an exception");
+        log.Error("generic {Value}", 4L);
 
-        // Serilog's own logger would have stamped the activity's ids: the contrast shows the check can fail.
-        Assert.NotNull(Assert.Single(plainSink.Events).TraceId);
-        Assert.Equal(4, untracedSink.Events.Count);
-        Assert.All(untracedSink.Events, e =>
-        {
-            Assert.Null(e.TraceId);
-            Assert.Null(e.SpanId);
-        });
-        LogEvent kept = untracedSink.Events[0];
+        Assert.False(log.IsEnabled(LogEventLevel.Debug));
+        Assert.True(log.IsEnabled(LogEventLevel.Information));
+        Assert.Equal(3, sink.Events.Count);
+        LogEvent kept = sink.Events[0];
         Assert.Equal(LogEventLevel.Information, kept.Level);
-        Assert.Equal("kept 3 and \"three\"", kept.RenderMessage(CultureInfo.InvariantCulture));
-        Assert.Equal("with an exception", untracedSink.Events[1].RenderMessage(CultureInfo.InvariantCulture));
-        Assert.IsType<InvalidOperationException>(untracedSink.Events[1].Exception);
-        Assert.Equal(LogEventLevel.Error, untracedSink.Events[2].Level);
-        Assert.Equal(new ScalarValue(4L), untracedSink.Events[2].Properties["Value"]);
-        // A string[] alone is one value (a sequence), not the list of values.
-        Assert.Equal("names [\"a\", \"b\"]", untracedSink.Events[3].RenderMessage(CultureInfo.InvariantCulture));
+        Assert.Equal("kept {Value} and {Name}", kept.MessageTemplate);
+        Assert.Equal([3, "three"], kept.Values);
+        Assert.Equal("kept 3 and three", kept.RenderMessage());
+        Assert.IsType<InvalidOperationException>(sink.Events[1].Exception);
+        Assert.Equal(LogEventLevel.Error, sink.Events[2].Level);
+        Assert.Equal(4L, sink.Events[2].Values[0]);
+        Assert.False(Logger.None.IsEnabled(LogEventLevel.Fatal));
+    }
+
+    [Theory]
+    [InlineData("flags 0x{Flags:x} size {Size}", new object[] { 0x1au, 8 }, "flags 0x1a size 8")]
+    [InlineData("{{literal}} {Name}", new object[] { "x" }, "{literal} x")]
+    [InlineData("{Missing} {Also}", new object[] { 1 }, "1 {Also}")]
+    [InlineData("not a hole: {a b} {1}", new object[] { "v" }, "not a hole: {a b} v")]
+    [InlineData("unclosed {Name", new object[] { "v" }, "unclosed {Name")]
+    [InlineData("{Value}", new object[] { 1.5 }, "1.5")]
+    [InlineData("{Mode}", new object[] { SandboxModeForLog.Namespace }, "Namespace")]
+    public void Templates_render_values_in_order_with_their_formats(string template, object[] values, string expected)
+    {
+        var e = new LogEvent(DateTimeOffset.UnixEpoch, LogEventLevel.Information, null, template, values);
+        Assert.Equal(expected, e.RenderMessage());
+    }
+
+    public enum SandboxModeForLog
+    {
+        Namespace,
+    }
+
+    [Fact]
+    public void A_null_is_written_as_null_and_a_sequence_as_a_list()
+    {
+        var e = new LogEvent(DateTimeOffset.UnixEpoch, LogEventLevel.Information, null, "{A} {B}", [null, new[] { "a", "b" }]);
+        Assert.Equal("null [a, b]", e.RenderMessage());
+    }
+
+    [Fact]
+    public void A_stderr_line_has_the_timestamp_and_a_three_letter_level()
+    {
+        var time = new DateTimeOffset(2025, 1, 31, 12, 0, 0, 5, TimeSpan.FromHours(1));
+        var e = new LogEvent(time, LogEventLevel.Warning, null, "disk {Name} is {Percent}% full", ["sda", 97]);
+        Assert.Equal("[2025-01-31T12:00:00.005+01:00 WRN] disk sda is 97% full", LogSetup.FormatLine(e));
     }
 }

@@ -1,4 +1,4 @@
-using Serilog;
+using Vhostfsd.Logging;
 using Vhostfsd.FusePassthrough;
 using Vhostfsd.Posix;
 using Vhostfsd.VhostUser;
@@ -15,7 +15,7 @@ public static class FsDaemon
 
     /// <summary>Runs the vhost-user session on the calling thread; returns the process exit code:
     /// 0 when the front-end disconnected (as virtiofsd), 1 after a protocol error.</summary>
-    public static int Serve(DaemonSettings settings, UnixSocket connection, ILogger log)
+    public static int Serve(DaemonSettings settings, UnixSocket connection, Logger log)
     {
         PassthroughOptions options = CreatePassthroughOptions(settings);
         using var server = new FuseServer(options, message => log.Warning("fuse: {Message}", message));

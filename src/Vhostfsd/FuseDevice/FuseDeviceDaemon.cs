@@ -1,4 +1,4 @@
-using Serilog;
+using Vhostfsd.Logging;
 using Vhostfsd.Cli;
 using Vhostfsd.Device;
 using Vhostfsd.FusePassthrough;
@@ -22,7 +22,7 @@ internal static class FuseDeviceDaemon
     /// system was unmounted or stop was requested, 1 when a reader failed. <paramref name="kernelChecksPermissions"/>:
     /// the mount has default_permissions.</summary>
     public static int Serve(DaemonSettings settings, SafeFd session, IReadOnlyList<SafeFd> clones, bool kernelChecksPermissions,
-        CancellationToken stop, ILogger log, IReadOnlyList<FuseSplicePipes>? splicers = null, bool failSpliceAssembly = false)
+        CancellationToken stop, Logger log, IReadOnlyList<FuseSplicePipes>? splicers = null, bool failSpliceAssembly = false)
     {
         var server = new FuseServer(FsDaemon.CreatePassthroughOptions(settings), message => log.Warning("fuse: {Message}", message));
         server.InitNegotiated = init => log.Information(

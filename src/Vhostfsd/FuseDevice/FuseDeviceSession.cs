@@ -1,4 +1,4 @@
-using Serilog;
+using Vhostfsd.Logging;
 using Vhostfsd.FusePassthrough;
 using Vhostfsd.Posix;
 
@@ -37,7 +37,7 @@ internal sealed class FuseDeviceSession : IDisposable
 
     private readonly FuseServer _server;
     private readonly SafeFd _sessionFd;
-    private readonly ILogger _log;
+    private readonly Logger _log;
     private readonly int _baseReaders;
     private readonly object _lock = new();
     private readonly List<FuseDeviceReader> _pending = new();
@@ -66,7 +66,7 @@ internal sealed class FuseDeviceSession : IDisposable
     /// entries, or a null list: that reader copies); owned by the readers from now on. Spare readers
     /// copy: pipes grown past fs.pipe-max-size can only be made before the capability drop.</param>
     /// <param name="failSpliceAssembly">Test hook, see <see cref="FuseDeviceReader"/>.</param>
-    public FuseDeviceSession(FuseServer server, SafeFd sessionFd, IReadOnlyList<SafeFd> clones, bool kernelChecksPermissions, ILogger log,
+    public FuseDeviceSession(FuseServer server, SafeFd sessionFd, IReadOnlyList<SafeFd> clones, bool kernelChecksPermissions, Logger log,
         IReadOnlyList<FuseSplicePipes>? splicers = null, bool failSpliceAssembly = false)
     {
         KernelChecksPermissions = kernelChecksPermissions;

@@ -1,9 +1,7 @@
 using System.Runtime.InteropServices;
-using Serilog;
-using Serilog.Core;
+using Vhostfsd.Logging;
 using Vhostfsd.Cli;
 using Vhostfsd.Device;
-using Vhostfsd.Logging;
 using Vhostfsd.Posix;
 
 namespace Vhostfsd.Hosting;
@@ -35,9 +33,9 @@ internal static unsafe class DaemonHost
         SandboxSpawner.ChildMarker? child = SandboxSpawner.TakeChildMarker();
         var notes = new List<string>();
         DaemonLogLevel level = LogSetup.EffectiveLevel(options.LogLevel, out string? levelNote);
-        using UntracedLogger logger = LogSetup.Create(level, options.Syslog, HostPid(), Console.Error, notes);
-        // Information, Warning, ... are default members of ILogger: reachable through the interface.
-        ILogger log = logger;
+        using Logger logger = LogSetup.Create(level, options.Syslog, HostPid(), Console.Error, notes);
+        // Information, Warning, ... are default members of Logger: reachable through the interface.
+        Logger log = logger;
         try
         {
             if (child == null)
@@ -69,7 +67,7 @@ internal static unsafe class DaemonHost
         }
     }
 
-    private static int RunMain(DaemonOptions options, ILogger log)
+    private static int RunMain(DaemonOptions options, Logger log)
     {
         if (options.FuseMount != null)
         {
@@ -139,7 +137,7 @@ internal static unsafe class DaemonHost
 
     /// <summary>The process spawned by <see cref="SandboxSpawner"/>, holding the listening socket
     /// the parent created and no capability outside its bounding set.</summary>
-    private static int RunSandboxChild(DaemonOptions options, SandboxSpawner.ChildMarker marker, ILogger log)
+    private static int RunSandboxChild(DaemonOptions options, SandboxSpawner.ChildMarker marker, Logger log)
     {
         // SIGTERM when the parent's spawning thread (and so the parent) goes away.
         Libc.Prctl(Libc.PR_SET_PDEATHSIG, Libc.SIGTERM, 0, 0, 0);
@@ -203,7 +201,7 @@ internal static unsafe class DaemonHost
     };
 
     private static int Serve(DaemonOptions options, string sharedDir, SandboxResult sandbox, DaemonListener listener,
-        int lastCap, ILogger log, bool logListening = true)
+        int lastCap, Logger log, bool logListening = true)
     {
         if (Libc.GetEuid() == 0)
         {
@@ -290,7 +288,7 @@ internal static unsafe class DaemonHost
     }
 
     /// <summary>Waits for one connection, or for a shutdown request (then null).</summary>
-    private static UnixSocket? AcceptOne(UnixSocket listener, ILogger log)
+    private static UnixSocket? AcceptOne(UnixSocket listener, Logger log)
     {
         PollFd* fds = stackalloc PollFd[2];
         while (true)

@@ -1,6 +1,6 @@
 using System.Globalization;
 using System.Text;
-using Serilog;
+using Vhostfsd.Logging;
 using Vhostfsd.Cli;
 using Vhostfsd.Posix;
 
@@ -45,7 +45,7 @@ internal sealed unsafe class DaemonListener : IDisposable
     /// kind of file at the path is left alone and start-up fails. With <paramref name="group"/>
     /// the socket is created group-accessible (umask 007) and given to that group; otherwise
     /// only the owner may connect (umask 077).</summary>
-    public static DaemonListener Create(string path, string? group, ILogger log)
+    public static DaemonListener Create(string path, string? group, Logger log)
     {
         string full = Path.GetFullPath(path);
         string? directory = Path.GetDirectoryName(full);
@@ -274,7 +274,7 @@ internal sealed unsafe class DaemonListener : IDisposable
         && Libc.Identify(path, out FileIdentity named) == 0
         && open.Device == named.Device && open.Inode == named.Inode;
 
-    private static void RemoveStaleSocket(string path, ILogger log)
+    private static void RemoveStaleSocket(string path, Logger log)
     {
         int rc = Libc.Identify(path, out FileIdentity identity);
         if (rc == -(int)Errno.ENOENT)

@@ -1,7 +1,6 @@
 using System.Globalization;
 using System.Text;
-using Serilog;
-using Serilog.Events;
+using Vhostfsd.Logging;
 using Vhostfsd.Posix;
 
 namespace Vhostfsd.Hosting;
@@ -12,7 +11,7 @@ namespace Vhostfsd.Hosting;
 internal static unsafe class FdReport
 {
     /// <summary>Logs "open fds {When}: N [fd=target ...]" when debug logging is on.</summary>
-    public static void Log(SafeFd? procSelfFd, string when, ILogger log)
+    public static void Log(SafeFd? procSelfFd, string when, Logger log)
     {
         if (!log.IsEnabled(LogEventLevel.Debug) || procSelfFd is null || procSelfFd.IsInvalid)
         {

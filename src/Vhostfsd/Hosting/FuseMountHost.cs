@@ -1,4 +1,4 @@
-using Serilog;
+using Vhostfsd.Logging;
 using Vhostfsd.Cli;
 using Vhostfsd.FuseDevice;
 using Vhostfsd.FusePassthrough;
@@ -18,7 +18,7 @@ namespace Vhostfsd.Hosting;
 internal static class FuseMountHost
 {
     /// <summary>The supervisor: checks, mounts, spawns the serving process, waits, unmounts.</summary>
-    public static int RunSupervisor(DaemonOptions options, ILogger log)
+    public static int RunSupervisor(DaemonOptions options, Logger log)
     {
         string sharedDir = DaemonHost.CheckSharedDir(options.SharedDir!);
         using var signals = DaemonHost.InstallShutdownSignals();
@@ -91,7 +91,7 @@ internal static class FuseMountHost
 
     /// <summary>The serving process, spawned by <see cref="SandboxSpawner"/> with the session fd where
     /// the vhost-user mode has its listening socket.</summary>
-    public static int RunChild(DaemonOptions options, SandboxSpawner.ChildMarker marker, string sharedDir, int lastCap, ILogger log)
+    public static int RunChild(DaemonOptions options, SandboxSpawner.ChildMarker marker, string sharedDir, int lastCap, Logger log)
     {
         var session = new SafeFd(marker.ListenFd);
         // One fd per reader, while /dev/fuse is still reachable: the sandbox hides it.
@@ -158,7 +158,7 @@ internal static class FuseMountHost
         }
     }
 
-    private static FuseSplicePipes[] CreateSplicers(int count, ILogger log)
+    private static FuseSplicePipes[] CreateSplicers(int count, Logger log)
     {
         var pipes = new FuseSplicePipes[count];
         if (TestProbe.SpliceRequest == TestProbe.SpliceOff)

@@ -17,17 +17,11 @@ internal static class Preload
 {
     /// <summary>References of a library that the daemon never reaches through that library, so
     /// they are not followed from it (each loaded assembly stays resident: about its file size
-    /// of idle memory). Serilog uses System.Text.RegularExpressions only to read its settings
-    /// from key-value pairs (ReadFrom.KeyValuePairs), and the daemon configures it in code.
-    /// System.Diagnostics.DiagnosticSource uses System.Collections.Concurrent only for metrics
-    /// and its event source, not in the trace-id types that Serilog's LogEvent holds;
-    /// System.Runtime.InteropServices only in the COM marshalling cache (DefaultCaching). A
-    /// reference from the daemon's own assemblies, or from any other library, is still
-    /// followed.</summary>
+    /// of idle memory). System.Runtime.InteropServices uses System.Collections.Concurrent only in
+    /// the COM marshalling cache (DefaultCaching). A reference from the daemon's own assemblies,
+    /// or from any other library, is still followed.</summary>
     internal static readonly (string Library, string Reference)[] NotFollowed =
     [
-        ("Serilog", "System.Text.RegularExpressions"),
-        ("System.Diagnostics.DiagnosticSource", "System.Collections.Concurrent"),
         ("System.Runtime.InteropServices", "System.Collections.Concurrent"),
     ];
 
@@ -92,9 +86,7 @@ internal static class Preload
     {
         // The runtime's random source (Guid, Random, string hashing) keeps /dev/urandom open once
         // it has read it. System.Security.Cryptography's RandomNumberGenerator is another source
-        // (OpenSSL, a 4 MiB library) that nothing in the daemon uses: it is not started. Neither is
-        // System.Diagnostics.Activity (0.8 MiB resident once initialised): the daemon's logger
-        // never reads it (UntracedLogger); if something did, its ids come from this same source.
+        // (OpenSSL, a 4 MiB library) that nothing in the daemon uses: it is not started.
         _ = Guid.NewGuid();
         // Log timestamps are local time: read the zone while /etc/localtime is there.
         _ = TimeZoneInfo.Local;

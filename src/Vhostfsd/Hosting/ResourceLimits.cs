@@ -1,5 +1,5 @@
 using System.Globalization;
-using Serilog;
+using Vhostfsd.Logging;
 using Vhostfsd.Cli;
 using Vhostfsd.Posix;
 
@@ -14,7 +14,7 @@ internal static unsafe class ResourceLimits
 
     /// <summary>Applies --rlimit-nofile (null: the default rule; 0: leave unchanged) and returns
     /// the soft limit in force afterwards. Must run before the sandbox hides /proc.</summary>
-    public static ulong SetUpNofile(ulong? requested, ILogger log)
+    public static ulong SetUpNofile(ulong? requested, Logger log)
     {
         RLimit current;
         PosixException.Check(Libc.GetRLimit(Libc.RLIMIT_NOFILE, &current), "getrlimit(RLIMIT_NOFILE)");

@@ -2,7 +2,7 @@ using System.Collections;
 using System.Globalization;
 using System.Runtime.InteropServices;
 using System.Text;
-using Serilog;
+using Vhostfsd.Logging;
 using Vhostfsd.Cli;
 using Vhostfsd.Posix;
 
@@ -159,7 +159,7 @@ internal static unsafe class SandboxSpawner
     /// <summary>Spawns the copy of this program that serves <paramref name="listenFd"/>, builds its
     /// sandbox when <paramref name="mode"/> is namespace, waits for it and returns its exit code.
     /// <paramref name="bounding"/> is the capability set the copy gets.</summary>
-    public static int SpawnAndWait(SandboxMode mode, int listenFd, string sharedDir, ulong bounding, int lastCap, ILogger log)
+    public static int SpawnAndWait(SandboxMode mode, int listenFd, string sharedDir, ulong bounding, int lastCap, Logger log)
     {
         string[] argv = ChildArguments();
         var environment = new List<string>();

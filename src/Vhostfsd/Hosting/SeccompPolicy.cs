@@ -1,5 +1,5 @@
 using System.Runtime.InteropServices;
-using Serilog;
+using Vhostfsd.Logging;
 using Vhostfsd.Cli;
 using Vhostfsd.Posix;
 
@@ -403,7 +403,7 @@ internal static unsafe class SeccompPolicy
     /// <summary>Installs the filter for <paramref name="mode"/> on every thread of this process
     /// (nothing for <see cref="SeccompMode.None"/>). Sets no_new_privs first: seccomp requires it
     /// from a thread without CAP_SYS_ADMIN, and the daemon never executes anything.</summary>
-    public static void Install(SeccompMode mode, ILogger log)
+    public static void Install(SeccompMode mode, Logger log)
     {
         if (mode == SeccompMode.None)
         {

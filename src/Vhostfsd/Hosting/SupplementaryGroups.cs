@@ -1,4 +1,4 @@
-using Serilog;
+using Vhostfsd.Logging;
 using Vhostfsd.Cli;
 using Vhostfsd.Posix;
 
@@ -14,7 +14,7 @@ namespace Vhostfsd.Hosting;
 internal static unsafe class SupplementaryGroups
 {
     /// <summary>Empties the supplementary group list of every thread (glibc's setgroups), when root.</summary>
-    public static void DropAll(ILogger log)
+    public static void DropAll(Logger log)
     {
         if (Libc.GetEuid() != 0)
         {

@@ -1,7 +1,7 @@
 using System.Globalization;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
-using Serilog;
+using Vhostfsd.Logging;
 using Vhostfsd.Posix;
 
 namespace Vhostfsd.Hosting;
@@ -27,7 +27,7 @@ internal static unsafe class TestProbe
     /// <summary>Kept for the life of the process: the SIGUSR1 handler of the syscall hook.</summary>
     private static PosixSignalRegistration? s_onSignal;
 
-    public static void MakeSystemCallIfRequested(ILogger log)
+    public static void MakeSystemCallIfRequested(Logger log)
     {
         string? request = System.Environment.GetEnvironmentVariable(SyscallEnvironment);
         if (request == null)
@@ -54,7 +54,7 @@ internal static unsafe class TestProbe
         log.Information("test-probe: system call {Number} on SIGUSR1", call);
     }
 
-    private static void MakeSystemCall(long call, ILogger log)
+    private static void MakeSystemCall(long call, Logger log)
     {
         log.Information("test-probe: making system call {Number}", call);
         long result = Libc.RawSyscall(call);
@@ -84,7 +84,7 @@ internal static unsafe class TestProbe
 
     public static bool NoXattrAtRequested => System.Environment.GetEnvironmentVariable(NoXattrAtEnvironment) == "1";
 
-    public static void RunIfRequested(DaemonSettings settings, int lastCap, ILogger log)
+    public static void RunIfRequested(DaemonSettings settings, int lastCap, Logger log)
     {
         string? request = System.Environment.GetEnvironmentVariable(Environment);
         if (request == null)

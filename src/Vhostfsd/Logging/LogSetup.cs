@@ -1,23 +1,17 @@
 using System.Globalization;
-using Serilog;
-using Serilog.Core;
-using Serilog.Events;
+using System.Text;
 using Vhostfsd.Cli;
 
 namespace Vhostfsd.Logging;
 
-/// <summary>Builds the daemon's Serilog logger from --log-level / -d / --syslog.</summary>
+/// <summary>Builds the daemon's logger from --log-level / -d / --syslog.</summary>
 internal static class LogSetup
 {
     /// <summary>Where --syslog sends; a test hook may point it elsewhere (never set in production).</summary>
     public const string SyslogSocketEnvironment = "VHOSTFSD_SYSLOG_SOCKET";
     public const string DefaultSyslogSocket = "/dev/log";
 
-    /// <summary>The stderr line format: "[2025-01-31T12:00:00.000+00:00 INF] message".
-    /// Levels print as VRB, DBG, INF, WRN, ERR, FTL.</summary>
-    public const string OutputTemplate = "[{Timestamp:yyyy-MM-ddTHH:mm:ss.fffzzz} {Level:u3}] {Message:lj}{NewLine}";
-
-    public static LogEventLevel? ToSerilog(DaemonLogLevel level) => level switch
+    public static LogEventLevel? ToLevel(DaemonLogLevel level) => level switch
     {
         DaemonLogLevel.Off => null,
         DaemonLogLevel.Error => LogEventLevel.Error,
@@ -48,56 +42,60 @@ internal static class LogSetup
 
     /// <summary>Creates the logger. <paramref name="syslogPid"/> is the pid written in syslog lines
     /// (the host pid, even inside a pid namespace).</summary>
-    public static UntracedLogger Create(DaemonLogLevel level, bool syslog, int syslogPid, TextWriter stderr, List<string> notes) =>
-        new(CreateSerilog(level, syslog, syslogPid, stderr, notes));
-
-    private static Logger CreateSerilog(DaemonLogLevel level, bool syslog, int syslogPid, TextWriter stderr, List<string> notes)
+    public static Logger Create(DaemonLogLevel level, bool syslog, int syslogPid, TextWriter stderr, List<string> notes)
     {
-        LogEventLevel? minimum = ToSerilog(level);
-        var configuration = new LoggerConfiguration();
+        LogEventLevel? minimum = ToLevel(level);
         if (minimum == null)
         {
-            return configuration.CreateLogger();
+            return Logger.None;
         }
-        configuration.MinimumLevel.Is(minimum.Value);
         if (syslog)
         {
             string path = Environment.GetEnvironmentVariable(SyslogSocketEnvironment) ?? DefaultSyslogSocket;
             try
             {
-                configuration.WriteTo.Sink(SyslogSink.Connect(path, "vhostfsd", syslogPid, stderr));
-                return configuration.CreateLogger();
+                return new Logger(minimum, SyslogSink.Connect(path, "vhostfsd", syslogPid, stderr));
             }
             catch (Exception e) when (e is Posix.PosixException or ArgumentException)
             {
                 notes.Add($"can't log to syslog ({e.Message}); logging to stderr");
             }
         }
-        configuration.WriteTo.Sink(new StderrSink(stderr));
-        return configuration.CreateLogger();
+        return new Logger(minimum, new StderrSink(stderr));
     }
 
-    /// <summary>Writes events to stderr with <see cref="OutputTemplate"/>; one lock per line so the
-    /// lines of concurrent threads never interleave.</summary>
-    private sealed class StderrSink : ILogEventSink
+    /// <summary>One stderr line: "[2025-01-31T12:00:00.000+00:00 INF] message" (levels VRB, DBG,
+    /// INF, WRN, ERR, FTL).</summary>
+    internal static string FormatLine(LogEvent logEvent)
     {
-        private readonly TextWriter _writer;
-        private readonly Serilog.Formatting.Display.MessageTemplateTextFormatter _formatter =
-            new(OutputTemplate, CultureInfo.InvariantCulture);
+        var line = new StringBuilder(128);
+        line.Append('[').Append(logEvent.Timestamp.ToString("yyyy-MM-ddTHH:mm:ss.fffzzz", CultureInfo.InvariantCulture))
+            .Append(' ').Append(LevelCode(logEvent.Level)).Append("] ");
+        logEvent.Render(line);
+        return line.ToString();
+    }
 
-        public StderrSink(TextWriter writer)
-        {
-            _writer = writer;
-        }
+    private static string LevelCode(LogEventLevel level) => level switch
+    {
+        LogEventLevel.Verbose => "VRB",
+        LogEventLevel.Debug => "DBG",
+        LogEventLevel.Information => "INF",
+        LogEventLevel.Warning => "WRN",
+        LogEventLevel.Error => "ERR",
+        _ => "FTL",
+    };
 
+    /// <summary>Writes events to stderr; one lock per line so the lines of concurrent threads never
+    /// interleave.</summary>
+    private sealed class StderrSink(TextWriter writer) : ILogEventSink
+    {
         public void Emit(LogEvent logEvent)
         {
-            var line = new StringWriter(CultureInfo.InvariantCulture);
-            _formatter.Format(logEvent, line);
-            lock (_writer)
+            string line = FormatLine(logEvent);
+            lock (writer)
             {
-                _writer.Write(line.ToString());
-                _writer.Flush();
+                writer.WriteLine(line);
+                writer.Flush();
             }
         }
     }

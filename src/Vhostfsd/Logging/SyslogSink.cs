@@ -1,12 +1,10 @@
 using System.Globalization;
 using System.Text;
-using Serilog.Core;
-using Serilog.Events;
 using Vhostfsd.Posix;
 
 namespace Vhostfsd.Logging;
 
-/// <summary>A Serilog sink that sends each event as one RFC 3164 datagram
+/// <summary>A sink that sends each event as one RFC 3164 datagram
 /// ("&lt;PRI&gt;Mmm dd hh:mm:ss TAG[PID]: MESSAGE", facility "daemon") over a connected
 /// AF_UNIX SOCK_DGRAM socket, normally /dev/log. The socket is connected before the sandbox
 /// hides /dev/log and stays usable after it. When a send fails (the syslog daemon went away),
@@ -19,9 +17,6 @@ internal sealed unsafe class SyslogSink : ILogEventSink, IDisposable
     /// <summary>Longest datagram sent; longer messages are cut (syslog daemons accept at least 1 KiB,
     /// most far more).</summary>
     private const int MaxDatagram = 8192;
-
-    private static readonly Serilog.Formatting.Display.MessageTemplateTextFormatter MessageFormatter =
-        new("{Message:lj}", CultureInfo.InvariantCulture);
 
     private readonly SafeFd _socket;
     private readonly string _tag;
@@ -75,10 +70,7 @@ internal sealed unsafe class SyslogSink : ILogEventSink, IDisposable
         string stamp = local.ToString("MMM", CultureInfo.InvariantCulture) + " "
             + local.Day.ToString(CultureInfo.InvariantCulture).PadLeft(2) + " "
             + local.ToString("HH:mm:ss", CultureInfo.InvariantCulture);
-        var rendered = new StringWriter(CultureInfo.InvariantCulture);
-        // Strings unquoted, as on stderr.
-        MessageFormatter.Format(logEvent, rendered);
-        string message = rendered.ToString().Replace('\n', ' ');
+        string message = logEvent.RenderMessage().Replace('\n', ' ');
         return $"<{priority}>{stamp} {tag}[{pid}]: {message}";
     }
 

@@ -1,5 +1,5 @@
 using System.Buffers.Binary;
-using Serilog.Events;
+using Vhostfsd.Logging;
 using Vhostfsd.Fuzz.Engine;
 using Vhostfsd.Posix;
 using Vhostfsd.Testing;
