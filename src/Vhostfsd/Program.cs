@@ -1,5 +1,6 @@
 using Vhostfsd.Cli;
 using Vhostfsd.Hosting;
+using Vhostfsd.Posix;
 
 namespace Vhostfsd;
 
@@ -13,12 +14,12 @@ internal static class Program
         }
         catch (UsageException e)
         {
-            Console.Error.WriteLine("vhostfsd: " + e.Message + " (see --help)");
+            FdTextWriter.StandardError.WriteLine("vhostfsd: " + e.Message + " (see --help)");
             return ExitCodes.Usage;
         }
         catch (StartupException e)
         {
-            Console.Error.WriteLine("vhostfsd: " + e.Message);
+            FdTextWriter.StandardError.WriteLine("vhostfsd: " + e.Message);
             return ExitCodes.Failure;
         }
         catch (Exception e)
@@ -29,7 +30,7 @@ internal static class Program
             {
                 line.Append(inner == e ? "" : " <- ").Append(inner.GetType().Name).Append(": ").Append(inner.Message.ReplaceLineEndings(" "));
             }
-            Console.Error.WriteLine(line.ToString());
+            FdTextWriter.StandardError.WriteLine(line.ToString());
             return ExitCodes.Failure;
         }
     }

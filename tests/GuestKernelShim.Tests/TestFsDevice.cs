@@ -2,10 +2,10 @@ using System.Collections.Concurrent;
 using System.Runtime.InteropServices;
 using Vhostfsd.FusePassthrough;
 using Vhostfsd.FuseProtocol;
+using Vhostfsd.Logging;
 using Vhostfsd.Posix;
 using Vhostfsd.VhostUser;
 using Vhostfsd.Virtqueue;
-using Vhostfsd.Logging;
 
 namespace Vhostfsd.GuestKernelShim.Tests;
 

@@ -1,5 +1,5 @@
-using Vhostfsd.Logging;
 using Vhostfsd.FusePassthrough;
+using Vhostfsd.Logging;
 using Vhostfsd.Posix;
 using Vhostfsd.VhostUser;
 

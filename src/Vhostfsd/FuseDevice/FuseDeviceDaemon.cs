@@ -1,7 +1,7 @@
-using Vhostfsd.Logging;
 using Vhostfsd.Cli;
 using Vhostfsd.Device;
 using Vhostfsd.FusePassthrough;
+using Vhostfsd.Logging;
 using Vhostfsd.Posix;
 
 namespace Vhostfsd.FuseDevice;

@@ -1,7 +1,7 @@
 using System.Runtime.InteropServices;
-using Vhostfsd.Logging;
 using Vhostfsd.Cli;
 using Vhostfsd.Device;
+using Vhostfsd.Logging;
 using Vhostfsd.Posix;
 
 namespace Vhostfsd.Hosting;
@@ -17,7 +17,7 @@ internal static unsafe class DaemonHost
 
     public static int Run(string[] args)
     {
-        ParsedCommandLine parsed = CommandLine.Parse(args, Console.Out);
+        ParsedCommandLine parsed = CommandLine.Parse(args, FdTextWriter.StandardOutput);
         if (parsed.Outcome == CommandLineOutcome.Printed)
         {
             return ExitCodes.Success;
@@ -25,15 +25,15 @@ internal static unsafe class DaemonHost
         DaemonOptions options = parsed.Options;
         if (options.PrintCapabilities)
         {
-            Console.Out.Write(CapabilitiesJson);
-            Console.Out.Flush();
+            FdTextWriter.StandardOutput.Write(CapabilitiesJson);
+            FdTextWriter.StandardOutput.Flush();
             return ExitCodes.Success;
         }
 
         SandboxSpawner.ChildMarker? child = SandboxSpawner.TakeChildMarker();
         var notes = new List<string>();
         DaemonLogLevel level = LogSetup.EffectiveLevel(options.LogLevel, out string? levelNote);
-        using Logger logger = LogSetup.Create(level, options.Syslog, HostPid(), Console.Error, notes);
+        using Logger logger = LogSetup.Create(level, options.Syslog, HostPid(), FdTextWriter.StandardError, notes);
         // Information, Warning, ... are default members of Logger: reachable through the interface.
         Logger log = logger;
         try

@@ -1,7 +1,7 @@
 using System.Globalization;
 using System.Text;
-using Vhostfsd.Logging;
 using Vhostfsd.Cli;
+using Vhostfsd.Logging;
 using Vhostfsd.Posix;
 
 namespace Vhostfsd.Hosting;

@@ -1,7 +1,7 @@
-using Vhostfsd.Logging;
 using Vhostfsd.Cli;
 using Vhostfsd.FuseDevice;
 using Vhostfsd.FusePassthrough;
+using Vhostfsd.Logging;
 using Vhostfsd.Posix;
 
 namespace Vhostfsd.Hosting;

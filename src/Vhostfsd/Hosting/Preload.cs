@@ -26,8 +26,7 @@ internal static class Preload
     ];
 
     /// <summary>On the JIT, loads the transitive closure of the entry assembly's references (less
-    /// <see cref="NotFollowed"/>); then starts the runtime services that open files and
-    /// initialises the console streams. Returns how many assemblies were loaded (0 in the native
+    /// <see cref="NotFollowed"/>); then starts the runtime services that open files. Returns how many assemblies were loaded (0 in the native
     /// executable, which has no assembly files).</summary>
     public static int BeforeSandbox()
     {
@@ -90,11 +89,6 @@ internal static class Preload
         _ = Guid.NewGuid();
         // Log timestamps are local time: read the zone while /etc/localtime is there.
         _ = TimeZoneInfo.Local;
-        // The console initialises itself (terminal settings) on its first write; do that now.
-        using (Stream stderr = Console.OpenStandardError())
-        {
-            stderr.Write(ReadOnlySpan<byte>.Empty);
-        }
     }
 
     private static bool IsNotFollowed(string? library, string? reference)

@@ -1,6 +1,6 @@
 using System.Globalization;
-using Vhostfsd.Logging;
 using Vhostfsd.Cli;
+using Vhostfsd.Logging;
 using Vhostfsd.Posix;
 
 namespace Vhostfsd.Hosting;

@@ -2,8 +2,8 @@ using System.Collections;
 using System.Globalization;
 using System.Runtime.InteropServices;
 using System.Text;
-using Vhostfsd.Logging;
 using Vhostfsd.Cli;
+using Vhostfsd.Logging;
 using Vhostfsd.Posix;
 
 namespace Vhostfsd.Hosting;

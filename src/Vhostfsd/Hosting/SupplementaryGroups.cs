@@ -1,5 +1,5 @@
-using Vhostfsd.Logging;
 using Vhostfsd.Cli;
+using Vhostfsd.Logging;
 using Vhostfsd.Posix;
 
 namespace Vhostfsd.Hosting;

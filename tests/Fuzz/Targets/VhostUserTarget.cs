@@ -1,6 +1,6 @@
 using System.Buffers.Binary;
-using Vhostfsd.Logging;
 using Vhostfsd.Fuzz.Engine;
+using Vhostfsd.Logging;
 using Vhostfsd.Posix;
 using Vhostfsd.Testing;
 using Vhostfsd.VhostUser;
