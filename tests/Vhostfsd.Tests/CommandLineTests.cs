@@ -335,6 +335,140 @@ public class CommandLineTests
         Assert.Contains(expected, Usage(args));
 
     [Fact]
+    public void Short_option_values_follow_as_the_next_word_attached_or_after_equals()
+    {
+        Assert.Equal("/a", Parse("--fd=3", "-o", "source=/a").SharedDir);
+        Assert.Equal("/a", Parse("--fd=3", "-osource=/a").SharedDir);
+        Assert.Equal("/a", Parse("--fd=3", "-o=source=/a").SharedDir);
+    }
+
+    [Fact]
+    public void Repeated_o_options_apply_in_order()
+    {
+        var o = Parse("--fd=3", "-o", "source=/a,cache=never", "-osource=/b", "-o=xattr");
+        Assert.Equal("/b", o.SharedDir);
+        Assert.Equal(CachePolicy.Never, o.Cache);
+        Assert.True(o.Xattr);
+    }
+
+    [Fact]
+    public void The_word_after_an_option_that_takes_a_value_is_its_value()
+    {
+        Assert.Equal("-dir", Parse("--fd=3", "--shared-dir", "-dir").SharedDir);
+        Assert.Equal("--xattr", Parse("--fd=3", "--shared-dir", "--xattr").SharedDir);
+        // Response files are not expanded: "@x" is a path.
+        Assert.Equal("@share", Parse("--fd=3", "--shared-dir", "@share").SharedDir);
+        Assert.Equal("a=b", Parse("--fd=3", "--shared-dir=a=b").SharedDir);
+    }
+
+    [Fact]
+    public void Flags_take_no_value_or_an_explicit_true_or_false()
+    {
+        Assert.True(Parse("--shared-dir=/a", "--fd=3", "--xattr=true").Xattr);
+        Assert.False(Parse("--shared-dir=/a", "--fd=3", "--xattr=FALSE").Xattr);
+        Assert.False(Parse("--shared-dir=/a", "--fd=3", "--xattr", "false").Xattr);
+        Assert.True(Parse("--shared-dir=/a", "--fd=3", "--xattr", "--xattr").Xattr);
+        Assert.True(Parse("--shared-dir=/a", "--fd=3", "--no-announce-submounts=false").AnnounceSubmounts);
+        Assert.Equal(DaemonLogLevel.Debug, Parse("--shared-dir=/a", "--fd=3", "-d=true").LogLevel);
+    }
+
+    [Fact]
+    public void Single_letter_flags_may_share_a_word()
+    {
+        var o = Parse("--shared-dir=/a", "--fd=3", "-df");
+        Assert.Equal(DaemonLogLevel.Debug, o.LogLevel);
+        Assert.Contains(o.Warnings, w => w.Contains("-f has no effect"));
+        Assert.Equal("/b", Parse("--fd=3", "-dosource=/b").SharedDir);
+    }
+
+    [Fact]
+    public void Double_dash_ends_the_options()
+    {
+        Assert.Equal("/a", Parse("--shared-dir=/a", "--fd=3", "--").SharedDir);
+        Assert.Contains("Unrecognized command or argument 'x'", Usage("--shared-dir=/a", "--fd=3", "--", "x"));
+    }
+
+    [Theory]
+    [InlineData("Unrecognized command or argument 'stray'.", "--shared-dir=/a", "--fd=3", "stray")]
+    [InlineData("Unrecognized command or argument '-x'.", "--shared-dir=/a", "--fd=3", "-x")]
+    [InlineData("Unrecognized command or argument '-dx'.", "--shared-dir=/a", "--fd=3", "-dx")]
+    [InlineData("Unrecognized command or argument '--bogus=1'.", "--shared-dir=/a", "--fd=3", "--bogus=1")]
+    [InlineData("Unrecognized command or argument '--SHARED-DIR=/a'.", "--fd=3", "--SHARED-DIR=/a")]
+    [InlineData("Unrecognized command or argument '--fd:3'.", "--shared-dir=/a", "--fd:3")]
+    [InlineData("Unrecognized command or argument '/?'.", "/?")]
+    [InlineData("Unrecognized command or argument '--bo gus'.", "--shared-dir=/a", "--fd=3", "--bo\ngus")]
+    [InlineData("Unrecognized command or argument 'source=/b'.", "--fd=3", "-o", "source=/a", "source=/b")]
+    [InlineData("Required argument missing for option: '--shared-dir'.", "--fd=3", "--shared-dir", "--")]
+    [InlineData("Required argument missing for option: '--tag'.", "--shared-dir=/a", "--fd=3", "--tag=")]
+    [InlineData("Required argument missing for option: '-o'.", "--fd=3", "-o")]
+    [InlineData("Required argument missing for option: '-o'.", "--fd=3", "-o=")]
+    [InlineData("Option '--shared-dir' expects a single argument but 2 were provided.", "--fd=3", "--shared-dir=/a", "--shared-dir=/a")]
+    [InlineData("Option '--cache' expects a single argument but 2 were provided.", "--shared-dir=/a", "--fd=3", "--cache=auto", "--cache", "never")]
+    [InlineData("invalid value 'yes' for --xattr (a flag: expected no value, true or false)", "--shared-dir=/a", "--fd=3", "--xattr=yes")]
+    [InlineData("invalid value '' for -d", "--shared-dir=/a", "--fd=3", "-d=")]
+    [InlineData("--uid-map/--gid-map are not supported", "--shared-dir=/a", "--fd=3", "--gid-map=:0:1:1:", "--gid-map=:1:2:1:")]
+    [InlineData("the --migration-* options are not supported", "--shared-dir=/a", "--fd=3", "--migration-verify-handles=false")]
+    public void Malformed_option_syntax_is_refused(string expected, params string[] args) =>
+        Assert.StartsWith(expected, Usage(args));
+
+    [Theory]
+    [InlineData("-h")]
+    [InlineData("-?")]
+    [InlineData("--help")]
+    public void Every_help_spelling_prints_help(string spelling)
+    {
+        var output = new StringWriter();
+        Assert.Equal(CommandLineOutcome.Printed, CommandLine.Parse(["--shared-dir=/a", spelling], output).Outcome);
+        Assert.Contains("Options:", output.ToString());
+    }
+
+    [Fact]
+    public void Help_answers_a_line_with_a_mistake_and_version_wins_over_help()
+    {
+        var output = new StringWriter();
+        Assert.Equal(CommandLineOutcome.Printed, CommandLine.Parse(["--bogus", "--help"], output).Outcome);
+        Assert.Contains("Options:", output.ToString());
+        output = new StringWriter();
+        Assert.Equal(CommandLineOutcome.Printed, CommandLine.Parse(["--help", "-V"], output).Outcome);
+        Assert.StartsWith("vhostfsd ", output.ToString());
+        Assert.DoesNotContain("Options:", output.ToString());
+        Assert.Contains("Unrecognized command or argument '--bogus'", Usage("-V", "--bogus"));
+    }
+
+    /// <summary>help2man builds the man page from --help: "Usage:" with the synopsis on its line,
+    /// "Options:", then each option at column 2 with its description at column 34 (on the next line
+    /// when the option is longer), wrapped lines never starting with '-'.</summary>
+    [Fact]
+    public void Help_lists_the_visible_options_in_two_columns()
+    {
+        var output = new StringWriter();
+        CommandLine.Parse(["--help"], output);
+        string text = output.ToString();
+        string[] lines = text.Split('\n');
+        Assert.Equal(CommandLine.Description, lines[0]);
+        Assert.Contains("Usage: vhostfsd [options]", lines);
+        int options = Array.IndexOf(lines, "Options:");
+        Assert.True(options > 0, text);
+        Assert.Equal("  --shared-dir <DIR>              Directory to share with the guest (required; C", lines[options + 1]);
+        Assert.Contains("\n  -V, --version                   Print the version and exit\n", text);
+        Assert.Contains("\n  -?, -h, --help                  Show help and usage information\n", text);
+        Assert.Contains("\n  --sandbox <namespace|chroot|none>\n" + new string(' ', 34) + "Isolation:", text);
+        int end = options + 1;
+        for (; lines[end].Length > 0; end++)
+        {
+            string line = lines[end];
+            Assert.True(line.StartsWith("  -", StringComparison.Ordinal)
+                || (line.StartsWith(new string(' ', 34), StringComparison.Ordinal) && line[34] != ' ' && line[34] != '-'), line);
+            Assert.True(line.Length <= 80 || !line.Trim().Contains(' '), line);
+        }
+        Assert.StartsWith("Exit status: ", lines[end + 1]);
+        Assert.StartsWith("See docs/cli.md", lines[end + 2]);
+        Assert.DoesNotContain("--socket ", text);
+        Assert.DoesNotContain("--uid-map", text);
+        Assert.DoesNotContain("--migration", text);
+    }
+
+    [Fact]
     public void Inode_file_handles_never_allows_removing_dac_read_search()
     {
         var o = Parse("--shared-dir=/a", "--fd=3", "--inode-file-handles=never", "--modcaps=-dac_read_search");

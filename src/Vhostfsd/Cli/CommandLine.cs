@@ -1,4 +1,3 @@
-using System.CommandLine;
 using System.Globalization;
 using System.Text;
 using Vhostfsd.Hosting;
@@ -29,73 +28,67 @@ internal static class CommandLine
     public const string Description =
         "vhostfsd: a virtio-fs device back-end (vhost-user) serving a host directory to a guest; a drop-in for virtiofsd.";
 
+    /// <summary>Every option, in the order --help lists them.</summary>
     private sealed class Definition
     {
-        public readonly RootCommand Root = new(Description);
-        public readonly Option<string> SharedDir = new("--shared-dir") { Description = "Directory to share with the guest (required; C dialect: -o source=DIR)", HelpName = "DIR" };
-        public readonly Option<string> Tag = new("--tag") { Description = "Tag the device reports in its config space (1-36 bytes); enables VHOST_USER_PROTOCOL_F_CONFIG", HelpName = "TAG" };
-        public readonly Option<string> SocketPath = new("--socket-path") { Description = "Create and listen on this vhost-user UNIX socket; a lock file PATH.pid guards it", HelpName = "PATH" };
-        public readonly Option<string> Socket = new("--socket") { Description = "Deprecated alias of --socket-path", Hidden = true };
-        public readonly Option<string> SocketGroup = new("--socket-group") { Description = "Give this group ownership of the socket and let it connect (not with --fd)", HelpName = "GROUP" };
-        public readonly Option<string> Fd = new("--fd") { Description = "Serve an already-listening UNIX stream socket passed as this fd (socket activation, libvirt, Kata)", HelpName = "N" };
-        public readonly Option<string> ThreadPoolSize = new("--thread-pool-size") { Description = "Threads started for blocking requests (SETLKW, FSYNC, FLUSH...); one more is added whenever all are busy, up to 64 more; 0 starts one [default: 0]", HelpName = "N" };
-        public readonly Option<string> PollMaxUs = new("--poll-max-us") { Description = "How long a queue thread keeps checking its ring for the next request before it sleeps, in microseconds: adapts to how soon requests come (0 to this; after a request that kept it busy longer, up to that long and at most 16 times this), 0 turns polling off [default: 64]", HelpName = "N" };
-        public readonly Option<bool> Xattr = new("--xattr") { Description = "Serve extended attributes (otherwise the xattr requests fail with ENOSYS)" };
-        public readonly Option<bool> PosixAcl = new("--posix-acl") { Description = "Support POSIX ACLs; the guest must offer POSIX_ACL (implies --xattr)" };
-        public readonly Option<string> XattrMap = new("--xattrmap") { Description = "Rules that rename extended attributes between guest and host, e.g. :map::user.virtiofs.: (implies --xattr)", HelpName = "RULES" };
-        public readonly Option<string> Sandbox = new("--sandbox") { Description = "Isolation: namespace (mount/pid/net namespaces + pivot_root), chroot, or none [default: namespace]", HelpName = "namespace|chroot|none" };
-        public readonly Option<bool> ReadOnly = new("--readonly") { Description = "Refuse every change to the shared directory (EROFS)" };
-        public readonly Option<string> Seccomp = new("--seccomp") { Description = "What a system call outside the daemon's allow-list does: kill the process, log it (and let it run), trap (SIGSYS, which ends the process), or none (no filter) [default: kill]", HelpName = "kill|log|trap|none" };
-        public readonly Option<bool> AnnounceSubmounts = new("--announce-submounts") { Description = "Tell the guest which directories are mount points [default]" };
-        public readonly Option<bool> NoAnnounceSubmounts = new("--no-announce-submounts") { Description = "Do not tell the guest which directories are mount points" };
-        public readonly Option<string> InodeFileHandles = new("--inode-file-handles") { Description = "Hold inodes as file handles instead of O_PATH fds: never, prefer, mandatory [default: prefer]", HelpName = "never|prefer|mandatory" };
-        public readonly Option<string> Cache = new("--cache") { Description = "Guest caching: never (alias none), metadata, auto, always [default: auto]", HelpName = "auto|always|metadata|never" };
-        public readonly Option<bool> AllowMmap = new("--allow-mmap") { Description = "Allow shared mmap with --cache=never or metadata (only when the guest has the directory to itself)" };
-        public readonly Option<bool> NoReaddirplus = new("--no-readdirplus") { Description = "Do not offer READDIRPLUS (never offered with --cache=never)" };
-        public readonly Option<bool> Writeback = new("--writeback") { Description = "Let the guest use a writeback cache" };
-        public readonly Option<bool> AllowDirectIo = new("--allow-direct-io") { Description = "Honour O_DIRECT from the guest (otherwise it is dropped)" };
-        public readonly Option<bool> PrintCapabilities = new("--print-capabilities") { Description = "Print the vhost-user back-end capabilities as JSON and exit" };
-        public readonly Option<string> ModCaps = new("--modcaps") { Description = "Change the capabilities kept after start-up, e.g. +sys_admin:-mknod", HelpName = "+CAP:-CAP" };
-        public readonly Option<string> LogLevel = new("--log-level") { Description = "error, warn, info, debug, trace or off [default: info]", HelpName = "LEVEL" };
-        public readonly Option<bool> Syslog = new("--syslog") { Description = "Log to syslog (/dev/log) instead of stderr" };
-        public readonly Option<string> RlimitNofile = new("--rlimit-nofile") { Description = "Set RLIMIT_NOFILE; 0 leaves it unchanged [default: min(1000000, fs.nr_open) when lower]", HelpName = "N" };
-        public readonly Option<string[]> Compat = new("-o") { Description = "C virtiofsd options: source=DIR,cache=,sandbox=,xattr,posix_lock,flock,log_level=,... (deprecated form)", HelpName = "OPT[,OPT...]", AllowMultipleArgumentsPerToken = false };
-        public readonly Option<bool> Debug = new("-d") { Description = "Same as --log-level=debug (deprecated)" };
-        public readonly Option<bool> Foreground = new("-f") { Description = "No effect: vhostfsd always runs in the foreground (deprecated)" };
-        public readonly Option<bool> KillprivV2 = new("--killpriv-v2") { Description = "Support FUSE_HANDLE_KILLPRIV_V2" };
-        public readonly Option<bool> NoKillprivV2 = new("--no-killpriv-v2") { Description = "Do not support FUSE_HANDLE_KILLPRIV_V2 [default]" };
-        public readonly Option<bool> SecurityLabel = new("--security-label") { Description = "Store the security label the guest sends with new files (implies --xattr)" };
-        public readonly Option<bool> PreserveNoatime = new("--preserve-noatime") { Description = "Keep the guest's O_NOATIME (otherwise it is dropped to avoid EPERM)" };
-        public readonly Option<bool> Version = new("--version", "-V") { Description = "Print the version and exit" };
-        public readonly Option<bool> PosixLock = new("--posix-lock") { Description = "Forward the guest's POSIX (fcntl) locks to the host, so they conflict with other guests' and host programs' locks (C dialect: -o posix_lock)" };
-        public readonly Option<bool> NoPosixLock = new("--no-posix-lock") { Description = "Keep POSIX locks local to the guest [default]" };
-        public readonly Option<bool> Flock = new("--flock") { Description = "Forward the guest's flock() locks to the host (C dialect: -o flock)" };
-        public readonly Option<bool> NoFlock = new("--no-flock") { Description = "Keep flock() locks local to the guest [default]" };
-        public readonly Option<string> FuseMount = new("--fuse-mount") { Description = "Instead of serving a vhost-user socket, mount the share on this host directory through the kernel's FUSE (/dev/fuse) and serve it there until unmounted or signalled (needs root)", HelpName = "MOUNTPOINT" };
-        public readonly Option<string> FuseOptions = new("--fuse-options") { Description = "With --fuse-mount: allow_other (every user may use the mount, not only root; implies default_permissions), default_permissions (the kernel checks file modes itself), comma-separated", HelpName = "OPT[,OPT]" };
+        public readonly OptionSpec SharedDir = new("--shared-dir", "DIR", "Directory to share with the guest (required; C dialect: -o source=DIR)");
+        public readonly OptionSpec Tag = new("--tag", "TAG", "Tag the device reports in its config space (1-36 bytes); enables VHOST_USER_PROTOCOL_F_CONFIG");
+        public readonly OptionSpec SocketPath = new("--socket-path", "PATH", "Create and listen on this vhost-user UNIX socket; a lock file PATH.pid guards it");
+        public readonly OptionSpec Socket = new("--socket", "PATH", "Deprecated alias of --socket-path") { Hidden = true };
+        public readonly OptionSpec SocketGroup = new("--socket-group", "GROUP", "Give this group ownership of the socket and let it connect (not with --fd)");
+        public readonly OptionSpec Fd = new("--fd", "N", "Serve an already-listening UNIX stream socket passed as this fd (socket activation, libvirt, Kata)");
+        public readonly OptionSpec ThreadPoolSize = new("--thread-pool-size", "N", "Threads started for blocking requests (SETLKW, FSYNC, FLUSH...); one more is added whenever all are busy, up to 64 more; 0 starts one [default: 0]");
+        public readonly OptionSpec PollMaxUs = new("--poll-max-us", "N", "How long a queue thread keeps checking its ring for the next request before it sleeps, in microseconds: adapts to how soon requests come (0 to this; after a request that kept it busy longer, up to that long and at most 16 times this), 0 turns polling off [default: 64]");
+        public readonly OptionSpec Xattr = new("--xattr", null, "Serve extended attributes (otherwise the xattr requests fail with ENOSYS)");
+        public readonly OptionSpec PosixAcl = new("--posix-acl", null, "Support POSIX ACLs; the guest must offer POSIX_ACL (implies --xattr)");
+        public readonly OptionSpec XattrMap = new("--xattrmap", "RULES", "Rules that rename extended attributes between guest and host, e.g. :map::user.virtiofs.: (implies --xattr)");
+        public readonly OptionSpec Sandbox = new("--sandbox", "namespace|chroot|none", "Isolation: namespace (mount/pid/net namespaces + pivot_root), chroot, or none [default: namespace]");
+        public readonly OptionSpec ReadOnly = new("--readonly", null, "Refuse every change to the shared directory (EROFS)");
+        public readonly OptionSpec Seccomp = new("--seccomp", "kill|log|trap|none", "What a system call outside the daemon's allow-list does: kill the process, log it (and let it run), trap (SIGSYS, which ends the process), or none (no filter) [default: kill]");
+        public readonly OptionSpec AnnounceSubmounts = new("--announce-submounts", null, "Tell the guest which directories are mount points [default]");
+        public readonly OptionSpec NoAnnounceSubmounts = new("--no-announce-submounts", null, "Do not tell the guest which directories are mount points");
+        public readonly OptionSpec InodeFileHandles = new("--inode-file-handles", "never|prefer|mandatory", "Hold inodes as file handles instead of O_PATH fds: never, prefer, mandatory [default: prefer]");
+        public readonly OptionSpec Cache = new("--cache", "auto|always|metadata|never", "Guest caching: never (alias none), metadata, auto, always [default: auto]");
+        public readonly OptionSpec AllowMmap = new("--allow-mmap", null, "Allow shared mmap with --cache=never or metadata (only when the guest has the directory to itself)");
+        public readonly OptionSpec NoReaddirplus = new("--no-readdirplus", null, "Do not offer READDIRPLUS (never offered with --cache=never)");
+        public readonly OptionSpec Writeback = new("--writeback", null, "Let the guest use a writeback cache");
+        public readonly OptionSpec AllowDirectIo = new("--allow-direct-io", null, "Honour O_DIRECT from the guest (otherwise it is dropped)");
+        public readonly OptionSpec PrintCapabilities = new("--print-capabilities", null, "Print the vhost-user back-end capabilities as JSON and exit");
+        public readonly OptionSpec ModCaps = new("--modcaps", "+CAP:-CAP", "Change the capabilities kept after start-up, e.g. +sys_admin:-mknod");
+        public readonly OptionSpec LogLevel = new("--log-level", "LEVEL", "error, warn, info, debug, trace or off [default: info]");
+        public readonly OptionSpec Syslog = new("--syslog", null, "Log to syslog (/dev/log) instead of stderr");
+        public readonly OptionSpec RlimitNofile = new("--rlimit-nofile", "N", "Set RLIMIT_NOFILE; 0 leaves it unchanged [default: min(1000000, fs.nr_open) when lower]");
+        public readonly OptionSpec Compat = new("-o", "OPT[,OPT...]", "C virtiofsd options: source=DIR,cache=,sandbox=,xattr,posix_lock,flock,log_level=,... (deprecated form)") { Repeats = true };
+        public readonly OptionSpec Debug = new("-d", null, "Same as --log-level=debug (deprecated)");
+        public readonly OptionSpec Foreground = new("-f", null, "No effect: vhostfsd always runs in the foreground (deprecated)");
+        public readonly OptionSpec KillprivV2 = new("--killpriv-v2", null, "Support FUSE_HANDLE_KILLPRIV_V2");
+        public readonly OptionSpec NoKillprivV2 = new("--no-killpriv-v2", null, "Do not support FUSE_HANDLE_KILLPRIV_V2 [default]");
+        public readonly OptionSpec SecurityLabel = new("--security-label", null, "Store the security label the guest sends with new files (implies --xattr)");
+        public readonly OptionSpec PreserveNoatime = new("--preserve-noatime", null, "Keep the guest's O_NOATIME (otherwise it is dropped to avoid EPERM)");
+        public readonly OptionSpec Version = new("--version", null, "Print the version and exit") { Aliases = ["-V"] };
+        public readonly OptionSpec PosixLock = new("--posix-lock", null, "Forward the guest's POSIX (fcntl) locks to the host, so they conflict with other guests' and host programs' locks (C dialect: -o posix_lock)");
+        public readonly OptionSpec NoPosixLock = new("--no-posix-lock", null, "Keep POSIX locks local to the guest [default]");
+        public readonly OptionSpec Flock = new("--flock", null, "Forward the guest's flock() locks to the host (C dialect: -o flock)");
+        public readonly OptionSpec NoFlock = new("--no-flock", null, "Keep flock() locks local to the guest [default]");
+        public readonly OptionSpec FuseMount = new("--fuse-mount", "MOUNTPOINT", "Instead of serving a vhost-user socket, mount the share on this host directory through the kernel's FUSE (/dev/fuse) and serve it there until unmounted or signalled (needs root)");
+        public readonly OptionSpec FuseOptions = new("--fuse-options", "OPT[,OPT]", "With --fuse-mount: allow_other (every user may use the mount, not only root; implies default_permissions), default_permissions (the kernel checks file modes itself), comma-separated");
+        public readonly OptionSpec Help = new("--help", null, "Show help and usage information") { Aliases = ["-?", "-h"] };
 
         // Recognised so that they get a clear refusal instead of "unrecognized".
-        public readonly Option<string[]> UidMap = new("--uid-map") { Hidden = true };
-        public readonly Option<string[]> GidMap = new("--gid-map") { Hidden = true };
-        public readonly Option<string[]> TranslateUid = new("--translate-uid") { Hidden = true };
-        public readonly Option<string[]> TranslateGid = new("--translate-gid") { Hidden = true };
-        public readonly Option<string> MigrationMode = new("--migration-mode") { Hidden = true };
-        public readonly Option<string> MigrationOnError = new("--migration-on-error") { Hidden = true };
-        public readonly Option<bool> MigrationVerifyHandles = new("--migration-verify-handles") { Hidden = true };
-        public readonly Option<bool> MigrationConfirmPaths = new("--migration-confirm-paths") { Hidden = true };
+        public readonly OptionSpec UidMap = new("--uid-map", "MAP", "") { Repeats = true, Hidden = true };
+        public readonly OptionSpec GidMap = new("--gid-map", "MAP", "") { Repeats = true, Hidden = true };
+        public readonly OptionSpec TranslateUid = new("--translate-uid", "MAP", "") { Repeats = true, Hidden = true };
+        public readonly OptionSpec TranslateGid = new("--translate-gid", "MAP", "") { Repeats = true, Hidden = true };
+        public readonly OptionSpec MigrationMode = new("--migration-mode", "MODE", "") { Hidden = true };
+        public readonly OptionSpec MigrationOnError = new("--migration-on-error", "ACTION", "") { Hidden = true };
+        public readonly OptionSpec MigrationVerifyHandles = new("--migration-verify-handles", null, "") { Hidden = true };
+        public readonly OptionSpec MigrationConfirmPaths = new("--migration-confirm-paths", null, "") { Hidden = true };
+
+        public readonly OptionSpec[] All;
 
         public Definition()
         {
-            // Our own --version (-V, as virtiofsd) replaces the library's.
-            for (int i = Root.Options.Count - 1; i >= 0; i--)
-            {
-                if (Root.Options[i] is VersionOption)
-                {
-                    Root.Options.RemoveAt(i);
-                }
-            }
-            Root.Directives.Clear();
-            Option[] all =
+            All =
             [
                 SharedDir, Tag, SocketPath, Socket, SocketGroup, Fd, ThreadPoolSize, PollMaxUs, Xattr, PosixAcl, XattrMap,
                 Sandbox, ReadOnly, Seccomp, AnnounceSubmounts, NoAnnounceSubmounts, InodeFileHandles, Cache,
@@ -103,12 +96,8 @@ internal static class CommandLine
                 RlimitNofile, Compat, Debug, Foreground, KillprivV2, NoKillprivV2, SecurityLabel, PreserveNoatime,
                 Version, UidMap, GidMap, TranslateUid, TranslateGid, MigrationMode, MigrationOnError,
                 MigrationVerifyHandles, MigrationConfirmPaths,
-                PosixLock, NoPosixLock, Flock, NoFlock, FuseMount, FuseOptions,
+                PosixLock, NoPosixLock, Flock, NoFlock, FuseMount, FuseOptions, Help,
             ];
-            foreach (Option option in all)
-            {
-                Root.Options.Add(option);
-            }
         }
     }
 
@@ -117,39 +106,40 @@ internal static class CommandLine
     public static ParsedCommandLine Parse(IReadOnlyList<string> args, TextWriter output)
     {
         var d = new Definition();
-        var configuration = new ParserConfiguration { ResponseFileTokenReplacer = null };
-        ParseResult result = d.Root.Parse(args, configuration);
-
-        if (result.Errors.Count > 0)
+        GivenOptions given;
+        try
         {
-            throw new UsageException(OneLine(result.Errors[0].Message));
+            given = GivenOptions.Read(args, d.All);
         }
-        if (result.GetValue(d.Version))
+        catch (UsageException) when (AsksForHelp(args, d.Help))
+        {
+            // Someone who asks for help gets it, even on a line with a mistake in it.
+            WriteHelp(d.All, output);
+            return new ParsedCommandLine(CommandLineOutcome.Printed, new DaemonOptions());
+        }
+        if (given.Flag(d.Version))
         {
             output.WriteLine("vhostfsd " + VersionText());
             return new ParsedCommandLine(CommandLineOutcome.Printed, new DaemonOptions());
         }
-        if (result.Action is System.CommandLine.Help.HelpAction)
+        if (given.Flag(d.Help))
         {
-            result.Invoke(new InvocationConfiguration { Output = output, Error = output });
-            output.WriteLine();
-            output.WriteLine("Exit status: 0 after a normal disconnect, an unmount (--fuse-mount) or a termination signal, 1 when start-up or serving fails, 2 for a wrong command line.");
-            output.WriteLine("See docs/cli.md for every option, the C (-o) dialect and how to run under libvirt, Kata and systemd.");
+            WriteHelp(d.All, output);
             return new ParsedCommandLine(CommandLineOutcome.Printed, new DaemonOptions());
         }
 
-        RefuseUnsupported(result, d);
+        RefuseUnsupported(given, d);
 
         var o = new DaemonOptions();
-        o.SharedDir = NonEmpty(result, d.SharedDir);
-        o.Tag = NonEmpty(result, d.Tag);
+        o.SharedDir = NonEmpty(given, d.SharedDir);
+        o.Tag = NonEmpty(given, d.Tag);
         if (o.Tag != null && Encoding.UTF8.GetByteCount(o.Tag) > MaxTagBytes)
         {
             throw new UsageException($"--tag '{o.Tag}' is {Encoding.UTF8.GetByteCount(o.Tag)} bytes; the virtio-fs tag holds at most {MaxTagBytes}");
         }
 
-        string? socketPath = NonEmpty(result, d.SocketPath);
-        string? socketAlias = NonEmpty(result, d.Socket);
+        string? socketPath = NonEmpty(given, d.SocketPath);
+        string? socketAlias = NonEmpty(given, d.Socket);
         if (socketPath == null && socketAlias != null)
         {
             socketPath = socketAlias;
@@ -160,88 +150,88 @@ internal static class CommandLine
             throw new UsageException("--socket and --socket-path name different sockets; give only --socket-path");
         }
         o.SocketPath = socketPath;
-        o.SocketGroup = NonEmpty(result, d.SocketGroup);
-        if (Given(result, d.Fd))
+        o.SocketGroup = NonEmpty(given, d.SocketGroup);
+        if (given.Given(d.Fd))
         {
-            o.Fd = (int)ParseUnsigned(result.GetValue(d.Fd), "--fd", int.MaxValue);
+            o.Fd = (int)ParseUnsigned(given.Value(d.Fd), "--fd", int.MaxValue);
         }
-        if (Given(result, d.ThreadPoolSize))
+        if (given.Given(d.ThreadPoolSize))
         {
-            o.ThreadPoolSize = (int)ParseUnsigned(result.GetValue(d.ThreadPoolSize), "--thread-pool-size", 1024);
+            o.ThreadPoolSize = (int)ParseUnsigned(given.Value(d.ThreadPoolSize), "--thread-pool-size", 1024);
         }
-        if (Given(result, d.PollMaxUs))
+        if (given.Given(d.PollMaxUs))
         {
-            o.PollMaxUs = (int)ParseUnsigned(result.GetValue(d.PollMaxUs), "--poll-max-us", DaemonOptions.MaxPollMaxUs);
+            o.PollMaxUs = (int)ParseUnsigned(given.Value(d.PollMaxUs), "--poll-max-us", DaemonOptions.MaxPollMaxUs);
         }
-        o.Xattr = result.GetValue(d.Xattr);
-        o.PosixAcl = result.GetValue(d.PosixAcl);
-        o.XattrMap = NonEmpty(result, d.XattrMap);
-        if (Given(result, d.Sandbox))
+        o.Xattr = given.Flag(d.Xattr);
+        o.PosixAcl = given.Flag(d.PosixAcl);
+        o.XattrMap = NonEmpty(given, d.XattrMap);
+        if (given.Given(d.Sandbox))
         {
-            o.Sandbox = ParseChoice(result.GetValue(d.Sandbox), "--sandbox", SandboxChoices);
+            o.Sandbox = ParseChoice(given.Value(d.Sandbox), "--sandbox", SandboxChoices);
         }
-        o.ReadOnly = result.GetValue(d.ReadOnly);
-        if (Given(result, d.Seccomp))
+        o.ReadOnly = given.Flag(d.ReadOnly);
+        if (given.Given(d.Seccomp))
         {
-            o.Seccomp = ParseChoice(result.GetValue(d.Seccomp), "--seccomp", SeccompChoices);
+            o.Seccomp = ParseChoice(given.Value(d.Seccomp), "--seccomp", SeccompChoices);
         }
         // Last one wins between the pair, as with the reference daemon's overrides_with.
-        o.AnnounceSubmounts = LastOfPair(result, d.AnnounceSubmounts, d.NoAnnounceSubmounts, defaultValue: true);
-        if (Given(result, d.InodeFileHandles))
+        o.AnnounceSubmounts = LastOfPair(given, d.AnnounceSubmounts, d.NoAnnounceSubmounts, defaultValue: true);
+        if (given.Given(d.InodeFileHandles))
         {
-            string? value = result.GetValue(d.InodeFileHandles);
+            string? value = given.Value(d.InodeFileHandles);
             if (string.Equals(value, "fallback", StringComparison.OrdinalIgnoreCase))
             {
                 o.Warnings.Add("--inode-file-handles=fallback is deprecated: use prefer");
             }
             o.InodeFileHandles = ParseChoice(value, "--inode-file-handles", InodeFileHandleChoices);
         }
-        if (Given(result, d.Cache))
+        if (given.Given(d.Cache))
         {
-            o.Cache = ParseChoice(result.GetValue(d.Cache), "--cache", CacheChoices);
+            o.Cache = ParseChoice(given.Value(d.Cache), "--cache", CacheChoices);
         }
-        o.AllowMmap = result.GetValue(d.AllowMmap);
-        o.NoReaddirplus = result.GetValue(d.NoReaddirplus);
-        o.Writeback = result.GetValue(d.Writeback);
-        o.AllowDirectIo = result.GetValue(d.AllowDirectIo);
-        o.PrintCapabilities = result.GetValue(d.PrintCapabilities);
-        if (Given(result, d.ModCaps))
+        o.AllowMmap = given.Flag(d.AllowMmap);
+        o.NoReaddirplus = given.Flag(d.NoReaddirplus);
+        o.Writeback = given.Flag(d.Writeback);
+        o.AllowDirectIo = given.Flag(d.AllowDirectIo);
+        o.PrintCapabilities = given.Flag(d.PrintCapabilities);
+        if (given.Given(d.ModCaps))
         {
-            o.ModCaps = result.GetValue(d.ModCaps) ?? "";
+            o.ModCaps = given.Value(d.ModCaps) ?? "";
             Capabilities.ParseModCaps(o.ModCaps);
         }
-        if (Given(result, d.LogLevel))
+        if (given.Given(d.LogLevel))
         {
-            o.LogLevel = ParseChoice(result.GetValue(d.LogLevel), "--log-level", LogLevelChoices);
+            o.LogLevel = ParseChoice(given.Value(d.LogLevel), "--log-level", LogLevelChoices);
         }
-        o.Syslog = result.GetValue(d.Syslog);
-        if (Given(result, d.RlimitNofile))
+        o.Syslog = given.Flag(d.Syslog);
+        if (given.Given(d.RlimitNofile))
         {
-            o.RlimitNofile = ParseUnsigned(result.GetValue(d.RlimitNofile), "--rlimit-nofile", long.MaxValue);
+            o.RlimitNofile = ParseUnsigned(given.Value(d.RlimitNofile), "--rlimit-nofile", long.MaxValue);
         }
-        o.KillprivV2 = LastOfPair(result, d.KillprivV2, d.NoKillprivV2, defaultValue: false);
-        o.PosixLock = LastOfPair(result, d.PosixLock, d.NoPosixLock, defaultValue: false);
-        o.Flock = LastOfPair(result, d.Flock, d.NoFlock, defaultValue: false);
-        o.SecurityLabel = result.GetValue(d.SecurityLabel);
-        o.PreserveNoatime = result.GetValue(d.PreserveNoatime);
+        o.KillprivV2 = LastOfPair(given, d.KillprivV2, d.NoKillprivV2, defaultValue: false);
+        o.PosixLock = LastOfPair(given, d.PosixLock, d.NoPosixLock, defaultValue: false);
+        o.Flock = LastOfPair(given, d.Flock, d.NoFlock, defaultValue: false);
+        o.SecurityLabel = given.Flag(d.SecurityLabel);
+        o.PreserveNoatime = given.Flag(d.PreserveNoatime);
 
-        if (result.GetValue(d.Foreground))
+        if (given.Flag(d.Foreground))
         {
             o.Warnings.Add("-f has no effect (vhostfsd always runs in the foreground); please remove it");
         }
-        if (result.GetValue(d.Debug))
+        if (given.Flag(d.Debug))
         {
             o.LogLevel = DaemonLogLevel.Debug;
             o.Warnings.Add("-d is deprecated: use --log-level=debug");
         }
-        string[]? compat = result.GetValue(d.Compat);
-        if (compat is { Length: > 0 })
+        List<string> compat = given.Values(d.Compat);
+        if (compat.Count > 0)
         {
             CompatOptions.Apply(o, compat);
             o.Warnings.Add("the -o option form is deprecated: use the long options (e.g. --cache=auto instead of -o cache=auto)");
         }
 
-        ApplyFuseMount(result, d, o);
+        ApplyFuseMount(given, d, o);
         Validate(o);
         return new ParsedCommandLine(CommandLineOutcome.Run, o);
     }
@@ -278,10 +268,10 @@ internal static class CommandLine
 
     /// <summary>--fuse-mount and --fuse-options; the vhost-user options mean nothing without a socket
     /// and are refused beside --fuse-mount rather than ignored.</summary>
-    private static void ApplyFuseMount(ParseResult result, Definition d, DaemonOptions o)
+    private static void ApplyFuseMount(GivenOptions given, Definition d, DaemonOptions o)
     {
-        o.FuseMount = NonEmpty(result, d.FuseMount);
-        string? fuseOptions = NonEmpty(result, d.FuseOptions);
+        o.FuseMount = NonEmpty(given, d.FuseMount);
+        string? fuseOptions = NonEmpty(given, d.FuseOptions);
         if (o.FuseMount == null)
         {
             if (fuseOptions != null)
@@ -290,9 +280,9 @@ internal static class CommandLine
             }
             return;
         }
-        foreach (Option vhostUser in new Option[] { d.SocketPath, d.Socket, d.Fd, d.SocketGroup, d.Tag, d.ThreadPoolSize, d.PollMaxUs })
+        foreach (OptionSpec vhostUser in new[] { d.SocketPath, d.Socket, d.Fd, d.SocketGroup, d.Tag, d.ThreadPoolSize, d.PollMaxUs })
         {
-            if (Given(result, vhostUser))
+            if (given.Given(vhostUser))
             {
                 throw new UsageException($"{vhostUser.Name} is a vhost-user option; it does not apply with --fuse-mount");
             }
@@ -320,18 +310,18 @@ internal static class CommandLine
         }
     }
 
-    private static void RefuseUnsupported(ParseResult result, Definition d)
+    private static void RefuseUnsupported(GivenOptions given, Definition d)
     {
-        if (Given(result, d.UidMap) || Given(result, d.GidMap))
+        if (given.Given(d.UidMap) || given.Given(d.GidMap))
         {
             throw new UsageException("--uid-map/--gid-map are not supported: vhostfsd runs as root and does not create a user namespace");
         }
-        if (Given(result, d.TranslateUid) || Given(result, d.TranslateGid))
+        if (given.Given(d.TranslateUid) || given.Given(d.TranslateGid))
         {
             throw new UsageException("--translate-uid/--translate-gid are not supported: ids are passed through unchanged");
         }
-        if (Given(result, d.MigrationMode) || Given(result, d.MigrationOnError)
-            || Given(result, d.MigrationVerifyHandles) || Given(result, d.MigrationConfirmPaths))
+        if (given.Given(d.MigrationMode) || given.Given(d.MigrationOnError)
+            || given.Given(d.MigrationVerifyHandles) || given.Given(d.MigrationConfirmPaths))
         {
             throw new UsageException("the --migration-* options are not supported: vhostfsd does not migrate device state");
         }
@@ -395,16 +385,13 @@ internal static class CommandLine
         return n;
     }
 
-    /// <summary>True when the option appears on the command line (not just a default).</summary>
-    private static bool Given(ParseResult result, Option option) => result.GetResult(option) is { Implicit: false };
-
-    private static string? NonEmpty(ParseResult result, Option<string> option)
+    private static string? NonEmpty(GivenOptions given, OptionSpec option)
     {
-        if (!Given(result, option))
+        if (!given.Given(option))
         {
             return null;
         }
-        string? value = result.GetValue(option);
+        string? value = given.Value(option);
         if (string.IsNullOrEmpty(value))
         {
             throw new UsageException($"{option.Name} needs a non-empty value");
@@ -413,34 +400,321 @@ internal static class CommandLine
     }
 
     /// <summary>For a --x / --no-x pair: the value of whichever appears last on the line.</summary>
-    private static bool LastOfPair(ParseResult result, Option<bool> positive, Option<bool> negative, bool defaultValue)
+    private static bool LastOfPair(GivenOptions given, OptionSpec positive, OptionSpec negative, bool defaultValue)
     {
-        int positiveAt = LastIndex(result, positive);
-        int negativeAt = LastIndex(result, negative);
+        int positiveAt = given.LastIndex(positive);
+        int negativeAt = given.LastIndex(negative);
         if (positiveAt < 0 && negativeAt < 0)
         {
             return defaultValue;
         }
-        return positiveAt > negativeAt ? result.GetValue(positive) : !result.GetValue(negative);
+        return positiveAt > negativeAt ? given.Flag(positive) : !given.Flag(negative);
     }
 
-    private static int LastIndex(ParseResult result, Option option)
+    /// <summary>One option of the command line: how it is spelled, whether it takes a value, and
+    /// its line in --help.</summary>
+    private sealed class OptionSpec(string name, string? valueName, string description)
     {
-        int last = -1;
-        for (int i = 0; i < result.Tokens.Count; i++)
+        /// <summary>The main spelling ("--shared-dir", "-o"); messages name the option by it.</summary>
+        public string Name { get; } = name;
+
+        /// <summary>What --help shows for the value ("DIR"); null for a flag, which takes none.</summary>
+        public string? ValueName { get; } = valueName;
+
+        public string Description { get; } = description;
+
+        /// <summary>Other spellings, listed before <see cref="Name"/> in --help ("-V").</summary>
+        public string[] Aliases { get; init; } = [];
+
+        /// <summary>The option may be given more than once and every value counts (-o). Any other
+        /// option that takes a value may be given once.</summary>
+        public bool Repeats { get; init; }
+
+        /// <summary>Recognised but left out of --help.</summary>
+        public bool Hidden { get; init; }
+
+        public bool IsFlag => ValueName == null;
+
+        public bool IsSpelled(string spelling)
         {
-            var token = result.Tokens[i];
-            if (token.Type == System.CommandLine.Parsing.TokenType.Option
-                && (token.Value == option.Name || option.Aliases.Contains(token.Value)))
+            if (spelling == Name)
             {
-                last = i;
+                return true;
+            }
+            foreach (string alias in Aliases)
+            {
+                if (spelling == alias)
+                {
+                    return true;
+                }
+            }
+            return false;
+        }
+    }
+
+    /// <summary>An option where it appears on the line, with its value: for a flag, null when it
+    /// was given bare, otherwise the "true" or "false" written after it.</summary>
+    private readonly struct Occurrence(OptionSpec option, string? value)
+    {
+        public OptionSpec Option { get; } = option;
+        public string? Value { get; } = value;
+    }
+
+    /// <summary>The options on the command line in the order given, read in one pass with the
+    /// Rust daemon's (clap's) syntax: "--name value", "--name=value", "-o value", "-ovalue",
+    /// "-o=value", single-letter flags together ("-df"), and "--" ending the options. vhostfsd
+    /// takes no operands, so any other word is an error.</summary>
+    private sealed class GivenOptions
+    {
+        private readonly List<Occurrence> occurrences = new();
+
+        public static GivenOptions Read(IReadOnlyList<string> args, OptionSpec[] all)
+        {
+            var given = new GivenOptions();
+            for (int i = 0; i < args.Count; i++)
+            {
+                string arg = args[i];
+                if (arg == "--")
+                {
+                    if (i + 1 < args.Count)
+                    {
+                        throw Unrecognized(args[i + 1]);
+                    }
+                    break;
+                }
+                if (arg.StartsWith("--", StringComparison.Ordinal))
+                {
+                    int equals = arg.IndexOf('=');
+                    OptionSpec option = Find(all, equals < 0 ? arg : arg[..equals]) ?? throw Unrecognized(arg);
+                    i = given.Add(option, equals < 0 ? null : arg[(equals + 1)..], args, i);
+                }
+                else if (arg.Length > 1 && arg[0] == '-')
+                {
+                    for (int at = 1; at < arg.Length; at++)
+                    {
+                        OptionSpec option = Find(all, "-" + arg[at]) ?? throw Unrecognized(arg);
+                        string rest = arg[(at + 1)..];
+                        if (option.IsFlag && rest.Length > 0 && rest[0] != '=')
+                        {
+                            // More single-letter flags follow in the same word.
+                            given.occurrences.Add(new Occurrence(option, null));
+                            continue;
+                        }
+                        string? attached = rest.Length == 0 ? null : rest[0] == '=' ? rest[1..] : rest;
+                        i = given.Add(option, attached, args, i);
+                        break;
+                    }
+                }
+                else
+                {
+                    throw Unrecognized(arg);
+                }
+            }
+            return given;
+        }
+
+        /// <summary>Records one occurrence of <paramref name="option"/>, given as args[i] with
+        /// <paramref name="attached"/> written in the same word (null when nothing was). Returns the
+        /// index of the last argument it used.</summary>
+        private int Add(OptionSpec option, string? attached, IReadOnlyList<string> args, int i)
+        {
+            string? value = attached;
+            if (option.IsFlag)
+            {
+                // An explicit "true" or "false" ("--xattr=false", "--xattr false"), which earlier
+                // releases accepted; any other value is refused.
+                if (value == null && i + 1 < args.Count && IsBoolean(args[i + 1]))
+                {
+                    value = args[++i];
+                }
+                if (value != null && !IsBoolean(value))
+                {
+                    throw Refusal($"invalid value '{value}' for {option.Name} (a flag: expected no value, true or false)");
+                }
+            }
+            else
+            {
+                // The next word is the value whatever it looks like (as getopt_long takes it), so that
+                // "--fd -1" gets "invalid value '-1'"; "--" ends the options instead.
+                if (value == null && i + 1 < args.Count && args[i + 1] != "--")
+                {
+                    value = args[++i];
+                }
+                if (value == null || (attached != null && attached.Length == 0))
+                {
+                    throw Refusal($"Required argument missing for option: '{option.Name}'.");
+                }
+                if (!option.Repeats && LastIndex(option) >= 0)
+                {
+                    throw Refusal($"Option '{option.Name}' expects a single argument but 2 were provided.");
+                }
+            }
+            occurrences.Add(new Occurrence(option, value));
+            return i;
+        }
+
+        /// <summary>True when the option appears on the command line (not just a default).</summary>
+        public bool Given(OptionSpec option) => LastIndex(option) >= 0;
+
+        /// <summary>The value of an option that takes one, or null when it was not given.</summary>
+        public string? Value(OptionSpec option)
+        {
+            int at = LastIndex(option);
+            return at < 0 ? null : occurrences[at].Value;
+        }
+
+        /// <summary>Every value of a repeatable option, in order.</summary>
+        public List<string> Values(OptionSpec option)
+        {
+            var values = new List<string>();
+            foreach (Occurrence occurrence in occurrences)
+            {
+                if (occurrence.Option == option && occurrence.Value != null)
+                {
+                    values.Add(occurrence.Value);
+                }
+            }
+            return values;
+        }
+
+        /// <summary>Whether a flag is on: given last bare or with "true".</summary>
+        public bool Flag(OptionSpec option)
+        {
+            int at = LastIndex(option);
+            return at >= 0 && (occurrences[at].Value == null || string.Equals(occurrences[at].Value, "true", StringComparison.OrdinalIgnoreCase));
+        }
+
+        /// <summary>Where the option last appears among the options, -1 when it does not.</summary>
+        public int LastIndex(OptionSpec option)
+        {
+            for (int at = occurrences.Count - 1; at >= 0; at--)
+            {
+                if (occurrences[at].Option == option)
+                {
+                    return at;
+                }
+            }
+            return -1;
+        }
+
+        private static OptionSpec? Find(OptionSpec[] all, string spelling)
+        {
+            foreach (OptionSpec option in all)
+            {
+                if (option.IsSpelled(spelling))
+                {
+                    return option;
+                }
+            }
+            return null;
+        }
+
+        private static bool IsBoolean(string word) =>
+            string.Equals(word, "true", StringComparison.OrdinalIgnoreCase) || string.Equals(word, "false", StringComparison.OrdinalIgnoreCase);
+
+        // The wording of earlier releases, which scripts and tests may look for.
+        private static UsageException Unrecognized(string arg) => Refusal($"Unrecognized command or argument '{arg}'.");
+
+        /// <summary>A usage error that quotes the command line, kept to one line whatever the quoted words hold.</summary>
+        private static UsageException Refusal(string message) =>
+            new(string.Join(' ', message.Split(['\r', '\n', '\t'], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)));
+    }
+
+    private static bool AsksForHelp(IReadOnlyList<string> args, OptionSpec help)
+    {
+        foreach (string arg in args)
+        {
+            if (help.IsSpelled(arg))
+            {
+                return true;
             }
         }
-        return last;
+        return false;
     }
 
-    private static string OneLine(string message) =>
-        string.Join(' ', message.Split(['\r', '\n', '\t'], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
+    /// <summary>Column where --help starts an option's description, and the width it wraps to.</summary>
+    private const int HelpDescriptionColumn = 34;
+    private const int HelpWidth = 80;
+
+    /// <summary>--help, in the layout help2man turns into the man page (packaging/deb.sh): "Usage:"
+    /// with the synopsis on its line, then under "Options:" each option at column 2 with its
+    /// description at <see cref="HelpDescriptionColumn"/> (on the next line when the option is longer).</summary>
+    private static void WriteHelp(OptionSpec[] all, TextWriter output)
+    {
+        output.WriteLine(Description);
+        output.WriteLine();
+        output.WriteLine("Usage: vhostfsd [options]");
+        output.WriteLine();
+        output.WriteLine("Options:");
+        var line = new StringBuilder();
+        foreach (OptionSpec option in all)
+        {
+            if (option.Hidden)
+            {
+                continue;
+            }
+            line.Clear().Append("  ");
+            foreach (string alias in option.Aliases)
+            {
+                line.Append(alias).Append(", ");
+            }
+            line.Append(option.Name);
+            if (option.ValueName != null)
+            {
+                line.Append(" <").Append(option.ValueName).Append('>');
+            }
+            if (line.Length + 2 > HelpDescriptionColumn)
+            {
+                output.WriteLine(line.ToString());
+                line.Clear();
+            }
+            WriteDescription(output, line, option.Description);
+        }
+        output.WriteLine();
+        output.WriteLine("Exit status: 0 after a normal disconnect, an unmount (--fuse-mount) or a termination signal, 1 when start-up or serving fails, 2 for a wrong command line.");
+        output.WriteLine("See docs/cli.md for every option, the C (-o) dialect and how to run under libvirt, Kata and systemd.");
+    }
+
+    /// <summary>Writes <paramref name="text"/> from <see cref="HelpDescriptionColumn"/> after what
+    /// <paramref name="line"/> holds, wrapped at <see cref="HelpWidth"/>.</summary>
+    private static void WriteDescription(TextWriter output, StringBuilder line, string text)
+    {
+        line.Append(' ', HelpDescriptionColumn - line.Length);
+        int lastWordAt = -1;
+        foreach (string word in text.Split(' ', StringSplitOptions.RemoveEmptyEntries))
+        {
+            bool lineHasText = line.Length > HelpDescriptionColumn;
+            if (lineHasText && line.Length + 1 + word.Length > HelpWidth)
+            {
+                string carried = "";
+                if (lastWordAt > HelpDescriptionColumn)
+                {
+                    string lastWord = line.ToString(lastWordAt, line.Length - lastWordAt);
+                    if (KeepTogether(lastWord, word))
+                    {
+                        carried = lastWord;
+                        line.Length = lastWordAt - 1;
+                    }
+                }
+                output.WriteLine(line.ToString());
+                line.Clear().Append(' ', HelpDescriptionColumn).Append(carried);
+                lineHasText = carried.Length > 0;
+            }
+            if (lineHasText)
+            {
+                line.Append(' ');
+            }
+            lastWordAt = line.Length;
+            line.Append(word);
+        }
+        output.WriteLine(line.ToString());
+    }
+
+    /// <summary>Whether a wrapped line should start with <paramref name="previous"/> rather than
+    /// between the two words: a line starting with '-' would be read as an option (by help2man, and
+    /// by the README check), and "[default: X]" reads best whole.</summary>
+    private static bool KeepTogether(string previous, string word) =>
+        previous[0] != '-' && (word[0] == '-' || (previous[0] == '[' && previous[^1] == ':'));
 
     internal static string VersionText() => BuildInfo.Version;
 }
