@@ -82,8 +82,6 @@ public sealed class HarnessTests
     [InlineData("[2026-01-01 12:00:01.123 +00:00 FTL] cannot map memory", true)]
     [InlineData("[2026-01-01T12:00:01.123+00:00 ERR] queue 1 broken", true)]
     [InlineData("2026-01-01 12:00:01.123 +00:00 [ERR] cannot map memory", true)]
-    [InlineData("[Error] cannot map memory", true)]
-    [InlineData("{\"@t\":\"2026-01-01\",\"@l\":\"Error\",\"@mt\":\"x\"}", true)]
     [InlineData("Unhandled exception. System.InvalidOperationException: boom", true)]
     [InlineData("[12:00:01 INF] listening on /tmp/vfs.sock", false)]
     [InlineData("[12:00:01 WRN] guest asked for ERR] in a name", false)]
