@@ -27,7 +27,7 @@ public sealed class LogEvent
 
     /// <summary>The message with every hole filled: "{Name}" takes the next value, "{Name:x}" formats
     /// it with "x" (invariant culture), "{{" and "}}" are literal braces. Strings are written as they
-    /// are (never quoted), null as "null", a sequence as "[a, b]"; a hole with no value left stays as written.</summary>
+    /// are (never quoted, control characters escaped), null as "null", a sequence as "[a, b]"; a hole with no value left stays as written.</summary>
     public string RenderMessage()
     {
         var text = new StringBuilder(MessageTemplate.Length + 16 * Values.Count);
@@ -109,10 +109,10 @@ public sealed class LogEvent
                 text.Append("null");
                 break;
             case string s:
-                text.Append(s);
+                AppendText(text, s);
                 break;
             case IFormattable formattable:
-                text.Append(formattable.ToString(format, CultureInfo.InvariantCulture));
+                AppendText(text, formattable.ToString(format, CultureInfo.InvariantCulture));
                 break;
             case System.Collections.IEnumerable sequence:
                 text.Append('[');
@@ -126,8 +126,36 @@ public sealed class LogEvent
                 text.Append(']');
                 break;
             default:
-                text.Append(value.ToString());
+                AppendText(text, value.ToString() ?? "");
                 break;
+        }
+    }
+
+    /// <summary>Appends a value's text with its control characters escaped ("\n", "\x1b"): a
+    /// value may come from the guest or the VMM (a name, a reason), and a line break in it must
+    /// not start what reads as another log line, nor an escape sequence drive the terminal.</summary>
+    private static void AppendText(StringBuilder text, string value)
+    {
+        foreach (char c in value)
+        {
+            switch (c)
+            {
+                case '\n':
+                    text.Append("\\n");
+                    break;
+                case '\r':
+                    text.Append("\\r");
+                    break;
+                case '\t':
+                    text.Append("\\t");
+                    break;
+                case < ' ' or '\x7f':
+                    text.Append("\\x").Append(((int)c).ToString("x2", CultureInfo.InvariantCulture));
+                    break;
+                default:
+                    text.Append(c);
+                    break;
+            }
         }
     }
 }

@@ -194,6 +194,15 @@ public class LoggingTests
     }
 
     [Fact]
+    public void Control_characters_in_a_value_are_escaped_so_it_cannot_forge_a_line()
+    {
+        string forged = "x\n[2025-01-31T12:00:00.000+00:00 ERR] forged\r\t\u001b[31m\u007f";
+        var e = new LogEvent(DateTimeOffset.UnixEpoch, LogEventLevel.Warning, null, "refused {Name}", [forged]);
+        Assert.Equal("refused x\\n[2025-01-31T12:00:00.000+00:00 ERR] forged\\r\\t\\x1b[31m\\x7f", e.RenderMessage());
+        Assert.DoesNotContain('\n', LogSetup.FormatLine(e));
+    }
+
+    [Fact]
     public void A_stderr_line_has_the_timestamp_and_a_three_letter_level()
     {
         var time = new DateTimeOffset(2025, 1, 31, 12, 0, 0, 5, TimeSpan.FromHours(1));
