@@ -253,24 +253,16 @@ internal sealed class NodeTable
         Release(node);
     }
 
-    /// <summary>Drops every node except the root (DESTROY, device reset, disconnect).</summary>
+    /// <summary>Drops every node except the root (DESTROY, device reset, disconnect). Requests on
+    /// other queues may run meanwhile (a guest may send DESTROY beside LOOKUPs), so each node leaves
+    /// the way a FORGET takes it out — its key entry only if that still names it, then its id entry,
+    /// each under its own stripe's lock — and a node inserted meanwhile stays whole: in both maps or
+    /// in neither. Emptying the key stripes and then the id stripes instead left a node inserted in
+    /// between in a key stripe already emptied, its id entry dropped: destroyed and pooled, yet still
+    /// what the key map returned for its inode.</summary>
     public void Clear()
     {
-        foreach (var stripe in _byKey.All)
-        {
-            lock (stripe)
-            {
-                foreach (Node node in stripe.Map.Values)
-                {
-                    if (!node.IsRoot)
-                    {
-                        node.Lookups = 0;
-                    }
-                }
-                stripe.Map.Clear();
-            }
-        }
-        List<Node>? dropped = null;
+        List<Node>? nodes = null;
         foreach (var stripe in _byId.All)
         {
             lock (stripe)
@@ -279,23 +271,47 @@ internal sealed class NodeTable
                 {
                     if (!node.IsRoot)
                     {
-                        (dropped ??= new List<Node>()).Add(node);
+                        // Ours until dropped below: the node cannot be destroyed while we look at it.
+                        Interlocked.Increment(ref node.Refs);
+                        (nodes ??= new List<Node>()).Add(node);
                     }
                 }
-                stripe.Map.Clear();
             }
         }
-        if (_root is not null)
+        if (_root is { } root)
         {
-            _root.Lookups = 1;
-            AddToMaps(_root);
-        }
-        if (dropped is not null)
-        {
-            foreach (Node node in dropped)
+            lock (_byKey.For(root.Key))
             {
+                root.Lookups = 1;
+            }
+        }
+        if (nodes is null)
+        {
+            return;
+        }
+        foreach (Node node in nodes)
+        {
+            var keys = _byKey.For(node.Key);
+            lock (keys)
+            {
+                node.Lookups = 0;
+                if (keys.Map.TryGetValue(node.Key, out Node? mapped) && ReferenceEquals(mapped, node))
+                {
+                    keys.Map.Remove(node.Key);
+                }
+            }
+            var ids = _byId.For(node.Id);
+            bool removed;
+            lock (ids)
+            {
+                removed = ids.Map.TryGetValue(node.Id, out Node? mapped) && ReferenceEquals(mapped, node) && ids.Map.Remove(node.Id);
+            }
+            if (removed)
+            {
+                // The id map's reference.
                 Release(node);
             }
+            Release(node);
         }
     }
 
@@ -362,7 +378,16 @@ internal sealed class NodeTable
             Interlocked.Decrement(ref _handleOnly);
         }
         // Back to the pool of the stripe its key came from; Insert takes from any stripe's pool.
+        // A pooled node is reused for another inode, so no map may still lead to it.
         InodeKey key = node.Key;
+        var keys = _byKey.For(key);
+        lock (keys)
+        {
+            if (keys.Map.TryGetValue(key, out Node? mapped) && ReferenceEquals(mapped, node))
+            {
+                keys.Map.Remove(key);
+            }
+        }
         node.Fd = -1;
         node.FileHandle = null;
         node.MountFd = -1;
