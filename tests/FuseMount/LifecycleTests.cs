@@ -151,6 +151,28 @@ public sealed class LifecycleTests
         Assert.Contains("default_permissions", File.ReadAllText("/proc/self/mountinfo").Split('\n').Single(l => l.Contains(" " + m.MountPoint + " ")));
     }
 
+    /// <summary>default_permissions alone checks the mode bits: without POSIX ACLs granted at INIT
+    /// the kernel sees no ACL, so a user an ACL entry shuts out of a 0644 file read it through the
+    /// mount (the daemon reads as root). allow_other therefore also turns ACL support on.</summary>
+    [Fact]
+    public void With_allow_other_an_acl_that_shuts_a_user_out_holds_on_the_mount()
+    {
+        using var m = MountedShare.Start(["--fuse-options", "allow_other"], share =>
+        {
+            string file = Path.Combine(share, "not-for-nobody");
+            File.WriteAllText(file, "kept from nobody\n");
+            File.SetUnixFileMode(file, (UnixFileMode)0x1A4);
+            Run("setfacl", "-m", "u:nobody:---", file);
+            File.WriteAllText(Path.Combine(share, "for-all"), "readable\n");
+            File.SetUnixFileMode(Path.Combine(share, "for-all"), (UnixFileMode)0x1A4);
+        });
+
+        var (code, output) = RunAsNobody("cat", m.InMount("not-for-nobody"));
+        Assert.True(code != 0 && output.Contains("Permission denied", StringComparison.Ordinal), output);
+        (code, output) = RunAsNobody("cat", m.InMount("for-all"));
+        Assert.True(code == 0 && output == "readable\n", output);
+    }
+
     private static (int Code, string Output) RunAsNobody(params string[] command)
     {
         var start = new ProcessStartInfo("setpriv") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };

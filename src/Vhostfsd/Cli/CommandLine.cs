@@ -71,7 +71,7 @@ internal static class CommandLine
         public readonly OptionSpec Flock = new("--flock", null, "Forward the guest's flock() locks to the host (C dialect: -o flock)");
         public readonly OptionSpec NoFlock = new("--no-flock", null, "Keep flock() locks local to the guest [default]");
         public readonly OptionSpec FuseMount = new("--fuse-mount", "MOUNTPOINT", "Instead of serving a vhost-user socket, mount the share on this host directory through the kernel's FUSE (/dev/fuse) and serve it there until unmounted or signalled (needs root)");
-        public readonly OptionSpec FuseOptions = new("--fuse-options", "OPT[,OPT]", "With --fuse-mount: allow_other (every user may use the mount, not only root; implies default_permissions), default_permissions (the kernel checks file modes itself), comma-separated");
+        public readonly OptionSpec FuseOptions = new("--fuse-options", "OPT[,OPT]", "With --fuse-mount: allow_other (every user may use the mount, not only root; implies default_permissions and --posix-acl), default_permissions (the kernel checks file modes itself), comma-separated");
         public readonly OptionSpec Help = new("--help", null, "Show help and usage information") { Aliases = ["-?", "-h"] };
 
         // Recognised so that they get a clear refusal instead of "unrecognized".
@@ -303,10 +303,12 @@ internal static class CommandLine
         }
         // The daemon takes the caller's ids only to create entries; open, write, chmod, chown,
         // unlink, rename and the rest run with its own rights, so on a mount that other users may
-        // enter the kernel has to check their permissions first.
+        // enter the kernel has to check their permissions first — ACLs included: without
+        // POSIX_ACL granted at INIT it sees none, and a user an ACL entry shuts out gets in.
         if (o.FuseAllowOther)
         {
             o.FuseDefaultPermissions = true;
+            o.PosixAcl = true;
         }
     }
 
