@@ -193,6 +193,16 @@ internal sealed class DaemonProcess : IDisposable
         }
     }
 
+    /// <summary>The pid of the process that serves, from the supervisor's debug line. That line may
+    /// come after the serving process's own first lines, so it is waited for.</summary>
+    public int ServingPid()
+    {
+        string line = WaitForLine("serving from process");
+        var serving = System.Text.RegularExpressions.Regex.Match(line, @"serving from process (\d+)");
+        Assert.True(serving.Success, line);
+        return int.Parse(serving.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+    }
+
     /// <summary>Waits for the exit (and the end of its output) and returns the exit code.</summary>
     public int WaitForExit(TimeSpan? timeout = null)
     {

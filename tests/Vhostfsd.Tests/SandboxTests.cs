@@ -47,14 +47,6 @@ public class SandboxTests
         Assert.DoesNotContain("ERR]", daemon.Stderr);
     }
 
-    /// <summary>The pid of the process that serves, from the supervisor's debug line.</summary>
-    private static string ServingPid(DaemonProcess daemon)
-    {
-        var serving = Regex.Match(daemon.Stderr, @"serving from process (\d+)");
-        Assert.True(serving.Success, daemon.Stderr);
-        return serving.Groups[1].Value;
-    }
-
     /// <summary>Reads every thread's capability sets from the host's /proc: the main thread must
     /// hold exactly <paramref name="main"/>, every other thread at most <paramref name="others"/>.</summary>
     private static void AssertThreadCapabilities(string pid, ulong main, ulong others)
@@ -98,7 +90,7 @@ public class SandboxTests
         // From the host: the serving process's root is the share, its namespaces are new, and
         // every one of its threads — the runtime's own included — holds only the kept capabilities.
         Assert.Contains("in new mount, pid and network namespaces", daemon.Stderr);
-        string pid = ServingPid(daemon);
+        string pid = daemon.ServingPid().ToString(CultureInfo.InvariantCulture);
         Assert.Equal("inside\n", File.ReadAllText($"/proc/{pid}/root/inside.txt"));
         Assert.False(Directory.Exists($"/proc/{pid}/root/etc"));
         foreach (string ns in new[] { "mnt", "pid", "net" })
@@ -135,7 +127,7 @@ public class SandboxTests
         Assert.False(Reachable(daemon, "/etc/hostname"));
         Assert.True(Reachable(daemon, "/inside.txt"));
         var summary = ProbeSummary(daemon);
-        string pid = ServingPid(daemon);
+        string pid = daemon.ServingPid().ToString(CultureInfo.InvariantCulture);
         Assert.Equal(pid, summary.Groups[1].Value);
         Assert.NotEqual(daemon.Pid.ToString(CultureInfo.InvariantCulture), pid);
         Assert.Equal("/", summary.Groups[6].Value);
@@ -160,7 +152,7 @@ public class SandboxTests
         var summary = ProbeSummary(daemon);
         Assert.Equal(tree.Share, summary.Groups[6].Value);
         Assert.Equal(DefaultKept, Hex(summary.Groups[3]));
-        string pid = ServingPid(daemon);
+        string pid = daemon.ServingPid().ToString(CultureInfo.InvariantCulture);
         Assert.Equal(pid, summary.Groups[1].Value);
         AssertThreadCapabilities(pid, DefaultKept, DefaultKept);
         Stop(daemon, tree);

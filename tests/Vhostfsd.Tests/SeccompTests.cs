@@ -25,14 +25,6 @@ public class SeccompTests(ITestOutputHelper output)
 
     /// <summary>The pid of the process that serves, from the supervisor's debug line. The supervisor
     /// writes it after the spawn returns, so it may come after the serving process's own lines.</summary>
-    private static int ServingPid(DaemonProcess daemon)
-    {
-        daemon.WaitForLine("serving from process");
-        var serving = Regex.Match(daemon.Stderr, @"serving from process (\d+)");
-        Assert.True(serving.Success, daemon.Stderr);
-        return int.Parse(serving.Groups[1].Value, CultureInfo.InvariantCulture);
-    }
-
     private static string Field(string status, string name)
     {
         var match = Regex.Match(status, "^" + name + @":\s*(\S+)", RegexOptions.Multiline);
@@ -67,7 +59,7 @@ public class SeccompTests(ITestOutputHelper output)
         using var tree = new TempTree();
         using var daemon = DaemonProcess.Start(Args(tree, sandbox));
         daemon.WaitForLine("waiting for the vhost-user front-end");
-        int serving = ServingPid(daemon);
+        int serving = daemon.ServingPid();
         Assert.True(AssertThreads(serving, filtered: true) > 1, "a .NET process has several threads");
         // The supervisor never reads what the guest sends and keeps no filter.
         AssertThreads(daemon.Pid, filtered: false);
@@ -141,7 +133,7 @@ public class SeccompTests(ITestOutputHelper output)
         using var tree = new TempTree();
         using var daemon = DaemonProcess.Start(Args(tree, "chroot", "--seccomp=none"));
         daemon.WaitForLine("waiting for the vhost-user front-end");
-        AssertThreads(ServingPid(daemon), filtered: false);
+        AssertThreads(daemon.ServingPid(), filtered: false);
         daemon.Signal(Libc.SIGTERM);
         Assert.Equal(0, daemon.WaitForExit());
     }
@@ -152,7 +144,7 @@ public class SeccompTests(ITestOutputHelper output)
         using var tree = new TempTree();
         using var daemon = DaemonProcess.Start(Args(tree, "chroot"), Probe(ProbeCall.ToString(CultureInfo.InvariantCulture)));
         Assert.Equal(ExitBySigsys, daemon.WaitForExit());
-        int serving = ServingPid(daemon);
+        int serving = daemon.ServingPid();
         Assert.Contains($"test-probe: making system call {ProbeCall}", daemon.Stderr);
         Assert.DoesNotContain($"system call {ProbeCall} returned", daemon.Stderr);
         Assert.Contains($"(pid {serving}) was killed by signal {Libc.SIGSYS} (SIGSYS)", daemon.Stderr);
@@ -169,7 +161,7 @@ public class SeccompTests(ITestOutputHelper output)
         using var daemon = DaemonProcess.Start(Args(tree, "namespace"), Probe(ProbeCall.ToString(CultureInfo.InvariantCulture) + ":SIGUSR1"));
         daemon.WaitForLine($"test-probe: system call {ProbeCall} on SIGUSR1");
         daemon.WaitForLine("waiting for the vhost-user front-end");
-        int serving = ServingPid(daemon);
+        int serving = daemon.ServingPid();
         using FuseFs fs = Mount(tree);
         var backend = (VirtioFsBackend)fs.Conn.Transport;
         Assert.Equal(Errno.OK, fs.Walk("/inside.txt", out FuseNode file));
@@ -204,7 +196,7 @@ public class SeccompTests(ITestOutputHelper output)
         using var tree = new TempTree();
         using var daemon = DaemonProcess.Start(Args(tree, "chroot", "--seccomp=log"), Probe(ProbeCall.ToString(CultureInfo.InvariantCulture)));
         daemon.WaitForLine("waiting for the vhost-user front-end");
-        int serving = ServingPid(daemon);
+        int serving = daemon.ServingPid();
         AssertThreads(serving, filtered: true);
         // getppid ran: it answered with the supervisor's pid.
         daemon.WaitForLine($"test-probe: system call {ProbeCall} returned {daemon.Pid}");
@@ -223,7 +215,7 @@ public class SeccompTests(ITestOutputHelper output)
         using var tree = new TempTree();
         using var daemon = DaemonProcess.Start(Args(tree, "chroot", "--seccomp=trap"), Probe(ProbeCall.ToString(CultureInfo.InvariantCulture)));
         Assert.Equal(ExitBySigsys, daemon.WaitForExit());
-        int serving = ServingPid(daemon);
+        int serving = daemon.ServingPid();
         Assert.Contains("System-call filter in force on every thread: trap", daemon.Stderr);
         Assert.DoesNotContain($"system call {ProbeCall} returned", daemon.Stderr);
         Assert.Contains($"(pid {serving}) was killed by signal {Libc.SIGSYS} (SIGSYS)", daemon.Stderr);
