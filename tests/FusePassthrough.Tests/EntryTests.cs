@@ -128,6 +128,31 @@ public class EntryTests
         Assert.Equal(Errno.ENOENT, f.Client.Rename(a.NodeId, "gone", b.NodeId, "x").Errno);
     }
 
+    /// <summary>RENAME_WHITEOUT leaves a whiteout (a 0:0 character device) under the old name: an
+    /// entry the requester creates, so it is theirs. Made as root, it was root's, and nobody else
+    /// could remove it from a sticky directory.</summary>
+    [Fact]
+    public void ARenameWhiteoutLeavesAWhiteoutOwnedByTheRequester()
+    {
+        Assert.Equal(0u, Libc.GetEuid());
+        using var f = new ShareFixture();
+        Directory.CreateDirectory(f.HostPath("tmp"));
+        ShareFixture.Chmod(f.HostPath("tmp"), 0x3FF); // 01777
+        File.WriteAllText(f.HostPath("tmp/mine"), "x");
+        ShareFixture.Chown(f.HostPath("tmp/mine"), 1000, 1000);
+        FuseEntryOut tmp = f.Client.LookupOk(Root, "tmp");
+        f.Client.Uid = 1000;
+        f.Client.Gid = 1000;
+
+        Assert.Equal(0, f.Client.Rename(tmp.NodeId, "mine", tmp.NodeId, "moved", Libc.RENAME_WHITEOUT).Error);
+
+        var whiteout = ShareFixture.HostStat(f.HostPath("tmp/mine"));
+        Assert.Equal(Libc.S_IFCHR, whiteout.Mode & Libc.S_IFMT);
+        Assert.Equal(1000u, whiteout.Uid);
+        Assert.Equal(1000u, whiteout.Gid);
+        Assert.Equal(0, f.Client.Unlink(tmp.NodeId, "mine").Error);
+    }
+
     [Fact]
     public void SubmountsAreAnnouncedAndRenameAcrossThemIsExdev()
     {

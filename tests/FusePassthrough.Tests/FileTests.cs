@@ -306,6 +306,28 @@ public class FileTests
         Assert.Equal(0L, new FileInfo(f.HostPath("f")).Length);
     }
 
+    /// <summary>A client kernel marks a direct (uncached) WRITE by a caller without CAP_FSETID with
+    /// KILL_SUIDGID whether or not HANDLE_KILLPRIV_V2 was agreed, and clears nothing itself on that
+    /// path. Honoured only under v2, a group member's overwrite of a setuid-root file through a
+    /// `--cache never` share kept it setuid.</summary>
+    [Fact]
+    public void A_write_marked_kill_suidgid_clears_setuid_without_killpriv_v2()
+    {
+        Assert.Equal(0u, Libc.GetEuid());
+        using var f = new ShareFixture();
+        Assert.False(FuseConstants.JoinInitFlags(f.Init.Flags, f.Init.Flags2).HasFlag(FuseInitFlags.HandleKillprivV2));
+        File.WriteAllText(f.HostPath("tool"), "original");
+        ShareFixture.Chown(f.HostPath("tool"), 0, 1234);
+        ShareFixture.Chmod(f.HostPath("tool"), 0x9FD); // 04775
+        FuseEntryOut e = f.Client.LookupOk(Root, "tool");
+        ulong fh = f.Client.Open(e.NodeId, Libc.O_RDWR).Ok().Read<FuseOpenOut>().Fh;
+
+        f.Client.Write(e.NodeId, fh, 0, "y"u8).Ok();
+        Assert.Equal(0x9FDu, ShareFixture.HostStat(f.HostPath("tool")).Mode & 0xFFFu);
+        f.Client.Write(e.NodeId, fh, 0, "payload"u8, writeFlags: (uint)FuseWriteFlags.KillSuidgid).Ok();
+        Assert.Equal(0x1FDu, ShareFixture.HostStat(f.HostPath("tool")).Mode & 0xFFFu);
+    }
+
     /// <summary>With HANDLE_KILLPRIV_V2 the guest kernel leaves clearing S_ISUID/S_ISGID to the daemon
     /// for every data change, but only WRITE, SETATTR and OPEN carry KILL_SUIDGID: COPY_FILE_RANGE
     /// and FALLOCATE come without it (the guest's file_modified() turns into nothing on the wire).

@@ -302,10 +302,33 @@ public sealed unsafe partial class PassthroughFs
             {
                 return newFd;
             }
-            fixed (byte* oldName = nameZ)
-            fixed (byte* newName = newNameZ)
+            // RENAME_WHITEOUT creates an entry (the whiteout, a 0:0 character device) where the old
+            // name was: it is the requester's, as any entry it creates. As root it was root's, and in
+            // a sticky directory nobody but root could remove it again.
+            bool creates = (flags & Libc.RENAME_WHITEOUT) != 0;
+            CredentialState saved = default;
+            if (creates)
             {
-                return Libc.RenameAt2(oldFd, oldName, newFd, newName, flags) < 0 ? Libc.NegErrno : 0;
+                int rc = EnterCredentials(in context, out saved);
+                if (rc < 0)
+                {
+                    return rc;
+                }
+            }
+            try
+            {
+                fixed (byte* oldName = nameZ)
+                fixed (byte* newName = newNameZ)
+                {
+                    return Libc.RenameAt2(oldFd, oldName, newFd, newName, flags) < 0 ? Libc.NegErrno : 0;
+                }
+            }
+            finally
+            {
+                if (creates)
+                {
+                    LeaveCredentials(in saved);
+                }
             }
         }
         finally

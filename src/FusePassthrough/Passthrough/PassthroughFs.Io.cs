@@ -186,7 +186,11 @@ public sealed unsafe partial class PassthroughFs
             bool delayed = ((FuseWriteFlags)a.WriteFlags & FuseWriteFlags.Cache) != 0;
             int rwf = !delayed && !Writeback && ((int)a.Flags & Libc.O_APPEND) != 0 ? Libc.RWF_APPEND : 0;
             long offset = (long)a.Offset;
-            bool killPrivileges = ((FuseWriteFlags)a.WriteFlags & FuseWriteFlags.KillSuidgid) != 0 && (_negotiated & FuseInitFlags.HandleKillprivV2) != 0;
+            // Honoured whether or not HANDLE_KILLPRIV_V2 was agreed: a client kernel marks a direct
+            // or uncached WRITE by a caller without CAP_FSETID this way in every mode, and leaves the
+            // bits to the daemon (written as root, they stayed: a group member overwrote a setuid-root
+            // file and it stayed setuid). The flag only ever takes a privilege away.
+            bool killPrivileges = ((FuseWriteFlags)a.WriteFlags & FuseWriteFlags.KillSuidgid) != 0;
             if (size > 0 && r.HeldRemaining == size)
             {
                 // The transport holds the data (a pipe of page references): splice it into the file,
