@@ -31,44 +31,33 @@ public class DestroyRaceTests
         long epoch = 0;
         using var stop = new ManualResetEventSlim();
         var failures = new System.Collections.Concurrent.ConcurrentQueue<string>();
-        var lookers = new Thread[4];
-        for (int t = 0; t < lookers.Length; t++)
+        Thread[] lookers = StartLookers(f, () => stop.IsSet || !failures.IsEmpty, (client, rng) =>
         {
-            int seed = t;
-            lookers[t] = new Thread(() =>
+            string name = "f" + rng.Next(Files);
+            long before = Volatile.Read(ref epoch);
+            FuseReply lookup = client.Lookup(Root, name);
+            if (lookup.Error != 0)
             {
-                var client = new FuseTestClient(f.Server) { ReplyCapacity = 4096 };
-                var rng = new Random(seed);
-                while (!stop.IsSet && failures.IsEmpty)
-                {
-                    string name = "f" + rng.Next(Files);
-                    long before = Volatile.Read(ref epoch);
-                    FuseReply lookup = client.Lookup(Root, name);
-                    if (lookup.Error != 0)
-                    {
-                        continue; // EIO between DESTROY and INIT
-                    }
-                    FuseEntryOut entry = lookup.Read<FuseEntryOut>();
-                    FuseReply getattr = client.Getattr(entry.NodeId);
-                    long after = Volatile.Read(ref epoch);
-                    if (before != after || (before & 1) != 0)
-                    {
-                        continue; // a DESTROY may legitimately have dropped the node meanwhile
-                    }
-                    // No DESTROY ran between the LOOKUP and the GETATTR: the node must be alive and be
-                    // the inode the LOOKUP described.
-                    if (getattr.Error != 0)
-                    {
-                        failures.Enqueue($"LOOKUP {name} in a stable session answered node {entry.NodeId}, which GETATTR refuses: {getattr.Errno}");
-                    }
-                    else if (getattr.Read<FuseAttrOut>().Attr.Ino != entry.Attr.Ino)
-                    {
-                        failures.Enqueue($"LOOKUP {name} (ino {entry.Attr.Ino}) answered node {entry.NodeId}, which is inode {getattr.Read<FuseAttrOut>().Attr.Ino}");
-                    }
-                }
-            }) { IsBackground = true };
-            lookers[t].Start();
-        }
+                return; // EIO between DESTROY and INIT
+            }
+            FuseEntryOut entry = lookup.Read<FuseEntryOut>();
+            FuseReply getattr = client.Getattr(entry.NodeId);
+            long after = Volatile.Read(ref epoch);
+            if (before != after || (before & 1) != 0)
+            {
+                return; // a DESTROY may legitimately have dropped the node meanwhile
+            }
+            // No DESTROY ran between the LOOKUP and the GETATTR: the node must be alive and be
+            // the inode the LOOKUP described.
+            if (getattr.Error != 0)
+            {
+                failures.Enqueue($"LOOKUP {name} in a stable session answered node {entry.NodeId}, which GETATTR refuses: {getattr.Errno}");
+            }
+            else if (getattr.Read<FuseAttrOut>().Attr.Ino != entry.Attr.Ino)
+            {
+                failures.Enqueue($"LOOKUP {name} (ino {entry.Attr.Ino}) answered node {entry.NodeId}, which is inode {getattr.Read<FuseAttrOut>().Attr.Ino}");
+            }
+        });
 
         var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(8);
         try
@@ -111,25 +100,14 @@ public class DestroyRaceTests
                 File.WriteAllText(f.HostPath($"f{i}"), "x");
             }
             using var stop = new ManualResetEventSlim();
-            var lookers = new Thread[4];
-            for (int t = 0; t < lookers.Length; t++)
+            Thread[] lookers = StartLookers(f, () => stop.IsSet, (client, rng) =>
             {
-                int seed = t;
-                lookers[t] = new Thread(() =>
+                FuseReply r = client.Lookup(Root, "f" + rng.Next(Files));
+                if (r.Error == 0)
                 {
-                    var client = new FuseTestClient(f.Server) { ReplyCapacity = 4096 };
-                    var rng = new Random(seed);
-                    while (!stop.IsSet)
-                    {
-                        FuseReply r = client.Lookup(Root, "f" + rng.Next(Files));
-                        if (r.Error == 0)
-                        {
-                            client.Getattr(r.Read<FuseEntryOut>().NodeId);
-                        }
-                    }
-                }) { IsBackground = true };
-                lookers[t].Start();
-            }
+                    client.Getattr(r.Read<FuseEntryOut>().NodeId);
+                }
+            });
             var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(5);
             while (DateTime.UtcNow < deadline)
             {
@@ -148,5 +126,27 @@ public class DestroyRaceTests
             Assert.Equal(0, f.Server.FdUsage.Used);
         }
         Assert.Equal(fdsBefore, ShareFixture.OpenFdCountSettled(fdsBefore));
+    }
+
+    /// <summary>Four threads, each with its own client and random source, running
+    /// <paramref name="step"/> until <paramref name="done"/>.</summary>
+    private static Thread[] StartLookers(ShareFixture f, Func<bool> done, Action<FuseTestClient, Random> step)
+    {
+        var lookers = new Thread[4];
+        for (int t = 0; t < lookers.Length; t++)
+        {
+            int seed = t;
+            lookers[t] = new Thread(() =>
+            {
+                var client = new FuseTestClient(f.Server) { ReplyCapacity = 4096 };
+                var rng = new Random(seed);
+                while (!done())
+                {
+                    step(client, rng);
+                }
+            }) { IsBackground = true };
+            lookers[t].Start();
+        }
+        return lookers;
     }
 }
