@@ -198,9 +198,7 @@ public sealed class BenchRun
                 workload.Prepare(session);
                 // Idle: connected, INIT done, the dataset's directories looked up, nothing in flight.
                 Thread.Sleep(50);
-                long idleRss = daemon.Tree.RssBytes();
-                long idleUss = daemon.Tree.UssBytes();
-                int threads = daemon.Tree.Threads();
+                IdleFigures idle = daemon.Tree.Idle();
                 var measured = MeasureTree(daemon.Tree, callers, caller => workload.CreateFuse(session, caller, callers),
                     $"{workload.Name}-{spec.Name}-c{callers}-q{queues}-r{rep}");
                 var measurement = measured.Measurement;
@@ -227,10 +225,10 @@ public sealed class BenchRun
                     StealPercent = measured.StealPercent,
                     PeakRssBytes = peak,
                     ListenMs = daemon.TimeToListen.TotalMilliseconds,
-                    IdleRssBytes = idleRss,
-                    IdleUssBytes = idleUss,
+                    IdleRssBytes = idle.RssBytes,
+                    IdleUssBytes = idle.UssBytes,
                     ReadyMs = readyMs,
-                    DaemonThreads = threads,
+                    DaemonThreads = idle.Threads,
                     Note = workload.Note(session),
                 };
             }
@@ -327,9 +325,7 @@ public sealed class BenchRun
         {
             using var native = new NativeSession(dataset, daemon.MountPoint);
             Thread.Sleep(50);
-            long idleRss = daemon.Tree.RssBytes();
-            long idleUss = daemon.Tree.UssBytes();
-            int threads = daemon.Tree.Threads();
+            IdleFigures idle = daemon.Tree.Idle();
             var measured = MeasureTree(daemon.Tree, callers, caller => workload.CreateNative(native, caller, callers),
                 $"{workload.Name}-{FuseMountUnderTest.Name}-c{callers}-r{rep}");
             var measurement = measured.Measurement;
@@ -355,10 +351,10 @@ public sealed class BenchRun
                 StealPercent = measured.StealPercent,
                 PeakRssBytes = daemon.Tree.PeakRssBytes(),
                 ListenMs = daemon.TimeToMount.TotalMilliseconds,
-                IdleRssBytes = idleRss,
-                IdleUssBytes = idleUss,
+                IdleRssBytes = idle.RssBytes,
+                IdleUssBytes = idle.UssBytes,
                 ReadyMs = daemon.TimeToReady.TotalMilliseconds,
-                DaemonThreads = threads,
+                DaemonThreads = idle.Threads,
             };
         }
         catch (BenchFailure e) when (daemon.Output.Length > 0 && !e.Message.Contains(daemon.Output, StringComparison.Ordinal))

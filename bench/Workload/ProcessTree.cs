@@ -29,4 +29,10 @@ public sealed record ProcessTree(int Pid)
 
     /// <summary>Threads of the daemon and its descendants.</summary>
     public int Threads() => (int)ProcStats.TreeStatusBytes(Pid, "Threads:", 1);
+
+    /// <summary>Memory and threads now, read together for a cell's idle figures.</summary>
+    public IdleFigures Idle() => new(RssBytes(), UssBytes(), Threads());
 }
+
+/// <summary>A process tree's resident memory, private memory and threads at one moment.</summary>
+public readonly record struct IdleFigures(long RssBytes, long UssBytes, int Threads);

@@ -5,7 +5,7 @@ namespace Vhostfsd.FuseProtocol;
 
 /// <summary>Writes a FUSE reply into scattered writable segments. Never writes past their total:
 /// every write checks the space left first and reports failure instead.</summary>
-public unsafe ref struct ReplyWriter
+public unsafe ref struct ReplyWriter : IFileDataMover
 {
     private readonly ReadOnlySpan<IoVec> _segments;
     private readonly int _capacity;
@@ -35,6 +35,8 @@ public unsafe ref struct ReplyWriter
     /// (<see cref="AppendFromFile"/>): it offers to, they fit, and they are worth it.</summary>
     public readonly bool TakesFileData(int length) =>
         _fileData is not null && length >= _fileData.MinimumLength && length <= Math.Min(Available, _fileData.Capacity - _fileData.Length);
+
+    int IFileDataMover.MoveFileData(int fd, long offset, int length) => AppendFromFile(fd, offset, length);
 
     /// <summary>Appends up to <paramref name="length"/> bytes of file <paramref name="fd"/> from
     /// <paramref name="offset"/> to the reply by reference: the transport moves them, the segments

@@ -7,7 +7,7 @@ namespace Vhostfsd.FuseProtocol;
 /// even inside a header). Everything is copied out into private memory before it is looked at,
 /// because the segments may be guest memory that the guest can change under us; only WRITE payloads
 /// are handed on in place (as iovecs for pwritev2).</summary>
-public unsafe ref struct RequestReader
+public unsafe ref struct RequestReader : IFileDataMover
 {
     private ReadOnlySpan<IoVec> _segments;
     private int _segment;
@@ -43,6 +43,8 @@ public unsafe ref struct RequestReader
     /// <see cref="RequestFileData"/>). They can only be moved to a file or fetched, once every byte
     /// in the segments has been consumed; TryRead, TryCopy, Skip and Describe stop before them.</summary>
     public readonly int HeldRemaining => _fileData?.Length ?? 0;
+
+    int IFileDataMover.MoveFileData(int fd, long offset, int length) => MoveToFile(fd, offset, length);
 
     /// <summary>Moves up to <paramref name="length"/> held bytes into <paramref name="fd"/> at
     /// <paramref name="offset"/> (splice: no copy through this process). Returns the bytes moved or

@@ -105,6 +105,15 @@ public sealed unsafe class FileDataTests
         return Request(FuseOpcode.Write, node, MemoryMarshal.AsBytes(new ReadOnlySpan<FuseWriteIn>(in write)), held);
     }
 
+    /// <summary>A file "f" of <paramref name="length"/> random bytes, looked up and opened read-only.</summary>
+    private static (ulong Node, ulong Fh, byte[] Data) OpenRandomFile(ShareFixture f, int length)
+    {
+        byte[] data = RandomNumberGenerator.GetBytes(length);
+        File.WriteAllBytes(f.HostPath("f"), data);
+        ulong node = f.Client.LookupOk(Root, "f").NodeId;
+        return (node, f.Client.Open(node, Libc.O_RDONLY).Ok().Read<FuseOpenOut>().Fh, data);
+    }
+
     private static byte[] Request(FuseOpcode opcode, ulong node, ReadOnlySpan<byte> arguments, int held)
     {
         var header = new FuseInHeader { Len = (uint)(FuseInHeader.Size + arguments.Length + held), Opcode = (uint)opcode, Unique = 7, NodeId = node };
@@ -118,10 +127,7 @@ public sealed unsafe class FileDataTests
     public void A_read_appends_the_file_data_to_the_transport_and_counts_it_in_the_reply_length()
     {
         using var f = new ShareFixture();
-        byte[] data = RandomNumberGenerator.GetBytes(300_000);
-        File.WriteAllBytes(f.HostPath("f"), data);
-        ulong node = f.Client.LookupOk(Root, "f").NodeId;
-        ulong fh = f.Client.Open(node, Libc.O_RDONLY).Ok().Read<FuseOpenOut>().Fh;
+        var (node, fh, data) = OpenRandomFile(f, 300_000);
 
         var taken = new TakenReplyData(FuseServer.MaxWrite);
         FuseReply reply = Send(f, ReadRequest(node, fh, 4097, 200_000), taken, null);
@@ -149,10 +155,7 @@ public sealed unsafe class FileDataTests
     public void A_read_the_transport_cannot_take_is_copied_into_the_reply()
     {
         using var f = new ShareFixture();
-        byte[] data = RandomNumberGenerator.GetBytes(100_000);
-        File.WriteAllBytes(f.HostPath("f"), data);
-        ulong node = f.Client.LookupOk(Root, "f").NodeId;
-        ulong fh = f.Client.Open(node, Libc.O_RDONLY).Ok().Read<FuseOpenOut>().Fh;
+        var (node, fh, data) = OpenRandomFile(f, 100_000);
 
         // The move fails: nothing appended, the bytes come in the reply.
         var failing = new TakenReplyData(FuseServer.MaxWrite) { Fail = true };

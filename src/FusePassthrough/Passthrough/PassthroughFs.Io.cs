@@ -31,7 +31,7 @@ public sealed unsafe partial class PassthroughFs
             int size = Math.Min((int)a.Length, w.Available);
             if (size > 0 && w.TakesFileData(size))
             {
-                int moved = ReadByReference(handle.Fd, (long)a.Offset, size, ref w);
+                int moved = MoveFileData(ref w, handle.Fd, (long)a.Offset, size);
                 if (moved >= 0)
                 {
                     return 0;
@@ -91,40 +91,17 @@ public sealed unsafe partial class PassthroughFs
         }
     }
 
-    /// <summary>A READ whose data the transport takes from the file itself
-    /// (<see cref="ReplyWriter.AppendFromFile"/>): returns the bytes appended, short at end of file,
-    /// or -errno when the first attempt moved nothing.</summary>
-    private static int ReadByReference(int fd, long offset, int size, ref ReplyWriter w)
+    /// <summary>Moves <paramref name="size"/> bytes of file data by reference, in as many calls as the
+    /// transport needs: a READ's from the file into the reply, a WRITE's from the request into the
+    /// file. Returns the bytes moved (short at end of file), or -errno when the first attempt moved
+    /// nothing.</summary>
+    private static int MoveFileData<TMover>(ref TMover mover, int fd, long offset, int size)
+        where TMover : IFileDataMover, allows ref struct
     {
         int total = 0;
         while (total < size)
         {
-            int n = w.AppendFromFile(fd, offset + total, size - total);
-            if (n == -(int)Errno.EINTR)
-            {
-                continue;
-            }
-            if (n < 0)
-            {
-                return total > 0 ? total : n;
-            }
-            if (n == 0)
-            {
-                break;
-            }
-            total += n;
-        }
-        return total;
-    }
-
-    /// <summary>A WRITE whose data the transport holds (<see cref="RequestReader.MoveToFile"/>):
-    /// returns the bytes written, or -errno when the first attempt moved nothing.</summary>
-    private static int WriteByReference(int fd, long offset, int size, ref RequestReader r)
-    {
-        int total = 0;
-        while (total < size)
-        {
-            int n = r.MoveToFile(fd, offset + total, size - total);
+            int n = mover.MoveFileData(fd, offset + total, size - total);
             if (n == -(int)Errno.EINTR)
             {
                 continue;
@@ -201,7 +178,7 @@ public sealed unsafe partial class PassthroughFs
                     int moved;
                     try
                     {
-                        moved = WriteByReference(handle.Fd, offset, size, ref r);
+                        moved = MoveFileData(ref r, handle.Fd, offset, size);
                     }
                     finally
                     {

@@ -123,25 +123,10 @@ public sealed unsafe class EndToEndTarget : IDisposable
         }
         _state.Granted(reply);
         _host.ForgetNodes();
-        // The guest looks up the share's directories and files first, so that any case can reach them.
-        foreach (string name in FuzzShare.Directories.Concat(FuzzShare.Files))
-        {
-            byte[] nameBytes = System.Text.Encoding.UTF8.GetBytes(name + "\0");
-            var lookup = new byte[FuseInHeader.Size + nameBytes.Length];
-            MemoryMarshal.Write(lookup, new FuseInHeader { Len = (uint)lookup.Length, Opcode = (uint)FuseOpcode.Lookup, Unique = 2, NodeId = FuseConstants.RootId });
-            nameBytes.CopyTo(lookup, FuseInHeader.Size);
-            if (Roundtrip(session, 1, lookup, [lookup.Length], [4096], out uint used, out byte[] entryReply) == RoundtripResult.Answered
-                && used >= FuseOutHeader.Size + FuseEntryOut.Size && BinaryPrimitives.ReadInt32LittleEndian(entryReply.AsSpan(4)) == 0)
-            {
-                var entry = MemoryMarshal.Read<FuseEntryOut>(entryReply.AsSpan(FuseOutHeader.Size));
-                _state.AddNode(entry.NodeId, entry.Attr.Mode);
-                _host.NoteNode(entry.NodeId, entry.Attr.Ino);
-                if ((entry.Attr.Mode & Libc.S_IFMT) == Libc.S_IFDIR)
-                {
-                    _state.FixtureDirectories.Add(entry.NodeId);
-                }
-            }
-        }
+        FuzzShare.LookUpFixtures(request =>
+            Roundtrip(session, 1, request, [request.Length], [4096], out uint used, out byte[] entryReply) == RoundtripResult.Answered
+                ? (entryReply, (int)used)
+                : (null, 0), _state, _host);
         return session;
     }
 

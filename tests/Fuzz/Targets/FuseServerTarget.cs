@@ -116,26 +116,11 @@ public sealed unsafe class FuseServerTarget : IDisposable
         _state.Clear();
         _state.Granted(reply.AsSpan(0, n));
         _host.ForgetNodes();
-        // The guest looks up the share's directories and files first, so that any case can reach them.
-        foreach (string name in FuzzShare.Directories.Concat(FuzzShare.Files))
+        FuzzShare.LookUpFixtures(request =>
         {
-            byte[] nameBytes = System.Text.Encoding.UTF8.GetBytes(name + "\0");
-            var lookup = new byte[FuseInHeader.Size + nameBytes.Length];
-            MemoryMarshal.Write(lookup, new FuseInHeader { Len = (uint)lookup.Length, Opcode = (uint)FuseOpcode.Lookup, Unique = 2, NodeId = FuseConstants.RootId });
-            nameBytes.CopyTo(lookup, FuseInHeader.Size);
-            var entryReply = Call(lookup, 4096, out int got);
-            if (got >= FuseOutHeader.Size + FuseEntryOut.Size && BinaryPrimitives.ReadInt32LittleEndian(entryReply.AsSpan(4)) == 0)
-            {
-                var entry = MemoryMarshal.Read<FuseEntryOut>(entryReply.AsSpan(FuseOutHeader.Size));
-                _state.AddNode(entry.NodeId, entry.Attr.Mode);
-                _host.NoteNode(entry.NodeId, entry.Attr.Ino);
-                _fixtures[name] = entry.NodeId;
-                if ((entry.Attr.Mode & Libc.S_IFMT) == Libc.S_IFDIR)
-                {
-                    _state.FixtureDirectories.Add(entry.NodeId);
-                }
-            }
-        }
+            byte[] entryReply = Call(request, 4096, out int got);
+            return (entryReply, got);
+        }, _state, _host, _fixtures);
     }
 
     /// <summary>A request outside the fuzzing (INIT, INTERRUPT), with its own buffers.</summary>

@@ -1,4 +1,8 @@
+using System.Buffers.Binary;
+using System.Runtime.InteropServices;
 using System.Text;
+using Vhostfsd.Fuzz.Oracles;
+using Vhostfsd.FuseProtocol;
 using Vhostfsd.Posix;
 
 namespace Vhostfsd.Fuzz.Targets;
@@ -19,6 +23,37 @@ public static unsafe class FuzzShare
 
     /// <summary>Files looked up before the first case.</summary>
     public static readonly string[] Files = ["a.txt", "bin", "mine", "suid"];
+
+    /// <summary>Looks up every directory and file named above, so that any case can reach them, and
+    /// records each entry in the guest's state and the host oracles. <paramref name="call"/> sends
+    /// one request and returns the reply and its length (null when it was not answered).</summary>
+    public static void LookUpFixtures(Func<byte[], (byte[]? Reply, int Used)> call, FuseGuestState state, HostOracles host,
+        IDictionary<string, ulong>? nodeIds = null)
+    {
+        foreach (string name in Directories.Concat(Files))
+        {
+            byte[] nameBytes = Encoding.UTF8.GetBytes(name + "\0");
+            var lookup = new byte[FuseInHeader.Size + nameBytes.Length];
+            MemoryMarshal.Write(lookup, new FuseInHeader { Len = (uint)lookup.Length, Opcode = (uint)FuseOpcode.Lookup, Unique = 2, NodeId = FuseConstants.RootId });
+            nameBytes.CopyTo(lookup, FuseInHeader.Size);
+            var (reply, used) = call(lookup);
+            if (reply is null || used < FuseOutHeader.Size + FuseEntryOut.Size || BinaryPrimitives.ReadInt32LittleEndian(reply.AsSpan(4)) != 0)
+            {
+                continue;
+            }
+            var entry = MemoryMarshal.Read<FuseEntryOut>(reply.AsSpan(FuseOutHeader.Size));
+            state.AddNode(entry.NodeId, entry.Attr.Mode);
+            host.NoteNode(entry.NodeId, entry.Attr.Ino);
+            if (nodeIds is not null)
+            {
+                nodeIds[name] = entry.NodeId;
+            }
+            if ((entry.Attr.Mode & Libc.S_IFMT) == Libc.S_IFDIR)
+            {
+                state.FixtureDirectories.Add(entry.NodeId);
+            }
+        }
+    }
 
     /// <remarks>Every mode is set explicitly: a thread the server ran a request on (the test's own, for
     /// INIT) has a umask of 0 of its own, and a later target built on that thread would otherwise
